@@ -1,0 +1,87 @@
+"""``Auth``: wires settings, database, services and routers together for one application."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from datetime import timedelta
+
+from fastapi import APIRouter, FastAPI
+
+from authdb.db import migrate
+from authdb.db.engine import async_url, create_engine, create_sessionmaker, is_sqlite
+from authdb.http.dependencies import AuthDeps
+from authdb.http.routers import me, ops, tokens
+from authdb.mail import Mailer
+from authdb.passwords import Hasher
+from authdb.ratelimit import RateLimits
+from authdb.services.core import Core
+from authdb.services.signing_key import load_signing_key
+from authdb.settings import Settings
+from authdb.tokens import JWTCodec
+
+
+class SchemaOutOfDate(RuntimeError):
+    """The database needs ``authdb migrate`` before authdb can use it."""
+
+
+class Auth:
+    """Database-backed authentication for one FastAPI application.
+
+    ``router`` holds the API, ``lifespan`` opens and closes the database, and
+    ``current_user`` / ``current_active_user`` / ``current_superuser`` are dependencies.
+    """
+
+    def __init__(self, settings: Settings | None = None, *, auto_migrate: bool | None = None):
+        self.settings = settings or Settings()
+        engine = create_engine(self.settings.database_url)
+        self.core = Core(
+            settings=self.settings,
+            engine=engine,
+            sessionmaker=create_sessionmaker(engine),
+            hasher=Hasher(self.settings.password_hash_concurrency),
+        )
+        # SQLite is embedded, so it is ours to migrate; a shared server is the operator's.
+        self.auto_migrate = (
+            is_sqlite(async_url(self.settings.database_url))
+            if auto_migrate is None
+            else auto_migrate
+        )
+        self.limits = RateLimits(self.settings)
+        self.mailer = Mailer(self.settings)
+        self.deps = AuthDeps(self.core, self.limits, self.mailer)
+        self.current_session = self.deps.current_session
+        self.current_user = self.deps.current_user
+        self.current_active_user = self.deps.current_active_user
+        self.current_superuser = self.deps.current_superuser
+        self.router = APIRouter()
+        for build in (tokens.build, me.build):
+            self.router.include_router(build(self.deps))
+        self.ops_router = ops.build(self.core)
+
+    async def startup(self) -> None:
+        """Check (or, on SQLite, bring up) the schema and load the signing key."""
+        if self.auto_migrate:
+            await migrate.upgrade(self.core.engine)
+        elif not await migrate.is_up_to_date(self.core.engine):
+            raise SchemaOutOfDate("the database schema is out of date: run `authdb migrate`")
+        key = await load_signing_key(self.core)
+        self.core.codec = JWTCodec(
+            key=key,
+            algorithm=self.settings.jwt_algorithm,
+            issuer=self.settings.jwt_issuer,
+            audience=self.settings.jwt_audience,
+            lifetime=timedelta(minutes=self.settings.access_token_expire_minutes),
+        )
+
+    async def shutdown(self) -> None:
+        await self.core.engine.dispose()
+
+    @asynccontextmanager
+    async def lifespan(self, _app: FastAPI | None = None) -> AsyncIterator[None]:
+        """Pass as ``FastAPI(lifespan=auth.lifespan)``."""
+        await self.startup()
+        try:
+            yield
+        finally:
+            await self.shutdown()

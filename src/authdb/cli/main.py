@@ -1,0 +1,141 @@
+"""``authdb`` commands: serve, migrate, createuser, changepassword, sessions, audit, users."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Annotated
+
+import typer
+
+from authdb.auth import Auth
+from authdb.cli import users as users_cli
+from authdb.cli.common import fail, read_password, run, settings
+from authdb.db import migrate as migrations
+from authdb.db.engine import async_url, create_engine, is_sqlite
+from authdb.services import admin, sessions
+from authdb.services.core import CLI_CLIENT
+
+app = typer.Typer(
+    help="authdb: database-backed user authentication for FastAPI.", no_args_is_help=True
+)
+app.add_typer(users_cli.app, name="users")
+sessions_app = typer.Typer(help="Session maintenance.", no_args_is_help=True)
+app.add_typer(sessions_app, name="sessions")
+
+
+@app.command()
+def serve(
+    host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port to listen on.", min=1, max=65535)] = 8000,
+    workers: Annotated[int, typer.Option(help="Worker processes.", min=1)] = 1,
+) -> None:
+    """Run the authdb service (SQLite is migrated first; other databases must be current)."""
+    import uvicorn
+
+    config = settings()
+    try:
+        asyncio.run(_prepare_database(config.database_url))
+    except Exception as exc:
+        fail(f"cannot start: {str(exc).splitlines()[0]}")
+    uvicorn.run(
+        "authdb.cli.main:_service_app",
+        factory=True,
+        host=host,
+        port=port,
+        workers=workers,
+        proxy_headers=False,
+        server_header=False,
+        log_level="info",
+    )
+
+
+def _service_app():  # type: ignore[no-untyped-def]
+    from authdb.app import create_app
+
+    return create_app(auth=Auth(auto_migrate=False))
+
+
+async def _prepare_database(database_url: str) -> None:
+    engine = create_engine(database_url)
+    try:
+        if is_sqlite(async_url(database_url)):
+            await migrations.upgrade(engine)
+        elif not await migrations.is_up_to_date(engine):
+            raise RuntimeError("the database schema is out of date: run `authdb migrate`")
+    finally:
+        await engine.dispose()
+
+
+@app.command()
+def migrate(
+    database_url: Annotated[
+        str | None, typer.Option(help="Database to upgrade (default: AUTHDB_DATABASE_URL).")
+    ] = None,
+) -> None:
+    """Create or upgrade the schema; adopts a FastAPI-tutorial users table in place."""
+    url = database_url or settings().database_url
+
+    async def _upgrade() -> str | None:
+        engine = create_engine(url)
+        try:
+            await migrations.upgrade(engine)
+            return await migrations.current_revision(engine)
+        finally:
+            await engine.dispose()
+
+    try:
+        revision = asyncio.run(_upgrade())
+    except Exception as exc:
+        fail(f"migration failed: {str(exc).splitlines()[0]}")
+    typer.echo(f"database is at revision {revision}")
+
+
+@app.command()
+def createuser(
+    username: Annotated[str, typer.Option(help="Username.")],
+    email: Annotated[str, typer.Option(help="Email address.")],
+    full_name: Annotated[str | None, typer.Option(help="Full name.")] = None,
+    superuser: Annotated[bool, typer.Option("--superuser", help="Make a superuser.")] = False,
+    password_stdin: Annotated[
+        bool, typer.Option("--password-stdin", help="Read the password from standard input.")
+    ] = False,
+) -> None:
+    """Create a verified user."""
+    password = read_password(password_stdin)
+    user = run(
+        lambda auth: admin.create_user(
+            auth.core,
+            username=username,
+            email=email,
+            password=password,
+            full_name=full_name,
+            is_superuser=superuser,
+            is_verified=True,
+            client=CLI_CLIENT,
+        )
+    )
+    typer.echo(f"created user {user.username} (id {user.id})")
+
+
+@app.command()
+def changepassword(
+    username: Annotated[str, typer.Argument(help="Username or email.")],
+    password_stdin: Annotated[
+        bool, typer.Option("--password-stdin", help="Read the password from standard input.")
+    ] = False,
+) -> None:
+    """Set a user's password; all of their sessions end."""
+    password = read_password(password_stdin)
+    run(lambda auth: admin.set_password(auth.core, username, password, CLI_CLIENT))
+    typer.echo(f"password changed for {username}")
+
+
+@sessions_app.command("prune")
+def sessions_prune() -> None:
+    """Delete expired and revoked sessions."""
+    count = run(lambda auth: sessions.prune(auth.core))
+    typer.echo(f"pruned {count} sessions")
+
+
+def main() -> None:
+    app()

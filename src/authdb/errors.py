@@ -1,0 +1,72 @@
+"""The domain's exceptions. ``authdb.http.errors`` turns them into HTTP responses in one place."""
+
+from __future__ import annotations
+
+
+class AuthError(Exception):
+    """Base of every error authdb raises on purpose; ``detail`` is safe to show a client."""
+
+    detail: str = "Bad request"
+
+    def __init__(self, detail: str | None = None) -> None:
+        super().__init__(detail or self.detail)
+        if detail is not None:
+            self.detail = detail
+
+
+class InvalidCredentials(AuthError):
+    detail = "Incorrect username or password"
+
+
+class NotAuthenticated(AuthError):
+    detail = "Could not validate credentials"
+
+
+class InvalidRefreshToken(AuthError):
+    detail = "Invalid refresh token"
+
+
+class InactiveUser(AuthError):
+    detail = "Inactive user"
+
+
+class EmailNotVerified(AuthError):
+    detail = "Email not verified"
+
+
+class IncorrectPassword(AuthError):
+    detail = "Incorrect password"
+
+
+class InvalidEmailToken(AuthError):
+    detail = "Invalid or expired token"
+
+
+class InvalidInput(AuthError):
+    """Input that passed parsing but breaks a rule (weak password, bad username)."""
+
+    detail = "Invalid input"
+
+
+class Conflict(AuthError):
+    detail = "Conflict"
+
+
+class NotFound(AuthError):
+    detail = "Not found"
+
+
+class PermissionDenied(AuthError):
+    detail = "Not enough permissions"
+
+
+class RegistrationClosed(AuthError):
+    detail = "Registration is disabled"
+
+
+class TooManyRequests(AuthError):
+    detail = "Too many requests"
+
+    def __init__(self, retry_after: int, detail: str | None = None) -> None:
+        super().__init__(detail)
+        self.retry_after = max(1, retry_after)

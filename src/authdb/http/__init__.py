@@ -1,0 +1,1 @@
+"""The HTTP layer: routers, request/response schemas, dependencies and error translation."""

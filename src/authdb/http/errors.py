@@ -1,0 +1,90 @@
+"""Translation of domain errors to HTTP responses, in one place."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Coroutine
+from typing import Any
+
+from fastapi import FastAPI, HTTPException, Request, Response
+from fastapi.responses import JSONResponse
+from fastapi.routing import APIRoute
+
+from authdb import errors
+
+log = logging.getLogger("authdb")
+
+_STATUS: dict[type[errors.AuthError], int] = {
+    errors.InvalidCredentials: 401,
+    errors.NotAuthenticated: 401,
+    errors.InvalidRefreshToken: 401,
+    errors.InactiveUser: 400,
+    errors.EmailNotVerified: 400,
+    errors.IncorrectPassword: 400,
+    errors.InvalidEmailToken: 400,
+    errors.InvalidInput: 422,
+    errors.Conflict: 409,
+    errors.NotFound: 404,
+    errors.PermissionDenied: 403,
+    errors.RegistrationClosed: 403,
+    errors.TooManyRequests: 429,
+}
+
+
+def status_of(exc: errors.AuthError) -> int:
+    for cls in type(exc).__mro__:
+        if cls in _STATUS:
+            return _STATUS[cls]
+    return 400
+
+
+def _headers(exc: errors.AuthError, status: int) -> dict[str, str]:
+    headers = {"Cache-Control": "no-store"}
+    if status == 401:
+        headers["WWW-Authenticate"] = "Bearer"
+    if isinstance(exc, errors.TooManyRequests):
+        headers["Retry-After"] = str(exc.retry_after)
+    return headers
+
+
+def auth_error_response(exc: errors.AuthError) -> JSONResponse:
+    status = status_of(exc)
+    return JSONResponse({"detail": exc.detail}, status_code=status, headers=_headers(exc, status))
+
+
+def to_http_exception(exc: errors.AuthError) -> HTTPException:
+    """For dependencies that run inside an application's own routes."""
+    status = status_of(exc)
+    return HTTPException(status, exc.detail, headers=_headers(exc, status))
+
+
+class AuthRoute(APIRoute):
+    """A route that answers domain errors itself, so a host app needs no extra handlers."""
+
+    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
+        handler = super().get_route_handler()
+
+        async def route_handler(request: Request) -> Response:
+            try:
+                return await handler(request)
+            except errors.AuthError as exc:
+                return auth_error_response(exc)
+
+        return route_handler
+
+
+async def _on_auth_error(_request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, errors.AuthError)
+    return auth_error_response(exc)
+
+
+async def _on_unexpected(request: Request, exc: Exception) -> JSONResponse:
+    # Logged for operators; the client learns nothing about the internals.
+    log.error("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
+    return JSONResponse({"detail": "Internal server error"}, status_code=500)
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    """Register authdb's handlers on an application (the service's or a user's own)."""
+    app.add_exception_handler(errors.AuthError, _on_auth_error)
+    app.add_exception_handler(Exception, _on_unexpected)

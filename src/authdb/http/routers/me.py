@@ -1,0 +1,48 @@
+"""``/users/me``: the caller's own account and sessions."""
+
+
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Response, status
+
+from authdb.db.models import User
+from authdb.http.dependencies import AuthDeps, no_store
+from authdb.http.errors import AuthRoute
+from authdb.http.schemas import SessionRead, UserRead
+from authdb.services import sessions
+from authdb.services.core import ClientInfo
+from authdb.services.sessions import Authenticated
+
+
+def build(deps: AuthDeps) -> APIRouter:
+    router = APIRouter(
+        prefix="/users/me", tags=["me"], dependencies=[Depends(no_store)], route_class=AuthRoute
+    )
+    Session = Annotated[Authenticated, Depends(deps.current_session)]
+
+    @router.get("", response_model=UserRead)
+    @router.get("/", response_model=UserRead, include_in_schema=False)
+    async def read_me(user: Annotated[User, Depends(deps.current_active_user)]) -> User:
+        """The signed-in user (also at ``/users/me/``, as in the FastAPI tutorial)."""
+        return user
+
+    @router.get("/sessions", response_model=list[SessionRead])
+    async def list_sessions(auth: Session) -> list[SessionRead]:
+        """The caller's live sessions, the current one marked."""
+        live = await sessions.list_live(deps.core, auth.user.id)
+        return [
+            SessionRead.model_validate(s).model_copy(update={"current": s.id == auth.session_id})
+            for s in live
+        ]
+
+    @router.delete("/sessions/{session_id}", status_code=status.HTTP_204_NO_CONTENT)
+    async def delete_session(
+        session_id: int,
+        auth: Session,
+        client: Annotated[ClientInfo, Depends(deps.client)],
+    ) -> Response:
+        """End one of the caller's sessions; its tokens stop working at once."""
+        await sessions.end_own(deps.core, auth, session_id, client)
+        return Response(status_code=status.HTTP_204_NO_CONTENT)
+
+    return router

@@ -1,0 +1,66 @@
+"""``POST /token`` (password and refresh grants) and ``POST /logout``."""
+
+
+from typing import Annotated
+
+from fastapi import APIRouter, Body, Depends, Form, HTTPException, Response, status
+
+from authdb.http.dependencies import AuthDeps, no_store
+from authdb.http.errors import AuthRoute
+from authdb.http.schemas import LogoutRequest, Token
+from authdb.services import sessions
+from authdb.services.core import ClientInfo
+from authdb.services.login import login
+from authdb.services.sessions import Authenticated, TokenPair
+
+_FIELD = 1024
+
+
+def _token(pair: TokenPair) -> Token:
+    return Token(
+        access_token=pair.access_token,
+        refresh_token=pair.refresh_token,
+        expires_in=pair.expires_in,
+    )
+
+
+def _required(value: str | None, name: str) -> str:
+    if not value:
+        raise HTTPException(422, f"Field required: {name}")
+    return value
+
+
+def build(deps: AuthDeps) -> APIRouter:
+    router = APIRouter(tags=["auth"], dependencies=[Depends(no_store)], route_class=AuthRoute)
+    Client = Annotated[ClientInfo, Depends(deps.client)]
+
+    @router.post("/token", response_model=Token)
+    async def token(
+        client: Client,
+        grant_type: Annotated[str, Form(max_length=32)] = "password",
+        username: Annotated[str | None, Form(max_length=_FIELD)] = None,
+        password: Annotated[str | None, Form(max_length=4096)] = None,
+        refresh_token: Annotated[str | None, Form(max_length=_FIELD)] = None,
+        scope: Annotated[str, Form(max_length=_FIELD)] = "",
+    ) -> Token:
+        """OAuth2 token endpoint: ``password`` grant (username or email) or ``refresh_token``."""
+        if grant_type == "password":
+            name = _required(username, "username")
+            secret = _required(password, "password")
+            return _token(await login(deps.core, deps.limits, name, secret, client))
+        if grant_type == "refresh_token":
+            presented = _required(refresh_token, "refresh_token")
+            return _token(await sessions.refresh(deps.core, presented, client))
+        raise HTTPException(400, "Unsupported grant_type: use password or refresh_token")
+
+    @router.post("/logout", status_code=status.HTTP_204_NO_CONTENT)
+    async def logout(
+        auth: Annotated[Authenticated, Depends(deps.current_session)],
+        client: Client,
+        body: Annotated[LogoutRequest | None, Body()] = None,
+    ) -> Response:
+        """End the caller's session: its refresh token and access tokens stop working."""
+        await sessions.logout(deps.core, auth, client)
+        return Response(status_code=status.HTTP_204_NO_CONTENT)
+
+    return router

@@ -1,0 +1,86 @@
+"""Password hashing (pwdlib: argon2id, legacy bcrypt) and the password policy (NIST 800-63B)."""
+
+from __future__ import annotations
+
+import gzip
+import secrets
+from functools import cache
+from importlib import resources
+
+import anyio
+from pwdlib import PasswordHash
+from pwdlib.hashers.argon2 import Argon2Hasher
+from pwdlib.hashers.bcrypt import BcryptHasher
+
+MIN_LENGTH = 8
+MAX_LENGTH = 1024
+_BCRYPT_MAX_BYTES = 72
+
+
+class Hasher:
+    """Hashes and verifies off the event loop, with bounded CPU use.
+
+    Argon2id is the current algorithm; bcrypt hashes (the tutorial's) verify and are upgraded.
+    """
+
+    def __init__(self, concurrency: int = 1) -> None:
+        self._hash = PasswordHash((Argon2Hasher(), BcryptHasher()))
+        self._limiter = anyio.CapacityLimiter(concurrency)
+        # Verified in place of a missing user's hash, so unknown names cost the same time.
+        self._dummy_hash = self._hash.hash(secrets.token_urlsafe(16))
+
+    async def hash(self, password: str) -> str:
+        return await anyio.to_thread.run_sync(self._hash.hash, password, limiter=self._limiter)
+
+    async def verify(self, password: str, hashed: str | None) -> tuple[bool, str | None]:
+        """Check ``password``; returns (ok, new hash if the stored one should be replaced).
+
+        With ``hashed=None`` (no such user) a dummy hash is still verified, so that an unknown
+        name costs the same time as a wrong password.
+        """
+        if hashed is None:
+            await anyio.to_thread.run_sync(self._verify_dummy, password, limiter=self._limiter)
+            return False, None
+        return await anyio.to_thread.run_sync(
+            self._verify_and_update, password, hashed, limiter=self._limiter
+        )
+
+    def _verify_and_update(self, password: str, hashed: str) -> tuple[bool, str | None]:
+        if hashed.startswith("$2") and len(password.encode()) > _BCRYPT_MAX_BYTES:
+            # bcrypt sees only 72 bytes; accepting would let distinct passwords collide.
+            return False, None
+        try:
+            return self._hash.verify_and_update(password, hashed)
+        except Exception:  # an unrecognized or corrupt stored hash is a failed login, not a 500
+            return False, None
+
+    def _verify_dummy(self, password: str) -> None:
+        self._hash.verify(password, self._dummy_hash)
+
+    @staticmethod
+    def is_supported_hash(hashed: str) -> bool:
+        """True for hashes this hasher can verify (argon2 and bcrypt)."""
+        return hashed.startswith(("$argon2id$", "$argon2i$", "$argon2d$", "$2a$", "$2b$", "$2y$"))
+
+
+@cache
+def common_passwords() -> frozenset[str]:
+    """The shipped list of ~20,000 common passwords (from Django, BSD licence), loaded once."""
+    data = resources.files("authdb").joinpath("data/common-passwords.txt.gz").read_bytes()
+    return frozenset(gzip.decompress(data).decode().split())
+
+
+def password_problem(password: str, *, username: str | None, email: str | None) -> str | None:
+    """Why ``password`` is not acceptable for this user, or None. One policy for every path."""
+    if len(password) < MIN_LENGTH:
+        return f"Password must be at least {MIN_LENGTH} characters long"
+    if len(password) > MAX_LENGTH:
+        return f"Password must be at most {MAX_LENGTH} characters long"
+    folded = password.casefold()
+    if folded in common_passwords() or password.lower().strip() in common_passwords():
+        return "Password is too common"
+    if username and folded == username.casefold():
+        return "Password must not be the same as the username"
+    if email and folded == email.split("@", 1)[0].casefold():
+        return "Password must not be the same as the email address"
+    return None

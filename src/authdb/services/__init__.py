@@ -1,0 +1,1 @@
+"""Domain logic: no FastAPI here. Called by the routes, the CLI and tests alike."""

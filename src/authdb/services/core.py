@@ -1,0 +1,41 @@
+"""What every service needs: settings, database, hasher, token codec and clock."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime
+
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+
+from authdb.db.models import utcnow
+from authdb.passwords import Hasher
+from authdb.settings import Settings
+from authdb.tokens import JWTCodec
+
+
+@dataclass(frozen=True, slots=True)
+class ClientInfo:
+    """Who is on the other end of a request, for sessions and the audit log."""
+
+    ip_address: str | None = None
+    user_agent: str | None = None
+
+
+CLI_CLIENT = ClientInfo(ip_address=None, user_agent="authdb-cli")
+
+
+@dataclass
+class Core:
+    settings: Settings
+    engine: AsyncEngine
+    sessionmaker: async_sessionmaker[AsyncSession]
+    hasher: Hasher
+    codec: JWTCodec | None = None
+    clock: Callable[[], datetime] = field(default=utcnow)
+
+    @property
+    def jwt(self) -> JWTCodec:
+        if self.codec is None:
+            raise RuntimeError("authdb is not started: use auth.lifespan or await auth.startup()")
+        return self.codec

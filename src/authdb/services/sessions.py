@@ -1,0 +1,218 @@
+"""Sessions: refresh-token rotation with reuse detection, revocation and the per-request check."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from sqlalchemy import delete, or_, select, update
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from authdb.db.models import AuthSession, RefreshToken, User
+from authdb.errors import InactiveUser, InvalidRefreshToken, NotAuthenticated, NotFound
+from authdb.services import audit
+from authdb.services.core import ClientInfo, Core
+from authdb.tokens import InvalidAccessToken, hash_opaque_token, new_opaque_token
+
+
+@dataclass(frozen=True, slots=True)
+class TokenPair:
+    access_token: str
+    refresh_token: str
+    expires_in: int
+    session_id: int
+
+
+@dataclass(frozen=True, slots=True)
+class Authenticated:
+    user: User
+    session_id: int
+
+
+def _live(now: datetime):  # type: ignore[no-untyped-def]
+    return (AuthSession.revoked_at.is_(None), AuthSession.expires_at > now)
+
+
+async def start_session(core: Core, db: AsyncSession, user: User, client: ClientInfo) -> TokenPair:
+    """Open a session for a user who just proved who they are."""
+    now = core.clock()
+    session = AuthSession(
+        user_id=user.id,
+        created_at=now,
+        last_used_at=now,
+        expires_at=now + timedelta(days=core.settings.refresh_token_expire_days),
+        user_agent=(client.user_agent or "")[:512] or None,
+        ip_address=client.ip_address,
+    )
+    db.add(session)
+    await db.flush()
+    return _issue(core, db, user.id, session.id, now)
+
+
+def _issue(core: Core, db: AsyncSession, user_id: int, session_id: int, now: datetime) -> TokenPair:
+    refresh = new_opaque_token()
+    db.add(
+        RefreshToken(session_id=session_id, token_hash=hash_opaque_token(refresh), created_at=now)
+    )
+    access = core.jwt.encode(user_id=user_id, session_id=session_id, now=now)
+    lifetime = int(core.jwt.lifetime.total_seconds())
+    return TokenPair(access, refresh, lifetime, session_id)
+
+
+async def refresh(core: Core, token: str, client: ClientInfo) -> TokenPair:
+    """Spend ``token`` for a new pair. A spent token coming back means theft: end the session."""
+    now = core.clock()
+    token_hash = hash_opaque_token(token)
+    async with core.sessionmaker.begin() as db:
+        # One conditional UPDATE is the atomic test-and-set: of two racing requests, one wins.
+        spent = await db.execute(
+            update(RefreshToken)
+            .where(RefreshToken.token_hash == token_hash, RefreshToken.spent_at.is_(None))
+            .values(spent_at=now)
+            .returning(RefreshToken.session_id)
+        )
+        session_id = spent.scalar_one_or_none()
+        if session_id is None:
+            await _on_unknown_or_reused(core, db, token_hash, client, now)
+            pair = None
+        else:
+            pair = await _rotate(core, db, session_id, client, now)
+    # Raised outside the transaction, so that a reuse's revocation is committed.
+    if pair is None:
+        raise InvalidRefreshToken
+    return pair
+
+
+async def _rotate(
+    core: Core, db: AsyncSession, session_id: int, client: ClientInfo, now: datetime
+) -> TokenPair:
+    row = (
+        await db.execute(
+            select(AuthSession, User)
+            .join(User, User.id == AuthSession.user_id)
+            .where(AuthSession.id == session_id, *_live(now))
+        )
+    ).one_or_none()
+    if row is None:
+        raise InvalidRefreshToken
+    session, user = row
+    if user.disabled:
+        raise InactiveUser
+    session.last_used_at = now
+    session.ip_address = client.ip_address or session.ip_address
+    return _issue(core, db, user.id, session.id, now)
+
+
+async def _on_unknown_or_reused(
+    core: Core, db: AsyncSession, token_hash: str, client: ClientInfo, now: datetime
+) -> None:
+    reused = await db.scalar(
+        select(RefreshToken.session_id).where(RefreshToken.token_hash == token_hash)
+    )
+    if reused is None:
+        return
+    # RFC 9700 4.14: reuse of a rotated token revokes the whole session (thief's and victim's).
+    session = await db.get(AuthSession, reused)
+    if session is not None and session.revoked_at is None:
+        session.revoked_at = now
+        audit.record(
+            db,
+            "refresh_token_reuse",
+            client=client,
+            now=now,
+            user_id=session.user_id,
+            session_id=session.id,
+        )
+
+
+async def authenticate(core: Core, access_token: str) -> Authenticated:
+    """The user behind a bearer token, if its session is still live (one indexed join)."""
+    try:
+        claims = core.jwt.decode(access_token)
+    except InvalidAccessToken:
+        raise NotAuthenticated from None
+    now = core.clock()
+    query = (
+        select(User)
+        .join(AuthSession, AuthSession.user_id == User.id)
+        .where(AuthSession.id == claims.session_id, User.id == claims.user_id, *_live(now))
+    )
+    async with core.sessionmaker() as db:
+        user = await db.scalar(query)
+    if user is None:
+        raise NotAuthenticated
+    return Authenticated(user, claims.session_id)
+
+
+async def revoke(db: AsyncSession, session_id: int, now: datetime) -> None:
+    await db.execute(
+        update(AuthSession)
+        .where(AuthSession.id == session_id, AuthSession.revoked_at.is_(None))
+        .values(revoked_at=now)
+    )
+
+
+async def revoke_all(
+    db: AsyncSession, user_id: int, now: datetime, *, keep: int | None = None
+) -> None:
+    """End every session of a user, or every one but ``keep``."""
+    query = update(AuthSession).where(
+        AuthSession.user_id == user_id, AuthSession.revoked_at.is_(None)
+    )
+    if keep is not None:
+        query = query.where(AuthSession.id != keep)
+    await db.execute(query.values(revoked_at=now))
+
+
+async def logout(core: Core, auth: Authenticated, client: ClientInfo) -> None:
+    now = core.clock()
+    async with core.sessionmaker.begin() as db:
+        await revoke(db, auth.session_id, now)
+        audit.record(
+            db, "logout", client=client, now=now, user_id=auth.user.id, session_id=auth.session_id
+        )
+
+
+async def list_live(core: Core, user_id: int) -> list[AuthSession]:
+    query = (
+        select(AuthSession)
+        .where(AuthSession.user_id == user_id, *_live(core.clock()))
+        .order_by(AuthSession.id)
+    )
+    async with core.sessionmaker() as db:
+        return list((await db.scalars(query)).all())
+
+
+async def end_own(core: Core, auth: Authenticated, session_id: int, client: ClientInfo) -> None:
+    """End one of the caller's live sessions; another user's id is indistinguishable from none."""
+    now = core.clock()
+    async with core.sessionmaker.begin() as db:
+        session = await db.get(AuthSession, session_id)
+        if (
+            session is None
+            or session.user_id != auth.user.id
+            or session.revoked_at is not None
+            or session.expires_at <= now
+        ):
+            raise NotFound("Session not found")
+        session.revoked_at = now
+        audit.record(
+            db,
+            "session_revoked",
+            client=client,
+            now=now,
+            user_id=auth.user.id,
+            session_id=session_id,
+        )
+
+
+async def prune(core: Core) -> int:
+    """Delete sessions that have expired or were revoked; returns how many."""
+    now = core.clock()
+    async with core.sessionmaker.begin() as db:
+        result = await db.execute(
+            delete(AuthSession).where(
+                or_(AuthSession.expires_at <= now, AuthSession.revoked_at.is_not(None))
+            )
+        )
+    return int(result.rowcount or 0)  # type: ignore[attr-defined]

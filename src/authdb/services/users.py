@@ -1,0 +1,83 @@
+"""Users: lookups, creation and password changes shared by accounts, admin and the CLI."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from sqlalchemy import delete, or_, select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from authdb.db.models import EmailToken, User
+from authdb.errors import Conflict, InvalidInput, NotFound
+from authdb.names import email_key, login_key, normalize_username, username_key, username_problem
+from authdb.passwords import password_problem
+
+
+async def find_by_login(db: AsyncSession, login: str) -> User | None:
+    """The user whose username or email matches ``login``, case-insensitively."""
+    key = login_key(login)
+    query = select(User).where(or_(User.username_key == key, User.email_key == key)).limit(2)
+    users = list((await db.scalars(query)).all())
+    # A username that equals another user's email is possible; the username wins.
+    return next((u for u in users if u.username_key == key), users[0] if users else None)
+
+
+async def get_user(db: AsyncSession, user_id: int) -> User:
+    user = await db.get(User, user_id)
+    if user is None:
+        raise NotFound("User not found")
+    return user
+
+
+def clean_username(raw: str) -> str:
+    """NFKC-normalize a username and check its form, or raise InvalidInput."""
+    username = normalize_username(raw)
+    problem = username_problem(username)
+    if problem:
+        raise InvalidInput(problem)
+    return username
+
+
+def check_password(password: str, *, username: str | None, email: str | None) -> None:
+    """Apply the password policy, raising InvalidInput with the broken rule."""
+    problem = password_problem(password, username=username, email=email)
+    if problem:
+        raise InvalidInput(problem)
+
+
+def set_identity(user: User, *, username: str | None = None, email: str | None = None) -> None:
+    """Change username and/or email, keeping their case-folded keys in step."""
+    if username is not None:
+        user.username = username
+        user.username_key = username_key(username)
+    if email is not None:
+        user.email = email
+        user.email_key = email_key(email)
+
+
+async def flush_unique(db: AsyncSession, user: User) -> None:
+    """Flush, turning a unique-constraint failure into the spec's 409 detail.
+
+    The database decides (no check-then-insert race); we look afterwards only to name the field.
+    """
+    user_id, key = user.id, user.username_key
+    try:
+        await db.flush()
+    except IntegrityError:
+        await db.rollback()
+        taken = select(User.id).where(User.username_key == key)
+        if user_id is not None:
+            taken = taken.where(User.id != user_id)
+        if (await db.scalar(taken.limit(1))) is not None:
+            raise Conflict("Username already registered") from None
+        raise Conflict("Email already registered") from None
+
+
+async def set_password_hash(db: AsyncSession, user: User, hashed: str, now: datetime) -> None:
+    """Store a new hash; outstanding reset tokens die with the old password."""
+    user.hashed_password = hashed
+    user.password_changed_at = now
+    await db.execute(
+        delete(EmailToken).where(EmailToken.user_id == user.id, EmailToken.purpose == "reset")
+    )
