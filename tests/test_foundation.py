@@ -9,9 +9,7 @@ from tests.conftest import PASSWORD, Harness
 
 async def test_login_returns_bearer_token_and_me_works(harness: Harness) -> None:
     await harness.create_user("alice", full_name="Alice Liddell")
-    response = await harness.client.post(
-        "/token", data={"username": "alice", "password": PASSWORD}
-    )
+    response = await harness.client.post("/token", data={"username": "alice", "password": PASSWORD})
     assert response.status_code == 200
     assert response.headers["cache-control"] == "no-store"
     body = response.json()

@@ -6,6 +6,7 @@ from fastapi import FastAPI
 
 from authdb.auth import Auth
 from authdb.http.errors import install_error_handlers
+from authdb.http.middleware import install_middleware
 from authdb.settings import Settings
 
 
@@ -15,6 +16,7 @@ def create_app(settings: Settings | None = None, *, auth: Auth | None = None) ->
     app = FastAPI(title="authdb", version="0.1.0", lifespan=auth.lifespan)
     app.state.auth = auth
     install_error_handlers(app)
+    install_middleware(app, auth.settings)
     app.include_router(auth.ops_router)
     app.include_router(auth.router)
     return app

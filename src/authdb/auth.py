@@ -11,7 +11,7 @@ from fastapi import APIRouter, FastAPI
 from authdb.db import migrate
 from authdb.db.engine import async_url, create_engine, create_sessionmaker, is_sqlite
 from authdb.http.dependencies import AuthDeps
-from authdb.http.routers import me, ops, tokens
+from authdb.http.routers import accounts, admin, me, ops, tokens
 from authdb.mail import Mailer
 from authdb.passwords import Hasher
 from authdb.ratelimit import RateLimits
@@ -55,7 +55,8 @@ class Auth:
         self.current_active_user = self.deps.current_active_user
         self.current_superuser = self.deps.current_superuser
         self.router = APIRouter()
-        for build in (tokens.build, me.build):
+        # Order matters: /users/me must be matched before /users/{id}.
+        for build in (tokens.build, me.build, accounts.build, admin.build):
             self.router.include_router(build(self.deps))
         self.ops_router = ops.build(self.core)
 

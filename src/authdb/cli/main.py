@@ -9,6 +9,7 @@ import typer
 
 from authdb.auth import Auth
 from authdb.cli import users as users_cli
+from authdb.cli.audit import audit
 from authdb.cli.common import fail, read_password, run, settings
 from authdb.db import migrate as migrations
 from authdb.db.engine import async_url, create_engine, is_sqlite
@@ -21,6 +22,7 @@ app = typer.Typer(
 app.add_typer(users_cli.app, name="users")
 sessions_app = typer.Typer(help="Session maintenance.", no_args_is_help=True)
 app.add_typer(sessions_app, name="sessions")
+app.command()(audit)
 
 
 @app.command()

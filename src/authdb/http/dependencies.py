@@ -1,6 +1,5 @@
 """FastAPI dependencies bound to one ``Auth``: the current user and friends."""
 
-
 from typing import Annotated
 
 from fastapi import Depends, Request, Response

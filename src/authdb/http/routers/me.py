@@ -1,6 +1,5 @@
 """``/users/me``: the caller's own account and sessions."""
 
-
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Response, status

@@ -1,6 +1,5 @@
 """Liveness and readiness probes."""
 
-
 from fastapi import APIRouter
 from fastapi.responses import JSONResponse
 from sqlalchemy import text

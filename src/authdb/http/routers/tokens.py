@@ -1,6 +1,5 @@
 """``POST /token`` (password and refresh grants) and ``POST /logout``."""
 
-
 from typing import Annotated
 
 from fastapi import APIRouter, Body, Depends, Form, HTTPException, Response, status
