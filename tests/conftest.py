@@ -48,7 +48,7 @@ async def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncI
         yield url
 
 
-class pg_database:  # noqa: N801 - used like a function
+class pg_database:
     """``async with pg_database() as url``: a throwaway PostgreSQL database."""
 
     def __init__(self) -> None:
@@ -76,9 +76,9 @@ class Mailbox:
 
     messages: list[EmailMessage] = field(default_factory=list)
 
-    async def wait_for(self, count: int = 1, timeout: float = 10.0) -> list[EmailMessage]:
+    async def wait_for(self, count: int = 1, seconds: float = 10.0) -> list[EmailMessage]:
         """Wait until at least ``count`` messages have arrived."""
-        for _ in range(int(timeout / 0.02)):
+        for _ in range(int(seconds / 0.02)):
             if len(self.messages) >= count:
                 return self.messages
             await asyncio.sleep(0.02)
@@ -92,7 +92,7 @@ class _Handler:
     def __init__(self, box: Mailbox) -> None:
         self.box = box
 
-    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:  # noqa: N802
+    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
         message = email.message_from_bytes(envelope.content, policy=email.policy.default)
         assert isinstance(message, EmailMessage)
         self.box.messages.append(message)

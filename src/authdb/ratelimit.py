@@ -21,7 +21,9 @@ class RateLimits:
         uri = "async+memory://"
         if settings.redis_url:
             uri = "async+" + settings.redis_url
-        self.storage: Storage = storage_from_string(uri, key_prefix="authdb")
+        storage = storage_from_string(uri, key_prefix="authdb")
+        assert isinstance(storage, Storage)  # the async+ scheme gives the asyncio flavour
+        self.storage = storage
         self._limiter = MovingWindowRateLimiter(self.storage)
         self._items: dict[str, RateLimitItem] = {
             "login_failures": parse(settings.rate_limit_login_failures),

@@ -53,7 +53,8 @@ def import_users(
         fail(f"{file} holds no users")
 
     async def _import(auth: Any) -> int:
-        batch, seen = [], {}
+        batch: list[admin.NewUser] = []
+        seen: dict[str, int] = {}
         for number, record in records:
             try:
                 new = await admin.prepare_user(hasher, **record)

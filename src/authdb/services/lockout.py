@@ -33,23 +33,30 @@ async def record_failure(
     db: AsyncSession, key: str, now: datetime, *, max_failures: int, lockout: timedelta
 ) -> bool:
     """Count one failure atomically (an upsert); returns True when it locked the key."""
-    table = LoginFailure.__table__
     dialect = db.get_bind().dialect.name
     insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
     # An expired lock starts a fresh count.
-    expired = (table.c.locked_until.is_not(None)) & (table.c.locked_until <= now)
-    count = case((expired, 1), else_=table.c.failure_count + 1)
-    statement = insert(table).values(key=key, failure_count=1, locked_until=None, updated_at=now)
-    statement = statement.on_conflict_do_update(
-        index_elements=[table.c.key],
-        set_={
-            "failure_count": count,
-            "locked_until": case((count >= max_failures, now + lockout), else_=None),
-            "updated_at": now,
-        },
-    ).returning(table.c.locked_until)
-    if max_failures == 1:
-        statement = statement.values(locked_until=now + lockout)
+    expired = LoginFailure.locked_until.is_not(None) & (LoginFailure.locked_until <= now)
+    count = case((expired, 1), else_=LoginFailure.failure_count + 1)
+    first_locks = max_failures == 1
+    statement = (
+        insert(LoginFailure)
+        .values(
+            key=key,
+            failure_count=1,
+            locked_until=now + lockout if first_locks else None,
+            updated_at=now,
+        )
+        .on_conflict_do_update(
+            index_elements=[LoginFailure.key],
+            set_={
+                "failure_count": count,
+                "locked_until": case((count >= max_failures, now + lockout), else_=None),
+                "updated_at": now,
+            },
+        )
+        .returning(LoginFailure.locked_until)
+    )
     locked_until = (await db.execute(statement)).scalar_one()
     return locked_until is not None
 
