@@ -59,6 +59,14 @@ class Settings(BaseSettings):
             return [item.strip() for item in value.split(",") if item.strip()]
         return value
 
+    @field_validator("secret_key")
+    @classmethod
+    def _strong_key(cls, value: SecretStr | None) -> SecretStr | None:
+        # HS256 wants at least 256 bits; a short human-made key is brute-forceable offline.
+        if value is not None and len(value.get_secret_value()) < 32:
+            raise ValueError("AUTHDB_SECRET_KEY must be at least 32 characters long")
+        return value
+
     @field_validator("public_url")
     @classmethod
     def _strip_slash(cls, value: str) -> str:

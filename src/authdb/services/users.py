@@ -57,21 +57,28 @@ def set_identity(user: User, *, username: str | None = None, email: str | None =
 
 
 async def flush_unique(db: AsyncSession, user: User) -> None:
-    """Flush, turning a unique-constraint failure into the spec's 409 detail.
+    """Flush ``user``, turning a taken username or email into the spec's 409 detail.
 
-    The database decides (no check-then-insert race); we look afterwards only to name the field.
+    The database's unique constraints decide, so racing requests cannot both win. A look
+    beforehand only makes the detail deterministic (username first) when both are taken.
+    After a failed flush the transaction is unusable, so the violated constraint is named
+    from the error: SQLite says "users.email_key", PostgreSQL "uq_users_email_key".
     """
-    user_id, key = user.id, user.username_key
+    taken = select(User.id).where(User.username_key == user.username_key)
+    if user.id is not None:
+        taken = taken.where(User.id != user.id)
+    with db.no_autoflush:
+        if (await db.scalar(taken.limit(1))) is not None:
+            raise Conflict("Username already registered")
     try:
         await db.flush()
-    except IntegrityError:
-        await db.rollback()
-        taken = select(User.id).where(User.username_key == key)
-        if user_id is not None:
-            taken = taken.where(User.id != user_id)
-        if (await db.scalar(taken.limit(1))) is not None:
+    except IntegrityError as exc:
+        message = str(exc.orig)
+        if "email_key" in message:
+            raise Conflict("Email already registered") from None
+        if "username_key" in message:
             raise Conflict("Username already registered") from None
-        raise Conflict("Email already registered") from None
+        raise
 
 
 async def set_password_hash(db: AsyncSession, user: User, hashed: str, now: datetime) -> None:

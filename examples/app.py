@@ -1,0 +1,36 @@
+"""authdb mounted into your own FastAPI application.
+
+Run it:  AUTHDB_SECRET_KEY=$(python -c "import secrets; print(secrets.token_urlsafe(48))") \
+         uvicorn examples.app:app --reload
+then create a user with `authdb createuser --username me --email me@example.com`
+(with AUTHDB_DATABASE_URL=sqlite+aiosqlite:///./app.db) and open http://127.0.0.1:8000/docs.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Annotated
+
+from fastapi import Depends, FastAPI
+
+from authdb import Auth, Settings
+from authdb.db.models import User
+
+auth = Auth(Settings(database_url=os.environ.get("APP_DATABASE_URL", "sqlite+aiosqlite:///./app.db")))
+app = FastAPI(title="My app", lifespan=auth.lifespan)
+app.include_router(auth.router)
+
+CurrentUser = Annotated[User, Depends(auth.current_active_user)]
+Superuser = Annotated[User, Depends(auth.current_superuser)]
+
+
+@app.get("/items")
+async def items(user: CurrentUser) -> dict[str, object]:
+    """Only signed-in, active users see their items."""
+    return {"owner": user.username, "items": ["apple", "pear"]}
+
+
+@app.get("/admin/stats")
+async def stats(user: Superuser) -> dict[str, str]:
+    """Superusers only; everyone else gets 403."""
+    return {"checked_by": user.username}

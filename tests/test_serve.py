@@ -1,0 +1,103 @@
+"""The real `authdb serve` process, over a socket, as a user runs it."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import httpx
+
+from tests.cli import AUTHDB, run_cli
+from tests.conftest import PASSWORD, free_port, pg_database
+
+
+@contextmanager
+def serving(cwd: Path, env: dict[str, str], *extra: str) -> Iterator[str]:
+    """Start `authdb serve` and yield its base URL; stop it (by PID) afterwards."""
+    port = free_port()
+    log = (cwd / f"serve-{port}.log").open("w")
+    process = subprocess.Popen(
+        [AUTHDB, "serve", "--port", str(port), *extra],
+        cwd=cwd,
+        env={**_clean_env(), **env},
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        _wait_healthy(base, process)
+        yield base
+    finally:
+        process.terminate()
+        process.wait(timeout=15)
+        log.close()
+
+
+def _wait_healthy(base: str, process: subprocess.Popen[bytes]) -> None:
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise AssertionError(f"authdb serve exited with {process.returncode}")
+        try:
+            if httpx.get(f"{base}/healthz", timeout=1).status_code == 200:
+                return
+        except httpx.TransportError:
+            time.sleep(0.1)
+    raise AssertionError("authdb serve did not become healthy")
+
+
+def test_serve_with_zero_configuration(tmp_path: Path) -> None:
+    created = run_cli(
+        ["createuser", "--username", "alice", "--email", "alice@example.com", "--password-stdin"],
+        env={},
+        stdin=PASSWORD + "\n",
+        cwd=tmp_path,
+    )
+    assert created.returncode == 0, created.stderr
+    with serving(tmp_path, {}) as base:
+        assert (tmp_path / "authdb.db").exists()
+        response = httpx.post(f"{base}/token", data={"username": "Alice", "password": PASSWORD})
+        assert response.status_code == 200
+        token = response.json()["access_token"]
+        me = httpx.get(f"{base}/users/me/", headers={"Authorization": f"Bearer {token}"})
+        assert me.json()["username"] == "alice"
+        assert me.json()["is_verified"] is True
+        assert httpx.get(f"{base}/readyz").status_code == 200
+        docs = httpx.get(f"{base}/docs")
+        assert docs.status_code == 200 and "swagger" in docs.text.lower()
+        schema = httpx.get(f"{base}/openapi.json").json()
+        flows = schema["components"]["securitySchemes"]["OAuth2PasswordBearer"]["flows"]
+        assert flows["password"]["tokenUrl"] == "token"
+    log = next(tmp_path.glob("serve-*.log")).read_text()
+    assert "AUTHDB_SECRET_KEY is not set" in log
+    # The generated key was kept in the database: a restart honours old tokens.
+    with serving(tmp_path, {}) as base:
+        me = httpx.get(f"{base}/users/me", headers={"Authorization": f"Bearer {token}"})
+        assert me.status_code == 200
+
+
+async def test_serve_refuses_postgres_schema_that_is_behind(tmp_path: Path) -> None:
+    async with pg_database() as url:
+        env = {"AUTHDB_DATABASE_URL": url, "AUTHDB_SECRET_KEY": "k" * 40}
+        result = subprocess.run(
+            [AUTHDB, "serve", "--port", str(free_port())],
+            env={**_clean_env(), **env},
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        assert result.returncode != 0
+        assert "authdb migrate" in result.stderr
+        assert "Traceback" not in result.stderr
+        assert run_cli(["migrate"], env=env).returncode == 0
+        with serving(tmp_path, env, "--workers", "2") as base:
+            assert httpx.get(f"{base}/readyz").status_code == 200
+
+
+def _clean_env() -> dict[str, str]:
+    return {k: v for k, v in os.environ.items() if not k.startswith("AUTHDB_")}
