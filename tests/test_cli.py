@@ -76,8 +76,13 @@ def _write(tmp_path: Path, *records: object) -> Path:
 
 def test_users_import_all_or_nothing(env: dict[str, str], tmp_path: Path) -> None:
     good = {"username": "dave", "email": "dave@example.com", "password": PASSWORD}
-    legacy = {"username": "johndoe", "email": "john@example.com", "hashed_password": BCRYPT_SWORDFISH,
-              "full_name": "John Doe", "is_verified": True}  # fmt: skip
+    legacy = {
+        "username": "johndoe",
+        "email": "john@example.com",
+        "hashed_password": BCRYPT_SWORDFISH,
+        "full_name": "John Doe",
+        "is_verified": True,
+    }
     bad = {"username": "eve", "email": "not-an-email", "password": PASSWORD}
     failed = run_cli(["users", "import", str(_write(tmp_path, good, legacy, bad))], env=env)
     assert "line 3" in _one_line_error(failed)

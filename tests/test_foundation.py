@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
-from tests.conftest import PASSWORD, Harness
+import httpx
+
+from authdb import Auth, Settings
+from authdb.app import create_app
+from tests.cli import run_cli
+from tests.conftest import PASSWORD, Harness, free_port
 
 
 async def test_login_returns_bearer_token_and_me_works(harness: Harness) -> None:
@@ -23,3 +28,26 @@ async def test_login_returns_bearer_token_and_me_works(harness: Harness) -> None
     assert user["disabled"] is False
     assert user["created_at"].endswith(("Z", "+00:00"))
     assert "hashed_password" not in user
+
+
+async def test_readyz_reports_an_unreachable_database() -> None:
+    url = f"postgresql+asyncpg://postgres@127.0.0.1:{free_port()}/nothing"
+    auth = Auth(Settings(_env_file=None, database_url=url))  # type: ignore[call-arg]
+    transport = httpx.ASGITransport(app=create_app(auth=auth))
+    async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
+        assert (await client.get("/healthz")).status_code == 200
+        ready = await client.get("/readyz")
+        assert ready.status_code == 503
+        assert "Traceback" not in ready.text
+    await auth.shutdown()
+
+
+def test_bad_settings_are_one_line_cli_errors() -> None:
+    result = run_cli(
+        ["migrate"],
+        env={"AUTHDB_SECRET_KEY": "short", "AUTHDB_ACCESS_TOKEN_EXPIRE_MINUTES": "abc"},
+    )
+    assert result.returncode != 0
+    assert result.stderr.count("\n") == 1
+    assert "AUTHDB_SECRET_KEY" in result.stderr
+    assert "AUTHDB_ACCESS_TOKEN_EXPIRE_MINUTES" in result.stderr

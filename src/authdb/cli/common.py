@@ -8,6 +8,7 @@ from collections.abc import Awaitable, Callable
 from typing import NoReturn, TypeVar
 
 import typer
+from pydantic import ValidationError
 
 from authdb.auth import Auth
 from authdb.errors import AuthError
@@ -23,10 +24,15 @@ def fail(message: str, code: int = 1) -> NoReturn:
 
 
 def settings(database_url: str | None = None) -> Settings:
+    """Settings from the environment, or a one-line error naming the bad variable."""
     try:
         return Settings(database_url=database_url) if database_url else Settings()
-    except Exception as exc:
-        fail(f"invalid settings: {str(exc).splitlines()[0]}")
+    except ValidationError as exc:
+        problems = [
+            f"AUTHDB_{'_'.join(str(p) for p in error['loc']).upper()}: {error['msg']}"
+            for error in exc.errors()
+        ]
+        fail(f"invalid settings: {'; '.join(problems)}")
 
 
 def run(work: Callable[[Auth], Awaitable[T]], database_url: str | None = None) -> T:
