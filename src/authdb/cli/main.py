@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-from typing import Annotated
+import copy
+from typing import Annotated, Any
 
 import typer
 
@@ -47,8 +48,17 @@ def serve(
         workers=workers,
         proxy_headers=False,
         server_header=False,
-        log_level="info",
+        log_config=_log_config(),
     )
+
+
+def _log_config() -> dict[str, Any]:
+    """Uvicorn's logging, plus authdb's own loggers (warnings, and mail in development)."""
+    from uvicorn.config import LOGGING_CONFIG
+
+    config = copy.deepcopy(LOGGING_CONFIG)
+    config["loggers"]["authdb"] = {"handlers": ["default"], "level": "INFO", "propagate": False}
+    return config
 
 
 def _service_app():  # type: ignore[no-untyped-def]
