@@ -34,19 +34,19 @@ class Auth:
 
     def __init__(self, settings: Settings | None = None, *, auto_migrate: bool | None = None):
         self.settings = settings or Settings()
-        engine = create_engine(self.settings.database_url)
+        url = self.settings.database_url
+        sqlite = is_sqlite(async_url(url))
+        engine = create_engine(url)
+        self._read_engine = create_engine(url, reads_only=True) if sqlite else None
         self.core = Core(
             settings=self.settings,
             engine=engine,
             sessionmaker=create_sessionmaker(engine),
             hasher=Hasher(self.settings.password_hash_concurrency),
+            reader=create_sessionmaker(self._read_engine) if self._read_engine else None,
         )
         # SQLite is embedded, so it is ours to migrate; a shared server is the operator's.
-        self.auto_migrate = (
-            is_sqlite(async_url(self.settings.database_url))
-            if auto_migrate is None
-            else auto_migrate
-        )
+        self.auto_migrate = sqlite if auto_migrate is None else auto_migrate
         self.limits = RateLimits(self.settings)
         self.mailer = Mailer(self.settings)
         self.deps = AuthDeps(self.core, self.limits, self.mailer)
@@ -77,6 +77,8 @@ class Auth:
 
     async def shutdown(self) -> None:
         await self.core.engine.dispose()
+        if self._read_engine is not None:
+            await self._read_engine.dispose()
 
     @asynccontextmanager
     async def lifespan(self, _app: FastAPI | None = None) -> AsyncIterator[None]:

@@ -33,6 +33,12 @@ class Core:
     hasher: Hasher
     codec: JWTCodec | None = None
     clock: Callable[[], datetime] = field(default=utcnow)
+    # For read-only work on the hot path (SQLite: transactions that never wait for writers).
+    reader: async_sessionmaker[AsyncSession] | None = None
+
+    @property
+    def read_sessionmaker(self) -> async_sessionmaker[AsyncSession]:
+        return self.reader or self.sessionmaker
 
     @property
     def jwt(self) -> JWTCodec:

@@ -137,7 +137,7 @@ async def authenticate(core: Core, access_token: str) -> Authenticated:
         .join(AuthSession, AuthSession.user_id == User.id)
         .where(AuthSession.id == claims.session_id, User.id == claims.user_id, *_live(now))
     )
-    async with core.sessionmaker() as db:
+    async with core.read_sessionmaker() as db:
         user = await db.scalar(query)
     if user is None:
         raise NotAuthenticated
@@ -179,7 +179,7 @@ async def list_live(core: Core, user_id: int) -> list[AuthSession]:
         .where(AuthSession.user_id == user_id, *_live(core.clock()))
         .order_by(AuthSession.id)
     )
-    async with core.sessionmaker() as db:
+    async with core.read_sessionmaker() as db:
         return list((await db.scalars(query)).all())
 
 
