@@ -16,7 +16,9 @@ from fastapi import Depends, FastAPI
 from authdb import Auth, Settings
 from authdb.db.models import User
 
-auth = Auth(Settings(database_url=os.environ.get("APP_DATABASE_URL", "sqlite+aiosqlite:///./app.db")))
+auth = Auth(
+    Settings(database_url=os.environ.get("APP_DATABASE_URL", "sqlite+aiosqlite:///./app.db"))
+)
 app = FastAPI(title="My app", lifespan=auth.lifespan)
 app.include_router(auth.router)
 

@@ -51,3 +51,18 @@ def test_bad_settings_are_one_line_cli_errors() -> None:
     assert result.stderr.count("\n") == 1
     assert "AUTHDB_SECRET_KEY" in result.stderr
     assert "AUTHDB_ACCESS_TOKEN_EXPIRE_MINUTES" in result.stderr
+
+
+async def test_validation_errors_do_not_echo_secrets(harness: Harness) -> None:
+    secret = "s3cret-" + "x" * 5000
+    response = await harness.client.post("/token", data={"username": "alice", "password": secret})
+    assert response.status_code == 422
+    assert "s3cret" not in response.text
+    assert response.json()["detail"][0]["loc"] == ["body", "password"]
+
+
+async def test_control_characters_in_login_name_are_not_a_server_error(harness: Harness) -> None:
+    response = await harness.client.post(
+        "/token", data={"username": "ali\x00ce", "password": PASSWORD}
+    )
+    assert response.status_code == 422

@@ -127,7 +127,10 @@ async def test_deleting_a_session_ends_it_and_others_are_404(harness: Harness) -
     alice_a = await harness.login("alice")
     alice_b = await harness.login("alice")
     bob = await harness.login("bob")
-    ids = [s["id"] for s in (await harness.client.get("/users/me/sessions", headers=_auth(alice_a))).json()]
+    ids = [
+        s["id"]
+        for s in (await harness.client.get("/users/me/sessions", headers=_auth(alice_a))).json()
+    ]
     target = next(i for i in ids if i != _current_id(ids, alice_a))
     bob_sessions = (await harness.client.get("/users/me/sessions", headers=_auth(bob))).json()
     other = await harness.client.delete(

@@ -49,10 +49,16 @@ def _forge(claims: dict[str, object], **changes: object) -> dict[str, object]:
         {"sub": "not-a-number"},
     ],
 )
-async def test_token_with_wrong_claims_is_refused(harness: Harness, change: dict[str, object]) -> None:
+async def test_token_with_wrong_claims_is_refused(
+    harness: Harness, change: dict[str, object]
+) -> None:
     token = jwt.encode(_forge(await _claims(harness), **change), SECRET, algorithm="HS256")
     status, body, challenge = await _me(harness, token)
-    assert (status, body, challenge) == (401, {"detail": "Could not validate credentials"}, "Bearer")
+    assert (status, body, challenge) == (
+        401,
+        {"detail": "Could not validate credentials"},
+        "Bearer",
+    )
 
 
 @pytest.mark.parametrize("missing", ["sub", "exp", "iat", "jti", "iss", "aud", "sid"])

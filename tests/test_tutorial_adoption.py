@@ -52,7 +52,10 @@ async def test_migrate_adopts_tutorial_database_and_johndoe_logs_in(tmp_path: Pa
 
     with sqlite3.connect(path) as db:
         rows = db.execute("SELECT id, username, email, disabled FROM users ORDER BY id").fetchall()
+        # AUTOINCREMENT: ids of deleted users are never handed out again.
+        sequence = db.execute("SELECT seq FROM sqlite_sequence WHERE name = 'users'").fetchone()
     assert rows == [(1, "johndoe", "johndoe@example.com", 0), (7, "alice", "alice@example.com", 1)]
+    assert sequence == (7,)
 
     auth = Auth(Settings(_env_file=None, database_url=url))  # type: ignore[call-arg]
     app = create_app(auth=auth)
@@ -60,7 +63,9 @@ async def test_migrate_adopts_tutorial_database_and_johndoe_logs_in(tmp_path: Pa
     transport = httpx.ASGITransport(app=app)
     try:
         async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
-            token = await client.post("/token", data={"username": "johndoe", "password": "swordfish"})
+            token = await client.post(
+                "/token", data={"username": "johndoe", "password": "swordfish"}
+            )
             assert token.status_code == 200, token.text
             headers = {"Authorization": f"Bearer {token.json()['access_token']}"}
             me = (await client.get("/users/me/", headers=headers)).json()
@@ -96,5 +101,3 @@ def test_migrate_reports_bad_url_in_one_line(tmp_path: Path) -> None:
     assert result.returncode != 0
     assert "Traceback" not in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
-
-

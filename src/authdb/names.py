@@ -38,3 +38,8 @@ def email_key(email: str) -> str:
 def login_key(login: str) -> str:
     """What a login name (username or email) is compared by."""
     return normalize_username(login).casefold()
+
+
+def has_control_characters(text: str) -> bool:
+    """True for NUL, escapes and other C0/C1 controls, which no name or email may hold."""
+    return any(unicodedata.category(char) == "Cc" for char in text)

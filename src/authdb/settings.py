@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 from typing import Annotated
 
 from pydantic import Field, SecretStr, field_validator
@@ -35,6 +36,8 @@ class Settings(BaseSettings):
     templates_dir: str | None = None
 
     redis_url: str | None = None
+    # Rate-limit keys in Redis start with this, so deployments can share one Redis server.
+    redis_key_prefix: str = Field("authdb", min_length=1)
     registration_enabled: bool = True
     require_verified_email: bool = False
     login_max_failures: int = Field(10, ge=1)
@@ -57,6 +60,17 @@ class Settings(BaseSettings):
     def _split_list(cls, value: object) -> object:
         if isinstance(value, str):
             return [item.strip() for item in value.split(",") if item.strip()]
+        return value
+
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _networks(cls, value: list[str]) -> list[str]:
+        # Fail at start-up, not on the first request, when an entry is not an address or CIDR.
+        for item in value:
+            try:
+                ipaddress.ip_network(item, strict=False)
+            except ValueError:
+                raise ValueError(f"not an IP address or network: {item!r}") from None
         return value
 
     @field_validator("secret_key")

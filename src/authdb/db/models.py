@@ -46,8 +46,14 @@ class Base(DeclarativeBase):
     pass
 
 
+# SQLite reuses the highest deleted rowid unless AUTOINCREMENT is asked for; a reused user or
+# session id would let a deleted account's unexpired token speak for the next account.
+_NEVER_REUSE_IDS = {"sqlite_autoincrement": True}
+
+
 class User(Base):
     __tablename__ = "users"
+    __table_args__ = _NEVER_REUSE_IDS
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     username: Mapped[str] = mapped_column(String(64))
@@ -71,6 +77,7 @@ class AuthSession(Base):
     """A login: the unit that refresh tokens rotate within and that revocation ends."""
 
     __tablename__ = "auth_sessions"
+    __table_args__ = _NEVER_REUSE_IDS
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)

@@ -1,42 +1,76 @@
-"""The client's address, believing ``X-Forwarded-For`` only from trusted proxies."""
+"""The client's address, believing ``X-Forwarded-For`` only from trusted proxies.
+
+Each proxy appends the address it received the request from, so the list is read from the
+right: hops are peeled off while they are trusted proxies, and the first untrusted one is
+the client. Everything to the left of it was written by the client and may be forged.
+"""
 
 from __future__ import annotations
 
 import ipaddress
-from functools import cached_property
 
 from fastapi import Request
 
 from authdb.services.core import ClientInfo
 
+_Address = ipaddress.IPv4Address | ipaddress.IPv6Address
 _Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
+def parse_address(value: str) -> _Address | None:
+    """An IP address from a peer or a forwarded hop (``[v6]:port`` and ``v4:port`` too)."""
+    value = value.strip()
+    if value.startswith("["):  # "[2001:db8::1]:443"
+        value = value[1 : value.find("]")] if "]" in value else ""
+    elif value.count(":") == 1:  # "192.0.2.1:443"; bare IPv6 has several colons
+        value = value.split(":", 1)[0]
+    try:
+        address = ipaddress.ip_address(value)
+    except ValueError:
+        return None
+    # A dual-stack socket reports IPv4 peers as ::ffff:a.b.c.d; compare them as IPv4.
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        return address.ipv4_mapped
+    return address
+
+
 class ClientResolver:
+    """Turns a request into a ``ClientInfo`` (address and user agent)."""
+
     def __init__(self, trusted_proxies: list[str]) -> None:
-        self._trusted_spec = trusted_proxies
+        # Parsed now, so a bad entry fails when the app is built, not on the first request.
+        self._trusted: list[_Network] = [
+            ipaddress.ip_network(item.strip(), strict=False) for item in trusted_proxies
+        ]
 
-    @cached_property
-    def _trusted(self) -> list[_Network]:
-        return [ipaddress.ip_network(item, strict=False) for item in self._trusted_spec]
-
-    def _is_trusted(self, address: str) -> bool:
-        try:
-            ip = ipaddress.ip_address(address)
-        except ValueError:
-            return False
-        return any(ip in network for network in self._trusted)
+    def _is_trusted(self, address: _Address) -> bool:
+        return any(address in network for network in self._trusted)
 
     def address(self, request: Request) -> str | None:
-        peer = request.client.host if request.client else None
-        if peer is None or not self._trusted or not self._is_trusted(peer):
-            return peer
-        hops = [h.strip() for h in request.headers.get("x-forwarded-for", "").split(",")]
-        # Walk from the nearest hop outwards; the first untrusted one is the client.
-        for hop in reversed([h for h in hops if h]):
-            if not self._is_trusted(hop):
-                return hop[:64]
-        return peer
+        """The client's address: the peer, or with a trusted peer the forwarded origin."""
+        raw_peer = request.client.host if request.client else None
+        if raw_peer is None:
+            return None
+        peer = parse_address(raw_peer)
+        if peer is None:  # not an IP (a Unix socket, a test client): use as it is
+            return raw_peer[:64]
+        if not self._is_trusted(peer):
+            return str(peer)
+        # Several X-Forwarded-For lines form one list (RFC 9110 5.3); reading only the first
+        # would let a client's own header hide the one its proxy added.
+        header = ",".join(request.headers.getlist("x-forwarded-for"))
+        hops = [hop for hop in (h.strip() for h in header.split(",")) if hop]
+        client = peer
+        for hop in reversed(hops):
+            address = parse_address(hop)
+            if address is None:
+                # The proxy in front wrote something that is not an address; nothing
+                # further left can be trusted, so the last address we could believe stands.
+                break
+            client = address
+            if not self._is_trusted(address):
+                break
+        return str(client)
 
     def __call__(self, request: Request) -> ClientInfo:
         agent = request.headers.get("user-agent")

@@ -7,6 +7,8 @@ from collections.abc import Callable, Coroutine
 from typing import Any
 
 from fastapi import FastAPI, HTTPException, Request, Response
+from fastapi.encoders import jsonable_encoder
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from fastapi.routing import APIRoute
 
@@ -52,6 +54,24 @@ def auth_error_response(exc: errors.AuthError) -> JSONResponse:
     return JSONResponse({"detail": exc.detail}, status_code=status, headers=_headers(exc, status))
 
 
+def validation_error_response(exc: RequestValidationError) -> JSONResponse:
+    """FastAPI's 422, minus the echoed input: it may be a password or a token."""
+    detail = [
+        {key: value for key, value in error.items() if key not in ("input", "ctx", "url")}
+        for error in exc.errors()
+    ]
+    return JSONResponse(
+        {"detail": jsonable_encoder(detail)},
+        status_code=422,
+        headers={"Cache-Control": "no-store"},
+    )
+
+
+async def _on_validation_error(_request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, RequestValidationError)
+    return validation_error_response(exc)
+
+
 def to_http_exception(exc: errors.AuthError) -> HTTPException:
     """For dependencies that run inside an application's own routes."""
     status = status_of(exc)
@@ -69,6 +89,8 @@ class AuthRoute(APIRoute):
                 return await handler(request)
             except errors.AuthError as exc:
                 return auth_error_response(exc)
+            except RequestValidationError as exc:
+                return validation_error_response(exc)
 
         return route_handler
 
@@ -87,4 +109,5 @@ async def _on_unexpected(request: Request, exc: Exception) -> JSONResponse:
 def install_error_handlers(app: FastAPI) -> None:
     """Register authdb's handlers on an application (the service's or a user's own)."""
     app.add_exception_handler(errors.AuthError, _on_auth_error)
+    app.add_exception_handler(RequestValidationError, _on_validation_error)
     app.add_exception_handler(Exception, _on_unexpected)

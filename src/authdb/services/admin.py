@@ -1,11 +1,21 @@
-"""Operator actions on accounts: creation, password setting, bulk import (and the admin API)."""
+"""Operator actions on accounts: creation, password setting, bulk import and the admin API.
+
+The HTTP admin routes and the ``authdb users`` commands call the same functions here.
+"""
 
 from __future__ import annotations
 
+import unicodedata
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import TypedDict, cast
 
-from authdb.db.models import User
-from authdb.errors import InvalidInput, NotFound
+from sqlalchemy import ColumnElement, delete, func, or_, select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from authdb.db.models import EmailToken, User
+from authdb.errors import Conflict, InvalidInput, NotFound
+from authdb.names import email_key, login_key
 from authdb.passwords import Hasher
 from authdb.services import audit, sessions
 from authdb.services.core import ClientInfo, Core
@@ -17,6 +27,11 @@ from authdb.services.users import (
     set_identity,
     set_password_hash,
 )
+
+MAX_PAGE_SIZE = 100
+# ids are 32-bit integers; anything beyond cannot exist (and would overflow on PostgreSQL).
+_MAX_INT = 2**31 - 1
+LAST_SUPERUSER = "Cannot disable, demote or delete the last active superuser"
 
 
 @dataclass(frozen=True, slots=True)
@@ -121,3 +136,282 @@ async def set_password(core: Core, login: str, password: str, client: ClientInfo
         await set_password_hash(db, user, hashed, now)
         await sessions.revoke_all(db, user.id, now)
         audit.record(db, "password_changed", client=client, now=now, user_id=user.id)
+
+
+# --- The admin API: list, get, update, delete -------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class UserList:
+    """One page of users and how many match in all."""
+
+    items: list[User]
+    total: int
+
+
+class UserChanges(TypedDict, total=False):
+    """What an administrator may change; absent keys stay as they are."""
+
+    username: str
+    email: str
+    full_name: str | None
+    password: str
+    disabled: bool
+    is_verified: bool
+    is_superuser: bool
+
+
+_FLAGS = ("disabled", "is_verified", "is_superuser")
+_NOT_NULL = ("username", "email", "password", *_FLAGS)
+
+
+async def list_users(
+    core: Core, *, offset: int = 0, limit: int = 50, search: str | None = None
+) -> UserList:
+    """Users by id; ``search``: a case-insensitive substring of username, email or full name."""
+    if offset < 0 or not 1 <= limit <= MAX_PAGE_SIZE:
+        raise InvalidInput(f"offset must be >= 0 and limit 1 to {MAX_PAGE_SIZE}")
+    if search and "\x00" in search:
+        raise InvalidInput("search may not contain NUL characters")  # PostgreSQL refuses them
+    async with core.read_sessionmaker() as db:
+        query = select(User)
+        count = select(func.count()).select_from(User)
+        if search and search.strip():
+            matches = await _search_condition(db, search.strip())
+            query, count = query.where(matches), count.where(matches)
+        total = int(await db.scalar(count) or 0)
+        # An offset past every row is just an empty page, not an overflow on PostgreSQL.
+        page = query.order_by(User.id).offset(min(offset, _MAX_INT)).limit(limit)
+        items = list((await db.scalars(page)).all())
+    return UserList(items, total)
+
+
+async def _search_condition(db: AsyncSession, text: str) -> ColumnElement[bool]:
+    """Substring match, case-insensitive for every script on both backends.
+
+    Usernames and emails are compared through their stored case-folded keys. Full names have
+    no such key: PostgreSQL's lower() knows Unicode, SQLite's only ASCII, so on SQLite a
+    Python casefold function is registered on the connection instead.
+    """
+    key = login_key(text)
+    conditions = [
+        User.username_key.contains(key, autoescape=True),
+        User.email_key.contains(key, autoescape=True),
+    ]
+    if await _register_fold(db):
+        conditions.append(func.authdb_fold(User.full_name).contains(key, autoescape=True))
+    else:
+        conditions.append(User.full_name.icontains(text, autoescape=True))
+    return or_(*conditions)
+
+
+def _fold(value: str | None) -> str | None:
+    return None if value is None else unicodedata.normalize("NFKC", value).casefold()
+
+
+async def _register_fold(db: AsyncSession) -> bool:
+    """Give a SQLite connection ``authdb_fold()``; False on other databases."""
+    connection = await db.connection()
+    if connection.dialect.name != "sqlite":
+        return False
+    raw = await connection.get_raw_connection()
+    if not raw.info.get("authdb_fold"):  # once per pooled connection
+        await raw.driver_connection.create_function(  # type: ignore[union-attr]
+            "authdb_fold", 1, _fold, deterministic=True
+        )
+        raw.info["authdb_fold"] = True
+    return True
+
+
+async def get_user(core: Core, user_id: int) -> User:
+    """One user by id, or NotFound."""
+    async with core.read_sessionmaker() as db:
+        return await _load(db, user_id)
+
+
+async def find_user(core: Core, ref: str) -> User:
+    """A user named on the command line: ``id:N``, a numeric id, a username or an email.
+
+    Digits-only usernames are allowed, so ``42`` may name two different users; then nothing is
+    guessed (a wrong guess could delete the wrong account) and the caller must say ``id:42``.
+    """
+    ref = ref.strip()
+    explicit = ref.startswith("id:")
+    digits = ref[3:] if explicit else ref
+    numeric = digits.isascii() and digits.isdigit()  # not "²", which isdigit() accepts
+    if explicit and not numeric:
+        raise InvalidInput(f"not a user id: {ref!r}")
+    async with core.read_sessionmaker() as db:
+        by_login = None if explicit else await find_by_login(db, ref)
+        by_id = await _get(db, int(digits)) if numeric else None
+    if by_login is not None and by_id is not None and by_login.id != by_id.id:
+        raise Conflict(
+            f"{ref!r} is both the id of user {by_id.username!r} and the username or email "
+            f"of user id {by_login.id}: use id:{ref} or the email"
+        )
+    user = by_login or by_id
+    if user is None:
+        raise NotFound(f"no user {ref!r}")
+    return user
+
+
+async def update_user(
+    core: Core,
+    user_id: int,
+    changes: UserChanges,
+    *,
+    client: ClientInfo,
+    actor_id: int | None = None,
+) -> User:
+    """Apply an administrator's changes and audit them.
+
+    Disabling the user or setting their password ends all of their sessions; a changed email
+    address becomes unverified unless ``is_verified`` is given too.
+    """
+    given = cast(Mapping[str, object], changes)
+    nulls = [name for name in _NOT_NULL if name in given and given[name] is None]
+    if nulls:
+        raise InvalidInput(f"{nulls[0]} cannot be null")
+    if _has_control_characters(changes.get("full_name")):
+        # NUL breaks PostgreSQL; escapes and line breaks would forge output in terminals and logs.
+        raise InvalidInput("Full name may not contain control characters")
+    username = clean_username(changes["username"]) if "username" in changes else None
+    email = clean_email(changes["email"]) if "email" in changes else None
+    hashed = None
+    if "password" in changes:
+        # Hash before the write transaction: argon2 is slow and SQLite's write lock is global.
+        current = await get_user(core, user_id)
+        check_password(
+            changes["password"],
+            username=username or current.username,
+            email=email or current.email,
+        )
+        hashed = await core.hasher.hash(changes["password"])
+    now = core.clock()
+    async with core.sessionmaker.begin() as db:
+        may_drop = changes.get("disabled") is True or changes.get("is_superuser") is False
+        active = await _lock_active_superusers(db) if may_drop else set()
+        user = await _load(db, user_id, lock=True)
+        old_email_key = user.email_key
+        fields = _apply(user, changes, username=username, email=email)
+        if hashed is not None:
+            fields.append("password")
+        _keep_a_superuser(active, user, deleting=False)
+        if not fields:
+            return user
+        user.updated_at = now
+        # First, while nothing else is pending: any later statement would autoflush a taken
+        # name as a bare IntegrityError instead of the 409.
+        await flush_unique(db, user)
+        if hashed is not None:
+            await set_password_hash(db, user, hashed, now)
+        if user.email_key != old_email_key:
+            # Tokens mailed to the old address must not act on the account any more.
+            await db.execute(delete(EmailToken).where(EmailToken.user_id == user.id))
+        # Re-disabling revokes again: cheap, and sure to catch sessions made by other paths.
+        if hashed is not None or changes.get("disabled") is True:
+            await sessions.revoke_all(db, user.id, now)
+        flags = {name: getattr(user, name) for name in _FLAGS if name in fields}
+        audit.record(
+            db,
+            "admin_user_updated",
+            client=client,
+            now=now,
+            user_id=user.id,
+            actor_id=actor_id,
+            fields=fields,
+            **flags,
+        )
+    return user
+
+
+def _has_control_characters(text: str | None) -> bool:
+    return text is not None and any(unicodedata.category(char) == "Cc" for char in text)
+
+
+def _apply(
+    user: User,
+    changes: UserChanges,
+    *,
+    username: str | None,
+    email: str | None,
+) -> list[str]:
+    """Set what differs; returns the names of the fields that changed (never a value)."""
+    fields: list[str] = []
+    given = cast(Mapping[str, object], changes)
+    flags = {name: given[name] for name in _FLAGS if name in given}
+    if username is not None and username != user.username:
+        set_identity(user, username=username)
+        fields.append("username")
+    if email is not None and email != user.email:
+        if email_key(email) != user.email_key:
+            # A new address is unproven unless the administrator says otherwise.
+            flags.setdefault("is_verified", False)
+        set_identity(user, email=email)
+        fields.append("email")
+    if "full_name" in changes and changes["full_name"] != user.full_name:
+        user.full_name = changes["full_name"]
+        fields.append("full_name")
+    for name, value in flags.items():
+        if value != getattr(user, name):
+            setattr(user, name, value)
+            fields.append(name)
+    return fields
+
+
+async def delete_user(
+    core: Core, user_id: int, *, client: ClientInfo, actor_id: int | None = None
+) -> None:
+    """Delete a user; their sessions and email tokens go with them (ON DELETE CASCADE)."""
+    now = core.clock()
+    async with core.sessionmaker.begin() as db:
+        active = await _lock_active_superusers(db)
+        user = await _load(db, user_id, lock=True)
+        _keep_a_superuser(active, user, deleting=True)
+        await db.delete(user)
+        # The trail outlives the account, so it keeps the name it had.
+        audit.record(
+            db,
+            "admin_user_deleted",
+            client=client,
+            now=now,
+            user_id=user.id,
+            actor_id=actor_id,
+            username=user.username,
+        )
+
+
+async def _get(db: AsyncSession, user_id: int, *, lock: bool = False) -> User | None:
+    if not 0 < user_id <= _MAX_INT:
+        return None
+    return await db.get(User, user_id, with_for_update=lock)
+
+
+async def _load(db: AsyncSession, user_id: int, *, lock: bool = False) -> User:
+    user = await _get(db, user_id, lock=lock)
+    if user is None:
+        raise NotFound("User not found")
+    return user
+
+
+async def _lock_active_superusers(db: AsyncSession) -> set[int]:
+    """Ids of the active superusers, locked until commit (PostgreSQL; SQLite writes serially).
+
+    Without the lock, two administrators demoting each other at once could both see the other
+    still in place and leave nobody in charge.
+    """
+    query = (
+        select(User.id)
+        .where(User.is_superuser.is_(True), User.disabled.is_(False))
+        .order_by(User.id)
+        .with_for_update()
+    )
+    return set((await db.scalars(query)).all())
+
+
+def _keep_a_superuser(active: set[int], user: User, *, deleting: bool) -> None:
+    """Refuse a change that would leave no active superuser (locked out of administration)."""
+    if active != {user.id}:
+        return
+    if deleting or user.disabled or not user.is_superuser:
+        raise Conflict(LAST_SUPERUSER)

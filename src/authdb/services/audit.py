@@ -7,8 +7,10 @@ from datetime import datetime
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from authdb.db.models import AuditEvent
+from authdb.db.models import AuditEvent, User
+from authdb.errors import NotFound
 from authdb.services.core import ClientInfo, Core
+from authdb.services.users import find_by_login
 
 
 def record(
@@ -37,13 +39,46 @@ def record(
 
 
 async def list_events(
-    core: Core, *, user_id: int | None = None, since: datetime | None = None, limit: int = 1000
+    core: Core,
+    *,
+    user_id: int | None = None,
+    since: datetime | None = None,
+    limit: int = 1000,
+    latest: bool = False,
 ) -> list[AuditEvent]:
-    """Events, oldest first, optionally for one user or since a time."""
-    query = select(AuditEvent).order_by(AuditEvent.id)
+    """Events, oldest first, optionally for one user or since a time.
+
+    ``limit`` keeps the oldest events, or with ``latest`` the newest ones (still printed
+    oldest first), which is what someone looking at recent activity wants.
+    """
+    query = select(AuditEvent).order_by(AuditEvent.id.desc() if latest else AuditEvent.id)
     if user_id is not None:
         query = query.where(AuditEvent.user_id == user_id)
     if since is not None:
         query = query.where(AuditEvent.created_at >= since)
     async with core.sessionmaker() as db:
-        return list((await db.scalars(query.limit(limit))).all())
+        events = list((await db.scalars(query.limit(limit))).all())
+    return events[::-1] if latest else events
+
+
+async def subject_id(core: Core, who: str) -> int:
+    """The user id that ``who`` (a username, an email or an id) names in the trail.
+
+    A name is looked up among current accounts; an id is also accepted when only the trail
+    still knows it, because events outlive deleted accounts. Raises NotFound otherwise.
+    """
+    async with core.sessionmaker() as db:
+        user = await find_by_login(db, who)
+        if user is not None:
+            return user.id
+        # Ids are 32-bit integers; a longer number cannot name anyone.
+        if who.isascii() and who.isdigit() and int(who) < 2**31:
+            user_id = int(who)
+            known = await db.scalar(select(User.id).where(User.id == user_id))
+            if known is None:
+                known = await db.scalar(
+                    select(AuditEvent.user_id).where(AuditEvent.user_id == user_id).limit(1)
+                )
+            if known is not None:
+                return user_id
+    raise NotFound(f"no user {who!r}")

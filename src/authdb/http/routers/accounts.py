@@ -1,11 +1,145 @@
-"""Placeholder: routes are added by the accounts work."""
+"""Self-service accounts: register, verify, recover and change passwords, edit or delete oneself.
 
-from fastapi import APIRouter
+Emails are handed to FastAPI's background tasks, which run after the response has gone out:
+a slow or broken mail server neither delays nor fails the request. ``/verify/request`` and
+``/password/forgot`` go further and look the address up in the background too, so that
+their answer, and the time it takes, is the same whether or not the address has an account.
+"""
 
-from authdb.http.dependencies import AuthDeps
+import logging
+from collections.abc import Awaitable, Callable, Iterable
+from typing import Annotated
+
+from fastapi import APIRouter, BackgroundTasks, Depends, Response, status
+from pydantic import BaseModel
+
+from authdb.db.models import User
+from authdb.http.dependencies import AuthDeps, no_store
 from authdb.http.errors import AuthRoute
+from authdb.http.schemas import (
+    EmailRequest,
+    PasswordChange,
+    PasswordConfirm,
+    PasswordReset,
+    TokenRequest,
+    UserCreate,
+    UserRead,
+    UserUpdate,
+)
+from authdb.services import accounts
+from authdb.services.accounts import Mail
+from authdb.services.core import ClientInfo, Core
+from authdb.services.sessions import Authenticated
+
+_VERIFY_ACCEPTED = (
+    "If this address belongs to an unverified account, a verification email is on its way."
+)
+_RESET_ACCEPTED = "If this address belongs to an account, a password reset email is on its way."
+
+log = logging.getLogger("authdb.accounts")
+
+# request_verification or request_password_reset: the mail to send, if any.
+_Prepare = Callable[[Core, str, ClientInfo], Awaitable[Mail | None]]
+
+
+class Accepted(BaseModel):
+    """The one answer to a mail request, whether or not the address has an account."""
+
+    message: str
 
 
 def build(deps: AuthDeps) -> APIRouter:
-    router = APIRouter(route_class=AuthRoute)
+    router = APIRouter(tags=["accounts"], dependencies=[Depends(no_store)], route_class=AuthRoute)
+    Client = Annotated[ClientInfo, Depends(deps.client)]
+    ActiveUser = Annotated[User, Depends(deps.current_active_user)]
+    # Shares the request's cached current_session with ActiveUser: one lookup, not two.
+    Session = Annotated[Authenticated, Depends(deps.current_session)]
+
+    def post(background: BackgroundTasks, mails: Iterable[Mail | None]) -> None:
+        for mail in mails:
+            if mail is not None:
+                background.add_task(deps.mailer.send, mail.to, mail.template, **mail.context)
+
+    async def prepare_and_send(prepare: _Prepare, email: str, client: ClientInfo) -> None:
+        # Runs after the 202 has gone out, so a failure can only be logged.
+        try:
+            mail = await prepare(deps.core, email, client)
+        except Exception:
+            log.exception("could not prepare the email for a %s request", prepare.__name__)
+            return
+        if mail is not None:
+            await deps.mailer.send(mail.to, mail.template, **mail.context)
+
+    @router.post("/register", status_code=status.HTTP_201_CREATED, response_model=UserRead)
+    async def register(body: UserCreate, client: Client, background: BackgroundTasks) -> User:
+        """Create an account; a verification email goes to its address."""
+        user, mail = await accounts.register(
+            deps.core,
+            deps.limits,
+            username=body.username,
+            email=str(body.email),
+            password=body.password,
+            full_name=body.full_name,
+            client=client,
+        )
+        post(background, [mail])
+        return user
+
+    @router.post("/verify/request", status_code=status.HTTP_202_ACCEPTED)
+    async def request_verification(
+        body: EmailRequest, client: Client, background: BackgroundTasks
+    ) -> Accepted:
+        """Mail a new verification link to an unverified account (same answer for any address)."""
+        await accounts.spend_email_budgets(deps.limits, body.email, client)
+        background.add_task(prepare_and_send, accounts.request_verification, body.email, client)
+        return Accepted(message=_VERIFY_ACCEPTED)
+
+    @router.post("/verify", response_model=UserRead)
+    async def verify(body: TokenRequest, client: Client) -> User:
+        """Confirm an email address with the token from the verification link."""
+        return await accounts.verify_email(deps.core, body.token, client)
+
+    @router.post("/password/forgot", status_code=status.HTTP_202_ACCEPTED)
+    async def forgot_password(
+        body: EmailRequest, client: Client, background: BackgroundTasks
+    ) -> Accepted:
+        """Mail a password reset link (same answer whether or not the address has an account)."""
+        await accounts.spend_email_budgets(deps.limits, body.email, client)
+        background.add_task(prepare_and_send, accounts.request_password_reset, body.email, client)
+        return Accepted(message=_RESET_ACCEPTED)
+
+    @router.post("/password/reset", status_code=status.HTTP_204_NO_CONTENT)
+    async def reset_password(body: PasswordReset, client: Client) -> Response:
+        """Choose a new password with the token from the reset link; every session ends."""
+        await accounts.reset_password(deps.core, body.token, body.password, client)
+        return Response(status_code=status.HTTP_204_NO_CONTENT)
+
+    @router.patch("/users/me", response_model=UserRead)
+    async def update_me(
+        body: UserUpdate, user: ActiveUser, client: Client, background: BackgroundTasks
+    ) -> User:
+        """Change username, email or full name; a new email must be verified again."""
+        changes = body.model_dump(exclude_unset=True)
+        updated, mails = await accounts.update_account(deps.core, user.id, changes, client)
+        post(background, mails)
+        return updated
+
+    @router.post(
+        "/users/me/password",
+        status_code=status.HTTP_204_NO_CONTENT,
+        dependencies=[Depends(deps.current_active_user)],  # a disabled user gets 400
+    )
+    async def change_password(body: PasswordChange, auth: Session, client: Client) -> Response:
+        """Change the password; every other session ends, this one stays."""
+        await accounts.change_password(
+            deps.core, deps.limits, auth, body.current_password, body.new_password, client
+        )
+        return Response(status_code=status.HTTP_204_NO_CONTENT)
+
+    @router.delete("/users/me", status_code=status.HTTP_204_NO_CONTENT)
+    async def delete_me(body: PasswordConfirm, user: ActiveUser, client: Client) -> Response:
+        """Delete the account (the password confirms it); its sessions end with it."""
+        await accounts.delete_account(deps.core, deps.limits, user, body.password, client)
+        return Response(status_code=status.HTTP_204_NO_CONTENT)
+
     return router

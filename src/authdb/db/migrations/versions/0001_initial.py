@@ -18,6 +18,8 @@ branch_labels = None
 depends_on = None
 
 TS = sa.DateTime(timezone=True)
+# SQLite must never hand out a deleted user's or session's id again (tokens name them).
+NEVER_REUSE_IDS = {"sqlite_autoincrement": True}
 
 
 def upgrade() -> None:
@@ -58,6 +60,7 @@ def _create_users() -> None:
         sa.Column("updated_at", TS, nullable=False),
         sa.Column("last_login_at", TS),
         sa.Column("password_changed_at", TS),
+        **NEVER_REUSE_IDS,
     )
     _create_user_key_indexes()
 
@@ -69,7 +72,11 @@ def _create_user_key_indexes() -> None:
 
 def _adopt_tutorial_users() -> None:
     """Add authdb's columns to the tutorial's table, keeping every row and id."""
-    with op.batch_alter_table("users") as batch:
+    # On SQLite the table is rebuilt, which is also how it gains AUTOINCREMENT.
+    sqlite = op.get_bind().dialect.name == "sqlite"
+    with op.batch_alter_table(
+        "users", recreate="always" if sqlite else "auto", table_kwargs=NEVER_REUSE_IDS
+    ) as batch:
         batch.add_column(sa.Column("username_key", sa.String(64)))
         batch.add_column(sa.Column("email_key", sa.String(320)))
         batch.add_column(
@@ -83,7 +90,7 @@ def _adopt_tutorial_users() -> None:
         batch.add_column(sa.Column("last_login_at", TS))
         batch.add_column(sa.Column("password_changed_at", TS))
     _fill_adopted_rows()
-    with op.batch_alter_table("users") as batch:
+    with op.batch_alter_table("users", table_kwargs=NEVER_REUSE_IDS) as batch:
         batch.alter_column("username_key", existing_type=sa.String(64), nullable=False)
         batch.alter_column("created_at", existing_type=TS, nullable=False)
         batch.alter_column("updated_at", existing_type=TS, nullable=False)
@@ -136,6 +143,7 @@ def _create_other_tables() -> None:
         sa.Column("revoked_at", TS),
         sa.Column("user_agent", sa.String(512)),
         sa.Column("ip_address", sa.String(64)),
+        **NEVER_REUSE_IDS,
     )
     op.create_table(
         "refresh_tokens",

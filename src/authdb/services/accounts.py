@@ -1,0 +1,415 @@
+"""Self-service accounts: registration, email verification, password recovery and changes.
+
+Functions here own their transactions and return the emails to send as ``Mail`` values; the
+caller sends them once the transaction has committed (the HTTP layer: after the response), so a
+mail server that is slow or down never holds a transaction open or fails a request.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Literal
+
+from sqlalchemy import ColumnElement, delete, or_, select, update
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from authdb.db.models import EmailToken, LoginFailure, User
+from authdb.errors import (
+    IncorrectPassword,
+    InvalidEmailToken,
+    InvalidInput,
+    NotAuthenticated,
+    RegistrationClosed,
+    TooManyRequests,
+)
+from authdb.names import email_key
+from authdb.ratelimit import RateLimits
+from authdb.services import audit, lockout, sessions
+from authdb.services.admin import clean_email, prepare_user
+from authdb.services.core import ClientInfo, Core
+from authdb.services.sessions import Authenticated
+from authdb.services.users import (
+    check_password,
+    clean_username,
+    flush_unique,
+    set_identity,
+    set_password_hash,
+)
+from authdb.tokens import hash_opaque_token, new_opaque_token
+
+Purpose = Literal["verify", "reset"]
+VERIFY: Purpose = "verify"
+RESET: Purpose = "reset"
+
+
+@dataclass(frozen=True, slots=True)
+class Mail:
+    """An email to send once the transaction that produced it has committed."""
+
+    to: str
+    template: str
+    context: dict[str, str] = field(default_factory=dict)
+
+
+# --- registration -------------------------------------------------------------------------------
+
+
+async def register(
+    core: Core,
+    limits: RateLimits,
+    *,
+    username: str,
+    email: str,
+    password: str,
+    full_name: str | None,
+    client: ClientInfo,
+) -> tuple[User, Mail]:
+    """Create an unverified account and the verification email for it.
+
+    Conflict (409) on a taken username or email: the database's unique constraints decide, so
+    of many racing registrations of one name exactly one succeeds.
+    """
+    if not core.settings.registration_enabled:
+        raise RegistrationClosed
+    await limits.hit("register", _address(client))
+    new = await prepare_user(
+        core.hasher, username=username, email=email, password=password, full_name=full_name
+    )
+    now = core.clock()
+    async with core.sessionmaker.begin() as db:
+        user = User(
+            full_name=new.full_name,
+            hashed_password=new.hashed_password,
+            is_verified=False,
+            is_superuser=False,
+            disabled=False,
+            created_at=now,
+            updated_at=now,
+        )
+        set_identity(user, username=new.username, email=new.email)
+        db.add(user)
+        await flush_unique(db, user)
+        token = await _issue(core, db, user, VERIFY, now)
+        audit.record(db, "registered", client=client, now=now, user_id=user.id)
+    return user, _verify_mail(core, user, token)
+
+
+# --- verification -------------------------------------------------------------------------------
+
+
+async def spend_email_budgets(limits: RateLimits, email: str, client: ClientInfo) -> None:
+    """Spend the budgets of a verify/forgot request: per client address, then per email address.
+
+    Call it before ``request_verification`` or ``request_password_reset``. It does not look at
+    the accounts, so a known and an unknown address are limited alike.
+    """
+    await limits.hit("email_address", _address(client))
+    await limits.hit("email", email_key(email))
+
+
+async def request_verification(core: Core, email: str, client: ClientInfo) -> Mail | None:
+    """A new verification email for an unverified account with this address, if there is one.
+
+    The result is for the mailer only: the caller must answer alike in every case (the HTTP
+    layer runs this after its response, so not even the time it takes shows).
+    """
+    key = email_key(email)
+    now = core.clock()
+    async with core.sessionmaker.begin() as db:
+        user = await db.scalar(select(User).where(User.email_key == key))
+        if user is None or user.is_verified or user.disabled or not user.email:
+            return None
+        token = await _issue(core, db, user, VERIFY, now)
+        audit.record(db, "verification_requested", client=client, now=now, user_id=user.id)
+    return _verify_mail(core, user, token)
+
+
+async def verify_email(core: Core, token: str, client: ClientInfo) -> User:
+    """Spend a verification token and mark its account verified; InvalidEmailToken otherwise."""
+    now = core.clock()
+    async with core.sessionmaker.begin() as db:
+        user = await _consume(db, VERIFY, token, now)
+        user.is_verified = True
+        user.updated_at = now
+        audit.record(db, "email_verified", client=client, now=now, user_id=user.id)
+    return user
+
+
+# --- password recovery --------------------------------------------------------------------------
+
+
+async def request_password_reset(core: Core, email: str, client: ClientInfo) -> Mail | None:
+    """A reset email for the account with this address, if there is one; earlier links die.
+
+    As with ``request_verification``, nothing observable may depend on the result.
+    """
+    key = email_key(email)
+    now = core.clock()
+    async with core.sessionmaker.begin() as db:
+        user = await db.scalar(select(User).where(User.email_key == key))
+        if user is None or user.disabled or not user.email:
+            return None
+        token = await _issue(core, db, user, RESET, now)
+        audit.record(db, "password_reset_requested", client=client, now=now, user_id=user.id)
+    return Mail(
+        to=user.email,
+        template="reset",
+        context={
+            "username": user.username,
+            "token": token,
+            "link": f"{core.settings.public_url}/reset-password?token={token}",
+            "expires": _duration(timedelta(minutes=core.settings.reset_token_expire_minutes)),
+        },
+    )
+
+
+async def reset_password(core: Core, token: str, password: str, client: ClientInfo) -> None:
+    """Set a new password with a reset token; every session of the account ends."""
+    now = core.clock()
+    # Look first, spend later: a password refused by the policy (422) must leave the token
+    # usable, and the policy needs the account's username and email.
+    async with core.read_sessionmaker() as db:
+        found = (
+            await db.execute(
+                select(User, EmailToken.email).join(EmailToken).where(*_usable(RESET, token, now))
+            )
+        ).one_or_none()
+    if found is None or not _bound(found[0], found[1]):
+        raise InvalidEmailToken
+    check_password(password, username=found[0].username, email=found[0].email)
+    hashed = await core.hasher.hash(password)
+    now = core.clock()
+    async with core.sessionmaker.begin() as db:
+        # The atomic spend decides between racing resets with one token.
+        user = await _consume(db, RESET, token, now)
+        await set_password_hash(db, user, hashed, now)
+        await sessions.revoke_all(db, user.id, now)
+        # Proving control of the mailbox is as good as a correct password: lift a lockout.
+        await _forget_failures(db, user)
+        audit.record(db, "password_reset", client=client, now=now, user_id=user.id)
+
+
+# --- changes by the signed-in user --------------------------------------------------------------
+
+
+async def update_account(
+    core: Core, user_id: int, changes: Mapping[str, str | None], client: ClientInfo
+) -> tuple[User, list[Mail]]:
+    """Apply ``username`` / ``email`` / ``full_name`` changes (only the keys given).
+
+    A new email address is unverified until its owner follows the link mailed to it, and the
+    old address is told of the change, so that a hijack through a stolen token is noticed.
+    """
+    unknown = set(changes) - {"username", "email", "full_name"}
+    if unknown:
+        raise InvalidInput(f"Unknown field: {sorted(unknown)[0]}")
+    username = email = None
+    if "username" in changes:
+        username = clean_username(_required(changes["username"], "username"))
+    if "email" in changes:
+        email = clean_email(_required(changes["email"], "email"))
+    now = core.clock()
+    async with core.sessionmaker.begin() as db:
+        user = await db.get(User, user_id)
+        if user is None:
+            raise NotAuthenticated
+        before = (user.username, user.email, user.full_name)
+        old_email = user.email
+        email_changed = email is not None and email_key(email) != user.email_key
+        set_identity(user, username=username, email=email)
+        if "full_name" in changes:
+            user.full_name = changes["full_name"]
+        if email_changed:
+            user.is_verified = False
+        await flush_unique(db, user)
+        changed = [
+            name
+            for name, old, new in zip(
+                ("username", "email", "full_name"),
+                before,
+                (user.username, user.email, user.full_name),
+                strict=True,
+            )
+            if old != new
+        ]
+        mails: list[Mail] = []
+        if email_changed:
+            # Links mailed to the old address must not act on the new one.
+            await db.execute(delete(EmailToken).where(EmailToken.user_id == user.id))
+            token = await _issue(core, db, user, VERIFY, now)
+            mails.append(_verify_mail(core, user, token))
+            if old_email:
+                context = {"username": user.username, "new_email": user.email or ""}
+                mails.append(Mail(to=old_email, template="email_changed", context=context))
+        if changed:
+            user.updated_at = now
+            audit.record(
+                db, "account_updated", client=client, now=now, user_id=user.id, fields=changed
+            )
+    return user, mails
+
+
+async def change_password(
+    core: Core,
+    limits: RateLimits,
+    auth: Authenticated,
+    current_password: str,
+    new_password: str,
+    client: ClientInfo,
+) -> None:
+    """Replace the password after checking the current one; other sessions end, this one stays."""
+    user = auth.user
+    await _confirm_password(core, limits, user, current_password, client)
+    check_password(new_password, username=user.username, email=user.email)
+    hashed = await core.hasher.hash(new_password)
+    now = core.clock()
+    async with core.sessionmaker.begin() as db:
+        row = await db.get(User, user.id)
+        if row is None:
+            raise NotAuthenticated
+        await set_password_hash(db, row, hashed, now)  # also kills outstanding reset tokens
+        await sessions.revoke_all(db, row.id, now, keep=auth.session_id)
+        audit.record(
+            db,
+            "password_changed",
+            client=client,
+            now=now,
+            user_id=row.id,
+            session_id=auth.session_id,
+        )
+
+
+async def delete_account(
+    core: Core, limits: RateLimits, user: User, password: str, client: ClientInfo
+) -> None:
+    """Delete the account after checking its password; sessions and tokens go with it."""
+    await _confirm_password(core, limits, user, password, client)
+    now = core.clock()
+    async with core.sessionmaker.begin() as db:
+        # Sessions, refresh and email tokens go by ON DELETE CASCADE. The lockout row is keyed
+        # by user id, which SQLite may hand out again: drop it so no newcomer inherits a lock.
+        await _forget_failures(db, user)
+        await db.execute(delete(User).where(User.id == user.id))
+        audit.record(db, "account_deleted", client=client, now=now, user_id=user.id)
+
+
+# --- helpers ------------------------------------------------------------------------------------
+
+
+def _address(client: ClientInfo) -> str:
+    return client.ip_address or "unknown"
+
+
+async def _forget_failures(db: AsyncSession, user: User) -> None:
+    """Drop the account's run of failed logins, and with it any lockout."""
+    await db.execute(delete(LoginFailure).where(LoginFailure.key == lockout.lock_key(user, "")))
+
+
+def _required(value: str | None, name: str) -> str:
+    if value is None:
+        raise InvalidInput(f"{name.capitalize()} cannot be removed")
+    return value
+
+
+async def _confirm_password(
+    core: Core, limits: RateLimits, user: User, password: str, client: ClientInfo
+) -> None:
+    """IncorrectPassword unless ``password`` is the user's.
+
+    A wrong guess here counts against the client's failed-login budget: a stolen access token
+    must not become an unlimited password-guessing oracle.
+    """
+    await limits.check("login_failures", _address(client))
+    ok, _ = await core.hasher.verify(password, user.hashed_password)
+    if not ok:
+        with contextlib.suppress(TooManyRequests):
+            await limits.hit("login_failures", _address(client))
+        raise IncorrectPassword
+
+
+async def _issue(core: Core, db: AsyncSession, user: User, purpose: Purpose, now: datetime) -> str:
+    """Store a new token's hash (bound to the user's current email) and return the token."""
+    settings = core.settings
+    stale: list[ColumnElement[bool]] = [
+        EmailToken.used_at.is_not(None),
+        EmailToken.expires_at <= now,
+    ]
+    if purpose == RESET:
+        # A new reset link supersedes every earlier one.
+        stale.append(EmailToken.purpose == RESET)
+    await db.execute(delete(EmailToken).where(EmailToken.user_id == user.id, or_(*stale)))
+    lifetime = (
+        timedelta(hours=settings.verify_token_expire_hours)
+        if purpose == VERIFY
+        else timedelta(minutes=settings.reset_token_expire_minutes)
+    )
+    token = new_opaque_token()
+    db.add(
+        EmailToken(
+            user_id=user.id,
+            purpose=purpose,
+            token_hash=hash_opaque_token(token),
+            email=user.email,
+            created_at=now,
+            expires_at=now + lifetime,
+        )
+    )
+    return token
+
+
+def _usable(purpose: Purpose, token: str, now: datetime) -> tuple[ColumnElement[bool], ...]:
+    return (
+        EmailToken.token_hash == hash_opaque_token(token),
+        EmailToken.purpose == purpose,
+        EmailToken.used_at.is_(None),
+        EmailToken.expires_at > now,
+    )
+
+
+async def _consume(db: AsyncSession, purpose: Purpose, token: str, now: datetime) -> User:
+    """Spend a token and return its user, or raise InvalidEmailToken.
+
+    One conditional UPDATE is the test-and-set, so a token works once even under races.
+    """
+    spent = await db.execute(
+        update(EmailToken)
+        .where(*_usable(purpose, token, now))
+        .values(used_at=now)
+        .returning(EmailToken.user_id, EmailToken.email)
+    )
+    row = spent.one_or_none()
+    user = await db.get(User, row.user_id) if row is not None else None
+    if row is None or user is None or not _bound(user, row.email):
+        raise InvalidEmailToken
+    return user
+
+
+def _bound(user: User, token_email: str | None) -> bool:
+    """Whether the address a token was mailed to is still the account's address."""
+    return token_email is not None and email_key(token_email) == user.email_key
+
+
+def _verify_mail(core: Core, user: User, token: str) -> Mail:
+    assert user.email is not None  # accounts that get verification mail have an address
+    return Mail(
+        to=user.email,
+        template="verify",
+        context={
+            "username": user.username,
+            "token": token,
+            "link": f"{core.settings.public_url}/verify?token={token}",
+            "expires": _duration(timedelta(hours=core.settings.verify_token_expire_hours)),
+        },
+    )
+
+
+def _duration(span: timedelta) -> str:
+    """``24 hours``, ``1 hour``, ``30 minutes``: how long a link lives, for humans."""
+    minutes = int(span.total_seconds() // 60)
+    if minutes % 60 == 0:
+        hours = minutes // 60
+        return f"{hours} hour{'s' if hours != 1 else ''}"
+    return f"{minutes} minute{'s' if minutes != 1 else ''}"
