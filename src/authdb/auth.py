@@ -10,6 +10,7 @@ from fastapi import APIRouter, FastAPI
 
 from authdb.db import migrate
 from authdb.db.engine import async_url, create_engine, create_sessionmaker, is_sqlite
+from authdb.db.session_reader import create_reader
 from authdb.http.dependencies import AuthDeps
 from authdb.http.routers import accounts, admin, me, ops, tokens
 from authdb.mail import Mailer
@@ -37,13 +38,13 @@ class Auth:
         url = self.settings.database_url
         sqlite = is_sqlite(async_url(url))
         engine = create_engine(url)
-        self._read_engine = create_engine(url, reads_only=True) if sqlite else None
+        sessionmaker = create_sessionmaker(engine)
         self.core = Core(
             settings=self.settings,
             engine=engine,
-            sessionmaker=create_sessionmaker(engine),
+            sessionmaker=sessionmaker,
             hasher=Hasher(self.settings.password_hash_concurrency),
-            reader=create_sessionmaker(self._read_engine) if self._read_engine else None,
+            session_reader=create_reader(async_url(url), sessionmaker),
         )
         # SQLite is embedded, so it is ours to migrate; a shared server is the operator's.
         self.auto_migrate = sqlite if auto_migrate is None else auto_migrate
@@ -76,9 +77,8 @@ class Auth:
         )
 
     async def shutdown(self) -> None:
+        await self.core.live_sessions.close()
         await self.core.engine.dispose()
-        if self._read_engine is not None:
-            await self._read_engine.dispose()
 
     @asynccontextmanager
     async def lifespan(self, _app: FastAPI | None = None) -> AsyncIterator[None]:

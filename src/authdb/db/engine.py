@@ -32,21 +32,17 @@ def is_sqlite(url: URL) -> bool:
     return url.get_backend_name() == "sqlite"
 
 
-def create_engine(database_url: str, *, reads_only: bool = False) -> AsyncEngine:
-    """An engine for ``database_url``; SQLite gets WAL, foreign keys and immediate writes.
-
-    ``reads_only`` (SQLite): plain deferred transactions, which in WAL mode never wait for a
-    writer; use it only for work that does not write.
-    """
+def create_engine(database_url: str) -> AsyncEngine:
+    """An engine for ``database_url``; SQLite gets WAL, foreign keys and immediate writes."""
     url = async_url(database_url)
     if not is_sqlite(url):
         return create_async_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=20)
     engine = create_async_engine(url, connect_args={"timeout": 30})
-    _tune_sqlite(engine, begin="BEGIN" if reads_only else "BEGIN IMMEDIATE")
+    _tune_sqlite(engine)
     return engine
 
 
-def _tune_sqlite(engine: AsyncEngine, begin: str) -> None:
+def _tune_sqlite(engine: AsyncEngine) -> None:
     sync_engine = engine.sync_engine
 
     @event.listens_for(sync_engine, "connect")
@@ -64,7 +60,7 @@ def _tune_sqlite(engine: AsyncEngine, begin: str) -> None:
     def _on_begin(conn: Any) -> None:
         # A deferred transaction that later writes can fail at once with "database is locked"
         # instead of waiting; taking the write lock up front makes writers queue politely.
-        conn.exec_driver_sql(begin)
+        conn.exec_driver_sql("BEGIN IMMEDIATE")
 
 
 def create_sessionmaker(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:

@@ -86,11 +86,14 @@ class AuthRoute(APIRoute):
 
         async def route_handler(request: Request) -> Response:
             try:
-                return await handler(request)
+                response = await handler(request)
             except errors.AuthError as exc:
                 return auth_error_response(exc)
             except RequestValidationError as exc:
                 return validation_error_response(exc)
+            # Every authdb answer carries tokens or user data: none may sit in a cache.
+            response.headers.setdefault("Cache-Control", "no-store")
+            return response
 
         return route_handler
 

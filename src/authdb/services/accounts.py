@@ -171,7 +171,7 @@ async def reset_password(core: Core, token: str, password: str, client: ClientIn
     now = core.clock()
     # Look first, spend later: a password refused by the policy (422) must leave the token
     # usable, and the policy needs the account's username and email.
-    async with core.read_sessionmaker() as db:
+    async with core.sessionmaker() as db:
         found = (
             await db.execute(
                 select(User, EmailToken.email).join(EmailToken).where(*_usable(RESET, token, now))

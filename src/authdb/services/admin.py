@@ -173,7 +173,7 @@ async def list_users(
         raise InvalidInput(f"offset must be >= 0 and limit 1 to {MAX_PAGE_SIZE}")
     if search and "\x00" in search:
         raise InvalidInput("search may not contain NUL characters")  # PostgreSQL refuses them
-    async with core.read_sessionmaker() as db:
+    async with core.sessionmaker() as db:
         query = select(User)
         count = select(func.count()).select_from(User)
         if search and search.strip():
@@ -225,7 +225,7 @@ async def _register_fold(db: AsyncSession) -> bool:
 
 async def get_user(core: Core, user_id: int) -> User:
     """One user by id, or NotFound."""
-    async with core.read_sessionmaker() as db:
+    async with core.sessionmaker() as db:
         return await _load(db, user_id)
 
 
@@ -241,7 +241,7 @@ async def find_user(core: Core, ref: str) -> User:
     numeric = digits.isascii() and digits.isdigit()  # not "²", which isdigit() accepts
     if explicit and not numeric:
         raise InvalidInput(f"not a user id: {ref!r}")
-    async with core.read_sessionmaker() as db:
+    async with core.sessionmaker() as db:
         by_login = None if explicit else await find_by_login(db, ref)
         by_id = await _get(db, int(digits)) if numeric else None
     if by_login is not None and by_id is not None and by_login.id != by_id.id:

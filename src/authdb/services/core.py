@@ -9,6 +9,7 @@ from datetime import datetime
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from authdb.db.models import utcnow
+from authdb.db.session_reader import ORMReader, SessionReader
 from authdb.passwords import Hasher
 from authdb.settings import Settings
 from authdb.tokens import JWTCodec
@@ -33,12 +34,12 @@ class Core:
     hasher: Hasher
     codec: JWTCodec | None = None
     clock: Callable[[], datetime] = field(default=utcnow)
-    # For read-only work on the hot path (SQLite: transactions that never wait for writers).
-    reader: async_sessionmaker[AsyncSession] | None = None
+    # The per-request session check; see authdb.db.session_reader for why it is separate.
+    session_reader: SessionReader | None = None
 
     @property
-    def read_sessionmaker(self) -> async_sessionmaker[AsyncSession]:
-        return self.reader or self.sessionmaker
+    def live_sessions(self) -> SessionReader:
+        return self.session_reader or ORMReader(self.sessionmaker)
 
     @property
     def jwt(self) -> JWTCodec:

@@ -131,14 +131,7 @@ async def authenticate(core: Core, access_token: str) -> Authenticated:
         claims = core.jwt.decode(access_token)
     except InvalidAccessToken:
         raise NotAuthenticated from None
-    now = core.clock()
-    query = (
-        select(User)
-        .join(AuthSession, AuthSession.user_id == User.id)
-        .where(AuthSession.id == claims.session_id, User.id == claims.user_id, *_live(now))
-    )
-    async with core.read_sessionmaker() as db:
-        user = await db.scalar(query)
+    user = await core.live_sessions.live_user(claims.session_id, claims.user_id, core.clock())
     if user is None:
         raise NotAuthenticated
     return Authenticated(user, claims.session_id)
@@ -179,7 +172,7 @@ async def list_live(core: Core, user_id: int) -> list[AuthSession]:
         .where(AuthSession.user_id == user_id, *_live(core.clock()))
         .order_by(AuthSession.id)
     )
-    async with core.read_sessionmaker() as db:
+    async with core.sessionmaker() as db:
         return list((await db.scalars(query)).all())
 
 

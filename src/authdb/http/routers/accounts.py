@@ -14,7 +14,7 @@ from fastapi import APIRouter, BackgroundTasks, Depends, Response, status
 from pydantic import BaseModel
 
 from authdb.db.models import User
-from authdb.http.dependencies import AuthDeps, no_store
+from authdb.http.dependencies import AuthDeps
 from authdb.http.errors import AuthRoute
 from authdb.http.schemas import (
     EmailRequest,
@@ -49,7 +49,7 @@ class Accepted(BaseModel):
 
 
 def build(deps: AuthDeps) -> APIRouter:
-    router = APIRouter(tags=["accounts"], dependencies=[Depends(no_store)], route_class=AuthRoute)
+    router = APIRouter(tags=["accounts"], route_class=AuthRoute)
     Client = Annotated[ClientInfo, Depends(deps.client)]
     ActiveUser = Annotated[User, Depends(deps.current_active_user)]
     # Shares the request's cached current_session with ActiveUser: one lookup, not two.

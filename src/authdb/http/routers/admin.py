@@ -5,7 +5,7 @@ from typing import Annotated, cast
 from fastapi import APIRouter, Depends, Query, Response, status
 
 from authdb.db.models import User
-from authdb.http.dependencies import AuthDeps, no_store
+from authdb.http.dependencies import AuthDeps
 from authdb.http.errors import AuthRoute
 from authdb.http.schemas import AdminUserUpdate, UserPage, UserRead
 from authdb.services import admin
@@ -17,7 +17,7 @@ def build(deps: AuthDeps) -> APIRouter:
     router = APIRouter(
         prefix="/users",
         tags=["admin"],
-        dependencies=[Depends(no_store), Depends(deps.current_superuser)],
+        dependencies=[Depends(deps.current_superuser)],
         route_class=AuthRoute,
     )
     Superuser = Annotated[User, Depends(deps.current_superuser)]

@@ -5,7 +5,7 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Response, status
 
 from authdb.db.models import User
-from authdb.http.dependencies import AuthDeps, no_store
+from authdb.http.dependencies import AuthDeps
 from authdb.http.errors import AuthRoute
 from authdb.http.schemas import SessionRead, UserRead
 from authdb.services import sessions
@@ -14,9 +14,7 @@ from authdb.services.sessions import Authenticated
 
 
 def build(deps: AuthDeps) -> APIRouter:
-    router = APIRouter(
-        prefix="/users/me", tags=["me"], dependencies=[Depends(no_store)], route_class=AuthRoute
-    )
+    router = APIRouter(prefix="/users/me", tags=["me"], route_class=AuthRoute)
     Session = Annotated[Authenticated, Depends(deps.current_session)]
 
     @router.get("", response_model=UserRead)

@@ -4,7 +4,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Body, Depends, Form, HTTPException, Response, status
 
-from authdb.http.dependencies import AuthDeps, no_store
+from authdb.http.dependencies import AuthDeps
 from authdb.http.errors import AuthRoute
 from authdb.http.schemas import LogoutRequest, Token
 from authdb.services import sessions
@@ -30,7 +30,7 @@ def _required(value: str | None, name: str) -> str:
 
 
 def build(deps: AuthDeps) -> APIRouter:
-    router = APIRouter(tags=["auth"], dependencies=[Depends(no_store)], route_class=AuthRoute)
+    router = APIRouter(tags=["auth"], route_class=AuthRoute)
     Client = Annotated[ClientInfo, Depends(deps.client)]
 
     @router.post("/token", response_model=Token)
