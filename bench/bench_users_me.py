@@ -1,7 +1,7 @@
 """Benchmark ``GET /users/me`` of ``authdb serve`` against a bare FastAPI app that decodes a JWT.
 
 Starts real processes on 127.0.0.1 (``authdb serve``, the bare app of ``bare_app.py`` and, as a
-variant, the same authdb app under uvicorn with the access log off), creates a user, logs in, and
+variant, authdb serve with its access log on), creates a user, logs in, and
 drives each server with a keep-alive HTTP/1.1 load generator for a fixed time. It prints
 requests/s, p50 and p99 side by side, then ``/users/me`` while a login storm (concurrent correct
 ``POST /token``) runs, and checks the two targets:
@@ -445,7 +445,7 @@ async def measure(
     variant_r = None
     if variant is not None:
         (variant_r,) = await phase(
-            "variant", [me(variant, "authdb app, access log off, idle")], [variant]
+            "variant", [me(variant, "authdb serve --access-log, idle")], [variant]
         )
     return Figures(bare_r, idle_r, storm_r, logins_r, variant_r)
 
@@ -556,7 +556,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--no-variant",
         action="store_true",
-        help="skip the variant (authdb app under uvicorn with the access log off)",
+        help="skip the variant (authdb serve with its access log on)",
     )
     parser.add_argument("--keep", action="store_true", help="keep the work directory and logs")
     parser.add_argument("--check", action="store_true", help="exit 1 when a target is missed")
@@ -641,12 +641,8 @@ def main(argv: list[str] | None = None) -> int:
             if not args.no_variant:
                 variant_port = free_port()
                 variant = start_server(
-                    "authdb app, no access log",
-                    [
-                        *uvicorn,
-                        *("authdb.app:create_app", "--factory", *workers),
-                        *("--no-server-header", "--no-proxy-headers", *listen(variant_port)),
-                    ],
+                    "authdb serve --access-log",
+                    [AUTHDB, "serve", "--access-log", *listen(variant_port), *workers],
                     env,
                     workdir,
                     variant_port,

@@ -31,6 +31,12 @@ def serve(
     host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="Port to listen on.", min=1, max=65535)] = 8000,
     workers: Annotated[int, typer.Option(help="Worker processes.", min=1)] = 1,
+    access_log: Annotated[
+        bool,
+        typer.Option(
+            "--access-log", help="Log every request (security events always go to the audit table)."
+        ),
+    ] = False,
 ) -> None:
     """Run the authdb service (SQLite is migrated first; other databases must be current)."""
     import uvicorn
@@ -49,6 +55,8 @@ def serve(
         proxy_headers=False,
         server_header=False,
         log_config=_log_config(),
+        # Off by default: a line per request costs about a quarter of /users/me's throughput.
+        access_log=access_log,
     )
 
 
