@@ -27,6 +27,7 @@ from authdb.app import create_app
 from authdb.db import migrate
 from authdb.services import admin
 from authdb.services.core import CLI_CLIENT
+from tests.cli import FAST_HASHING
 
 PG_ADMIN_DSN = os.environ.get("AUTHDB_TEST_PG_DSN", "postgresql://postgres@127.0.0.1:5432/test")
 PASSWORD = "correct horse battery staple"
@@ -133,6 +134,7 @@ def make_settings(database_url: str, smtp_server: tuple[int, Mailbox]) -> Callab
             "rate_limit_register": "1000/minute",
             "rate_limit_email_requests": "1000/minute",
             "rate_limit_email_requests_per_address": "1000/minute",
+            **FAST_HASHING,
         }
         values.update(overrides)
         return Settings(_env_file=None, **values)  # type: ignore[call-arg]

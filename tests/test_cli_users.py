@@ -23,7 +23,7 @@ from authdb.errors import NotAuthenticated, NotFound
 from authdb.services import admin, sessions
 from authdb.services.audit import list_events
 from authdb.services.core import CLI_CLIENT, ClientInfo
-from tests.cli import AUTHDB, run_cli
+from tests.cli import AUTHDB, run_cli, subprocess_env
 from tests.conftest import PASSWORD
 
 SECRET = "cli-users-test-secret-key-0123456789-abcdef"
@@ -121,14 +121,13 @@ async def test_disable_enable_superuser_and_delete(auth: Auth, env: dict[str, st
 def _with_terminal(args: list[str], env: dict[str, str], answer: str) -> tuple[int, str, str]:
     """Run ``authdb ARGS`` with a pseudo-terminal as standard input, typing ``answer``."""
     main, terminal = pty.openpty()
-    clean = {k: v for k, v in os.environ.items() if not k.startswith("AUTHDB_")}
     try:
         process = subprocess.Popen(
             [AUTHDB, *args],
             stdin=terminal,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
-            env={**clean, **env},
+            env=subprocess_env(env),
             text=True,
         )
         os.write(main, answer.encode() + b"\n")

@@ -6,7 +6,6 @@ that prefix are deleted afterwards, so nothing else in that Redis is touched.
 
 from __future__ import annotations
 
-import os
 import subprocess
 import time
 import uuid
@@ -19,16 +18,12 @@ import asyncpg  # type: ignore[import-untyped]
 import httpx
 import redis
 
-from tests.cli import AUTHDB, run_cli
+from tests.cli import AUTHDB, run_cli, subprocess_env
 from tests.conftest import PASSWORD, free_port, pg_database
 
 REDIS_URL = "redis://127.0.0.1:6379/14"
 SECRET = "multiprocess-test-secret-key-0123456789abcdef"
 WRONG = "not the right password"
-
-
-def _clean_env() -> dict[str, str]:
-    return {k: v for k, v in os.environ.items() if not k.startswith("AUTHDB_")}
 
 
 @contextmanager
@@ -45,7 +40,7 @@ def serving(env: dict[str, str], log_dir: Path, count: int = 2) -> Iterator[list
             with log_path.open("w") as log:
                 process = subprocess.Popen(
                     [AUTHDB, "serve", "--port", str(port)],
-                    env={**_clean_env(), **env},
+                    env=subprocess_env(env),
                     stdout=log,
                     stderr=subprocess.STDOUT,
                     cwd=log_dir,

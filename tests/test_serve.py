@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import subprocess
 import time
 from collections.abc import Iterator
@@ -11,7 +10,7 @@ from pathlib import Path
 
 import httpx
 
-from tests.cli import AUTHDB, run_cli
+from tests.cli import AUTHDB, run_cli, subprocess_env
 from tests.conftest import PASSWORD, free_port, pg_database
 
 
@@ -23,7 +22,7 @@ def serving(cwd: Path, env: dict[str, str], *extra: str) -> Iterator[str]:
     process = subprocess.Popen(
         [AUTHDB, "serve", "--port", str(port), *extra],
         cwd=cwd,
-        env={**_clean_env(), **env},
+        env=subprocess_env(env),
         stdout=log,
         stderr=subprocess.STDOUT,
     )
@@ -85,7 +84,7 @@ async def test_serve_refuses_postgres_schema_that_is_behind(tmp_path: Path) -> N
         env = {"AUTHDB_DATABASE_URL": url, "AUTHDB_SECRET_KEY": "k" * 40}
         result = subprocess.run(
             [AUTHDB, "serve", "--port", str(free_port())],
-            env={**_clean_env(), **env},
+            env=subprocess_env(env),
             capture_output=True,
             text=True,
             timeout=60,
@@ -97,7 +96,3 @@ async def test_serve_refuses_postgres_schema_that_is_behind(tmp_path: Path) -> N
         assert run_cli(["migrate"], env=env).returncode == 0
         with serving(tmp_path, env, "--workers", "2") as base:
             assert httpx.get(f"{base}/readyz").status_code == 200
-
-
-def _clean_env() -> dict[str, str]:
-    return {k: v for k, v in os.environ.items() if not k.startswith("AUTHDB_")}

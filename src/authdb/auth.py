@@ -43,7 +43,7 @@ class Auth:
             settings=self.settings,
             engine=engine,
             sessionmaker=sessionmaker,
-            hasher=Hasher(self.settings.password_hash_concurrency),
+            hasher=Hasher.from_settings(self.settings),
             session_reader=create_reader(async_url(url), sessionmaker),
         )
         # SQLite is embedded, so it is ours to migrate; a shared server is the operator's.

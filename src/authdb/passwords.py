@@ -12,6 +12,8 @@ from pwdlib import PasswordHash
 from pwdlib.hashers.argon2 import Argon2Hasher
 from pwdlib.hashers.bcrypt import BcryptHasher
 
+from authdb.settings import Settings
+
 MIN_LENGTH = 8
 MAX_LENGTH = 1024
 _BCRYPT_MAX_BYTES = 72
@@ -23,8 +25,16 @@ class Hasher:
     Argon2id is the current algorithm; bcrypt hashes (the tutorial's) verify and are upgraded.
     """
 
-    def __init__(self, concurrency: int = 1) -> None:
-        self._hash = PasswordHash((Argon2Hasher(), BcryptHasher()))
+    def __init__(
+        self,
+        concurrency: int = 1,
+        *,
+        time_cost: int = 3,
+        memory_kib: int = 65536,
+        parallelism: int = 4,
+    ) -> None:
+        argon2 = Argon2Hasher(time_cost=time_cost, memory_cost=memory_kib, parallelism=parallelism)
+        self._hash = PasswordHash((argon2, BcryptHasher()))
         self._limiter = anyio.CapacityLimiter(concurrency)
         # Verified in place of a missing user's hash, so unknown names cost the same time.
         self._dummy_hash = self._hash.hash(secrets.token_urlsafe(16))
@@ -56,6 +66,15 @@ class Hasher:
 
     def _verify_dummy(self, password: str) -> None:
         self._hash.verify(password, self._dummy_hash)
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> Hasher:
+        return cls(
+            settings.password_hash_concurrency,
+            time_cost=settings.password_hash_time_cost,
+            memory_kib=settings.password_hash_memory_kib,
+            parallelism=settings.password_hash_parallelism,
+        )
 
     @staticmethod
     def is_supported_hash(hashed: str) -> bool:

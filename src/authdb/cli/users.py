@@ -18,7 +18,6 @@ from authdb.cli.common import fail, run
 from authdb.db.models import User
 from authdb.errors import AuthError
 from authdb.http.schemas import UserRead
-from authdb.passwords import Hasher
 from authdb.services import admin
 from authdb.services.core import CLI_CLIENT
 
@@ -56,7 +55,6 @@ def import_users(
     except (OSError, UnicodeDecodeError) as exc:
         fail(f"cannot read {file}: {exc}")
     records = [(n, _parse_line(n, line)) for n, line in enumerate(lines, 1) if line.strip()]
-    hasher = Hasher()
     if not records:
         fail(f"{file} holds no users")
 
@@ -65,7 +63,7 @@ def import_users(
         seen: dict[str, int] = {}
         for number, record in records:
             try:
-                new = await admin.prepare_user(hasher, **record)
+                new = await admin.prepare_user(auth.core.hasher, **record)
             except (AuthError, TypeError) as exc:
                 fail(f"line {number}: {getattr(exc, 'detail', exc)}")
             for key in (new.username.casefold(), new.email.casefold()):
