@@ -25,7 +25,7 @@ from aiosmtpd.controller import Controller
 from authdb import Auth, Settings
 from authdb.app import create_app
 from authdb.db import migrate
-from authdb.services import admin
+from authdb.services import provisioning
 from authdb.services.core import CLI_CLIENT
 from tests.cli import FAST_HASHING
 
@@ -154,7 +154,7 @@ class Harness:
     ) -> Any:
         fields.setdefault("email", f"{username}@example.com")
         fields.setdefault("is_verified", True)
-        return await admin.create_user(
+        return await provisioning.create_user(
             self.auth.core, username=username, password=password, client=CLI_CLIENT, **fields
         )
 

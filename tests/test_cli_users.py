@@ -20,7 +20,7 @@ from authdb import Auth, Settings
 from authdb.db import migrate
 from authdb.db.models import User
 from authdb.errors import NotAuthenticated, NotFound
-from authdb.services import admin, sessions
+from authdb.services import admin, provisioning, sessions
 from authdb.services.audit import list_events
 from authdb.services.core import CLI_CLIENT, ClientInfo
 from tests.cli import AUTHDB, run_cli, subprocess_env
@@ -47,7 +47,7 @@ def env(database_url: str) -> dict[str, str]:
 
 async def _user(auth: Auth, username: str, **fields: Any) -> Any:
     fields.setdefault("email", f"{username}@example.com")
-    return await admin.create_user(
+    return await provisioning.create_user(
         auth.core, username=username, password=PASSWORD, client=CLI_CLIENT, **fields
     )
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from authdb.services import admin
+from authdb.services import provisioning
 from authdb.services.core import CLI_CLIENT
 from tests.conftest import PASSWORD
 
@@ -20,7 +20,7 @@ async def test_example_app_protects_its_routes(
     monkeypatch.setenv("AUTHDB_SECRET_KEY", "example-secret-key-for-the-library-test-0123")
     example = importlib.reload(importlib.import_module("examples.app"))
     async with example.app.router.lifespan_context(example.app):
-        await admin.create_user(
+        await provisioning.create_user(
             example.auth.core, username="alice", email="alice@example.com", password=PASSWORD,
             client=CLI_CLIENT, is_verified=True,
         )  # fmt: skip

@@ -6,7 +6,7 @@ import asyncio
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from authdb.services import admin, sessions
+from authdb.services import provisioning, sessions
 from authdb.services.core import CLI_CLIENT
 from tests.conftest import PASSWORD, Harness
 
@@ -164,7 +164,9 @@ async def test_expired_session_cannot_refresh(harness: Harness) -> None:
 async def test_cli_password_change_ends_all_sessions(harness: Harness) -> None:
     await harness.create_user()
     tokens = await harness.login()
-    await admin.set_password(harness.auth.core, "alice", "a brand new passphrase", CLI_CLIENT)
+    await provisioning.set_password(
+        harness.auth.core, "alice", "a brand new passphrase", CLI_CLIENT
+    )
     assert await _status(harness, tokens) == 401
     assert (await _refresh(harness, tokens["refresh_token"])).status_code == 401
 

@@ -14,7 +14,7 @@ from authdb.cli.audit import audit
 from authdb.cli.common import fail, read_password, run, settings
 from authdb.db import migrate as migrations
 from authdb.db.engine import async_url, create_engine, is_sqlite
-from authdb.services import admin, sessions
+from authdb.services import provisioning, sessions
 from authdb.services.core import CLI_CLIENT
 
 app = typer.Typer(
@@ -123,7 +123,7 @@ def createuser(
     """Create a verified user."""
     password = read_password(password_stdin)
     user = run(
-        lambda auth: admin.create_user(
+        lambda auth: provisioning.create_user(
             auth.core,
             username=username,
             email=email,
@@ -146,7 +146,7 @@ def changepassword(
 ) -> None:
     """Set a user's password; all of their sessions end."""
     password = read_password(password_stdin)
-    run(lambda auth: admin.set_password(auth.core, username, password, CLI_CLIENT))
+    run(lambda auth: provisioning.set_password(auth.core, username, password, CLI_CLIENT))
     typer.echo(f"password changed for {username}")
 
 

@@ -18,7 +18,7 @@ from authdb.cli.common import fail, run
 from authdb.db.models import User
 from authdb.errors import AuthError
 from authdb.http.schemas import UserRead
-from authdb.services import admin
+from authdb.services import admin, provisioning
 from authdb.services.core import CLI_CLIENT
 
 app = typer.Typer(help="Manage users.", no_args_is_help=True)
@@ -59,11 +59,11 @@ def import_users(
         fail(f"{file} holds no users")
 
     async def _import(auth: Any) -> int:
-        batch: list[admin.NewUser] = []
+        batch: list[provisioning.NewUser] = []
         seen: dict[str, int] = {}
         for number, record in records:
             try:
-                new = await admin.prepare_user(auth.core.hasher, **record)
+                new = await provisioning.prepare_user(auth.core.hasher, **record)
             except (AuthError, TypeError) as exc:
                 fail(f"line {number}: {getattr(exc, 'detail', exc)}")
             for key in (new.username.casefold(), new.email.casefold()):
@@ -72,7 +72,7 @@ def import_users(
                 seen[key] = number
             batch.append(new)
         try:
-            await admin.insert_users(auth.core, batch, client=CLI_CLIENT)
+            await provisioning.insert_users(auth.core, batch, client=CLI_CLIENT)
         except AuthError as exc:
             fail(f"nothing imported: {exc.detail} (one of the users exists already)")
         return len(batch)

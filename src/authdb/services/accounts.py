@@ -9,11 +9,9 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Mapping
-from dataclasses import dataclass, field
-from datetime import datetime, timedelta
-from typing import Literal
+from datetime import timedelta
 
-from sqlalchemy import ColumnElement, delete, or_, select, update
+from sqlalchemy import delete, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from authdb.db.models import EmailToken, LoginFailure, User
@@ -27,9 +25,10 @@ from authdb.errors import (
 )
 from authdb.names import email_key
 from authdb.ratelimit import RateLimits
-from authdb.services import audit, lockout, sessions
-from authdb.services.admin import clean_email, prepare_user
+from authdb.services import audit, email_tokens, lockout, sessions
 from authdb.services.core import ClientInfo, Core
+from authdb.services.email_tokens import RESET, VERIFY, Mail
+from authdb.services.provisioning import clean_email, prepare_user
 from authdb.services.sessions import Authenticated
 from authdb.services.users import (
     check_password,
@@ -38,21 +37,6 @@ from authdb.services.users import (
     set_identity,
     set_password_hash,
 )
-from authdb.tokens import hash_opaque_token, new_opaque_token
-
-Purpose = Literal["verify", "reset"]
-VERIFY: Purpose = "verify"
-RESET: Purpose = "reset"
-
-
-@dataclass(frozen=True, slots=True)
-class Mail:
-    """An email to send once the transaction that produced it has committed."""
-
-    to: str
-    template: str
-    context: dict[str, str] = field(default_factory=dict)
-
 
 # --- registration -------------------------------------------------------------------------------
 
@@ -92,7 +76,7 @@ async def register(
         set_identity(user, username=new.username, email=new.email)
         db.add(user)
         await flush_unique(db, user)
-        token = await _issue(core, db, user, VERIFY, now)
+        token = await email_tokens.issue(core, db, user, VERIFY, now)
         audit.record(db, "registered", client=client, now=now, user_id=user.id)
     return user, _verify_mail(core, user, token)
 
@@ -122,7 +106,7 @@ async def request_verification(core: Core, email: str, client: ClientInfo) -> Ma
         user = await db.scalar(select(User).where(User.email_key == key))
         if user is None or user.is_verified or user.disabled or not user.email:
             return None
-        token = await _issue(core, db, user, VERIFY, now)
+        token = await email_tokens.issue(core, db, user, VERIFY, now)
         audit.record(db, "verification_requested", client=client, now=now, user_id=user.id)
     return _verify_mail(core, user, token)
 
@@ -131,7 +115,7 @@ async def verify_email(core: Core, token: str, client: ClientInfo) -> User:
     """Spend a verification token and mark its account verified; InvalidEmailToken otherwise."""
     now = core.clock()
     async with core.sessionmaker.begin() as db:
-        user = await _consume(db, VERIFY, token, now)
+        user = await email_tokens.consume(db, VERIFY, token, now)
         user.is_verified = True
         user.updated_at = now
         audit.record(db, "email_verified", client=client, now=now, user_id=user.id)
@@ -152,7 +136,7 @@ async def request_password_reset(core: Core, email: str, client: ClientInfo) -> 
         user = await db.scalar(select(User).where(User.email_key == key))
         if user is None or user.disabled or not user.email:
             return None
-        token = await _issue(core, db, user, RESET, now)
+        token = await email_tokens.issue(core, db, user, RESET, now)
         audit.record(db, "password_reset_requested", client=client, now=now, user_id=user.id)
     return Mail(
         to=user.email,
@@ -161,7 +145,9 @@ async def request_password_reset(core: Core, email: str, client: ClientInfo) -> 
             "username": user.username,
             "token": token,
             "link": f"{core.settings.public_url}/reset-password?token={token}",
-            "expires": _duration(timedelta(minutes=core.settings.reset_token_expire_minutes)),
+            "expires": email_tokens.duration(
+                timedelta(minutes=core.settings.reset_token_expire_minutes)
+            ),
         },
     )
 
@@ -174,17 +160,19 @@ async def reset_password(core: Core, token: str, password: str, client: ClientIn
     async with core.sessionmaker() as db:
         found = (
             await db.execute(
-                select(User, EmailToken.email).join(EmailToken).where(*_usable(RESET, token, now))
+                select(User, EmailToken.email)
+                .join(EmailToken)
+                .where(*email_tokens.usable(RESET, token, now))
             )
         ).one_or_none()
-    if found is None or not _bound(found[0], found[1]):
+    if found is None or not email_tokens.bound(found[0], found[1]):
         raise InvalidEmailToken
     check_password(password, username=found[0].username, email=found[0].email)
     hashed = await core.hasher.hash(password)
     now = core.clock()
     async with core.sessionmaker.begin() as db:
         # The atomic spend decides between racing resets with one token.
-        user = await _consume(db, RESET, token, now)
+        user = await email_tokens.consume(db, RESET, token, now)
         await set_password_hash(db, user, hashed, now)
         await sessions.revoke_all(db, user.id, now)
         # Proving control of the mailbox is as good as a correct password: lift a lockout.
@@ -239,7 +227,7 @@ async def update_account(
         if email_changed:
             # Links mailed to the old address must not act on the new one.
             await db.execute(delete(EmailToken).where(EmailToken.user_id == user.id))
-            token = await _issue(core, db, user, VERIFY, now)
+            token = await email_tokens.issue(core, db, user, VERIFY, now)
             mails.append(_verify_mail(core, user, token))
             if old_email:
                 context = {"username": user.username, "new_email": user.email or ""}
@@ -330,68 +318,6 @@ async def _confirm_password(
         raise IncorrectPassword
 
 
-async def _issue(core: Core, db: AsyncSession, user: User, purpose: Purpose, now: datetime) -> str:
-    """Store a new token's hash (bound to the user's current email) and return the token."""
-    settings = core.settings
-    stale: list[ColumnElement[bool]] = [
-        EmailToken.used_at.is_not(None),
-        EmailToken.expires_at <= now,
-    ]
-    if purpose == RESET:
-        # A new reset link supersedes every earlier one.
-        stale.append(EmailToken.purpose == RESET)
-    await db.execute(delete(EmailToken).where(EmailToken.user_id == user.id, or_(*stale)))
-    lifetime = (
-        timedelta(hours=settings.verify_token_expire_hours)
-        if purpose == VERIFY
-        else timedelta(minutes=settings.reset_token_expire_minutes)
-    )
-    token = new_opaque_token()
-    db.add(
-        EmailToken(
-            user_id=user.id,
-            purpose=purpose,
-            token_hash=hash_opaque_token(token),
-            email=user.email,
-            created_at=now,
-            expires_at=now + lifetime,
-        )
-    )
-    return token
-
-
-def _usable(purpose: Purpose, token: str, now: datetime) -> tuple[ColumnElement[bool], ...]:
-    return (
-        EmailToken.token_hash == hash_opaque_token(token),
-        EmailToken.purpose == purpose,
-        EmailToken.used_at.is_(None),
-        EmailToken.expires_at > now,
-    )
-
-
-async def _consume(db: AsyncSession, purpose: Purpose, token: str, now: datetime) -> User:
-    """Spend a token and return its user, or raise InvalidEmailToken.
-
-    One conditional UPDATE is the test-and-set, so a token works once even under races.
-    """
-    spent = await db.execute(
-        update(EmailToken)
-        .where(*_usable(purpose, token, now))
-        .values(used_at=now)
-        .returning(EmailToken.user_id, EmailToken.email)
-    )
-    row = spent.one_or_none()
-    user = await db.get(User, row.user_id) if row is not None else None
-    if row is None or user is None or not _bound(user, row.email):
-        raise InvalidEmailToken
-    return user
-
-
-def _bound(user: User, token_email: str | None) -> bool:
-    """Whether the address a token was mailed to is still the account's address."""
-    return token_email is not None and email_key(token_email) == user.email_key
-
-
 def _verify_mail(core: Core, user: User, token: str) -> Mail:
     assert user.email is not None  # accounts that get verification mail have an address
     return Mail(
@@ -401,15 +327,8 @@ def _verify_mail(core: Core, user: User, token: str) -> Mail:
             "username": user.username,
             "token": token,
             "link": f"{core.settings.public_url}/verify?token={token}",
-            "expires": _duration(timedelta(hours=core.settings.verify_token_expire_hours)),
+            "expires": email_tokens.duration(
+                timedelta(hours=core.settings.verify_token_expire_hours)
+            ),
         },
     )
-
-
-def _duration(span: timedelta) -> str:
-    """``24 hours``, ``1 hour``, ``30 minutes``: how long a link lives, for humans."""
-    minutes = int(span.total_seconds() // 60)
-    if minutes % 60 == 0:
-        hours = minutes // 60
-        return f"{hours} hour{'s' if hours != 1 else ''}"
-    return f"{minutes} minute{'s' if minutes != 1 else ''}"

@@ -27,8 +27,8 @@ from authdb.http.schemas import (
     UserUpdate,
 )
 from authdb.services import accounts
-from authdb.services.accounts import Mail
 from authdb.services.core import ClientInfo, Core
+from authdb.services.email_tokens import Mail
 from authdb.services.sessions import Authenticated
 
 _VERIFY_ACCEPTED = (

@@ -1,0 +1,101 @@
+"""Single-use email tokens (verification and reset): random, stored as hashes, bound to the
+address they were mailed to, spent by one conditional UPDATE."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Literal
+
+from sqlalchemy import ColumnElement, delete, or_, update
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from authdb.db.models import EmailToken, User
+from authdb.errors import InvalidEmailToken
+from authdb.names import email_key
+from authdb.services.core import Core
+from authdb.tokens import hash_opaque_token, new_opaque_token
+
+Purpose = Literal["verify", "reset"]
+VERIFY: Purpose = "verify"
+RESET: Purpose = "reset"
+
+
+@dataclass(frozen=True, slots=True)
+class Mail:
+    """An email to send once the transaction that produced it has committed."""
+
+    to: str
+    template: str
+    context: dict[str, str] = field(default_factory=dict)
+
+
+async def issue(core: Core, db: AsyncSession, user: User, purpose: Purpose, now: datetime) -> str:
+    """Store a new token's hash (bound to the user's current email) and return the token."""
+    settings = core.settings
+    stale: list[ColumnElement[bool]] = [
+        EmailToken.used_at.is_not(None),
+        EmailToken.expires_at <= now,
+    ]
+    if purpose == RESET:
+        # A new reset link supersedes every earlier one.
+        stale.append(EmailToken.purpose == RESET)
+    await db.execute(delete(EmailToken).where(EmailToken.user_id == user.id, or_(*stale)))
+    lifetime = (
+        timedelta(hours=settings.verify_token_expire_hours)
+        if purpose == VERIFY
+        else timedelta(minutes=settings.reset_token_expire_minutes)
+    )
+    token = new_opaque_token()
+    db.add(
+        EmailToken(
+            user_id=user.id,
+            purpose=purpose,
+            token_hash=hash_opaque_token(token),
+            email=user.email,
+            created_at=now,
+            expires_at=now + lifetime,
+        )
+    )
+    return token
+
+
+def usable(purpose: Purpose, token: str, now: datetime) -> tuple[ColumnElement[bool], ...]:
+    return (
+        EmailToken.token_hash == hash_opaque_token(token),
+        EmailToken.purpose == purpose,
+        EmailToken.used_at.is_(None),
+        EmailToken.expires_at > now,
+    )
+
+
+async def consume(db: AsyncSession, purpose: Purpose, token: str, now: datetime) -> User:
+    """Spend a token and return its user, or raise InvalidEmailToken.
+
+    One conditional UPDATE is the test-and-set, so a token works once even under races.
+    """
+    spent = await db.execute(
+        update(EmailToken)
+        .where(*usable(purpose, token, now))
+        .values(used_at=now)
+        .returning(EmailToken.user_id, EmailToken.email)
+    )
+    row = spent.one_or_none()
+    user = await db.get(User, row.user_id) if row is not None else None
+    if row is None or user is None or not bound(user, row.email):
+        raise InvalidEmailToken
+    return user
+
+
+def bound(user: User, token_email: str | None) -> bool:
+    """Whether the address a token was mailed to is still the account's address."""
+    return token_email is not None and email_key(token_email) == user.email_key
+
+
+def duration(span: timedelta) -> str:
+    """``24 hours``, ``1 hour``, ``30 minutes``: how long a link lives, for humans."""
+    minutes = int(span.total_seconds() // 60)
+    if minutes % 60 == 0:
+        hours = minutes // 60
+        return f"{hours} hour{'s' if hours != 1 else ''}"
+    return f"{minutes} minute{'s' if minutes != 1 else ''}"
