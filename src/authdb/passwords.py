@@ -29,9 +29,9 @@ class Hasher:
         self,
         concurrency: int = 1,
         *,
-        time_cost: int = 3,
-        memory_kib: int = 65536,
-        parallelism: int = 4,
+        time_cost: int = 2,
+        memory_kib: int = 19456,
+        parallelism: int = 1,
     ) -> None:
         argon2 = Argon2Hasher(time_cost=time_cost, memory_cost=memory_kib, parallelism=parallelism)
         self._hash = PasswordHash((argon2, BcryptHasher()))

@@ -135,7 +135,7 @@ class AsyncpgReader:
 
             async with self._lock:
                 if self._pool is None:
-                    self._pool = await asyncpg.create_pool(self._dsn, min_size=1, max_size=10)
+                    self._pool = await asyncpg.create_pool(self._dsn, min_size=2, max_size=20)
         return self._pool
 
     async def live_user(self, session_id: int, user_id: int, now: datetime) -> User | None:
