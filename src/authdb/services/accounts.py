@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Mapping
-from datetime import timedelta
 
 from sqlalchemy import delete, select
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -78,7 +77,7 @@ async def register(
         await flush_unique(db, user)
         token = await email_tokens.issue(core, db, user, VERIFY, now)
         audit.record(db, "registered", client=client, now=now, user_id=user.id)
-    return user, _verify_mail(core, user, token)
+    return user, email_tokens.link_mail(core, user, VERIFY, token)
 
 
 # --- verification -------------------------------------------------------------------------------
@@ -108,7 +107,7 @@ async def request_verification(core: Core, email: str, client: ClientInfo) -> Ma
             return None
         token = await email_tokens.issue(core, db, user, VERIFY, now)
         audit.record(db, "verification_requested", client=client, now=now, user_id=user.id)
-    return _verify_mail(core, user, token)
+    return email_tokens.link_mail(core, user, VERIFY, token)
 
 
 async def verify_email(core: Core, token: str, client: ClientInfo) -> User:
@@ -138,18 +137,7 @@ async def request_password_reset(core: Core, email: str, client: ClientInfo) -> 
             return None
         token = await email_tokens.issue(core, db, user, RESET, now)
         audit.record(db, "password_reset_requested", client=client, now=now, user_id=user.id)
-    return Mail(
-        to=user.email,
-        template="reset",
-        context={
-            "username": user.username,
-            "token": token,
-            "link": f"{core.settings.public_url}/reset-password?token={token}",
-            "expires": email_tokens.duration(
-                timedelta(minutes=core.settings.reset_token_expire_minutes)
-            ),
-        },
-    )
+    return email_tokens.link_mail(core, user, RESET, token)
 
 
 async def reset_password(core: Core, token: str, password: str, client: ClientInfo) -> None:
@@ -228,7 +216,7 @@ async def update_account(
             # Links mailed to the old address must not act on the new one.
             await db.execute(delete(EmailToken).where(EmailToken.user_id == user.id))
             token = await email_tokens.issue(core, db, user, VERIFY, now)
-            mails.append(_verify_mail(core, user, token))
+            mails.append(email_tokens.link_mail(core, user, VERIFY, token))
             if old_email:
                 context = {"username": user.username, "new_email": user.email or ""}
                 mails.append(Mail(to=old_email, template="email_changed", context=context))
@@ -316,19 +304,3 @@ async def _confirm_password(
         with contextlib.suppress(TooManyRequests):
             await limits.hit("login_failures", _address(client))
         raise IncorrectPassword
-
-
-def _verify_mail(core: Core, user: User, token: str) -> Mail:
-    assert user.email is not None  # accounts that get verification mail have an address
-    return Mail(
-        to=user.email,
-        template="verify",
-        context={
-            "username": user.username,
-            "token": token,
-            "link": f"{core.settings.public_url}/verify?token={token}",
-            "expires": email_tokens.duration(
-                timedelta(hours=core.settings.verify_token_expire_hours)
-            ),
-        },
-    )

@@ -14,6 +14,7 @@ from authdb.db.models import EmailToken, User
 from authdb.errors import InvalidEmailToken
 from authdb.names import email_key
 from authdb.services.core import Core
+from authdb.settings import Settings
 from authdb.tokens import hash_opaque_token, new_opaque_token
 
 Purpose = Literal["verify", "reset"]
@@ -30,9 +31,33 @@ class Mail:
     context: dict[str, str] = field(default_factory=dict)
 
 
+# The front-end page each link opens, and the template of its email.
+_LINK_PATHS: dict[Purpose, str] = {VERIFY: "/verify", RESET: "/reset-password"}
+
+
+def lifetime(settings: Settings, purpose: Purpose) -> timedelta:
+    if purpose == VERIFY:
+        return timedelta(hours=settings.verify_token_expire_hours)
+    return timedelta(minutes=settings.reset_token_expire_minutes)
+
+
+def link_mail(core: Core, user: User, purpose: Purpose, token: str) -> Mail:
+    """The email carrying ``token`` as a link to ``PUBLIC_URL`` (never the request's Host)."""
+    assert user.email is not None  # only accounts with an address are sent links
+    return Mail(
+        to=user.email,
+        template=purpose,
+        context={
+            "username": user.username,
+            "token": token,
+            "link": f"{core.settings.public_url}{_LINK_PATHS[purpose]}?token={token}",
+            "expires": duration(lifetime(core.settings, purpose)),
+        },
+    )
+
+
 async def issue(core: Core, db: AsyncSession, user: User, purpose: Purpose, now: datetime) -> str:
     """Store a new token's hash (bound to the user's current email) and return the token."""
-    settings = core.settings
     stale: list[ColumnElement[bool]] = [
         EmailToken.used_at.is_not(None),
         EmailToken.expires_at <= now,
@@ -41,11 +66,6 @@ async def issue(core: Core, db: AsyncSession, user: User, purpose: Purpose, now:
         # A new reset link supersedes every earlier one.
         stale.append(EmailToken.purpose == RESET)
     await db.execute(delete(EmailToken).where(EmailToken.user_id == user.id, or_(*stale)))
-    lifetime = (
-        timedelta(hours=settings.verify_token_expire_hours)
-        if purpose == VERIFY
-        else timedelta(minutes=settings.reset_token_expire_minutes)
-    )
     token = new_opaque_token()
     db.add(
         EmailToken(
@@ -54,7 +74,7 @@ async def issue(core: Core, db: AsyncSession, user: User, purpose: Purpose, now:
             token_hash=hash_opaque_token(token),
             email=user.email,
             created_at=now,
-            expires_at=now + lifetime,
+            expires_at=now + lifetime(core.settings, purpose),
         )
     )
     return token
