@@ -44,7 +44,7 @@ class Auth:
             engine=engine,
             sessionmaker=sessionmaker,
             hasher=Hasher.from_settings(self.settings),
-            session_reader=create_reader(async_url(url), sessionmaker),
+            session_reader=create_reader(async_url(url)),
         )
         # SQLite is embedded, so it is ours to migrate; a shared server is the operator's.
         self.auto_migrate = sqlite if auto_migrate is None else auto_migrate
@@ -77,7 +77,7 @@ class Auth:
         )
 
     async def shutdown(self) -> None:
-        await self.core.live_sessions.close()
+        await self.core.session_reader.close()
         await self.core.engine.dispose()
 
     @asynccontextmanager

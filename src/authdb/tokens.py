@@ -6,7 +6,7 @@ import hashlib
 import secrets
 import uuid
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 
 import jwt
 
@@ -21,8 +21,6 @@ class InvalidAccessToken(Exception):
 class AccessClaims:
     user_id: int
     session_id: int
-    issued_at: datetime
-    token_id: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,8 +61,6 @@ class JWTCodec:
             return AccessClaims(
                 user_id=int(claims["sub"]),
                 session_id=sid,
-                issued_at=datetime.fromtimestamp(claims["iat"], UTC),
-                token_id=str(claims["jti"]),
             )
         except (jwt.PyJWTError, ValueError, TypeError, OverflowError) as exc:
             raise InvalidAccessToken(str(exc)) from exc

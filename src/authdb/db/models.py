@@ -3,16 +3,19 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from typing import Any
 
 from sqlalchemy import (
     JSON,
     Boolean,
+    ColumnElement,
     DateTime,
     ForeignKey,
     Integer,
     String,
     Text,
     TypeDecorator,
+    and_,
 )
 from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
@@ -87,6 +90,11 @@ class AuthSession(Base):
     revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     user_agent: Mapped[str | None] = mapped_column(String(512))
     ip_address: Mapped[str | None] = mapped_column(String(64))
+
+    @classmethod
+    def live_at(cls, now: Any) -> ColumnElement[bool]:
+        """SQL for "not revoked and not expired at ``now``": the one definition of live."""
+        return and_(cls.revoked_at.is_(None), cls.expires_at > now)
 
 
 class RefreshToken(Base):

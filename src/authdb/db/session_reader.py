@@ -19,7 +19,6 @@ from sqlalchemy import Boolean, Select, bindparam, select
 from sqlalchemy.dialects.postgresql.asyncpg import dialect as asyncpg_dialect
 from sqlalchemy.dialects.sqlite.pysqlite import dialect as sqlite_dialect
 from sqlalchemy.engine import URL
-from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from authdb.db.engine import is_sqlite
 from authdb.db.models import AuthSession, User, UTCDateTime
@@ -39,8 +38,7 @@ def _query(session_id: Any, user_id: Any, now: Any) -> Select[User]:
         .where(
             AuthSession.id == session_id,
             User.id == user_id,
-            AuthSession.revoked_at.is_(None),
-            AuthSession.expires_at > now,
+            AuthSession.live_at(now),
         )
     )
 
@@ -50,21 +48,6 @@ def _native_statement() -> Select[Any]:
     return _query(bindparam("sid"), bindparam("uid"), bindparam("now")).with_only_columns(
         *User.__table__.columns
     )
-
-
-class ORMReader:
-    """The portable path: the async ORM."""
-
-    def __init__(self, sessionmaker: async_sessionmaker[AsyncSession]) -> None:
-        self._sessionmaker = sessionmaker
-
-    async def live_user(self, session_id: int, user_id: int, now: datetime) -> User | None:
-        async with self._sessionmaker() as db:
-            user: User | None = await db.scalar(_query(session_id, user_id, now))
-            return user
-
-    async def close(self) -> None:
-        pass
 
 
 class SQLiteReader:
@@ -157,10 +140,6 @@ async def _keep_as_is(_connection: Any) -> None:
     read-only SELECT outside any transaction, which leaves no state behind to reset."""
 
 
-def create_reader(url: URL, sessionmaker: async_sessionmaker[AsyncSession]) -> SessionReader:
-    """The fastest reader for ``url``'s backend."""
-    if is_sqlite(url):
-        return SQLiteReader(url)
-    if url.get_backend_name() == "postgresql":
-        return AsyncpgReader(url)
-    return ORMReader(sessionmaker)
+def create_reader(url: URL) -> SessionReader:
+    """The reader for ``url``'s backend (``async_url`` admits only SQLite and PostgreSQL)."""
+    return SQLiteReader(url) if is_sqlite(url) else AsyncpgReader(url)

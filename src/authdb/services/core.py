@@ -9,7 +9,7 @@ from datetime import datetime
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from authdb.db.models import utcnow
-from authdb.db.session_reader import ORMReader, SessionReader
+from authdb.db.session_reader import SessionReader
 from authdb.passwords import Hasher
 from authdb.settings import Settings
 from authdb.tokens import JWTCodec
@@ -32,14 +32,10 @@ class Core:
     engine: AsyncEngine
     sessionmaker: async_sessionmaker[AsyncSession]
     hasher: Hasher
+    # The per-request session check; see authdb.db.session_reader for why it is separate.
+    session_reader: SessionReader
     codec: JWTCodec | None = None
     clock: Callable[[], datetime] = field(default=utcnow)
-    # The per-request session check; see authdb.db.session_reader for why it is separate.
-    session_reader: SessionReader | None = None
-
-    @property
-    def live_sessions(self) -> SessionReader:
-        return self.session_reader or ORMReader(self.sessionmaker)
 
     @property
     def jwt(self) -> JWTCodec:

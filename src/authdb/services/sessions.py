@@ -29,10 +29,6 @@ class Authenticated:
     session_id: int
 
 
-def _live(now: datetime):  # type: ignore[no-untyped-def]
-    return (AuthSession.revoked_at.is_(None), AuthSession.expires_at > now)
-
-
 async def start_session(core: Core, db: AsyncSession, user: User, client: ClientInfo) -> TokenPair:
     """Open a session for a user who just proved who they are."""
     now = core.clock()
@@ -90,7 +86,7 @@ async def _rotate(
         await db.execute(
             select(AuthSession, User)
             .join(User, User.id == AuthSession.user_id)
-            .where(AuthSession.id == session_id, *_live(now))
+            .where(AuthSession.id == session_id, AuthSession.live_at(now))
         )
     ).one_or_none()
     if row is None:
@@ -131,7 +127,7 @@ async def authenticate(core: Core, access_token: str) -> Authenticated:
         claims = core.jwt.decode(access_token)
     except InvalidAccessToken:
         raise NotAuthenticated from None
-    user = await core.live_sessions.live_user(claims.session_id, claims.user_id, core.clock())
+    user = await core.session_reader.live_user(claims.session_id, claims.user_id, core.clock())
     if user is None:
         raise NotAuthenticated
     return Authenticated(user, claims.session_id)
@@ -169,7 +165,7 @@ async def logout(core: Core, auth: Authenticated, client: ClientInfo) -> None:
 async def list_live(core: Core, user_id: int) -> list[AuthSession]:
     query = (
         select(AuthSession)
-        .where(AuthSession.user_id == user_id, *_live(core.clock()))
+        .where(AuthSession.user_id == user_id, AuthSession.live_at(core.clock()))
         .order_by(AuthSession.id)
     )
     async with core.sessionmaker() as db:
@@ -180,13 +176,14 @@ async def end_own(core: Core, auth: Authenticated, session_id: int, client: Clie
     """End one of the caller's live sessions; another user's id is indistinguishable from none."""
     now = core.clock()
     async with core.sessionmaker.begin() as db:
-        session = await db.get(AuthSession, session_id)
-        if (
-            session is None
-            or session.user_id != auth.user.id
-            or session.revoked_at is not None
-            or session.expires_at <= now
-        ):
+        session = await db.scalar(
+            select(AuthSession).where(
+                AuthSession.id == session_id,
+                AuthSession.user_id == auth.user.id,
+                AuthSession.live_at(now),
+            )
+        )
+        if session is None:
             raise NotFound("Session not found")
         session.revoked_at = now
         audit.record(
