@@ -161,19 +161,27 @@ async def test_full_account_lifecycle(harness: Harness, mailbox: Mailbox) -> Non
     assert await login_status(harness, "alice", PASSWORD) == 401
     tokens = await harness.login("alice", NEW_PASSWORD)
 
-    # Change email: unverified again, a verification mail to the new address, a notice to the old.
+    # Change email (the password confirms): pending until the link mailed to the new address
+    # is followed; the old address gets a notice.
     changed = await harness.client.patch(
-        "/users/me", json={"email": "alice@new.example"}, headers=bearer(tokens)
+        "/users/me",
+        json={"email": "alice@new.example", "current_password": NEW_PASSWORD},
+        headers=bearer(tokens),
     )
     assert changed.status_code == 200, changed.text
-    assert changed.json()["email"] == "alice@new.example"
-    assert changed.json()["is_verified"] is False
+    assert changed.json()["email"] == "Alice@example.com"
+    assert changed.json()["pending_email"] == "alice@new.example"
+    assert changed.json()["is_verified"] is True
     new_mail = await mail_to(mailbox, "alice@new.example")
     _, kind, token = link_in(new_mail)
     assert kind == "verify"
     # Old address: the verification, the reset and now the notice of the change.
     assert "alice@new.example" in text_of(await mail_to(mailbox, "alice@example.com", 3))
-    assert (await harness.client.post("/verify", json={"token": token})).status_code == 200
+    confirmed = await harness.client.post("/verify", json={"token": token})
+    assert confirmed.status_code == 200
+    assert confirmed.json()["email"] == "alice@new.example"
+    assert confirmed.json()["pending_email"] is None
+    assert confirmed.json()["is_verified"] is True
 
     # Delete: the password confirms; then the account and its sessions are gone.
     deleted = await harness.client.request(
@@ -269,8 +277,10 @@ async def test_register_rules_are_422_with_a_detail_naming_the_rule(
     full = {"username": "someone", "email": "someone@example.com", "password": PASSWORD, **body}
     response = await harness.client.post("/register", json=full)
     assert response.status_code == 422, response.text
-    assert isinstance(response.json()["detail"], str)
-    assert detail in response.json()["detail"]
+    [issue] = response.json()["detail"]  # FastAPI's list shape, like the framework's own 422s
+    assert issue["type"] == "value_error"
+    assert issue["loc"][0] == "body"
+    assert detail in issue["msg"]
 
 
 @pytest.mark.parametrize(
@@ -314,7 +324,7 @@ async def test_require_verified_email_refuses_login_only_after_a_correct_passwor
     wrong = await harness.client.post("/token", data={"username": "alice", "password": "nope" * 3})
     assert wrong.status_code == 401
     right = await harness.client.post("/token", data={"username": "alice", "password": PASSWORD})
-    assert (right.status_code, right.json()) == (400, {"detail": "Email not verified"})
+    assert (right.status_code, right.json()["detail"]) == (400, "Email not verified")
     assert (await harness.client.post("/verify", json={"token": token})).status_code == 200
     assert await login_status(harness, "alice", PASSWORD) == 200
 
@@ -438,14 +448,18 @@ async def test_verify_token_is_bound_to_the_address_it_was_sent_to(
     token = await token_mailed(mailbox, "alice@example.com", "verify", register(harness), 201)
     tokens = await harness.login("alice")
     changed = await harness.client.patch(
-        "/users/me", json={"email": "alice@new.example"}, headers=bearer(tokens)
+        "/users/me",
+        json={"email": "alice@new.example", "current_password": PASSWORD},
+        headers=bearer(tokens),
     )
     assert changed.status_code == 200
-    # The old link would otherwise verify an address its clicker never proved to own.
+    new_token = link_in(await mail_to(mailbox, "alice@new.example"))[2]
+    assert (await harness.client.post("/verify", json={"token": new_token})).status_code == 200
+    # The old link would otherwise act on an address the account no longer has.
     stale = await harness.client.post("/verify", json={"token": token})
     assert stale.status_code == 400
     me = (await harness.client.get("/users/me", headers=bearer(tokens))).json()
-    assert me["is_verified"] is False
+    assert (me["email"], me["is_verified"]) == ("alice@new.example", True)
 
 
 # --- reset tokens -------------------------------------------------------------------------------
@@ -514,7 +528,9 @@ async def test_weak_password_does_not_use_up_the_reset_token(
     for weak in ("short", "password1", "alice", "ALICE"):
         refused = await reset(harness, token, weak)
         assert refused.status_code == 422, weak
-        assert isinstance(refused.json()["detail"], str)
+        [issue] = refused.json()["detail"]
+        assert (issue["loc"], issue["type"]) == (["body", "password"], "value_error")
+        assert issue["msg"].startswith("Password")
     assert (await reset(harness, token)).status_code == 204
 
 
@@ -548,9 +564,13 @@ async def test_reset_token_dies_when_the_email_changes(harness: Harness, mailbox
     token = await _reset_token(harness, mailbox)
     tokens = await harness.login("alice")
     changed = await harness.client.patch(
-        "/users/me", json={"email": "alice@new.example"}, headers=bearer(tokens)
+        "/users/me",
+        json={"email": "alice@new.example", "current_password": PASSWORD},
+        headers=bearer(tokens),
     )
     assert changed.status_code == 200
+    confirm = link_in(await mail_to(mailbox, "alice@new.example"))[2]
+    assert (await harness.client.post("/verify", json={"token": confirm})).status_code == 200
     assert (await reset(harness, token)).status_code == 400
 
 
@@ -620,7 +640,9 @@ async def test_password_change_checks_the_current_password_and_the_policy(
         path, json={"current_password": PASSWORD, "new_password": "123456789"}, headers=headers
     )
     assert weak.status_code == 422
-    assert "common" in weak.json()["detail"]
+    [issue] = weak.json()["detail"]
+    assert issue["loc"] == ["body", "new_password"]
+    assert "common" in issue["msg"]
     missing = await harness.client.post(path, json={"new_password": NEW_PASSWORD}, headers=headers)
     assert missing.status_code == 422
     anonymous = await harness.client.post(
@@ -675,7 +697,12 @@ async def test_update_me_conflicts_and_bad_input(harness: Harness) -> None:
     headers = await harness.bearer("alice")
     cases: list[tuple[dict[str, Any], int, str | None]] = [
         ({"username": "BOB"}, 409, "Username already registered"),
-        ({"email": "Bob@Example.com"}, 409, "Email already registered"),
+        (
+            {"email": "Bob@Example.com", "current_password": PASSWORD},
+            409,
+            "Email already registered",
+        ),
+        ({"email": "new@example.com"}, 400, "Incorrect password"),
         ({"username": "x"}, 422, "Username must be 3 to 64 characters long"),
         ({"username": None}, 422, "Username cannot be removed"),
         ({"email": None}, 422, "Email cannot be removed"),
@@ -686,7 +713,11 @@ async def test_update_me_conflicts_and_bad_input(harness: Harness) -> None:
     for body, status, detail in cases:
         response = await harness.client.patch("/users/me", json=body, headers=headers)
         assert response.status_code == status, (body, response.text)
-        if detail is not None:
+        if detail is not None and status == 422:
+            [issue] = response.json()["detail"]
+            assert issue["msg"] == detail
+            assert issue["loc"][0] == "body"
+        elif detail is not None:
             assert response.json() == {"detail": detail}
     me = (await harness.client.get("/users/me", headers=headers)).json()
     assert (me["username"], me["email"], me["is_superuser"]) == (

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
+import json
+import socket
 import subprocess
 import time
 from collections.abc import Iterator
@@ -71,6 +74,7 @@ def test_serve_with_zero_configuration(tmp_path: Path) -> None:
         schema = httpx.get(f"{base}/openapi.json").json()
         flows = schema["components"]["securitySchemes"]["OAuth2PasswordBearer"]["flows"]
         assert flows["password"]["tokenUrl"] == "token"
+        _huge_heads_are_refused_with_431(base)
     log = next(tmp_path.glob("serve-*.log")).read_text()
     assert "AUTHDB_SECRET_KEY is not set" in log
     # The generated key was kept in the database: a restart honours old tokens.
@@ -96,3 +100,21 @@ async def test_serve_refuses_postgres_schema_that_is_behind(tmp_path: Path) -> N
         assert run_cli(["migrate"], env=env).returncode == 0
         with serving(tmp_path, env, "--workers", "2") as base:
             assert httpx.get(f"{base}/readyz").status_code == 200
+
+
+def _huge_heads_are_refused_with_431(base: str) -> None:
+    """Through the real server: a 4 MB header is cut off with 431, and the server stays up."""
+    host, port = base.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=30) as sock:
+        sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer ")
+        answer = b""
+        with contextlib.suppress(OSError):  # the server closes while we still send
+            for _ in range(64):
+                sock.sendall(b"a" * 65536)
+        with contextlib.suppress(OSError):
+            while chunk := sock.recv(65536):
+                answer += chunk
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 431"), answer[:200]
+    assert json.loads(body) == {"detail": "Request headers too large"}
+    assert httpx.get(f"{base}/healthz").status_code == 200

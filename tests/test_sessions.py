@@ -38,13 +38,26 @@ async def test_login_returns_refresh_token_and_rotation_spends_it(harness: Harne
     assert await _status(harness, second) == 200
 
 
+class _Clock:
+    """Stands in for ``core.clock``: real time plus whatever the test skips ahead."""
+
+    def __init__(self) -> None:
+        self.skipped = timedelta()
+
+    def __call__(self) -> datetime:
+        return datetime.now(UTC) + self.skipped
+
+
 async def test_reused_refresh_token_revokes_the_session(harness: Harness) -> None:
     await harness.create_user()
+    clock = _Clock()
+    harness.auth.core.clock = clock
     first = await harness.login()
     second = (await _refresh(harness, first["refresh_token"])).json()
+    clock.skipped = timedelta(seconds=11)  # past AUTHDB_REFRESH_REUSE_INTERVAL_SECONDS (10)
     reuse = await _refresh(harness, first["refresh_token"])
     assert reuse.status_code == 401
-    assert reuse.json() == {"detail": "Invalid refresh token"}
+    assert reuse.json()["detail"] == "Invalid refresh token"
     assert reuse.headers["www-authenticate"] == "Bearer"
     # The thief's replay ended the victim's session too: newest tokens are dead.
     assert await _status(harness, second) == 401
@@ -62,20 +75,74 @@ async def _audit(harness: Harness) -> list[Any]:
 async def test_unknown_refresh_token_is_refused(harness: Harness) -> None:
     response = await _refresh(harness, "not-a-real-token")
     assert response.status_code == 401
-    assert response.json() == {"detail": "Invalid refresh token"}
+    assert response.json()["detail"] == "Invalid refresh token"
     missing = await harness.client.post("/token", data={"grant_type": "refresh_token"})
     assert missing.status_code == 422
     unsupported = await harness.client.post("/token", data={"grant_type": "client_credentials"})
     assert unsupported.status_code == 400
 
 
-async def test_concurrent_refresh_with_one_token_has_one_winner(harness: Harness) -> None:
+async def test_parallel_refreshes_within_the_interval_share_one_successor(
+    harness: Harness,
+) -> None:
+    # Two browser tabs (here ten) refreshing with one token at once must not log the user out.
     await harness.create_user()
     tokens = await harness.login()
     responses = await asyncio.gather(
-        *(_refresh(harness, tokens["refresh_token"]) for _ in range(8))
+        *(_refresh(harness, tokens["refresh_token"]) for _ in range(10))
     )
-    assert sorted(r.status_code for r in responses).count(200) == 1
+    assert [r.status_code for r in responses] == [200] * 10
+    successors = {r.json()["refresh_token"] for r in responses}
+    assert len(successors) == 1
+    assert successors != {tokens["refresh_token"]}
+    for response in responses:
+        assert await _status(harness, response.json()) == 200
+    # The session lives on: the one successor rotates normally.
+    after = await _refresh(harness, successors.pop())
+    assert after.status_code == 200
+    assert await _status(harness, after.json()) == 200
+
+
+async def test_a_repeat_within_the_interval_gets_the_same_successor(harness: Harness) -> None:
+    await harness.create_user()
+    tokens = await harness.login()
+    first = (await _refresh(harness, tokens["refresh_token"])).json()
+    again = await _refresh(harness, tokens["refresh_token"])
+    assert again.status_code == 200
+    assert again.json()["refresh_token"] == first["refresh_token"]
+    assert again.json()["access_token"] != first["access_token"]
+    events = [e.event for e in await _audit(harness)]
+    assert "refresh_token_reuse" not in events
+
+
+async def test_no_reuse_interval_means_any_reuse_revokes(make_harness: Any) -> None:
+    harness = await make_harness(refresh_reuse_interval_seconds=0)
+    await harness.create_user()
+    clock = _Clock()
+    harness.auth.core.clock = clock
+    tokens = await harness.login()
+    second = (await _refresh(harness, tokens["refresh_token"])).json()
+    clock.skipped = timedelta(milliseconds=1)
+    assert (await _refresh(harness, tokens["refresh_token"])).status_code == 401
+    assert await _status(harness, second) == 401
+
+
+async def test_the_kept_successor_is_sealed_under_its_predecessor(harness: Harness) -> None:
+    from sqlalchemy import select
+
+    from authdb.db.models import RefreshToken
+
+    await harness.create_user()
+    tokens = await harness.login()
+    successor = (await _refresh(harness, tokens["refresh_token"])).json()["refresh_token"]
+    async with harness.auth.core.sessionmaker() as db:
+        sealed = list((await db.scalars(select(RefreshToken.successor))).all())
+    stored = [value for value in sealed if value is not None]
+    assert len(stored) == 1
+    # A database reader sees neither token; only the predecessor's holder can open it.
+    assert successor.encode() not in stored[0]
+    assert sessions.open_successor(tokens["refresh_token"], stored[0]) == successor
+    assert sessions.open_successor(successor, stored[0]) is None
 
 
 async def test_logout_ends_session_at_once(harness: Harness) -> None:

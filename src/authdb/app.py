@@ -5,18 +5,27 @@ from __future__ import annotations
 from fastapi import FastAPI
 
 from authdb.auth import Auth
+from authdb.http import methods
 from authdb.http.errors import install_error_handlers
 from authdb.http.middleware import install_middleware
+from authdb.http.openapi import SERVICE_ERRORS
+from authdb.http.routers import docs
 from authdb.settings import Settings
 
 
 def create_app(settings: Settings | None = None, *, auth: Auth | None = None) -> FastAPI:
     """Build the authdb service application."""
     auth = auth or Auth(settings)
-    app = FastAPI(title="authdb", version="0.1.0", lifespan=auth.lifespan)
+    # FastAPI's own /docs and /redoc load their assets from a CDN: ours are served locally.
+    app = FastAPI(
+        title="authdb", version="0.1.0", lifespan=auth.lifespan, docs_url=None, redoc_url=None
+    )
     app.state.auth = auth
     install_error_handlers(app)
+    methods.install(app)
     install_middleware(app, auth.settings)
-    app.include_router(auth.ops_router)
-    app.include_router(auth.router)
+    # The service's middleware can refuse any request (413, 431): every route says so.
+    app.include_router(auth.ops_router, responses=SERVICE_ERRORS)
+    app.include_router(auth.router, responses=SERVICE_ERRORS)
+    docs.install(app)
     return app

@@ -9,7 +9,7 @@ from datetime import timedelta
 from fastapi import APIRouter, FastAPI
 
 from authdb.db import migrate
-from authdb.db.engine import async_url, create_engine, create_sessionmaker, is_sqlite
+from authdb.db.engine import PoolBudget, async_url, create_engine, create_sessionmaker, is_sqlite
 from authdb.db.session_reader import create_reader
 from authdb.http.dependencies import AuthDeps
 from authdb.http.routers import accounts, admin, me, ops, tokens
@@ -37,14 +37,19 @@ class Auth:
         self.settings = settings or Settings()
         url = self.settings.database_url
         sqlite = is_sqlite(async_url(url))
-        engine = create_engine(url)
+        # AUTHDB_DATABASE_POOL_SIZE caps everything this process holds: both pools together.
+        budget = PoolBudget.split(self.settings.database_pool_size, sqlite=sqlite)
+        pgbouncer = self.settings.database_pgbouncer
+        engine = create_engine(url, pool_size=budget.engine, pgbouncer=pgbouncer)
         sessionmaker = create_sessionmaker(engine)
         self.core = Core(
             settings=self.settings,
             engine=engine,
             sessionmaker=sessionmaker,
             hasher=Hasher.from_settings(self.settings),
-            session_reader=create_reader(async_url(url)),
+            session_reader=create_reader(
+                async_url(url), pool_size=budget.reader, pgbouncer=pgbouncer
+            ),
         )
         # SQLite is embedded, so it is ours to migrate; a shared server is the operator's.
         self.auto_migrate = sqlite if auto_migrate is None else auto_migrate

@@ -43,9 +43,17 @@ class InvalidEmailToken(AuthError):
 
 
 class InvalidInput(AuthError):
-    """Input that passed parsing but breaks a rule (weak password, bad username)."""
+    """Input that passed parsing but breaks a rule (weak password, bad username).
+
+    ``field`` names the offending input (``"password"``, ``"username"``...) when one does, so
+    that the HTTP layer can answer with FastAPI's list-shaped 422 pointing at it.
+    """
 
     detail = "Invalid input"
+
+    def __init__(self, detail: str | None = None, *, field: str | None = None) -> None:
+        super().__init__(detail)
+        self.field = field
 
 
 class Conflict(AuthError):
@@ -62,6 +70,16 @@ class PermissionDenied(AuthError):
 
 class RegistrationClosed(AuthError):
     detail = "Registration is disabled"
+
+
+class ServiceUnavailable(AuthError):
+    """A backing service (the database) cannot be reached; the client should retry later."""
+
+    detail = "Service unavailable"
+
+    def __init__(self, retry_after: int = 5, detail: str | None = None) -> None:
+        super().__init__(detail)
+        self.retry_after = max(1, retry_after)
 
 
 class TooManyRequests(AuthError):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import secrets
+import unicodedata
 from functools import cache
 from importlib import resources
 
@@ -12,6 +13,7 @@ from pwdlib import PasswordHash
 from pwdlib.hashers.argon2 import Argon2Hasher
 from pwdlib.hashers.bcrypt import BcryptHasher
 
+from authdb.names import control_character
 from authdb.settings import Settings
 
 MIN_LENGTH = 8
@@ -19,10 +21,21 @@ MAX_LENGTH = 1024
 _BCRYPT_MAX_BYTES = 72
 
 
+def normalize_password(password: str) -> str:
+    """The form a password is hashed and checked in: NFKC (NIST SP 800-63B 5.1.1.2).
+
+    A password typed on another keyboard or system (NFD on macOS, full-width forms) then
+    matches the one registered.
+    """
+    return unicodedata.normalize("NFKC", password)
+
+
 class Hasher:
     """Hashes and verifies off the event loop, with bounded CPU use.
 
     Argon2id is the current algorithm; bcrypt hashes (the tutorial's) verify and are upgraded.
+    Passwords are NFKC-normalized first; a hash stored before that rule (of the password as
+    typed) still verifies, and is replaced by one of the normalized form.
     """
 
     def __init__(
@@ -38,9 +51,14 @@ class Hasher:
         self._limiter = anyio.CapacityLimiter(concurrency)
         # Verified in place of a missing user's hash, so unknown names cost the same time.
         self._dummy_hash = self._hash.hash(secrets.token_urlsafe(16))
+        # Hash verifications run so far (real and dummy alike): lets tests check that unknown
+        # and known names cost the same work without timing anything.
+        self.verifications = 0
 
     async def hash(self, password: str) -> str:
-        return await anyio.to_thread.run_sync(self._hash.hash, password, limiter=self._limiter)
+        """An argon2id hash of the normalized ``password``."""
+        normalized = normalize_password(password)
+        return await anyio.to_thread.run_sync(self._hash.hash, normalized, limiter=self._limiter)
 
     async def verify(self, password: str, hashed: str | None) -> tuple[bool, str | None]:
         """Check ``password``; returns (ok, new hash if the stored one should be replaced).
@@ -56,6 +74,16 @@ class Hasher:
         )
 
     def _verify_and_update(self, password: str, hashed: str) -> tuple[bool, str | None]:
+        normalized = normalize_password(password)
+        ok, new_hash = self._verify_one(normalized, hashed)
+        if ok or normalized == password:
+            return ok, new_hash
+        # A hash from before normalization holds the password as it was typed then.
+        ok, _ = self._verify_one(password, hashed)
+        return ok, (self._hash.hash(normalized) if ok else None)
+
+    def _verify_one(self, password: str, hashed: str) -> tuple[bool, str | None]:
+        self.verifications += 1
         if hashed.startswith("$2") and len(password.encode()) > _BCRYPT_MAX_BYTES:
             # bcrypt sees only 72 bytes; accepting would let distinct passwords collide.
             return False, None
@@ -65,7 +93,11 @@ class Hasher:
             return False, None
 
     def _verify_dummy(self, password: str) -> None:
-        self._hash.verify(password, self._dummy_hash)
+        # As many verifications as a wrong password for a real account costs.
+        normalized = normalize_password(password)
+        for candidate in {normalized, password}:
+            self.verifications += 1
+            self._hash.verify(candidate, self._dummy_hash)
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Hasher:
@@ -90,7 +122,13 @@ def common_passwords() -> frozenset[str]:
 
 
 def password_problem(password: str, *, username: str | None, email: str | None) -> str | None:
-    """Why ``password`` is not acceptable for this user, or None. One policy for every path."""
+    """Why ``password`` is not acceptable for this user, or None. One policy for every path.
+
+    Rules apply to the normalized form, the one that is hashed; lengths count characters.
+    """
+    password = normalize_password(password)
+    if control_character(password) is not None:
+        return "Password must not contain control characters"
     if len(password) < MIN_LENGTH:
         return f"Password must be at least {MIN_LENGTH} characters long"
     if len(password) > MAX_LENGTH:
@@ -100,6 +138,6 @@ def password_problem(password: str, *, username: str | None, email: str | None) 
         return "Password is too common"
     if username and folded == username.casefold():
         return "Password must not be the same as the username"
-    if email and folded == email.split("@", 1)[0].casefold():
+    if email and folded in (email.casefold(), email.split("@", 1)[0].casefold()):
         return "Password must not be the same as the email address"
     return None

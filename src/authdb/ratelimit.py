@@ -2,14 +2,21 @@
 
 The budgets are moving windows: "20/minute" means at most 20 in any 60 seconds, so there
 is no window boundary at which an attacker gets twice the budget in a burst.
+
+A Redis that fails or does not answer within ``AUTHDB_REDIS_TIMEOUT_SECONDS`` fails open (the
+database-backed account lockout still holds), and a circuit breaker then leaves it alone for
+``BREAKER_SECONDS``, so that an outage costs one request the timeout, not every request.
 """
 
 from __future__ import annotations
 
+import asyncio
+import ipaddress
 import logging
 import math
 import time
 from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
 
 from limits import RateLimitItem, parse
 from limits.aio.storage import Storage
@@ -17,9 +24,11 @@ from limits.aio.strategies import MovingWindowRateLimiter
 from limits.storage import storage_from_string
 
 from authdb.errors import TooManyRequests
+from authdb.services.core import ClientInfo
 from authdb.settings import Settings
 
 log = logging.getLogger("authdb")
+_T = TypeVar("_T")
 
 
 def storage_uri(redis_url: str | None) -> str:
@@ -33,6 +42,71 @@ def storage_uri(redis_url: str | None) -> str:
     return redis_url if redis_url.startswith("async+") else "async+" + redis_url
 
 
+# After a failure the store is skipped (limits fail open at once) for this long; then one
+# request tries it again. Short, so limits are back soon after Redis is.
+BREAKER_SECONDS = 5.0
+
+
+def _redis_options(timeout: float) -> dict[str, Any]:
+    """Client options bounding every Redis call, connecting included, by ``timeout``."""
+    from redis.asyncio.retry import Retry
+    from redis.backoff import NoBackoff
+
+    return {
+        # redis-py rather than limits' default coredis: the well-known client, with socket
+        # timeouts that close a connection stuck on a server that stopped answering.
+        "implementation": "redispy",
+        "socket_timeout": timeout,
+        "socket_connect_timeout": timeout,
+        # Its default retries would only repeat the wait; the breaker decides when to retry.
+        "retry": Retry(NoBackoff(), 0),
+    }
+
+
+class Breaker:
+    """A circuit breaker: after a failure the store is left alone for ``period`` seconds.
+
+    Then one caller may try it again (the others keep skipping it meanwhile); a success
+    closes the breaker, another failure opens it for a new period.
+    """
+
+    def __init__(self, period: float, clock: Callable[[], float] = time.monotonic) -> None:
+        self.period = period
+        self._clock = clock
+        self._open_until: float | None = None  # None: closed, the store is believed to work
+        self.openings = 0
+
+    @property
+    def is_open(self) -> bool:
+        """Whether the store is currently treated as down."""
+        return self._open_until is not None
+
+    def allows(self) -> bool:
+        """Whether to ask the store now; claims the retry when a period has just ended."""
+        if self._open_until is None:
+            return True
+        now = self._clock()
+        if now < self._open_until:
+            return False
+        self._open_until = now + self.period
+        return True
+
+    def succeeded(self) -> None:
+        if self._open_until is not None:
+            log.warning("rate limit store answers again; limiting resumes")
+        self._open_until = None
+
+    def failed(self, exc: BaseException) -> None:
+        if self._open_until is None:
+            self.openings += 1
+            log.error(
+                "rate limit store unavailable (%s), not limiting; next try in %.0f s",
+                type(exc).__name__,
+                self.period,
+            )
+        self._open_until = self._clock() + self.period
+
+
 class RateLimits:
     """The named budgets of the spec, checked with ``check`` and spent with ``hit``.
 
@@ -40,12 +114,14 @@ class RateLimits:
     address) and ``email_address`` (verify/forgot requests per client address).
     """
 
-    def __init__(self, settings: Settings) -> None:
-        storage = storage_from_string(
-            storage_uri(settings.redis_url), key_prefix=settings.redis_key_prefix
-        )
+    def __init__(self, settings: Settings, *, clock: Callable[[], float] = time.monotonic) -> None:
+        uri = storage_uri(settings.redis_url)
+        options = _redis_options(settings.redis_timeout_seconds) if settings.redis_url else {}
+        storage = storage_from_string(uri, key_prefix=settings.redis_key_prefix, **options)
         assert isinstance(storage, Storage)  # the async+ scheme gives the asyncio flavour
         self.storage = storage
+        self.timeout = settings.redis_timeout_seconds
+        self.breaker = Breaker(BREAKER_SECONDS, clock)
         self._limiter = MovingWindowRateLimiter(self.storage)
         self._items: dict[str, RateLimitItem] = {
             "login_failures": parse(settings.rate_limit_login_failures),
@@ -74,16 +150,47 @@ class RateLimits:
     ) -> bool:
         # An unreachable store fails open: the database-backed account lockout still holds,
         # and an outage of Redis must not become an outage of every login.
-        try:
-            return await question(item, *identifiers)
-        except Exception as exc:
-            log.error("rate limit store unavailable, not limiting: %s", type(exc).__name__)
-            return True
+        answer = await self._bounded(lambda: question(item, *identifiers))
+        return True if answer is None else answer
 
     async def _retry_after(self, item: RateLimitItem, *identifiers: str) -> int:
         # The window's oldest entry leaves at reset_time; one unit is free again then.
-        try:
-            stats = await self._limiter.get_window_stats(item, *identifiers)
-        except Exception:
+        stats = await self._bounded(lambda: self._limiter.get_window_stats(item, *identifiers))
+        if stats is None:
             return int(item.get_expiry())
         return max(1, math.ceil(stats.reset_time - time.time()))
+
+    async def _bounded(self, call: Callable[[], Awaitable[_T]]) -> _T | None:
+        """The store's answer within the timeout, or None when it is (or was just) down."""
+        if not self.breaker.allows():
+            return None
+        try:
+            async with asyncio.timeout(self.timeout):
+                answer = await call()
+        except Exception as exc:  # TimeoutError, connection errors, anything the store raises
+            self.breaker.failed(exc)
+            return None
+        self.breaker.succeeded()
+        return answer
+
+
+def client_key(client: ClientInfo, settings: Settings) -> str:
+    """The rate-limit key of a client: its IPv4 address, or its IPv6 network.
+
+    One IPv6 subscriber usually holds a whole /64 (``AUTHDB_RATE_LIMIT_IPV6_PREFIX``) and could
+    otherwise take a fresh budget from each of its addresses. Every budget keyed by a client
+    address uses this.
+    """
+    address = client.ip_address
+    if not address:
+        return "unknown"
+    try:
+        parsed = ipaddress.ip_address(address)
+    except ValueError:
+        return address  # not an IP (a test client, a Unix socket): as it is
+    if isinstance(parsed, ipaddress.IPv6Address):
+        if parsed.ipv4_mapped is not None:
+            return str(parsed.ipv4_mapped)
+        network = ipaddress.IPv6Network((parsed, settings.rate_limit_ipv6_prefix), strict=False)
+        return str(network)
+    return str(parsed)

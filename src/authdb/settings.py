@@ -3,63 +3,83 @@
 from __future__ import annotations
 
 import ipaddress
-from typing import Annotated
+from typing import Annotated, Self
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from authdb import settings_checks as checks
 
 
 class Settings(BaseSettings):
     """authdb settings; see the README's configuration table."""
 
-    model_config = SettingsConfigDict(env_prefix="AUTHDB_", env_file=".env", extra="ignore")
+    # Inputs stay out of error messages: they may be keys or passwords. The checks quote a
+    # value themselves where that helps and cannot leak a secret.
+    model_config = SettingsConfigDict(
+        env_prefix="AUTHDB_", env_file=".env", extra="ignore", hide_input_in_errors=True
+    )
 
     database_url: str = "sqlite+aiosqlite:///./authdb.db"
     # None means: generate once and keep it in the database, so every worker agrees on it.
     secret_key: SecretStr | None = None
     jwt_algorithm: str = "HS256"
-    jwt_issuer: str = "authdb"
-    jwt_audience: str = "authdb"
-    access_token_expire_minutes: int = Field(30, ge=1)
-    refresh_token_expire_days: int = Field(14, ge=1)
-    verify_token_expire_hours: int = Field(24, ge=1)
-    reset_token_expire_minutes: int = Field(60, ge=1)
+    jwt_issuer: str = Field("authdb", min_length=1)
+    jwt_audience: str = Field("authdb", min_length=1)
+    # Upper bounds here and below catch unit mistakes and keep date arithmetic from overflowing.
+    access_token_expire_minutes: int = Field(30, ge=1, le=30 * 24 * 60)
+    refresh_token_expire_days: int = Field(14, ge=1, le=3650)
+    # A rotated refresh token presented again this soon (two tabs refreshing at once) gets the
+    # same successor instead of revoking the session; later reuse is treated as theft.
+    refresh_reuse_interval_seconds: int = Field(10, ge=0, le=300)
+    verify_token_expire_hours: int = Field(24, ge=1, le=30 * 24)
+    reset_token_expire_minutes: int = Field(60, ge=1, le=7 * 24 * 60)
 
     public_url: str = "http://127.0.0.1:8000"
     smtp_host: str | None = None
-    smtp_port: int = 25
+    smtp_port: int = Field(25, ge=1, le=65535)
     smtp_username: str | None = None
     smtp_password: SecretStr | None = None
     smtp_starttls: bool = False
-    smtp_timeout_seconds: float = 10.0
+    smtp_timeout_seconds: float = Field(10.0, gt=0, le=600)
     mail_from: str = "authdb <no-reply@localhost>"
     templates_dir: str | None = None
 
     redis_url: str | None = None
     # Rate-limit keys in Redis start with this, so deployments can share one Redis server.
     redis_key_prefix: str = Field("authdb", min_length=1)
+    # A Redis that does not answer this fast is treated as down (limits fail open), so no
+    # request waits on it longer.
+    redis_timeout_seconds: float = Field(0.5, gt=0, le=30)
+    # Connections one process holds to the database, everything included.
+    database_pool_size: int = Field(10, ge=2, le=1000)
+    # PgBouncer in transaction-pooling mode: no server-side prepared statements kept.
+    database_pgbouncer: bool = False
     registration_enabled: bool = True
     require_verified_email: bool = False
-    login_max_failures: int = Field(10, ge=1)
-    login_lockout_minutes: int = Field(15, ge=1)
+    login_max_failures: int = Field(10, ge=1, le=1000)
+    login_lockout_minutes: int = Field(15, ge=1, le=30 * 24 * 60)
     rate_limit_login_failures: str = "20/minute"
     rate_limit_register: str = "10/minute"
     rate_limit_email_requests: str = "5/hour"
     rate_limit_email_requests_per_address: str = "20/minute"
+    # IPv6 clients are rate-limited per network of this prefix length: one subscriber
+    # usually holds a whole /64 and could otherwise rotate through its addresses.
+    rate_limit_ipv6_prefix: int = Field(64, ge=1, le=128)
     trusted_proxies: Annotated[list[str], NoDecode] = []
     cors_origins: Annotated[list[str], NoDecode] = []
-    max_body_bytes: int = Field(1024 * 1024, ge=1024)
+    max_body_bytes: int = Field(1024 * 1024, ge=1024, le=1024**3)
 
     # Argon2 is CPU-bound; capping concurrent hashes leaves a core for the event loop.
-    password_hash_concurrency: int = Field(1, ge=1)
+    password_hash_concurrency: int = Field(1, ge=1, le=256)
     # argon2id cost: OWASP's recommended m=19 MiB, t=2, p=1. One lane keeps a hash on one core
     # (the limiter above leaves the other to the event loop). Changing them upgrades stored
     # hashes at each user's next login.
-    password_hash_time_cost: int = Field(2, ge=1)
-    password_hash_memory_kib: int = Field(19456, ge=8)
-    password_hash_parallelism: int = Field(1, ge=1)
+    password_hash_time_cost: int = Field(2, ge=1, le=100)
+    password_hash_memory_kib: int = Field(19456, ge=8, le=4 * 1024 * 1024)
+    password_hash_parallelism: int = Field(1, ge=1, le=64)
     # Spend-time cleanup: prune ended sessions on roughly one login in this many.
-    prune_every_n_logins: int = Field(100, ge=1)
+    prune_every_n_logins: int = Field(100, ge=1, le=1_000_000)
 
     @field_validator("trusted_proxies", "cors_origins", mode="before")
     @classmethod
@@ -84,10 +104,85 @@ class Settings(BaseSettings):
     def _strong_key(cls, value: SecretStr | None) -> SecretStr | None:
         # HS256 wants at least 256 bits; a short human-made key is brute-forceable offline.
         if value is not None and len(value.get_secret_value()) < 32:
-            raise ValueError("AUTHDB_SECRET_KEY must be at least 32 characters long")
+            raise ValueError("must be at least 32 characters long")
         return value
+
+    @field_validator(
+        "smtp_host", "smtp_username", "smtp_password", "redis_url", "templates_dir", mode="before"
+    )
+    @classmethod
+    def _blank_is_unset(cls, value: object) -> object:
+        # `AUTHDB_SMTP_HOST=` in a .env file means "not set", not "a host named ''".
+        return None if isinstance(value, str) and not value.strip() else value
+
+    @field_validator("database_url")
+    @classmethod
+    def _database_url(cls, value: str) -> str:
+        return checks.database_url(value)
+
+    @field_validator("jwt_algorithm")
+    @classmethod
+    def _jwt_algorithm(cls, value: str) -> str:
+        return checks.jwt_algorithm(value)
 
     @field_validator("public_url")
     @classmethod
-    def _strip_slash(cls, value: str) -> str:
-        return value.rstrip("/")
+    def _public_url(cls, value: str) -> str:
+        return checks.public_url(value)
+
+    @field_validator("smtp_host")
+    @classmethod
+    def _smtp_host(cls, value: str | None) -> str | None:
+        return None if value is None else checks.host(value)
+
+    @field_validator("mail_from")
+    @classmethod
+    def _mail_from(cls, value: str) -> str:
+        return checks.mail_from(value)
+
+    @field_validator("templates_dir")
+    @classmethod
+    def _templates_dir(cls, value: str | None) -> str | None:
+        return None if value is None else checks.folder(value)
+
+    @field_validator("redis_url")
+    @classmethod
+    def _redis_url(cls, value: str | None) -> str | None:
+        return None if value is None else checks.redis_url(value)
+
+    @field_validator(
+        "rate_limit_login_failures",
+        "rate_limit_register",
+        "rate_limit_email_requests",
+        "rate_limit_email_requests_per_address",
+    )
+    @classmethod
+    def _rate_limit(cls, value: str) -> str:
+        return checks.rate_limit(value)
+
+    @field_validator("cors_origins")
+    @classmethod
+    def _cors_origins(cls, value: list[str]) -> list[str]:
+        return checks.origins(value)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Self:
+        """Checks between settings; each message names the variables involved."""
+        key = self.secret_key.get_secret_value().encode() if self.secret_key else None
+        shortest = checks.HMAC_ALGORITHMS[self.jwt_algorithm]
+        if key is not None and len(key) < shortest:
+            raise ValueError(
+                f"AUTHDB_JWT_ALGORITHM={self.jwt_algorithm} needs an AUTHDB_SECRET_KEY of at "
+                f"least {shortest} bytes (RFC 7518 section 3.2)"
+            )
+        if (self.smtp_username is None) != (self.smtp_password is None):
+            raise ValueError(
+                "AUTHDB_SMTP_USERNAME and AUTHDB_SMTP_PASSWORD must be set together or not at all"
+            )
+        # argon2 needs at least 8 KiB per lane; fewer fails every hash (every login).
+        if self.password_hash_memory_kib < 8 * self.password_hash_parallelism:
+            raise ValueError(
+                "AUTHDB_PASSWORD_HASH_MEMORY_KIB must be at least 8 times "
+                "AUTHDB_PASSWORD_HASH_PARALLELISM"
+            )
+        return self

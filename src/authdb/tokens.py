@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import re
 import secrets
 import uuid
 from dataclasses import dataclass
@@ -10,6 +11,9 @@ from datetime import datetime, timedelta
 
 import jwt
 
+from authdb.db.models import MAX_ID
+
+_CANONICAL_ID = re.compile(r"[1-9][0-9]{0,18}")
 _REQUIRED_CLAIMS = ["sub", "exp", "iat", "jti", "iss", "aud", "sid"]
 
 
@@ -55,15 +59,24 @@ class JWTCodec:
                 audience=self.audience,
                 options={"require": _REQUIRED_CLAIMS},
             )
-            sid = claims["sid"]
-            if not isinstance(sid, int) or isinstance(sid, bool):
-                raise InvalidAccessToken("sid must be an integer")
             return AccessClaims(
-                user_id=int(claims["sub"]),
-                session_id=sid,
+                user_id=_id_claim(claims["sub"], text=True),
+                session_id=_id_claim(claims["sid"], text=False),
             )
         except (jwt.PyJWTError, ValueError, TypeError, OverflowError) as exc:
             raise InvalidAccessToken(str(exc)) from exc
+
+
+def _id_claim(value: object, *, text: bool) -> int:
+    """An id from a claim, in the one form we mint: ``sub`` a canonical decimal string (RFC 7519
+    4.1.2 makes it a string), ``sid`` a JSON integer; within the id range, so safe to query."""
+    if text:
+        if not isinstance(value, str) or not _CANONICAL_ID.fullmatch(value):
+            raise InvalidAccessToken("sub is not an id")
+        value = int(value)
+    if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= MAX_ID:
+        raise InvalidAccessToken("not an id")
+    return value
 
 
 def new_opaque_token() -> str:

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import sys
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from typing import NoReturn, TypeVar
 
 import typer
 from pydantic import ValidationError
+from pydantic_core import ErrorDetails
+from pydantic_settings import SettingsError
 
 from authdb.auth import Auth
 from authdb.errors import AuthError
@@ -28,11 +30,32 @@ def settings(database_url: str | None = None) -> Settings:
     try:
         return Settings(database_url=database_url) if database_url else Settings()
     except ValidationError as exc:
-        problems = [
-            f"AUTHDB_{'_'.join(str(p) for p in error['loc']).upper()}: {error['msg']}"
-            for error in exc.errors()
-        ]
+        given = {"database_url": "--database-url"} if database_url else {}
+        problems = [settings_problem(error, given) for error in exc.errors()]
         fail(f"invalid settings: {'; '.join(problems)}")
+    except SettingsError as exc:  # a value pydantic-settings could not even decode
+        fail(f"invalid settings: {_one_line(str(exc))}")
+
+
+def settings_problem(error: ErrorDetails, options: Mapping[str, str] | None = None) -> str:
+    """``AUTHDB_NAME: reason`` for one validation error (or ``--option: reason``).
+
+    The variable is the error's first location only (``cors_origins.1`` is still
+    AUTHDB_CORS_ORIGINS); a check across settings has no location and names them itself.
+    """
+    message = error["msg"]
+    if error["type"] == "value_error":
+        message = message.removeprefix("Value error, ")
+    message = _one_line(message)
+    if not error["loc"]:
+        return message
+    field = str(error["loc"][0])
+    name = (options or {}).get(field, f"AUTHDB_{field.upper()}")
+    return f"{name}: {message}"
+
+
+def _one_line(text: str) -> str:
+    return " ".join(text.split())
 
 
 def run(work: Callable[[Auth], Awaitable[T]], database_url: str | None = None) -> T:

@@ -43,7 +43,7 @@ def serve(
 
     config = settings()
     try:
-        asyncio.run(_prepare_database(config.database_url))
+        asyncio.run(_prepare_database(config.database_url, config.database_pgbouncer))
     except Exception as exc:
         fail(f"cannot start: {str(exc).splitlines()[0]}")
     uvicorn.run(
@@ -54,6 +54,9 @@ def serve(
         workers=workers,
         proxy_headers=False,
         server_header=False,
+        # httptools parses a huge request head in quadratic time, stalling every connection;
+        # this protocol answers 431 once a head passes 64 KiB (see authdb.http.server).
+        http="authdb.http.server:HeadLimitedProtocol",
         log_config=_log_config(),
         # Off by default: a line per request costs about a quarter of /users/me's throughput.
         access_log=access_log,
@@ -75,8 +78,8 @@ def _service_app():  # type: ignore[no-untyped-def]
     return create_app(auth=Auth(auto_migrate=False))
 
 
-async def _prepare_database(database_url: str) -> None:
-    engine = create_engine(database_url)
+async def _prepare_database(database_url: str, pgbouncer: bool) -> None:
+    engine = create_engine(database_url, pgbouncer=pgbouncer)
     try:
         if is_sqlite(async_url(database_url)):
             await migrations.upgrade(engine)
@@ -93,10 +96,12 @@ def migrate(
     ] = None,
 ) -> None:
     """Create or upgrade the schema; adopts a FastAPI-tutorial users table in place."""
-    url = database_url or settings().database_url
+    # Every setting is checked, even with --database-url: a bad one would fail the next command.
+    config = settings(database_url)
+    url = config.database_url
 
     async def _upgrade() -> str | None:
-        engine = create_engine(url)
+        engine = create_engine(url, pgbouncer=config.database_pgbouncer)
         try:
             await migrations.upgrade(engine)
             return await migrations.current_revision(engine)

@@ -1,7 +1,8 @@
-"""The async engine: driver selection and SQLite tuning."""
+"""The async engine: driver selection, connection budget, PgBouncer mode and SQLite tuning."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import event
@@ -32,14 +33,81 @@ def is_sqlite(url: URL) -> bool:
     return url.get_backend_name() == "sqlite"
 
 
-def create_engine(database_url: str) -> AsyncEngine:
-    """An engine for ``database_url``; SQLite gets WAL, foreign keys and immediate writes."""
+# How long a request waits for a pooled connection; past it the pool raises TimeoutError, which
+# authdb.db.outage classifies and the HTTP layer answers with 503 rather than keep the client
+# waiting on a database that is not keeping up.
+POOL_TIMEOUT_SECONDS = 10.0
+
+
+@dataclass(frozen=True, slots=True)
+class PoolBudget:
+    """How the ``AUTHDB_DATABASE_POOL_SIZE`` connections of one process are shared.
+
+    ``engine`` is SQLAlchemy's pool (every transaction), ``reader`` the per-request session
+    check's (see authdb.db.session_reader). Neither grows past its share: no overflow.
+    """
+
+    engine: int
+    reader: int
+
+    @classmethod
+    def split(cls, total: int, *, sqlite: bool = False) -> PoolBudget:
+        """Share ``total`` (at least 2) between the two pools.
+
+        On PostgreSQL the session check gets a third (at least one): its query is one indexed
+        read, far shorter than the ORM's transactions. On SQLite it holds a single connection.
+        """
+        if total < 2:
+            raise ValueError("the database pool needs at least 2 connections")
+        reader = 1 if sqlite else max(1, total // 3)
+        return cls(engine=total - reader, reader=reader)
+
+
+def create_engine(
+    database_url: str,
+    *,
+    pool_size: int = 10,
+    pool_timeout: float = POOL_TIMEOUT_SECONDS,
+    pgbouncer: bool = False,
+) -> AsyncEngine:
+    """An engine for ``database_url`` holding at most ``pool_size`` connections.
+
+    SQLite gets WAL, foreign keys and immediate writes. ``pgbouncer`` keeps no server-side
+    prepared statement across transactions (PgBouncer in transaction-pooling mode may hand the
+    next transaction another server connection).
+    """
     url = async_url(database_url)
+    bounded: dict[str, Any] = {
+        "pool_size": pool_size,
+        "max_overflow": 0,
+        "pool_timeout": pool_timeout,
+    }
     if not is_sqlite(url):
-        return create_async_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=20)
-    engine = create_async_engine(url, connect_args={"timeout": 30})
+        # A server that accepts but never answers must not hold a request for asyncpg's 60 s.
+        connect_args: dict[str, Any] = {"timeout": pool_timeout}
+        if pgbouncer:
+            connect_args.update(_PGBOUNCER_CONNECT_ARGS)
+        return create_async_engine(url, pool_pre_ping=True, connect_args=connect_args, **bounded)
+    engine = create_async_engine(url, connect_args={"timeout": 30}, **bounded)
     _tune_sqlite(engine)
     return engine
+
+
+def _unnamed_statement() -> str:
+    return ""
+
+
+# No statement cache in asyncpg or in SQLAlchemy's adapter, so nothing prepared in one
+# transaction is looked for in the next (see "Prepared Statement Name with PGBouncer" in
+# SQLAlchemy's asyncpg dialect documentation). And no names at all: asyncpg then uses the
+# unnamed statement, which the next Parse replaces, so none is left behind on PgBouncer's server
+# connections (unique names would pile up there), and with its cache off asyncpg sends the Parse
+# again with the Bind, in one round trip, so no Sync can separate them.
+_PGBOUNCER_CONNECT_ARGS: dict[str, Any] = {
+    "statement_cache_size": 0,
+    "prepared_statement_cache_size": 0,
+    "prepared_statement_name_func": _unnamed_statement,
+}
 
 
 def _tune_sqlite(engine: AsyncEngine) -> None:

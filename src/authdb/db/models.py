@@ -7,11 +7,13 @@ from typing import Any
 
 from sqlalchemy import (
     JSON,
+    BigInteger,
     Boolean,
     ColumnElement,
     DateTime,
     ForeignKey,
     Integer,
+    LargeBinary,
     String,
     Text,
     TypeDecorator,
@@ -49,6 +51,12 @@ class Base(DeclarativeBase):
     pass
 
 
+# Ids are 64-bit everywhere: BIGINT on PostgreSQL; on SQLite an INTEGER PRIMARY KEY already is,
+# and must stay spelled INTEGER to remain the rowid (which AUTOINCREMENT needs).
+Id = BigInteger().with_variant(Integer(), "sqlite")
+# The largest id any table can hand out; a larger number names nothing.
+MAX_ID = 2**63 - 1
+
 # SQLite reuses the highest deleted rowid unless AUTOINCREMENT is asked for; a reused user or
 # session id would let a deleted account's unexpired token speak for the next account.
 _NEVER_REUSE_IDS = {"sqlite_autoincrement": True}
@@ -58,13 +66,15 @@ class User(Base):
     __tablename__ = "users"
     __table_args__ = _NEVER_REUSE_IDS
 
-    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    id: Mapped[int] = mapped_column(Id, primary_key=True)
     username: Mapped[str] = mapped_column(String(64))
     # Case-folded copies carry the unique constraints, so the database itself refuses
     # "Alice" next to "alice" on every backend (SQLite's lower() is ASCII-only).
     username_key: Mapped[str] = mapped_column(String(64), unique=True)
     email: Mapped[str | None] = mapped_column(String(320))
     email_key: Mapped[str | None] = mapped_column(String(320), unique=True)
+    # An address the user asked to change to; it replaces ``email`` once its link is followed.
+    pending_email: Mapped[str | None] = mapped_column(String(320))
     full_name: Mapped[str | None] = mapped_column(String(256))
     disabled: Mapped[bool] = mapped_column(Boolean, default=False)
     hashed_password: Mapped[str] = mapped_column(String(255))
@@ -82,8 +92,8 @@ class AuthSession(Base):
     __tablename__ = "auth_sessions"
     __table_args__ = _NEVER_REUSE_IDS
 
-    id: Mapped[int] = mapped_column(Integer, primary_key=True)
-    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
+    id: Mapped[int] = mapped_column(Id, primary_key=True)
+    user_id: Mapped[int] = mapped_column(Id, ForeignKey("users.id", ondelete="CASCADE"), index=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     last_used_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     expires_at: Mapped[datetime] = mapped_column(UTCDateTime, index=True)
@@ -102,13 +112,17 @@ class RefreshToken(Base):
 
     __tablename__ = "refresh_tokens"
 
-    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    id: Mapped[int] = mapped_column(Id, primary_key=True)
     session_id: Mapped[int] = mapped_column(
-        ForeignKey("auth_sessions.id", ondelete="CASCADE"), index=True
+        Id, ForeignKey("auth_sessions.id", ondelete="CASCADE"), index=True
     )
     token_hash: Mapped[str] = mapped_column(String(64), unique=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     spent_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    # The refresh token that replaced this one, encrypted with a key derived from this one
+    # (see services.sessions): lets a second tab presenting it within the reuse interval get
+    # the same successor, while a database reader without this token learns nothing.
+    successor: Mapped[bytes | None] = mapped_column(LargeBinary)
 
 
 class EmailToken(Base):
@@ -116,8 +130,8 @@ class EmailToken(Base):
 
     __tablename__ = "email_tokens"
 
-    id: Mapped[int] = mapped_column(Integer, primary_key=True)
-    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
+    id: Mapped[int] = mapped_column(Id, primary_key=True)
+    user_id: Mapped[int] = mapped_column(Id, ForeignKey("users.id", ondelete="CASCADE"), index=True)
     purpose: Mapped[str] = mapped_column(String(16))
     token_hash: Mapped[str] = mapped_column(String(64), unique=True)
     # A verification token is for the address it was mailed to, not whatever the email is later.
@@ -143,12 +157,12 @@ class AuditEvent(Base):
 
     __tablename__ = "audit_events"
 
-    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    id: Mapped[int] = mapped_column(Id, primary_key=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, index=True)
     event: Mapped[str] = mapped_column(String(64), index=True)
     # No foreign key: the trail must outlive the account it speaks of.
-    user_id: Mapped[int | None] = mapped_column(Integer, index=True)
-    actor_id: Mapped[int | None] = mapped_column(Integer)
+    user_id: Mapped[int | None] = mapped_column(Id, index=True)
+    actor_id: Mapped[int | None] = mapped_column(Id)
     ip_address: Mapped[str | None] = mapped_column(String(64))
     user_agent: Mapped[str | None] = mapped_column(String(512))
     detail: Mapped[dict[str, object] | None] = mapped_column(JSON)

@@ -20,8 +20,9 @@ from sqlalchemy.dialects.postgresql.asyncpg import dialect as asyncpg_dialect
 from sqlalchemy.dialects.sqlite.pysqlite import dialect as sqlite_dialect
 from sqlalchemy.engine import URL
 
-from authdb.db.engine import is_sqlite
+from authdb.db.engine import POOL_TIMEOUT_SECONDS, is_sqlite
 from authdb.db.models import AuthSession, User, UTCDateTime
+from authdb.db.outage import is_outage
 
 
 class SessionReader(Protocol):
@@ -102,10 +103,16 @@ def _sqlite_converter(column: Any) -> Callable[[Any], Any]:
 
 
 class AsyncpgReader:
-    """A small asyncpg pool; the statement is prepared once per connection by asyncpg."""
+    """A small asyncpg pool; the statement is prepared once per connection by asyncpg.
 
-    def __init__(self, url: URL) -> None:
+    ``pool_size`` is this pool's share of ``AUTHDB_DATABASE_POOL_SIZE``. With ``pgbouncer``
+    nothing is prepared by name (see authdb.db.engine for why that is safe behind PgBouncer).
+    """
+
+    def __init__(self, url: URL, *, pool_size: int = 3, pgbouncer: bool = False) -> None:
         self._dsn = url.set(drivername="postgresql").render_as_string(hide_password=False)
+        self._pool_size = pool_size
+        self._pgbouncer = pgbouncer
         compiled = _native_statement().compile(dialect=asyncpg_dialect())  # type: ignore[no-untyped-call]
         self._sql = str(compiled)  # "$1"-style, the asyncpg dialect's paramstyle
         self._order = list(compiled.positiontup or [])
@@ -119,14 +126,31 @@ class AsyncpgReader:
             async with self._lock:
                 if self._pool is None:
                     self._pool = await asyncpg.create_pool(
-                        self._dsn, min_size=2, max_size=20, reset=_keep_as_is
+                        self._dsn,
+                        min_size=min(2, self._pool_size),
+                        max_size=self._pool_size,
+                        # A server that accepts and never answers is an outage, not a wait.
+                        timeout=POOL_TIMEOUT_SECONDS,
+                        command_timeout=POOL_TIMEOUT_SECONDS,
+                        reset=_keep_as_is,
+                        # Unnamed statements only, re-parsed with each Bind, behind PgBouncer.
+                        statement_cache_size=0 if self._pgbouncer else 100,
                     )
         return self._pool
 
     async def live_user(self, session_id: int, user_id: int, now: datetime) -> User | None:
         pool = await self._get_pool()
         params = {"sid": session_id, "uid": user_id, "now": now}
-        row = await pool.fetchrow(self._sql, *(params[name] for name in self._order))
+        args = [params[name] for name in self._order]
+        try:
+            row = await pool.fetchrow(self._sql, *args)
+        except Exception as exc:
+            # A pooled connection the server has cut (a restart, a terminated backend) fails
+            # once; the pool replaces it, so one more try of this read-only SELECT is safe.
+            # A server that refuses or does not answer would only fail (or wait) again.
+            if not is_outage(exc) or isinstance(exc, TimeoutError | ConnectionRefusedError):
+                raise
+            row = await pool.fetchrow(self._sql, *args)
         return None if row is None else User(**dict(row))
 
     async def close(self) -> None:
@@ -140,6 +164,11 @@ async def _keep_as_is(_connection: Any) -> None:
     read-only SELECT outside any transaction, which leaves no state behind to reset."""
 
 
-def create_reader(url: URL) -> SessionReader:
-    """The reader for ``url``'s backend (``async_url`` admits only SQLite and PostgreSQL)."""
-    return SQLiteReader(url) if is_sqlite(url) else AsyncpgReader(url)
+def create_reader(url: URL, *, pool_size: int = 3, pgbouncer: bool = False) -> SessionReader:
+    """The reader for ``url``'s backend (``async_url`` admits only SQLite and PostgreSQL).
+
+    ``pool_size`` and ``pgbouncer`` apply to PostgreSQL; SQLite's reader holds one connection.
+    """
+    if is_sqlite(url):
+        return SQLiteReader(url)
+    return AsyncpgReader(url, pool_size=pool_size, pgbouncer=pgbouncer)

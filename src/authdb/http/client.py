@@ -11,6 +11,7 @@ import ipaddress
 
 from fastapi import Request
 
+from authdb.names import control_character
 from authdb.services.core import ClientInfo
 
 _Address = ipaddress.IPv4Address | ipaddress.IPv6Address
@@ -75,5 +76,13 @@ class ClientResolver:
     def __call__(self, request: Request) -> ClientInfo:
         agent = request.headers.get("user-agent")
         return ClientInfo(
-            ip_address=self.address(request), user_agent=agent[:512] if agent else None
+            ip_address=self.address(request), user_agent=_printable(agent[:512]) if agent else None
         )
+
+
+def _printable(text: str) -> str:
+    """``text`` with control characters (C1 ones arrive as Latin-1 bytes) made visible as U+FFFD.
+
+    The user agent lands in the session list and the audit trail, read in terminals.
+    """
+    return "".join("\ufffd" if control_character(char) else char for char in text)

@@ -6,14 +6,18 @@ from fastapi import Depends, Request
 from fastapi.security import OAuth2PasswordBearer
 
 from authdb.db.models import User
-from authdb.errors import AuthError, InactiveUser, PermissionDenied
+from authdb.db.outage import is_outage
+from authdb.errors import AuthError, InactiveUser, NotAuthenticated, PermissionDenied
 from authdb.http.client import ClientResolver
-from authdb.http.errors import to_http_exception
+from authdb.http.errors import outage_http_exception, to_http_exception
 from authdb.mail import Mailer
 from authdb.ratelimit import RateLimits
 from authdb.services import sessions
 from authdb.services.core import ClientInfo, Core
 from authdb.services.sessions import Authenticated
+
+# Our access tokens are a few hundred characters; a mounted app has no header limit of its own.
+MAX_BEARER_CHARS = 8 * 1024
 
 
 def _active(user: User) -> User:
@@ -39,10 +43,18 @@ class AuthDeps:
         Token = Annotated[str, Depends(bearer)]
 
         async def current_session(token: Token) -> Authenticated:
+            if len(token) > MAX_BEARER_CHARS:  # refused unread: a JWT parse costs its length
+                raise to_http_exception(NotAuthenticated())
             try:
                 return await sessions.authenticate(core, token)
             except AuthError as exc:
                 raise to_http_exception(exc) from None
+            except Exception as exc:
+                # The session check runs inside the host app's own routes too: a database
+                # outage must be a 503 there as well, whatever handlers that app installed.
+                if not is_outage(exc):
+                    raise
+                raise outage_http_exception(exc) from None
 
         Session = Annotated[Authenticated, Depends(current_session)]
 

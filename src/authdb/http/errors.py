@@ -11,8 +11,11 @@ from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from fastapi.routing import APIRoute
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from authdb import errors
+from authdb.db.outage import is_outage
+from authdb.http import bodies
 
 log = logging.getLogger("authdb")
 
@@ -30,6 +33,7 @@ _STATUS: dict[type[errors.AuthError], int] = {
     errors.PermissionDenied: 403,
     errors.RegistrationClosed: 403,
     errors.TooManyRequests: 429,
+    errors.ServiceUnavailable: 503,
 }
 
 
@@ -44,14 +48,24 @@ def _headers(exc: errors.AuthError, status: int) -> dict[str, str]:
     headers = {"Cache-Control": "no-store"}
     if status == 401:
         headers["WWW-Authenticate"] = "Bearer"
-    if isinstance(exc, errors.TooManyRequests):
+    if isinstance(exc, errors.TooManyRequests | errors.ServiceUnavailable):
         headers["Retry-After"] = str(exc.retry_after)
     return headers
 
 
+def error_detail(exc: errors.AuthError) -> str | list[dict[str, Any]]:
+    """The ``detail`` of an error's answer; invalid input gets FastAPI's list shape (422)."""
+    if isinstance(exc, errors.InvalidInput):
+        loc = ["body", exc.field] if exc.field else ["body"]
+        return [{"type": "value_error", "loc": loc, "msg": exc.detail}]
+    return exc.detail
+
+
 def auth_error_response(exc: errors.AuthError) -> JSONResponse:
     status = status_of(exc)
-    return JSONResponse({"detail": exc.detail}, status_code=status, headers=_headers(exc, status))
+    return JSONResponse(
+        {"detail": error_detail(exc)}, status_code=status, headers=_headers(exc, status)
+    )
 
 
 def validation_error_response(exc: RequestValidationError) -> JSONResponse:
@@ -75,7 +89,7 @@ async def _on_validation_error(_request: Request, exc: Exception) -> JSONRespons
 def to_http_exception(exc: errors.AuthError) -> HTTPException:
     """For dependencies that run inside an application's own routes."""
     status = status_of(exc)
-    return HTTPException(status, exc.detail, headers=_headers(exc, status))
+    return HTTPException(status, error_detail(exc), headers=_headers(exc, status))
 
 
 class AuthRoute(APIRoute):
@@ -83,14 +97,27 @@ class AuthRoute(APIRoute):
 
     def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
         handler = super().get_route_handler()
+        json_body = bodies.reads_json(self)
 
         async def route_handler(request: Request) -> Response:
             try:
+                if json_body:
+                    await bodies.check_json_body(request)
                 response = await handler(request)
             except errors.AuthError as exc:
                 return auth_error_response(exc)
             except RequestValidationError as exc:
                 return validation_error_response(exc)
+            except StarletteHTTPException as exc:
+                # The framework's 400 for a body it could not read is a 422 here.
+                unreadable = bodies.unreadable_body(exc)
+                if unreadable is None:
+                    raise
+                return validation_error_response(unreadable)
+            except Exception as exc:
+                if not is_outage(exc):
+                    raise
+                return outage_response(exc)
             # Every authdb answer carries tokens or user data: none may sit in a cache.
             response.headers.setdefault("Cache-Control", "no-store")
             return response
@@ -103,7 +130,27 @@ async def _on_auth_error(_request: Request, exc: Exception) -> JSONResponse:
     return auth_error_response(exc)
 
 
+def _log_outage(exc: BaseException) -> None:
+    # One line, not a traceback: during an outage every request fails the same way.
+    first_line = next(iter(str(exc).splitlines()), "")
+    log.warning("database unavailable: %s: %s", type(exc).__name__, first_line[:300])
+
+
+def outage_response(exc: BaseException) -> JSONResponse:
+    """503 ``Service unavailable`` with ``Retry-After`` for a database that cannot serve now."""
+    _log_outage(exc)
+    return auth_error_response(errors.ServiceUnavailable())
+
+
+def outage_http_exception(exc: BaseException) -> HTTPException:
+    """``outage_response`` for dependencies that run inside an application's own routes."""
+    _log_outage(exc)
+    return to_http_exception(errors.ServiceUnavailable())
+
+
 async def _on_unexpected(request: Request, exc: Exception) -> JSONResponse:
+    if is_outage(exc):  # a route of the host app that used authdb's database
+        return outage_response(exc)
     # Logged for operators; the client learns nothing about the internals.
     log.error("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
     return JSONResponse({"detail": "Internal server error"}, status_code=500)

@@ -1,4 +1,5 @@
-"""Response hardening for the standalone service: security headers, body limit, CORS.
+"""Request and response hardening for the standalone service: security headers, header and body
+limits, CORS.
 
 All of it is pure ASGI: ``BaseHTTPMiddleware`` would buffer and could not count the bytes
 of a chunked body while it streams in.
@@ -9,7 +10,7 @@ from __future__ import annotations
 from fastapi import FastAPI
 from starlette.datastructures import Headers, MutableHeaders
 from starlette.middleware.cors import CORSMiddleware
-from starlette.responses import JSONResponse
+from starlette.responses import JSONResponse, Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from authdb.settings import Settings
@@ -20,13 +21,43 @@ SECURITY_HEADERS: dict[str, str] = {
     "Referrer-Policy": "no-referrer",
     "X-Frame-Options": "DENY",
 }
-# No Content-Security-Policy: /docs loads Swagger UI from a CDN with an inline script.
+# No Content-Security-Policy here: JSON needs none, and the pages that do (/docs, /redoc) send
+# their own, see authdb.http.routers.docs.
 
 # Everything here is a token, a user, an error about one, or cheap to fetch again: by
 # default nothing may be stored by a browser or a shared cache.
 DEFAULT_CACHE_CONTROL = "no-store"
 
 TOO_LARGE = {"detail": "Request body too large"}
+
+# The request line aside, everything a client sends before the body: names and values summed.
+# Real clients send 1-4 KiB; 16 KiB leaves room for big cookies and still stops a header
+# crafted to make a parser (or a JWT decoder) work.
+MAX_HEADER_BYTES = 16 * 1024
+HEADERS_TOO_LARGE = {"detail": "Request headers too large"}
+
+
+class HeaderLimitMiddleware:
+    """Answers 431 when the request's headers add up to more than ``max_bytes``.
+
+    It only sums lengths of the server's already split ``scope["headers"]``: no header is
+    decoded, so an oversized ``Authorization`` costs one pass over a list, not a JWT parse.
+    """
+
+    def __init__(self, app: ASGIApp, max_bytes: int = MAX_HEADER_BYTES) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            size = sum(len(name) + len(value) for name, value in scope["headers"])
+            if size > self.max_bytes:
+                response = JSONResponse(
+                    HEADERS_TOO_LARGE, status_code=431, headers={"Connection": "close"}
+                )
+                await response(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
 
 
 class SecurityHeadersMiddleware:
@@ -130,15 +161,34 @@ async def _too_large(scope: Scope, receive: Receive, send: Send) -> None:
     await response(scope, receive, send)
 
 
+class JSONCORSMiddleware(CORSMiddleware):
+    """Starlette's CORS middleware, but a refused preflight answers ``{"detail": ...}`` JSON
+    like every other error (Starlette's is plain text)."""
+
+    def preflight_response(self, request_headers: Headers) -> Response:
+        response = super().preflight_response(request_headers)
+        if response.status_code < 400:
+            return response
+        headers = {
+            name: value
+            for name, value in response.headers.items()
+            if name not in ("content-length", "content-type")
+        }
+        detail = bytes(response.body).decode()
+        return JSONResponse({"detail": detail}, status_code=response.status_code, headers=headers)
+
+
 def install_middleware(app: FastAPI, settings: Settings) -> None:
     """Add authdb's middleware to the service application.
 
-    Added innermost first: CORS (only with configured origins), then the body limit, then
-    the headers, outermost, so that 413s and CORS preflights carry them too.
+    Added innermost first: CORS (only with configured origins), then the body limit, then the
+    header limit, then the security headers, outermost, so that 413s, 431s and CORS preflights
+    carry them too. The security headers only touch the response, so the header limit is
+    still the first thing to look at a request.
     """
     if settings.cors_origins:
         app.add_middleware(
-            CORSMiddleware,
+            JSONCORSMiddleware,
             allow_origins=settings.cors_origins,
             # Bearer tokens travel in a header, not cookies: no credentialed requests needed.
             allow_credentials=False,
@@ -148,4 +198,5 @@ def install_middleware(app: FastAPI, settings: Settings) -> None:
             max_age=600,
         )
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
+    app.add_middleware(HeaderLimitMiddleware)
     app.add_middleware(SecurityHeadersMiddleware)

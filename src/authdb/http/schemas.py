@@ -3,8 +3,29 @@
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Annotated
 
-from pydantic import BaseModel, ConfigDict, EmailStr, Field
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, EmailStr, Field
+
+from authdb.names import control_character
+
+
+def _no_control_characters(value: object) -> object:
+    """Refuse NUL, other C0/C1 controls, bidi overrides and lone surrogates in any text.
+
+    PostgreSQL cannot store NUL, terminals and logs obey escapes, and bidi overrides make one
+    name display as another; the same rule holds on every backend and in every field.
+    """
+    if isinstance(value, str):
+        char = control_character(value)
+        if char is not None:
+            raise ValueError(f"must not contain control characters (found U+{ord(char):04X})")
+    return value
+
+
+# Every text field of every request body is one of these.
+Text = Annotated[str, AfterValidator(_no_control_characters)]
+Email = Annotated[EmailStr, BeforeValidator(_no_control_characters)]
 
 
 class UserRead(BaseModel):
@@ -15,6 +36,8 @@ class UserRead(BaseModel):
     id: int
     username: str
     email: str | None
+    # A requested new address, not yet confirmed through the link mailed to it.
+    pending_email: str | None = None
     full_name: str | None
     disabled: bool
     is_verified: bool
@@ -43,53 +66,56 @@ class SessionRead(BaseModel):
 
 
 class LogoutRequest(BaseModel):
-    refresh_token: str | None = Field(None, max_length=512)
+    refresh_token: Text | None = Field(None, max_length=512)
 
 
 class UserCreate(BaseModel):
-    username: str = Field(max_length=256)
-    email: EmailStr
-    password: str = Field(max_length=4096)
-    full_name: str | None = Field(None, max_length=256)
+    username: Text = Field(max_length=256)
+    email: Email
+    password: Text = Field(max_length=4096)
+    full_name: Text | None = Field(None, max_length=256)
 
 
 class UserUpdate(BaseModel):
+    """Changes to one's own account; a new ``email`` needs ``current_password`` too."""
+
     model_config = ConfigDict(extra="forbid")
 
-    username: str | None = Field(None, max_length=256)
-    email: EmailStr | None = None
-    full_name: str | None = Field(None, max_length=256)
+    username: Text | None = Field(None, max_length=256)
+    email: Email | None = None
+    full_name: Text | None = Field(None, max_length=256)
+    current_password: Text | None = Field(None, max_length=4096)
 
 
 class EmailRequest(BaseModel):
-    email: EmailStr
+    email: Email
 
 
 class TokenRequest(BaseModel):
-    token: str = Field(min_length=1, max_length=512)
+    token: Text = Field(min_length=1, max_length=512)
 
 
 class PasswordReset(BaseModel):
-    token: str = Field(min_length=1, max_length=512)
-    password: str = Field(max_length=4096)
+    token: Text = Field(min_length=1, max_length=512)
+    password: Text = Field(max_length=4096)
 
 
 class PasswordChange(BaseModel):
-    current_password: str = Field(max_length=4096)
-    new_password: str = Field(max_length=4096)
+    current_password: Text = Field(max_length=4096)
+    new_password: Text = Field(max_length=4096)
 
 
 class PasswordConfirm(BaseModel):
-    password: str = Field(max_length=4096)
+    password: Text = Field(max_length=4096)
 
 
 class AdminUserUpdate(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    username: str | None = Field(None, max_length=256)
-    email: EmailStr | None = None
-    full_name: str | None = Field(None, max_length=256)
-    password: str | None = Field(None, max_length=4096)
+    username: Text | None = Field(None, max_length=256)
+    email: Email | None = None
+    full_name: Text | None = Field(None, max_length=256)
+    password: Text | None = Field(None, max_length=4096)
     disabled: bool | None = None
     is_verified: bool | None = None
     is_superuser: bool | None = None

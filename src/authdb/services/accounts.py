@@ -7,30 +7,33 @@ mail server that is slow or down never holds a transaction open or fails a reque
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Mapping
+from datetime import datetime
 
 from sqlalchemy import delete, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from authdb.db.models import EmailToken, LoginFailure, User
 from authdb.errors import (
+    Conflict,
     IncorrectPassword,
     InvalidEmailToken,
     InvalidInput,
     NotAuthenticated,
     RegistrationClosed,
-    TooManyRequests,
 )
 from authdb.names import email_key
-from authdb.ratelimit import RateLimits
+from authdb.ratelimit import RateLimits, client_key
 from authdb.services import audit, email_tokens, lockout, sessions
+from authdb.services.admin import LAST_SUPERUSER_SELF, lock_active_superusers
 from authdb.services.core import ClientInfo, Core
 from authdb.services.email_tokens import RESET, VERIFY, Mail
+from authdb.services.login import confirm_password
 from authdb.services.provisioning import clean_email, prepare_user
 from authdb.services.sessions import Authenticated
 from authdb.services.users import (
     check_password,
+    clean_full_name,
     clean_username,
     flush_unique,
     set_identity,
@@ -57,7 +60,7 @@ async def register(
     """
     if not core.settings.registration_enabled:
         raise RegistrationClosed
-    await limits.hit("register", _address(client))
+    await limits.hit("register", client_key(client, core.settings))
     new = await prepare_user(
         core.hasher, username=username, email=email, password=password, full_name=full_name
     )
@@ -83,14 +86,17 @@ async def register(
 # --- verification -------------------------------------------------------------------------------
 
 
-async def spend_email_budgets(limits: RateLimits, email: str, client: ClientInfo) -> None:
-    """Spend the budgets of a verify/forgot request: per client address, then per email address.
+async def spend_email_budgets(
+    core: Core, limits: RateLimits, client: ClientInfo, *emails: str
+) -> None:
+    """Spend the budgets of a mail request: per client address, then per email address.
 
-    Call it before ``request_verification`` or ``request_password_reset``. It does not look at
-    the accounts, so a known and an unknown address are limited alike.
+    Call it before ``request_verification``, ``request_password_reset`` or an email change. It
+    does not look at the accounts, so a known and an unknown address are limited alike.
     """
-    await limits.hit("email_address", _address(client))
-    await limits.hit("email", email_key(email))
+    await limits.hit("email_address", client_key(client, core.settings))
+    for email in emails:
+        await limits.hit("email", email_key(email))
 
 
 async def request_verification(core: Core, email: str, client: ClientInfo) -> Mail | None:
@@ -114,11 +120,29 @@ async def verify_email(core: Core, token: str, client: ClientInfo) -> User:
     """Spend a verification token and mark its account verified; InvalidEmailToken otherwise."""
     now = core.clock()
     async with core.sessionmaker.begin() as db:
-        user = await email_tokens.consume(db, VERIFY, token, now)
+        user, address = await email_tokens.consume(db, VERIFY, token, now)
+        if email_key(address) != user.email_key:
+            await _adopt_pending_email(db, user, address, client, now)
         user.is_verified = True
         user.updated_at = now
         audit.record(db, "email_verified", client=client, now=now, user_id=user.id)
     return user
+
+
+async def _adopt_pending_email(
+    db: AsyncSession, user: User, address: str, client: ClientInfo, now: datetime
+) -> None:
+    """The link mailed to a requested new address was followed: it becomes the account's."""
+    old = user.email
+    set_identity(user, email=address)
+    user.pending_email = None
+    # Conflict (409) if another account took the address meanwhile: the unique key decides.
+    await flush_unique(db, user)
+    # Links mailed to the old address must not act on the account any more.
+    await db.execute(delete(EmailToken).where(EmailToken.user_id == user.id))
+    audit.record(
+        db, "email_changed", client=client, now=now, user_id=user.id, had_email=old is not None
+    )
 
 
 # --- password recovery --------------------------------------------------------------------------
@@ -153,14 +177,14 @@ async def reset_password(core: Core, token: str, password: str, client: ClientIn
                 .where(*email_tokens.usable(RESET, token, now))
             )
         ).one_or_none()
-    if found is None or not email_tokens.bound(found[0], found[1]):
+    if found is None or not email_tokens.bound(found[0], found[1], RESET):
         raise InvalidEmailToken
     check_password(password, username=found[0].username, email=found[0].email)
     hashed = await core.hasher.hash(password)
     now = core.clock()
     async with core.sessionmaker.begin() as db:
         # The atomic spend decides between racing resets with one token.
-        user = await email_tokens.consume(db, RESET, token, now)
+        user, _ = await email_tokens.consume(db, RESET, token, now)
         await set_password_hash(db, user, hashed, now)
         await sessions.revoke_all(db, user.id, now)
         # Proving control of the mailbox is as good as a correct password: lift a lockout.
@@ -172,60 +196,100 @@ async def reset_password(core: Core, token: str, password: str, client: ClientIn
 
 
 async def update_account(
-    core: Core, user_id: int, changes: Mapping[str, str | None], client: ClientInfo
+    core: Core,
+    limits: RateLimits,
+    user: User,
+    changes: Mapping[str, str | None],
+    client: ClientInfo,
 ) -> tuple[User, list[Mail]]:
     """Apply ``username`` / ``email`` / ``full_name`` changes (only the keys given).
 
-    A new email address is unverified until its owner follows the link mailed to it, and the
-    old address is told of the change, so that a hijack through a stolen token is noticed.
+    A new email address needs ``current_password`` in ``changes`` (a stolen access token must
+    not be enough to take the account over through a password reset), spends the mail budgets,
+    and takes effect only once the link mailed to it is followed; until then it is
+    ``pending_email``, and the old address is told of the request.
     """
-    unknown = set(changes) - {"username", "email", "full_name"}
+    unknown = set(changes) - {"username", "email", "full_name", "current_password"}
     if unknown:
-        raise InvalidInput(f"Unknown field: {sorted(unknown)[0]}")
+        raise InvalidInput(f"Unknown field: {sorted(unknown)[0]}", field=sorted(unknown)[0])
     username = email = None
     if "username" in changes:
         username = clean_username(_required(changes["username"], "username"))
+    full_name = clean_full_name(changes.get("full_name"))
     if "email" in changes:
         email = clean_email(_required(changes["email"], "email"))
+        if email_key(email) == user.email_key:
+            email = None  # the same address (perhaps in another case): nothing to confirm
+    if email is not None:
+        password = changes.get("current_password")
+        if not password:
+            raise IncorrectPassword
+        await confirm_password(core, limits, user, password, client)
+        await spend_email_budgets(core, limits, client, *filter(None, (user.email, email)))
     now = core.clock()
     async with core.sessionmaker.begin() as db:
-        user = await db.get(User, user_id)
-        if user is None:
+        row = await db.get(User, user.id)
+        if row is None:
             raise NotAuthenticated
-        before = (user.username, user.email, user.full_name)
-        old_email = user.email
-        email_changed = email is not None and email_key(email) != user.email_key
-        set_identity(user, username=username, email=email)
-        if "full_name" in changes:
-            user.full_name = changes["full_name"]
-        if email_changed:
-            user.is_verified = False
-        await flush_unique(db, user)
-        changed = [
-            name
-            for name, old, new in zip(
-                ("username", "email", "full_name"),
-                before,
-                (user.username, user.email, user.full_name),
-                strict=True,
-            )
-            if old != new
-        ]
-        mails: list[Mail] = []
-        if email_changed:
-            # Links mailed to the old address must not act on the new one.
-            await db.execute(delete(EmailToken).where(EmailToken.user_id == user.id))
-            token = await email_tokens.issue(core, db, user, VERIFY, now)
-            mails.append(email_tokens.link_mail(core, user, VERIFY, token))
-            if old_email:
-                context = {"username": user.username, "new_email": user.email or ""}
-                mails.append(Mail(to=old_email, template="email_changed", context=context))
+        if email is not None:
+            # Asked before anything changes: a query would autoflush a taken username as a bare
+            # IntegrityError instead of flush_unique's 409.
+            await _check_email_free(db, row, email)
+        changed = _apply_profile(row, username, changes, full_name)
+        if email is not None:
+            row.pending_email = email
+            changed.append("pending_email")
+        await flush_unique(db, row)
+        mails = await _email_change_mails(core, db, row, email, now) if email else []
         if changed:
-            user.updated_at = now
+            row.updated_at = now
             audit.record(
-                db, "account_updated", client=client, now=now, user_id=user.id, fields=changed
+                db, "account_updated", client=client, now=now, user_id=row.id, fields=changed
             )
-    return user, mails
+    return row, mails
+
+
+def _apply_profile(
+    user: User, username: str | None, changes: Mapping[str, str | None], full_name: str | None
+) -> list[str]:
+    """Set a new username and full name; returns the names of the fields that changed."""
+    changed = []
+    if username is not None and username != user.username:
+        set_identity(user, username=username)
+        changed.append("username")
+    if "full_name" in changes and full_name != user.full_name:
+        user.full_name = full_name
+        changed.append("full_name")
+    return changed
+
+
+async def _check_email_free(db: AsyncSession, user: User, email: str) -> None:
+    """409 when another account has the address (asked only after the password and budgets)."""
+    taken = await db.scalar(
+        select(User.id).where(User.email_key == email_key(email), User.id != user.id).limit(1)
+    )
+    if taken is not None:
+        raise Conflict("Email already registered")
+
+
+async def _email_change_mails(
+    core: Core, db: AsyncSession, user: User, email: str, now: datetime
+) -> list[Mail]:
+    """A confirmation link to the new address and a notice to the old one."""
+    # A link sent to an earlier pending address must not confirm it any more.
+    await db.execute(
+        delete(EmailToken).where(
+            EmailToken.user_id == user.id,
+            EmailToken.purpose == VERIFY,
+            EmailToken.email != user.email,
+        )
+    )
+    token = await email_tokens.issue(core, db, user, VERIFY, now, email=email)
+    mails = [email_tokens.link_mail(core, user, VERIFY, token, to=email)]
+    if user.email:
+        context = {"username": user.username, "new_email": email}
+        mails.append(Mail(to=user.email, template="email_changed", context=context))
+    return mails
 
 
 async def change_password(
@@ -238,8 +302,8 @@ async def change_password(
 ) -> None:
     """Replace the password after checking the current one; other sessions end, this one stays."""
     user = auth.user
-    await _confirm_password(core, limits, user, current_password, client)
-    check_password(new_password, username=user.username, email=user.email)
+    await confirm_password(core, limits, user, current_password, client)
+    check_password(new_password, username=user.username, email=user.email, field="new_password")
     hashed = await core.hasher.hash(new_password)
     now = core.clock()
     async with core.sessionmaker.begin() as db:
@@ -261,10 +325,15 @@ async def change_password(
 async def delete_account(
     core: Core, limits: RateLimits, user: User, password: str, client: ClientInfo
 ) -> None:
-    """Delete the account after checking its password; sessions and tokens go with it."""
-    await _confirm_password(core, limits, user, password, client)
+    """Delete the account after checking its password; sessions and tokens go with it.
+
+    Conflict (409) for the last active superuser, who would leave nobody to administer.
+    """
+    await confirm_password(core, limits, user, password, client)
     now = core.clock()
     async with core.sessionmaker.begin() as db:
+        if await lock_active_superusers(db) == {user.id}:
+            raise Conflict(LAST_SUPERUSER_SELF)
         # Sessions, refresh and email tokens go by ON DELETE CASCADE. The lockout row is keyed
         # by user id, which SQLite may hand out again: drop it so no newcomer inherits a lock.
         await _forget_failures(db, user)
@@ -273,10 +342,6 @@ async def delete_account(
 
 
 # --- helpers ------------------------------------------------------------------------------------
-
-
-def _address(client: ClientInfo) -> str:
-    return client.ip_address or "unknown"
 
 
 async def _forget_failures(db: AsyncSession, user: User) -> None:
@@ -288,19 +353,3 @@ def _required(value: str | None, name: str) -> str:
     if value is None:
         raise InvalidInput(f"{name.capitalize()} cannot be removed")
     return value
-
-
-async def _confirm_password(
-    core: Core, limits: RateLimits, user: User, password: str, client: ClientInfo
-) -> None:
-    """IncorrectPassword unless ``password`` is the user's.
-
-    A wrong guess here counts against the client's failed-login budget: a stolen access token
-    must not become an unlimited password-guessing oracle.
-    """
-    await limits.check("login_failures", _address(client))
-    ok, _ = await core.hasher.verify(password, user.hashed_password)
-    if not ok:
-        with contextlib.suppress(TooManyRequests):
-            await limits.hit("login_failures", _address(client))
-        raise IncorrectPassword

@@ -5,7 +5,6 @@ The HTTP admin routes and the ``authdb users`` commands call the same functions 
 
 from __future__ import annotations
 
-import unicodedata
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TypedDict, cast
@@ -13,14 +12,15 @@ from typing import TypedDict, cast
 from sqlalchemy import ColumnElement, delete, func, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from authdb.db.models import EmailToken, User
+from authdb.db.models import MAX_ID, EmailToken, User
 from authdb.errors import Conflict, InvalidInput, NotFound
-from authdb.names import email_key, has_control_characters, login_key
+from authdb.names import email_key, fold, has_control_characters, login_key
 from authdb.services import audit, sessions
 from authdb.services.core import ClientInfo, Core
 from authdb.services.provisioning import clean_email
 from authdb.services.users import (
     check_password,
+    clean_full_name,
     clean_username,
     find_by_login,
     flush_unique,
@@ -29,9 +29,9 @@ from authdb.services.users import (
 )
 
 MAX_PAGE_SIZE = 100
-# ids are 32-bit integers; anything beyond cannot exist (and would overflow on PostgreSQL).
-_MAX_INT = 2**31 - 1
+
 LAST_SUPERUSER = "Cannot disable, demote or delete the last active superuser"
+LAST_SUPERUSER_SELF = "Cannot remove the last active superuser"
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,9 +63,10 @@ async def list_users(
 ) -> UserList:
     """Users by id; ``search``: a case-insensitive substring of username, email or full name."""
     if offset < 0 or not 1 <= limit <= MAX_PAGE_SIZE:
-        raise InvalidInput(f"offset must be >= 0 and limit 1 to {MAX_PAGE_SIZE}")
-    if search and "\x00" in search:
-        raise InvalidInput("search may not contain NUL characters")  # PostgreSQL refuses them
+        raise InvalidInput(f"offset must be >= 0 and limit 1 to {MAX_PAGE_SIZE}", field="limit")
+    if search and has_control_characters(search):
+        # PostgreSQL refuses NUL; no stored text holds any of them, so nothing could match.
+        raise InvalidInput("search must not contain control characters", field="search")
     async with core.sessionmaker() as db:
         query = select(User)
         count = select(func.count()).select_from(User)
@@ -74,7 +75,7 @@ async def list_users(
             query, count = query.where(matches), count.where(matches)
         total = int(await db.scalar(count) or 0)
         # An offset past every row is just an empty page, not an overflow on PostgreSQL.
-        page = query.order_by(User.id).offset(min(offset, _MAX_INT)).limit(limit)
+        page = query.order_by(User.id).offset(min(offset, MAX_ID)).limit(limit)
         items = list((await db.scalars(page)).all())
     return UserList(items, total)
 
@@ -99,7 +100,7 @@ async def _search_condition(db: AsyncSession, text: str) -> ColumnElement[bool]:
 
 
 def _fold(value: str | None) -> str | None:
-    return None if value is None else unicodedata.normalize("NFKC", value).casefold()
+    return None if value is None else fold(value)
 
 
 async def _register_fold(db: AsyncSession) -> bool:
@@ -131,7 +132,8 @@ async def find_user(core: Core, ref: str) -> User:
     ref = ref.strip()
     explicit = ref.startswith("id:")
     digits = ref[3:] if explicit else ref
-    numeric = digits.isascii() and digits.isdigit()  # not "²", which isdigit() accepts
+    # Not "²", which isdigit() accepts; and nothing past the id range, which names nobody.
+    numeric = digits.isascii() and digits.isdigit() and len(digits) <= len(str(MAX_ID))
     if explicit and not numeric:
         raise InvalidInput(f"not a user id: {ref!r}")
     async with core.sessionmaker() as db:
@@ -165,9 +167,8 @@ async def update_user(
     nulls = [name for name in _NOT_NULL if name in given and given[name] is None]
     if nulls:
         raise InvalidInput(f"{nulls[0]} cannot be null")
-    if has_control_characters(changes.get("full_name") or ""):
-        # NUL breaks PostgreSQL; escapes and line breaks would forge output in terminals and logs.
-        raise InvalidInput("Full name may not contain control characters")
+    if "full_name" in changes:
+        clean_full_name(changes["full_name"])
     username = clean_username(changes["username"]) if "username" in changes else None
     email = clean_email(changes["email"]) if "email" in changes else None
     hashed = None
@@ -183,7 +184,7 @@ async def update_user(
     now = core.clock()
     async with core.sessionmaker.begin() as db:
         may_drop = changes.get("disabled") is True or changes.get("is_superuser") is False
-        active = await _lock_active_superusers(db) if may_drop else set()
+        active = await lock_active_superusers(db) if may_drop else set()
         user = await _load(db, user_id, lock=True)
         old_email_key = user.email_key
         fields = _apply(user, changes, username=username, email=email)
@@ -237,6 +238,7 @@ def _apply(
             # A new address is unproven unless the administrator says otherwise.
             flags.setdefault("is_verified", False)
         set_identity(user, email=email)
+        user.pending_email = None  # the administrator's word replaces a pending change
         fields.append("email")
     if "full_name" in changes and changes["full_name"] != user.full_name:
         user.full_name = changes["full_name"]
@@ -254,7 +256,7 @@ async def delete_user(
     """Delete a user; their sessions and email tokens go with them (ON DELETE CASCADE)."""
     now = core.clock()
     async with core.sessionmaker.begin() as db:
-        active = await _lock_active_superusers(db)
+        active = await lock_active_superusers(db)
         user = await _load(db, user_id, lock=True)
         _keep_a_superuser(active, user, deleting=True)
         await db.delete(user)
@@ -271,7 +273,7 @@ async def delete_user(
 
 
 async def _get(db: AsyncSession, user_id: int, *, lock: bool = False) -> User | None:
-    if not 0 < user_id <= _MAX_INT:
+    if not 0 < user_id <= MAX_ID:
         return None
     return await db.get(User, user_id, with_for_update=lock)
 
@@ -283,7 +285,7 @@ async def _load(db: AsyncSession, user_id: int, *, lock: bool = False) -> User:
     return user
 
 
-async def _lock_active_superusers(db: AsyncSession) -> set[int]:
+async def lock_active_superusers(db: AsyncSession) -> set[int]:
     """Ids of the active superusers, locked until commit (PostgreSQL; SQLite writes serially).
 
     Without the lock, two administrators demoting each other at once could both see the other

@@ -7,7 +7,7 @@ from datetime import datetime
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from authdb.db.models import AuditEvent, User
+from authdb.db.models import MAX_ID, AuditEvent, User
 from authdb.errors import NotFound
 from authdb.services.core import ClientInfo, Core
 from authdb.services.users import find_by_login
@@ -71,8 +71,8 @@ async def subject_id(core: Core, who: str) -> int:
         user = await find_by_login(db, who)
         if user is not None:
             return user.id
-        # Ids are 32-bit integers; a longer number cannot name anyone.
-        if who.isascii() and who.isdigit() and int(who) < 2**31:
+        # A number past the id range cannot name anyone (and would overflow the query).
+        if who.isascii() and who.isdigit() and len(who) < 20 and int(who) <= MAX_ID:
             user_id = int(who)
             known = await db.scalar(select(User.id).where(User.id == user_id))
             if known is None:

@@ -41,11 +41,17 @@ def lifetime(settings: Settings, purpose: Purpose) -> timedelta:
     return timedelta(minutes=settings.reset_token_expire_minutes)
 
 
-def link_mail(core: Core, user: User, purpose: Purpose, token: str) -> Mail:
-    """The email carrying ``token`` as a link to ``PUBLIC_URL`` (never the request's Host)."""
-    assert user.email is not None  # only accounts with an address are sent links
+def link_mail(
+    core: Core, user: User, purpose: Purpose, token: str, *, to: str | None = None
+) -> Mail:
+    """The email carrying ``token`` as a link to ``PUBLIC_URL`` (never the request's Host).
+
+    It goes to the account's address, or to ``to`` (a pending new address to confirm).
+    """
+    address = to or user.email
+    assert address is not None  # only accounts with an address are sent links
     return Mail(
-        to=user.email,
+        to=address,
         template=purpose,
         context={
             "username": user.username,
@@ -56,8 +62,20 @@ def link_mail(core: Core, user: User, purpose: Purpose, token: str) -> Mail:
     )
 
 
-async def issue(core: Core, db: AsyncSession, user: User, purpose: Purpose, now: datetime) -> str:
-    """Store a new token's hash (bound to the user's current email) and return the token."""
+async def issue(
+    core: Core,
+    db: AsyncSession,
+    user: User,
+    purpose: Purpose,
+    now: datetime,
+    *,
+    email: str | None = None,
+) -> str:
+    """Store a new token's hash and return the token.
+
+    The token is bound to the address it is mailed to: the user's current email, or ``email``
+    (a pending new address, for verification only).
+    """
     stale: list[ColumnElement[bool]] = [
         EmailToken.used_at.is_not(None),
         EmailToken.expires_at <= now,
@@ -72,7 +90,7 @@ async def issue(core: Core, db: AsyncSession, user: User, purpose: Purpose, now:
             user_id=user.id,
             purpose=purpose,
             token_hash=hash_opaque_token(token),
-            email=user.email,
+            email=email or user.email,
             created_at=now,
             expires_at=now + lifetime(core.settings, purpose),
         )
@@ -89,8 +107,10 @@ def usable(purpose: Purpose, token: str, now: datetime) -> tuple[ColumnElement[b
     )
 
 
-async def consume(db: AsyncSession, purpose: Purpose, token: str, now: datetime) -> User:
-    """Spend a token and return its user, or raise InvalidEmailToken.
+async def consume(
+    db: AsyncSession, purpose: Purpose, token: str, now: datetime
+) -> tuple[User, str]:
+    """Spend a token; return its user and the address it was mailed to, or raise InvalidEmailToken.
 
     One conditional UPDATE is the test-and-set, so a token works once even under races.
     """
@@ -102,14 +122,26 @@ async def consume(db: AsyncSession, purpose: Purpose, token: str, now: datetime)
     )
     row = spent.one_or_none()
     user = await db.get(User, row.user_id) if row is not None else None
-    if row is None or user is None or not bound(user, row.email):
+    if row is None or user is None or not bound(user, row.email, purpose):
         raise InvalidEmailToken
-    return user
+    return user, row.email
 
 
-def bound(user: User, token_email: str | None) -> bool:
-    """Whether the address a token was mailed to is still the account's address."""
-    return token_email is not None and email_key(token_email) == user.email_key
+def bound(user: User, token_email: str | None, purpose: Purpose) -> bool:
+    """Whether the address a token was mailed to is still the account's address.
+
+    A verification link may also confirm the account's pending new address.
+    """
+    if token_email is None:
+        return False
+    key = email_key(token_email)
+    if key == user.email_key:
+        return True
+    return (
+        purpose == VERIFY
+        and user.pending_email is not None
+        and key == email_key(user.pending_email)
+    )
 
 
 def duration(span: timedelta) -> str:

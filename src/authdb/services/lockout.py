@@ -3,11 +3,14 @@
 Keys are ``user:<id>`` for a known account (so its username and email add up) and
 ``name:<login>`` for a name that matches nobody, which locks in exactly the same way.
 
-An attempt is counted *before* its password is checked and forgiven on success. Counting
-afterwards would let a burst of concurrent requests all pass the "is it locked?" check
-while their hashes are still being computed, and so try far more than the allowed number
-of passwords; with the count taken first, the database's atomic upsert decides which
-attempts may go ahead.
+The verdict on an attempt is given *after* its password is checked, in one atomic step:
+a wrong password is counted by an upsert whose result says whether it is the n-th failure
+(401) or past the limit (429); a right one is accepted only if no lock stands at that moment
+(``admit_success``). A burst of concurrent guesses therefore gets exactly ``max_failures``
+answers that reveal anything, however many hashes were in flight, while concurrent logins
+with the right password never meet a lock that only in-flight attempts would have set.
+A lock already standing is seen before hashing (``locked_for``), so hammering a locked
+account costs no CPU.
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ import math
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import ColumnElement, case, delete, literal
+from sqlalchemy import ColumnElement, case, delete, literal, select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -35,7 +38,7 @@ def lock_key(user: User | None, login: str) -> str:
 
 @dataclass(frozen=True, slots=True)
 class Attempt:
-    """An admitted attempt: its place in the run of failures, and whether it is the last."""
+    """A counted failure: its place in the run of failures, and whether it set the lock."""
 
     key: str
     number: int
@@ -47,13 +50,21 @@ def _utc(value: datetime) -> ColumnElement[datetime]:
     return literal(value, UTCDateTime)
 
 
-async def begin_attempt(
+async def locked_for(db: AsyncSession, key: str, now: datetime) -> int | None:
+    """Seconds until ``key``'s lock ends, or None when it is not locked (a read)."""
+    until = await db.scalar(select(LoginFailure.locked_until).where(LoginFailure.key == key))
+    if until is None or until <= now:
+        return None
+    return math.ceil((until - now).total_seconds())
+
+
+async def record_failure(
     db: AsyncSession, key: str, now: datetime, *, max_failures: int, lockout: timedelta
 ) -> Attempt:
-    """Count one attempt against ``key`` (an upsert); raise TooManyRequests while it is locked.
+    """Count one failed attempt against ``key`` (an atomic upsert).
 
-    The attempt that reaches ``max_failures`` sets the lock already; ``forgive`` lifts it
-    again if that attempt's password turns out to be right.
+    The failure that reaches ``max_failures`` sets the lock. Raises TooManyRequests when the
+    account was already locked, so the caller answers 429 and reveals nothing of the guess.
     """
     dialect = db.get_bind().dialect.name
     insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
@@ -90,6 +101,17 @@ async def begin_attempt(
         assert until_value is not None  # the count passes the limit only under a lock
         raise TooManyRequests(math.ceil((until_value - now).total_seconds()))
     return Attempt(key=key, number=count, locks=count == max_failures)
+
+
+async def admit_success(db: AsyncSession, key: str, now: datetime) -> int | None:
+    """A right password: end the run of failures, unless a lock stands (then its seconds).
+
+    The DELETE takes the row's lock, so a failure counted concurrently lands either before
+    (and its lock is seen here) or after (and starts a fresh run).
+    """
+    unlocked = LoginFailure.locked_until.is_(None) | (LoginFailure.locked_until <= _utc(now))
+    await db.execute(delete(LoginFailure).where(LoginFailure.key == key, unlocked))
+    return await locked_for(db, key, now)
 
 
 async def prune(db: AsyncSession, now: datetime, *, idle: timedelta) -> int:

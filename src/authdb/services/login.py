@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import secrets
 from datetime import timedelta
+from typing import NoReturn
 
 from sqlalchemy import update
 
@@ -13,12 +14,13 @@ from authdb.errors import (
     AuthError,
     EmailNotVerified,
     InactiveUser,
+    IncorrectPassword,
     InvalidCredentials,
     InvalidInput,
     TooManyRequests,
 )
 from authdb.names import has_control_characters
-from authdb.ratelimit import RateLimits
+from authdb.ratelimit import RateLimits, client_key
 from authdb.services import audit, lockout
 from authdb.services.core import ClientInfo, Core
 from authdb.services.sessions import TokenPair, prune, start_session
@@ -28,38 +30,67 @@ from authdb.services.users import find_by_login
 async def login(
     core: Core, limits: RateLimits, login_name: str, password: str, client: ClientInfo
 ) -> TokenPair:
-    """Exchange a username-or-email and password for tokens."""
+    """Exchange a username-or-email and password for tokens.
+
+    Known and unknown names take the same steps (a lookup, a hash, a write), so neither the
+    answers nor the work done tell which accounts exist.
+    """
     if has_control_characters(login_name):
         # No account can have such a name; and PostgreSQL refuses NUL in text outright.
-        raise InvalidInput("Username contains invalid characters")
-    address = client.ip_address or "unknown"
+        raise InvalidInput("Username contains invalid characters", field="username")
     # Over its failure budget an address gets 429 whatever the password: no oracle.
-    await limits.check("login_failures", address)
-    user, attempt = await _admit(core, login_name, client)
-    if isinstance(attempt, TooManyRequests):
-        # A refused attempt is a failed login too: hammering a locked name spends the budget.
-        await _spend_failure(limits, address)
-        raise attempt
-    hashed = user.hashed_password if user is not None else None
-    ok, new_hash = await core.hasher.verify(password, hashed)
+    await limits.check("login_failures", client_key(client, core.settings))
+    async with core.sessionmaker() as db:
+        user = await find_by_login(db, login_name)
+        key = lockout.lock_key(user, login_name)
+        retry = await lockout.locked_for(db, key, core.clock())
+    user_id = user.id if user is not None else None
+    if retry is not None:
+        await _locked(core, limits, client, user_id, retry)
+    ok, new_hash = await core.hasher.verify(password, user.hashed_password if user else None)
     if not ok or user is None:
-        await _fail(core, limits, attempt, client, user.id if user is not None else None)
-        raise InvalidCredentials
-    refusal = _refusal(core, user)
-    if refusal is not None:
-        await _refuse(core, attempt, client, user, refusal)
-        raise refusal
+        await _fail(core, limits, key, client, user_id)
+    return await _succeed(core, limits, key, client, user, new_hash)
+
+
+async def _succeed(
+    core: Core,
+    limits: RateLimits,
+    key: str,
+    client: ClientInfo,
+    user: User,
+    new_hash: str | None,
+) -> TokenPair:
+    """The password was right: a session, unless a lock stands or the account is refused."""
+    refusal: AuthError | None = None
+    pair: TokenPair | None = None
     async with core.sessionmaker.begin() as db:
         now = core.clock()
-        await lockout.forgive(db, attempt.key)
-        changes: dict[str, object] = {"last_login_at": now}
-        if new_hash is not None:
-            changes["hashed_password"] = new_hash  # upgrade bcrypt or old argon2 parameters
-        await db.execute(update(User).where(User.id == user.id).values(**changes))
-        pair = await start_session(core, db, user, client)
-        audit.record(
-            db, "login_ok", client=client, now=now, user_id=user.id, session_id=pair.session_id
-        )
+        retry = await lockout.admit_success(db, key, now)
+        if retry is not None:
+            refusal = TooManyRequests(retry)
+            audit.record(db, "login_locked", client=client, now=now, user_id=user.id)
+        else:
+            refusal = _refusal(core, user)
+        if refusal is not None and not isinstance(refusal, TooManyRequests):
+            audit.record(
+                db, "login_refused", client=client, now=now, user_id=user.id, reason=refusal.detail
+            )
+        if refusal is None:
+            changes: dict[str, object] = {"last_login_at": now}
+            if new_hash is not None:
+                changes["hashed_password"] = new_hash  # upgrade bcrypt or old argon2 parameters
+            await db.execute(update(User).where(User.id == user.id).values(**changes))
+            pair = await start_session(core, db, user, client)
+            audit.record(
+                db, "login_ok", client=client, now=now, user_id=user.id, session_id=pair.session_id
+            )
+    # Raised after the commit, so that the audit rows (and the forgiven failures) are kept.
+    if refusal is not None:
+        if isinstance(refusal, TooManyRequests):
+            await _spend_failure(limits, client, core)
+        raise refusal
+    assert pair is not None
     if secrets.randbelow(core.settings.prune_every_n_logins) == 0:
         await prune(core)
         await _prune_failures(core)
@@ -73,34 +104,6 @@ async def _prune_failures(core: Core) -> None:
         await lockout.prune(db, core.clock(), idle=idle)
 
 
-async def _admit(
-    core: Core, login_name: str, client: ClientInfo
-) -> tuple[User | None, lockout.Attempt | TooManyRequests]:
-    """Look the name up and count the attempt, or say (and audit) why it may not go ahead.
-
-    Known and unknown names take the same steps (a lookup, a counted attempt, later a hash
-    and a write), so neither the answers nor their timing tell which accounts exist.
-    """
-    settings = core.settings
-    # The refusal is returned, not raised, so that its audit row is committed with the rest.
-    async with core.sessionmaker.begin() as db:
-        now = core.clock()
-        user = await find_by_login(db, login_name)
-        try:
-            attempt: lockout.Attempt | TooManyRequests = await lockout.begin_attempt(
-                db,
-                lockout.lock_key(user, login_name),
-                now,
-                max_failures=settings.login_max_failures,
-                lockout=timedelta(minutes=settings.login_lockout_minutes),
-            )
-        except TooManyRequests as exc:
-            attempt = exc
-            user_id = user.id if user is not None else None
-            audit.record(db, "login_locked", client=client, now=now, user_id=user_id)
-    return user, attempt
-
-
 def _refusal(core: Core, user: User) -> AuthError | None:
     """Why a user with the right password still may not log in, if they may not."""
     if user.disabled:
@@ -110,39 +113,74 @@ def _refusal(core: Core, user: User) -> AuthError | None:
     return None
 
 
-async def _refuse(
-    core: Core, attempt: lockout.Attempt, client: ClientInfo, user: User, error: AuthError
-) -> None:
-    """The password was right, so the run of failures ends, though the login is refused."""
+async def _locked(
+    core: Core, limits: RateLimits, client: ClientInfo, user_id: int | None, retry: int
+) -> NoReturn:
+    """Refuse an attempt on a locked name before hashing; it still spends the address budget."""
     async with core.sessionmaker.begin() as db:
-        await lockout.forgive(db, attempt.key)
-        audit.record(
-            db,
-            "login_refused",
-            client=client,
-            now=core.clock(),
-            user_id=user.id,
-            reason=error.detail,
-        )
+        audit.record(db, "login_locked", client=client, now=core.clock(), user_id=user_id)
+    await _spend_failure(limits, client, core)
+    raise TooManyRequests(retry)
+
+
+async def confirm_password(
+    core: Core, limits: RateLimits, user: User, password: str, client: ClientInfo
+) -> None:
+    """Check a signed-in user's current password under the same guard as a login.
+
+    A wrong one counts as a failed login, for the account's lockout and the client's budget,
+    so a stolen access token is no unlimited guessing oracle. Raises IncorrectPassword, or
+    TooManyRequests while the account is locked or the client over its budget.
+    """
+    await limits.check("login_failures", client_key(client, core.settings))
+    key = lockout.lock_key(user, "")
+    async with core.sessionmaker() as db:
+        retry = await lockout.locked_for(db, key, core.clock())
+    if retry is not None:
+        await _locked(core, limits, client, user.id, retry)
+    ok, _ = await core.hasher.verify(password, user.hashed_password)
+    if not ok:
+        await _fail(core, limits, key, client, user.id, IncorrectPassword(), "password_failed")
+    async with core.sessionmaker.begin() as db:
+        retry = await lockout.admit_success(db, key, core.clock())
+    if retry is not None:
+        raise TooManyRequests(retry)
 
 
 async def _fail(
     core: Core,
     limits: RateLimits,
-    attempt: lockout.Attempt,
+    key: str,
     client: ClientInfo,
     user_id: int | None,
-) -> None:
-    """Record a wrong password; the attempt itself was counted before the hash was checked."""
+    error: AuthError | None = None,
+    event: str = "login_failed",
+) -> NoReturn:
+    """Count a wrong password: ``error`` (401 by default), or 429 if locked meanwhile."""
+    settings = core.settings
+    locked: TooManyRequests | None = None
     async with core.sessionmaker.begin() as db:
         now = core.clock()
-        audit.record(db, "login_failed", client=client, now=now, user_id=user_id)
-        if attempt.locks:
-            audit.record(db, "lockout", client=client, now=now, user_id=user_id)
-    await _spend_failure(limits, client.ip_address or "unknown")
+        try:
+            attempt = await lockout.record_failure(
+                db,
+                key,
+                now,
+                max_failures=settings.login_max_failures,
+                lockout=timedelta(minutes=settings.login_lockout_minutes),
+            )
+        except TooManyRequests as exc:
+            locked = exc
+            audit.record(db, "login_locked", client=client, now=now, user_id=user_id)
+        else:
+            audit.record(db, event, client=client, now=now, user_id=user_id)
+            if attempt.locks:
+                audit.record(db, "lockout", client=client, now=now, user_id=user_id)
+    await _spend_failure(limits, client, core)
+    raise locked or error or InvalidCredentials()
 
 
-async def _spend_failure(limits: RateLimits, address: str) -> None:
+async def _spend_failure(limits: RateLimits, client: ClientInfo, core: Core) -> None:
     # This failure still gets its own answer; the address's next attempt meets the 429.
     with contextlib.suppress(TooManyRequests):
-        await limits.hit("login_failures", address)
+        await limits.hit("login_failures", client_key(client, core.settings))

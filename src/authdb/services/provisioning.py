@@ -9,11 +9,13 @@ from dataclasses import dataclass
 
 from authdb.db.models import User
 from authdb.errors import InvalidInput, NotFound
+from authdb.names import EMAIL_KEY_MAX, control_character, email_key
 from authdb.passwords import Hasher
 from authdb.services import audit, sessions
 from authdb.services.core import ClientInfo, Core
 from authdb.services.users import (
     check_password,
+    clean_full_name,
     clean_username,
     find_by_login,
     flush_unique,
@@ -36,13 +38,21 @@ class NewUser:
 
 
 def clean_email(raw: str) -> str:
-    """Validate an address's syntax (no DNS), returning its normalized form."""
+    """Validate an address's syntax (no DNS), returning its normalized form.
+
+    Its case-folded key must fit its column too: folding can lengthen text.
+    """
     from email_validator import EmailNotValidError, validate_email
 
+    if control_character(raw) is not None:
+        raise InvalidInput("Email must not contain control characters", field="email")
     try:
-        return validate_email(raw, check_deliverability=False).normalized
+        email = validate_email(raw, check_deliverability=False).normalized
     except EmailNotValidError as exc:
-        raise InvalidInput(f"Invalid email: {exc}") from None
+        raise InvalidInput(f"Invalid email: {exc}", field="email") from None
+    if len(email_key(email)) > EMAIL_KEY_MAX:
+        raise InvalidInput("Email is too long once case-folded", field="email")
+    return email
 
 
 async def prepare_user(
@@ -60,6 +70,7 @@ async def prepare_user(
     """Check every rule and hash the password; raises InvalidInput naming the broken rule."""
     username = clean_username(username)
     email = clean_email(email)
+    full_name = clean_full_name(full_name)
     if (password is None) == (hashed_password is None):
         raise InvalidInput("Give exactly one of password and hashed_password")
     if password is not None:

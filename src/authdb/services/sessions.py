@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import secrets
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from sqlalchemy import delete, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -45,42 +50,89 @@ async def start_session(core: Core, db: AsyncSession, user: User, client: Client
     return _issue(core, db, user.id, session.id, now)
 
 
-def _issue(core: Core, db: AsyncSession, user_id: int, session_id: int, now: datetime) -> TokenPair:
-    refresh = new_opaque_token()
-    db.add(
-        RefreshToken(session_id=session_id, token_hash=hash_opaque_token(refresh), created_at=now)
-    )
+def _issue(
+    core: Core,
+    db: AsyncSession,
+    user_id: int,
+    session_id: int,
+    now: datetime,
+    refresh: str | None = None,
+) -> TokenPair:
+    """An access token, and a refresh token (``refresh``, or a new one) stored as a hash."""
+    if refresh is None:
+        refresh = new_opaque_token()
+        db.add(
+            RefreshToken(
+                session_id=session_id, token_hash=hash_opaque_token(refresh), created_at=now
+            )
+        )
     access = core.jwt.encode(user_id=user_id, session_id=session_id, now=now)
     lifetime = int(core.jwt.lifetime.total_seconds())
     return TokenPair(access, refresh, lifetime, session_id)
 
 
 async def refresh(core: Core, token: str, client: ClientInfo) -> TokenPair:
-    """Spend ``token`` for a new pair. A spent token coming back means theft: end the session."""
+    """Spend ``token`` for a new pair. A spent token coming back means theft: end the session.
+
+    Except within ``refresh_reuse_interval_seconds`` of its rotation: two tabs refreshing at
+    once both get the same successor, and the session lives (RFC 9700 4.14.2 allows this).
+    """
     now = core.clock()
     token_hash = hash_opaque_token(token)
+    successor = new_opaque_token()
     async with core.sessionmaker.begin() as db:
-        # One conditional UPDATE is the atomic test-and-set: of two racing requests, one wins.
+        # One conditional UPDATE is the atomic test-and-set: of two racing requests, one wins;
+        # the loser waits for the winner's commit and then finds its sealed successor.
         spent = await db.execute(
             update(RefreshToken)
             .where(RefreshToken.token_hash == token_hash, RefreshToken.spent_at.is_(None))
-            .values(spent_at=now)
+            .values(spent_at=now, successor=seal_successor(token, successor))
             .returning(RefreshToken.session_id)
         )
         session_id = spent.scalar_one_or_none()
         if session_id is None:
-            await _on_unknown_or_reused(core, db, token_hash, client, now)
-            pair = None
+            pair = await _on_unknown_or_reused(core, db, token, client, now)
         else:
-            pair = await _rotate(core, db, session_id, client, now)
+            db.add(
+                RefreshToken(
+                    session_id=session_id, token_hash=hash_opaque_token(successor), created_at=now
+                )
+            )
+            pair = await _rotate(core, db, session_id, client, now, successor)
     # Raised outside the transaction, so that a reuse's revocation is committed.
     if pair is None:
         raise InvalidRefreshToken
     return pair
 
 
+def _successor_key(token: str) -> bytes:
+    # Derived from the presented token, which the database holds only as a hash: whoever can
+    # read the sealed successor must also hold its predecessor.
+    hkdf = HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=b"authdb refresh successor")
+    return hkdf.derive(token.encode())
+
+
+def seal_successor(token: str, successor: str) -> bytes:
+    """``successor`` encrypted (AES-256-GCM) under a key only ``token``'s holder can derive."""
+    nonce = secrets.token_bytes(12)
+    return nonce + AESGCM(_successor_key(token)).encrypt(nonce, successor.encode(), None)
+
+
+def open_successor(token: str, sealed: bytes) -> str | None:
+    """The successor sealed by ``seal_successor`` for ``token``, or None if it does not open."""
+    try:
+        return AESGCM(_successor_key(token)).decrypt(sealed[:12], sealed[12:], None).decode()
+    except (InvalidTag, ValueError):
+        return None
+
+
 async def _rotate(
-    core: Core, db: AsyncSession, session_id: int, client: ClientInfo, now: datetime
+    core: Core,
+    db: AsyncSession,
+    session_id: int,
+    client: ClientInfo,
+    now: datetime,
+    successor: str,
 ) -> TokenPair:
     row = (
         await db.execute(
@@ -96,18 +148,25 @@ async def _rotate(
         raise InactiveUser
     session.last_used_at = now
     session.ip_address = client.ip_address or session.ip_address
-    return _issue(core, db, user.id, session.id, now)
+    return _issue(core, db, user.id, session.id, now, successor)
 
 
 async def _on_unknown_or_reused(
-    core: Core, db: AsyncSession, token_hash: str, client: ClientInfo, now: datetime
-) -> None:
-    reused = await db.scalar(
-        select(RefreshToken.session_id).where(RefreshToken.token_hash == token_hash)
+    core: Core, db: AsyncSession, token: str, client: ClientInfo, now: datetime
+) -> TokenPair | None:
+    """A token that is not live: unknown (None), just rotated (its successor) or stolen."""
+    row = await db.scalar(
+        select(RefreshToken).where(RefreshToken.token_hash == hash_opaque_token(token))
     )
-    if reused is None:
-        return
+    if row is None:
+        return None
+    interval = timedelta(seconds=core.settings.refresh_reuse_interval_seconds)
+    if row.spent_at is not None and row.successor is not None and now - row.spent_at <= interval:
+        successor = open_successor(token, row.successor)
+        if successor is not None:
+            return await _rotate(core, db, row.session_id, client, now, successor)
     # RFC 9700 4.14: reuse of a rotated token revokes the whole session (thief's and victim's).
+    reused = row.session_id
     session = await db.get(AuthSession, reused)
     if session is not None and session.revoked_at is None:
         session.revoked_at = now
@@ -119,6 +178,7 @@ async def _on_unknown_or_reused(
             user_id=session.user_id,
             session_id=session.id,
         )
+    return None
 
 
 async def authenticate(core: Core, access_token: str) -> Authenticated:

@@ -10,7 +10,14 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from authdb.db.models import EmailToken, User
 from authdb.errors import Conflict, InvalidInput, NotFound
-from authdb.names import email_key, login_key, normalize_username, username_key, username_problem
+from authdb.names import (
+    control_character,
+    email_key,
+    login_key,
+    normalize_username,
+    username_key,
+    username_problem,
+)
 from authdb.passwords import password_problem
 
 
@@ -30,20 +37,39 @@ async def get_user(db: AsyncSession, user_id: int) -> User:
     return user
 
 
+FULL_NAME_MAX = 256
+
+
 def clean_username(raw: str) -> str:
     """NFKC-normalize a username and check its form, or raise InvalidInput."""
     username = normalize_username(raw)
     problem = username_problem(username)
     if problem:
-        raise InvalidInput(problem)
+        raise InvalidInput(problem, field="username")
     return username
 
 
-def check_password(password: str, *, username: str | None, email: str | None) -> None:
+def clean_full_name(raw: str | None) -> str | None:
+    """A full name as given, if it fits its column and holds no control character."""
+    if raw is None:
+        return None
+    if control_character(raw) is not None:
+        # NUL breaks PostgreSQL; escapes and line breaks would forge output in terminals and logs.
+        raise InvalidInput("Full name must not contain control characters", field="full_name")
+    if len(raw) > FULL_NAME_MAX:
+        raise InvalidInput(
+            f"Full name must be at most {FULL_NAME_MAX} characters long", field="full_name"
+        )
+    return raw
+
+
+def check_password(
+    password: str, *, username: str | None, email: str | None, field: str = "password"
+) -> None:
     """Apply the password policy, raising InvalidInput with the broken rule."""
     problem = password_problem(password, username=username, email=email)
     if problem:
-        raise InvalidInput(problem)
+        raise InvalidInput(problem, field=field)
 
 
 def set_identity(user: User, *, username: str | None = None, email: str | None = None) -> None:

@@ -16,6 +16,7 @@ from pydantic import BaseModel
 from authdb.db.models import User
 from authdb.http.dependencies import AuthDeps
 from authdb.http.errors import AuthRoute
+from authdb.http.openapi import error_responses
 from authdb.http.schemas import (
     EmailRequest,
     PasswordChange,
@@ -49,7 +50,9 @@ class Accepted(BaseModel):
 
 
 def build(deps: AuthDeps) -> APIRouter:
-    router = APIRouter(tags=["accounts"], route_class=AuthRoute)
+    router = APIRouter(
+        tags=["accounts"], route_class=AuthRoute, responses=error_responses(422, 503)
+    )
     Client = Annotated[ClientInfo, Depends(deps.client)]
     ActiveUser = Annotated[User, Depends(deps.current_active_user)]
     # Shares the request's cached current_session with ActiveUser: one lookup, not two.
@@ -70,7 +73,12 @@ def build(deps: AuthDeps) -> APIRouter:
         if mail is not None:
             await deps.mailer.send(mail.to, mail.template, **mail.context)
 
-    @router.post("/register", status_code=status.HTTP_201_CREATED, response_model=UserRead)
+    @router.post(
+        "/register",
+        status_code=status.HTTP_201_CREATED,
+        response_model=UserRead,
+        responses=error_responses(403, 409, 429),
+    )
     async def register(body: UserCreate, client: Client, background: BackgroundTasks) -> User:
         """Create an account; a verification email goes to its address."""
         user, mail = await accounts.register(
@@ -85,48 +93,63 @@ def build(deps: AuthDeps) -> APIRouter:
         post(background, [mail])
         return user
 
-    @router.post("/verify/request", status_code=status.HTTP_202_ACCEPTED)
+    @router.post(
+        "/verify/request", status_code=status.HTTP_202_ACCEPTED, responses=error_responses(429)
+    )
     async def request_verification(
         body: EmailRequest, client: Client, background: BackgroundTasks
     ) -> Accepted:
         """Mail a new verification link to an unverified account (same answer for any address)."""
-        await accounts.spend_email_budgets(deps.limits, body.email, client)
+        await accounts.spend_email_budgets(deps.core, deps.limits, client, body.email)
         background.add_task(prepare_and_send, accounts.request_verification, body.email, client)
         return Accepted(message=_VERIFY_ACCEPTED)
 
-    @router.post("/verify", response_model=UserRead)
+    @router.post("/verify", response_model=UserRead, responses=error_responses(400, 409))
     async def verify(body: TokenRequest, client: Client) -> User:
         """Confirm an email address with the token from the verification link."""
         return await accounts.verify_email(deps.core, body.token, client)
 
-    @router.post("/password/forgot", status_code=status.HTTP_202_ACCEPTED)
+    @router.post(
+        "/password/forgot", status_code=status.HTTP_202_ACCEPTED, responses=error_responses(429)
+    )
     async def forgot_password(
         body: EmailRequest, client: Client, background: BackgroundTasks
     ) -> Accepted:
         """Mail a password reset link (same answer whether or not the address has an account)."""
-        await accounts.spend_email_budgets(deps.limits, body.email, client)
+        await accounts.spend_email_budgets(deps.core, deps.limits, client, body.email)
         background.add_task(prepare_and_send, accounts.request_password_reset, body.email, client)
         return Accepted(message=_RESET_ACCEPTED)
 
-    @router.post("/password/reset", status_code=status.HTTP_204_NO_CONTENT)
+    @router.post(
+        "/password/reset", status_code=status.HTTP_204_NO_CONTENT, responses=error_responses(400)
+    )
     async def reset_password(body: PasswordReset, client: Client) -> Response:
         """Choose a new password with the token from the reset link; every session ends."""
         await accounts.reset_password(deps.core, body.token, body.password, client)
         return Response(status_code=status.HTTP_204_NO_CONTENT)
 
-    @router.patch("/users/me", response_model=UserRead)
+    @router.patch(
+        "/users/me", response_model=UserRead, responses=error_responses(400, 401, 409, 429)
+    )
     async def update_me(
         body: UserUpdate, user: ActiveUser, client: Client, background: BackgroundTasks
     ) -> User:
-        """Change username, email or full name; a new email must be verified again."""
+        """Change username, email or full name.
+
+        A new email needs ``current_password`` and becomes ``pending_email`` until the link
+        mailed to it is followed; the old address is told.
+        """
         changes = body.model_dump(exclude_unset=True)
-        updated, mails = await accounts.update_account(deps.core, user.id, changes, client)
+        updated, mails = await accounts.update_account(
+            deps.core, deps.limits, user, changes, client
+        )
         post(background, mails)
         return updated
 
     @router.post(
         "/users/me/password",
         status_code=status.HTTP_204_NO_CONTENT,
+        responses=error_responses(400, 401, 429),
         dependencies=[Depends(deps.current_active_user)],  # a disabled user gets 400
     )
     async def change_password(body: PasswordChange, auth: Session, client: Client) -> Response:
@@ -136,7 +159,11 @@ def build(deps: AuthDeps) -> APIRouter:
         )
         return Response(status_code=status.HTTP_204_NO_CONTENT)
 
-    @router.delete("/users/me", status_code=status.HTTP_204_NO_CONTENT)
+    @router.delete(
+        "/users/me",
+        status_code=status.HTTP_204_NO_CONTENT,
+        responses=error_responses(400, 401, 409, 429),
+    )
     async def delete_me(body: PasswordConfirm, user: ActiveUser, client: Client) -> Response:
         """Delete the account (the password confirms it); its sessions end with it."""
         await accounts.delete_account(deps.core, deps.limits, user, body.password, client)

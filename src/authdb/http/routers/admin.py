@@ -3,13 +3,20 @@
 from typing import Annotated, cast
 
 from fastapi import APIRouter, Depends, Query, Response, status
+from pydantic import PlainValidator
 
 from authdb.db.models import User
 from authdb.http.dependencies import AuthDeps
 from authdb.http.errors import AuthRoute
-from authdb.http.schemas import AdminUserUpdate, UserPage, UserRead
+from authdb.http.openapi import error_responses
+from authdb.http.params import Offset, UserId, bounded_parser, int_schema
+from authdb.http.schemas import AdminUserUpdate, Text, UserPage, UserRead
 from authdb.services import admin
 from authdb.services.core import ClientInfo
+
+PageSize = Annotated[
+    int, PlainValidator(bounded_parser(1, admin.MAX_PAGE_SIZE)), int_schema(1, admin.MAX_PAGE_SIZE)
+]
 
 
 def build(deps: AuthDeps) -> APIRouter:
@@ -19,15 +26,16 @@ def build(deps: AuthDeps) -> APIRouter:
         tags=["admin"],
         dependencies=[Depends(deps.current_superuser)],
         route_class=AuthRoute,
+        responses=error_responses(400, 401, 403, 422, 503),
     )
     Superuser = Annotated[User, Depends(deps.current_superuser)]
     Client = Annotated[ClientInfo, Depends(deps.client)]
 
     @router.get("", response_model=UserPage)
     async def list_users(
-        offset: Annotated[int, Query(ge=0)] = 0,
-        limit: Annotated[int, Query(ge=1, le=admin.MAX_PAGE_SIZE)] = 50,
-        search: Annotated[str | None, Query(max_length=320)] = None,
+        offset: Annotated[Offset, Query()] = 0,
+        limit: Annotated[PageSize, Query()] = 50,
+        search: Annotated[Text | None, Query(max_length=320)] = None,
     ) -> UserPage:
         """Users ordered by id; ``search`` matches username, email or full name, any case."""
         page = await admin.list_users(deps.core, offset=offset, limit=limit, search=search)
@@ -35,14 +43,14 @@ def build(deps: AuthDeps) -> APIRouter:
             items=[UserRead.model_validate(user) for user in page.items], total=page.total
         )
 
-    @router.get("/{user_id}", response_model=UserRead)
-    async def read_user(user_id: int) -> User:
+    @router.get("/{user_id}", response_model=UserRead, responses=error_responses(404))
+    async def read_user(user_id: UserId) -> User:
         """One user."""
         return await admin.get_user(deps.core, user_id)
 
-    @router.patch("/{user_id}", response_model=UserRead)
+    @router.patch("/{user_id}", response_model=UserRead, responses=error_responses(404, 409))
     async def update_user(
-        user_id: int, body: AdminUserUpdate, actor: Superuser, client: Client
+        user_id: UserId, body: AdminUserUpdate, actor: Superuser, client: Client
     ) -> User:
         """Change any of a user's fields; disabling or a new password ends their sessions."""
         # The schema's fields are UserChanges' keys; the service rejects nulls where not allowed.
@@ -51,8 +59,12 @@ def build(deps: AuthDeps) -> APIRouter:
             deps.core, user_id, changes, client=client, actor_id=actor.id
         )
 
-    @router.delete("/{user_id}", status_code=status.HTTP_204_NO_CONTENT)
-    async def delete_user(user_id: int, actor: Superuser, client: Client) -> Response:
+    @router.delete(
+        "/{user_id}",
+        status_code=status.HTTP_204_NO_CONTENT,
+        responses=error_responses(404, 409),
+    )
+    async def delete_user(user_id: UserId, actor: Superuser, client: Client) -> Response:
         """Delete a user and end their sessions."""
         await admin.delete_user(deps.core, user_id, client=client, actor_id=actor.id)
         return Response(status_code=status.HTTP_204_NO_CONTENT)

@@ -7,6 +7,8 @@ from fastapi import APIRouter, Depends, Response, status
 from authdb.db.models import User
 from authdb.http.dependencies import AuthDeps
 from authdb.http.errors import AuthRoute
+from authdb.http.openapi import error_responses
+from authdb.http.params import SessionId
 from authdb.http.schemas import SessionRead, UserRead
 from authdb.services import sessions
 from authdb.services.core import ClientInfo
@@ -14,10 +16,15 @@ from authdb.services.sessions import Authenticated
 
 
 def build(deps: AuthDeps) -> APIRouter:
-    router = APIRouter(prefix="/users/me", tags=["me"], route_class=AuthRoute)
+    router = APIRouter(
+        prefix="/users/me",
+        tags=["me"],
+        route_class=AuthRoute,
+        responses=error_responses(401, 503),
+    )
     Session = Annotated[Authenticated, Depends(deps.current_session)]
 
-    @router.get("", response_model=UserRead)
+    @router.get("", response_model=UserRead, responses=error_responses(400))
     @router.get("/", response_model=UserRead, include_in_schema=False)
     async def read_me(user: Annotated[User, Depends(deps.current_active_user)]) -> User:
         """The signed-in user (also at ``/users/me/``, as in the FastAPI tutorial)."""
@@ -32,9 +39,13 @@ def build(deps: AuthDeps) -> APIRouter:
             for s in live
         ]
 
-    @router.delete("/sessions/{session_id}", status_code=status.HTTP_204_NO_CONTENT)
+    @router.delete(
+        "/sessions/{session_id}",
+        status_code=status.HTTP_204_NO_CONTENT,
+        responses=error_responses(404, 422),
+    )
     async def delete_session(
-        session_id: int,
+        session_id: SessionId,
         auth: Session,
         client: Annotated[ClientInfo, Depends(deps.client)],
     ) -> Response:

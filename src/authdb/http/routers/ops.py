@@ -4,6 +4,7 @@ from fastapi import APIRouter
 from fastapi.responses import JSONResponse
 from sqlalchemy import text
 
+from authdb.http.openapi import ProbeStatus
 from authdb.services.core import Core
 
 
@@ -15,7 +16,13 @@ def build(core: Core) -> APIRouter:
         """200 while the process runs."""
         return {"status": "ok"}
 
-    @router.get("/readyz")
+    @router.get(
+        "/readyz",
+        responses={
+            200: {"model": ProbeStatus},
+            503: {"model": ProbeStatus, "description": "The database does not answer"},
+        },
+    )
     async def readyz() -> JSONResponse:
         """200 when the database answers, 503 otherwise."""
         try:

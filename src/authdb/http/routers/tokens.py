@@ -2,10 +2,13 @@
 
 from typing import Annotated
 
-from fastapi import APIRouter, Body, Depends, Form, HTTPException, Response, status
+from fastapi import APIRouter, Body, Depends, Form, Response, status
+from fastapi.exceptions import RequestValidationError
 
 from authdb.http.dependencies import AuthDeps
 from authdb.http.errors import AuthRoute
+from authdb.http.oauth_errors import OAuthError, TokenRoute
+from authdb.http.openapi import error_responses, token_errors
 from authdb.http.schemas import LogoutRequest, Token
 from authdb.services import sessions
 from authdb.services.core import ClientInfo
@@ -25,15 +28,21 @@ def _token(pair: TokenPair) -> Token:
 
 def _required(value: str | None, name: str) -> str:
     if not value:
-        raise HTTPException(422, f"Field required: {name}")
+        # FastAPI's own shape and words for a missing field, as every other 422.
+        missing = {"type": "missing", "loc": ("body", name), "msg": "Field required"}
+        raise RequestValidationError([{**missing, "input": None}])
     return value
 
 
 def build(deps: AuthDeps) -> APIRouter:
-    router = APIRouter(tags=["auth"], route_class=AuthRoute)
+    router = APIRouter(tags=["auth"], route_class=AuthRoute, responses=error_responses(503))
+    # /token's errors carry RFC 6749 `error` fields too (see authdb.http.oauth_errors).
+    token_router = APIRouter(tags=["auth"], route_class=TokenRoute)
     Client = Annotated[ClientInfo, Depends(deps.client)]
 
-    @router.post("/token", response_model=Token)
+    @token_router.post(
+        "/token", response_model=Token, responses=token_errors(400, 401, 422, 429, 503)
+    )
     async def token(
         client: Client,
         grant_type: Annotated[str, Form(max_length=32)] = "password",
@@ -50,9 +59,15 @@ def build(deps: AuthDeps) -> APIRouter:
         if grant_type == "refresh_token":
             presented = _required(refresh_token, "refresh_token")
             return _token(await sessions.refresh(deps.core, presented, client))
-        raise HTTPException(400, "Unsupported grant_type: use password or refresh_token")
+        raise OAuthError(
+            400, "unsupported_grant_type", "Unsupported grant_type: use password or refresh_token"
+        )
 
-    @router.post("/logout", status_code=status.HTTP_204_NO_CONTENT)
+    router.include_router(token_router)
+
+    @router.post(
+        "/logout", status_code=status.HTTP_204_NO_CONTENT, responses=error_responses(401, 422)
+    )
     async def logout(
         auth: Annotated[Authenticated, Depends(deps.current_session)],
         client: Client,

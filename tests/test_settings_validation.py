@@ -1,0 +1,289 @@
+"""Every setting is checked when the process starts: a value that cannot work is refused at once,
+with a one-line error naming the variable, instead of failing every request later."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import jwt
+import pytest
+from pydantic import ValidationError
+
+from authdb import Settings
+from tests.cli import run_cli
+from tests.conftest import Harness, free_port
+
+KEY_64 = "k" * 64
+
+# (setting, unusable value, part of the reason). Each value passed the old validation.
+UNUSABLE: list[tuple[str, Any, str]] = [
+    ("database_url", "mysql://user@host/db", "use SQLite or PostgreSQL"),
+    ("database_url", "not a url", "not a database URL"),
+    ("database_url", "postgresql+asyncpg://u@host:99999/db", "out of range"),
+    ("database_url", "postgresql+asyncpg://u@host:port/db", "not a database URL"),
+    ("database_url", "sqlite+aiosqlite:///:memory:", "in-memory"),
+    ("database_url", "sqlite+aiosqlite:////no/such/folder/authdb.db", "does not exist"),
+    ("secret_key", "too-short", "at least 32 characters"),
+    ("jwt_algorithm", "ES256", "does not support yet"),
+    ("jwt_algorithm", "RS256", "does not support yet"),
+    ("jwt_algorithm", "EdDSA", "does not support yet"),
+    ("jwt_algorithm", "none", "never accepted"),
+    ("jwt_algorithm", "hs256", "use HS256, HS384 or HS512"),
+    ("jwt_issuer", "", "at least 1 character"),
+    ("jwt_audience", "", "at least 1 character"),
+    ("access_token_expire_minutes", 0, "greater than or equal to 1"),
+    ("access_token_expire_minutes", 10**12, "less than or equal to"),
+    ("refresh_token_expire_days", 10**9, "less than or equal to"),
+    ("refresh_reuse_interval_seconds", -1, "greater than or equal to 0"),
+    ("verify_token_expire_hours", 0, "greater than or equal to 1"),
+    ("reset_token_expire_minutes", 10**9, "less than or equal to"),
+    ("public_url", "auth.example.com", "absolute http:// or https:// URL"),
+    ("public_url", "ftp://auth.example.com", "absolute http:// or https:// URL"),
+    ("public_url", "https://auth.example.com/?next=1", "query or fragment"),
+    ("public_url", "https://auth.example.com:99999", "invalid port"),
+    ("public_url", "https://user:pw@auth.example.com", "user name or password"),
+    ("smtp_host", "smtp://mail.example.com", "not a host name"),
+    ("smtp_port", 0, "greater than or equal to 1"),
+    ("smtp_port", 70000, "less than or equal to 65535"),
+    ("smtp_timeout_seconds", 0, "greater than 0"),
+    ("mail_from", "not an address", "not a sender address"),
+    ("mail_from", "x@", "not a sender address"),
+    ("mail_from", "a@example.com, b@example.com", "not a sender address"),
+    ("mail_from", "a@example.com\r\nBcc: victim@example.com", "control character"),
+    ("templates_dir", "/no/such/templates", "not an existing folder"),
+    ("redis_url", "http://127.0.0.1:6379", "not a Redis URL"),
+    ("redis_url", "redis://", "has no host"),
+    ("redis_url", "redis://127.0.0.1:6379/first", "must be a number"),
+    ("redis_key_prefix", "", "at least 1 character"),
+    ("redis_timeout_seconds", 0, "greater than 0"),
+    ("database_pool_size", 0, "greater than or equal to 2"),
+    ("login_max_failures", 0, "greater than or equal to 1"),
+    ("login_lockout_minutes", 0, "greater than or equal to 1"),
+    ("rate_limit_login_failures", "lots", "not a rate limit"),
+    ("rate_limit_register", "0/minute", "allows nothing"),
+    ("rate_limit_email_requests", "5/hour;100/day", "exactly one"),
+    ("rate_limit_email_requests_per_address", "20/fortnight", "not a rate limit"),
+    ("rate_limit_ipv6_prefix", 0, "greater than or equal to 1"),
+    ("rate_limit_ipv6_prefix", 129, "less than or equal to 128"),
+    ("trusted_proxies", "10.0.0.0/8,proxy.internal", "not an IP address or network"),
+    ("cors_origins", "app.example.com", "not an origin"),
+    ("cors_origins", "https://app.example.com/login", "no path, query or fragment"),
+    ("cors_origins", "*,https://app.example.com", "list it alone"),
+    ("max_body_bytes", 10, "greater than or equal to 1024"),
+    ("password_hash_concurrency", 0, "greater than or equal to 1"),
+    ("password_hash_time_cost", 0, "greater than or equal to 1"),
+    ("password_hash_memory_kib", 4, "greater than or equal to 8"),
+    ("password_hash_parallelism", 0, "greater than or equal to 1"),
+    ("prune_every_n_logins", 0, "greater than or equal to 1"),
+]
+
+# Settings whose every well-typed value works; a wrong type is refused by pydantic.
+ANY_VALUE_WORKS = {
+    "database_pgbouncer",
+    "registration_enabled",
+    "require_verified_email",
+    "smtp_starttls",
+    "smtp_username",  # with smtp_password: see test_smtp_credentials_come_in_pairs
+    "smtp_password",
+}
+
+
+def settings(**values: Any) -> Settings:
+    return Settings(_env_file=None, **values)  # type: ignore[call-arg]
+
+
+def test_every_setting_has_a_check_or_takes_any_value() -> None:
+    checked = {name for name, _, _ in UNUSABLE}
+    assert set(Settings.model_fields) == checked | ANY_VALUE_WORKS
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "reason"), UNUSABLE, ids=[f"{n}={v!r}"[:60] for n, v, _ in UNUSABLE]
+)
+def test_an_unusable_value_is_refused_naming_the_setting(
+    name: str, value: Any, reason: str
+) -> None:
+    with pytest.raises(ValidationError) as refused:
+        settings(**{name: value})
+    errors = refused.value.errors()
+    assert [error["loc"][0] for error in errors] == [name]
+    assert reason in errors[0]["msg"]
+
+
+def test_a_short_key_is_refused_for_the_longer_hmac_algorithms() -> None:
+    settings(jwt_algorithm="HS512", secret_key=KEY_64)
+    settings(jwt_algorithm="HS384", secret_key="k" * 48)
+    with pytest.raises(ValidationError, match="AUTHDB_SECRET_KEY of at least 64 bytes"):
+        settings(jwt_algorithm="HS512", secret_key="k" * 48)
+    with pytest.raises(ValidationError, match="AUTHDB_SECRET_KEY of at least 48 bytes"):
+        settings(jwt_algorithm="HS384", secret_key="k" * 40)
+
+
+def test_smtp_credentials_come_in_pairs() -> None:
+    settings(smtp_host="mail.example.com", smtp_username="bob", smtp_password="pw")
+    with pytest.raises(ValidationError, match="must be set together"):
+        settings(smtp_username="bob")
+    with pytest.raises(ValidationError, match="must be set together"):
+        settings(smtp_password="pw")
+
+
+def test_refusals_never_repeat_a_secret() -> None:
+    with pytest.raises(ValidationError) as refused:
+        settings(
+            secret_key="hunter2-is-short",
+            database_url="mysql://app:hunter2@db.internal/app",
+            redis_url="rediss://:hunter2@cache.internal:99999/0",
+            public_url="https://admin:hunter2@auth.example.com/?x=1",
+        )
+    assert len(refused.value.errors()) == 4
+    assert "hunter2" not in str(refused.value)
+
+
+def test_blank_optional_settings_mean_unset() -> None:
+    names = ["smtp_host", "smtp_username", "smtp_password", "redis_url", "templates_dir"]
+    blank = settings(**dict.fromkeys(names, ""))
+    assert blank.smtp_host is blank.smtp_username is blank.smtp_password is None
+    assert blank.redis_url is blank.templates_dir is None
+
+
+def test_argon2_memory_must_cover_every_lane() -> None:
+    settings(password_hash_memory_kib=32, password_hash_parallelism=4)
+    with pytest.raises(ValidationError, match="at least 8 times AUTHDB_PASSWORD_HASH_PARALLELISM"):
+        settings(password_hash_memory_kib=16, password_hash_parallelism=4)
+
+
+def test_usable_values_are_accepted_and_normalized(tmp_path: Path) -> None:
+    config = settings(
+        database_url="postgres://app@db.internal:5432/auth?ssl=require",
+        public_url="https://example.com/auth/",
+        smtp_host="",
+        mail_from='"Example, Inc." <no-reply@example.com>',
+        templates_dir=str(tmp_path),
+        redis_url="rediss://:pw@cache.internal:6380/2",
+        rate_limit_login_failures="30 per 2 minutes",
+        cors_origins="HTTPS://App.Example.com/, capacitor://localhost, http://[::1]:5173",
+        trusted_proxies="10.0.0.0/8, 2001:db8::/32",
+    )
+    assert config.public_url == "https://example.com/auth"
+    assert config.smtp_host is None
+    assert config.cors_origins == [
+        "https://app.example.com",
+        "capacitor://localhost",
+        "http://[::1]:5173",
+    ]
+    assert settings(cors_origins="*").cors_origins == ["*"]
+    assert settings(redis_url="redis+sentinel://s1:26379/mymaster").redis_url
+    assert settings(mail_from="no-reply@example.com").mail_from == "no-reply@example.com"
+
+
+def test_the_defaults_are_usable() -> None:
+    # Run from a folder that exists (the default SQLite file is ./authdb.db).
+    defaults = settings()
+    assert defaults.jwt_algorithm == "HS256"
+    assert defaults.mail_from == "authdb <no-reply@localhost>"
+
+
+@pytest.mark.parametrize("algorithm", ["HS256", "HS384", "HS512"])
+async def test_every_accepted_algorithm_signs_working_tokens(
+    make_harness: Callable[..., Awaitable[Harness]], algorithm: str
+) -> None:
+    harness = await make_harness(jwt_algorithm=algorithm, secret_key=KEY_64)
+    await harness.create_user()
+    tokens = await harness.login()
+    assert jwt.get_unverified_header(tokens["access_token"])["alg"] == algorithm
+    headers = {"Authorization": f"Bearer {tokens['access_token']}"}
+    assert (await harness.client.get("/users/me", headers=headers)).status_code == 200
+
+
+def _one_line_error(result: Any) -> str:
+    assert result.returncode != 0
+    assert "Traceback" not in result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    return str(lines[0])
+
+
+@pytest.mark.parametrize(
+    ("command", "variable", "value", "expected"),
+    [
+        (
+            ["serve", "--port", "PORT"],
+            "AUTHDB_JWT_ALGORITHM",
+            "ES256",
+            "error: invalid settings: AUTHDB_JWT_ALGORITHM: ES256 needs a private/public key "
+            "pair, which authdb does not support yet; use HS256, HS384 or HS512",
+        ),
+        (
+            ["migrate"],
+            "AUTHDB_RATE_LIMIT_LOGIN_FAILURES",
+            "lots",
+            "error: invalid settings: AUTHDB_RATE_LIMIT_LOGIN_FAILURES: 'lots' is not a rate "
+            "limit like '20/minute' or '5 per hour'",
+        ),
+        (
+            ["users", "list"],
+            "AUTHDB_PUBLIC_URL",
+            "auth.example.com",
+            "error: invalid settings: AUTHDB_PUBLIC_URL: 'auth.example.com' is not an absolute "
+            "http:// or https:// URL",
+        ),
+        (
+            ["serve", "--port", "PORT"],
+            "AUTHDB_TEMPLATES_DIR",
+            "missing-templates",
+            "error: invalid settings: AUTHDB_TEMPLATES_DIR: 'missing-templates' is not an "
+            "existing folder",
+        ),
+        (
+            ["migrate"],
+            "AUTHDB_SMTP_PORT",
+            "smtp",
+            "error: invalid settings: AUTHDB_SMTP_PORT: Input should be a valid integer, unable "
+            "to parse string as an integer",
+        ),
+    ],
+    ids=["es256-serve", "lots-migrate", "url-users", "templates-serve", "port-migrate"],
+)
+def test_the_cli_refuses_an_unusable_setting_in_one_line(
+    tmp_path: Path, command: list[str], variable: str, value: str, expected: str
+) -> None:
+    args = [str(free_port()) if arg == "PORT" else arg for arg in command]
+    result = run_cli(args, env={variable: value}, cwd=tmp_path)
+    assert _one_line_error(result) == expected
+    # Refused before anything was touched: serve did not create its database.
+    assert not (tmp_path / "authdb.db").exists()
+
+
+def test_the_cli_names_every_bad_variable_and_the_option_it_was_given(tmp_path: Path) -> None:
+    result = run_cli(
+        ["migrate", "--database-url", "mysql://root@127.0.0.1/app"],
+        env={"AUTHDB_CORS_ORIGINS": "https://ok.example.com,not-an-origin"},
+        cwd=tmp_path,
+    )
+    assert _one_line_error(result) == (
+        "error: invalid settings: --database-url: unsupported database 'mysql'; use SQLite or "
+        "PostgreSQL (sqlite+aiosqlite:///PATH or postgresql+asyncpg://USER@HOST/DB); "
+        "AUTHDB_CORS_ORIGINS: 'not-an-origin' is not an origin like 'https://app.example.com'"
+    )
+
+
+def test_the_cli_names_settings_that_contradict_each_other(tmp_path: Path) -> None:
+    result = run_cli(
+        ["createuser", "--username", "alice", "--email", "a@example.com", "--password-stdin"],
+        env={"AUTHDB_JWT_ALGORITHM": "HS512", "AUTHDB_SECRET_KEY": "k" * 40},
+        stdin="correct horse battery staple\n",
+        cwd=tmp_path,
+    )
+    assert _one_line_error(result) == (
+        "error: invalid settings: AUTHDB_JWT_ALGORITHM=HS512 needs an AUTHDB_SECRET_KEY of at "
+        "least 64 bytes (RFC 7518 section 3.2)"
+    )
+
+
+def test_the_cli_never_echoes_a_refused_secret(tmp_path: Path) -> None:
+    result = run_cli(["migrate"], env={"AUTHDB_SECRET_KEY": "hunter2-secret"}, cwd=tmp_path)
+    line = _one_line_error(result)
+    assert line == "error: invalid settings: AUTHDB_SECRET_KEY: must be at least 32 characters long"
+    assert "hunter2" not in result.stdout + result.stderr
