@@ -99,3 +99,12 @@ def test_users_import_all_or_nothing(env: dict[str, str], tmp_path: Path) -> Non
     assert "nothing imported" in _one_line_error(again)
     missing = run_cli(["users", "import", str(tmp_path / "absent.jsonl")], env=env)
     _one_line_error(missing)
+    # Wrong types and deep nesting: one line naming the line and field, never a traceback.
+    for line, words in (
+        ({**good, "is_superuser": "yes"}, "is_superuser must be true or false"),
+        ({**good, "full_name": 123}, "full_name must be a string or null"),
+        ({**legacy, "hashed_password": 123}, "hashed_password must be a string"),
+        ("[" * 1000, "not valid JSON (nested too deeply)"),
+    ):
+        wrong = run_cli(["users", "import", str(_write(tmp_path, good, line))], env=env)
+        assert f"line 2: {words}" in _one_line_error(wrong)

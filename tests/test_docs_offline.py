@@ -173,3 +173,11 @@ def test_package_data_includes_every_static_file() -> None:
         str(path.relative_to(PACKAGE)) for path in (PACKAGE / "static").rglob("*") if path.is_file()
     }
     assert static and static <= shipped, sorted(static - shipped)
+
+
+def test_no_bundle_asks_a_cdn_for_anything() -> None:
+    # ReDoc's footer logo pointed at cdn.redoc.ly; the vendored copy is patched (see README).
+    static = PACKAGE / "static" / "docs"
+    for bundle in static.rglob("*.js"):
+        text = bundle.read_text(encoding="utf-8")
+        assert "cdn." not in text.lower(), bundle.name

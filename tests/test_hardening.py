@@ -465,7 +465,9 @@ async def test_a_confirmed_change_loses_to_an_address_taken_meanwhile(
 
 
 async def test_concurrent_correct_logins_never_meet_the_lockout(make_harness: Any) -> None:
-    harness = await make_harness(login_max_failures=10)
+    # The default limits: 30 at once is more than the address's failure budget (20) can hold
+    # in flight, so some wait for a place; right passwords spend none, so all go through.
+    harness = await make_harness(login_max_failures=10, rate_limit_login_failures="20/minute")
     await harness.create_user()
     responses = await asyncio.gather(
         *(
@@ -477,7 +479,7 @@ async def test_concurrent_correct_logins_never_meet_the_lockout(make_harness: An
 
 
 async def test_a_burst_of_wrong_logins_gets_exactly_the_limit_of_401s(make_harness: Any) -> None:
-    harness = await make_harness(login_max_failures=10)
+    harness = await make_harness(login_max_failures=10, rate_limit_login_failures="20/minute")
     await harness.create_user()
     responses = await asyncio.gather(
         *(
@@ -579,3 +581,98 @@ async def test_control_characters_in_the_user_agent_are_not_stored(harness: Harn
     assert stored == "Evil\ufffd\ufffd31mAgent"
     events = await list_events(harness.auth.core)
     assert all("\x85" not in (e.user_agent or "") for e in events)
+
+
+async def _request_change(harness: Harness, headers: dict[str, str], mailbox: Mailbox) -> str:
+    """Ask to move alice to evil@example.com; returns the token mailed to the new address."""
+    response = await harness.client.patch(
+        "/users/me",
+        json={"email": "evil@example.com", "current_password": PASSWORD},
+        headers=headers,
+    )
+    assert response.json()["pending_email"] == "evil@example.com"
+    await mail_to(mailbox, "alice@example.com")  # the notice, so later mails come after it
+    return link_in(await mail_to(mailbox, "evil@example.com"))[2]
+
+
+async def test_a_password_reset_cancels_a_pending_email_change(
+    harness: Harness, mailbox: Mailbox
+) -> None:
+    # Someone who knew the password asked to move the account; its owner resets the password.
+    await harness.create_user()
+    stolen = await harness.bearer()
+    token = await _request_change(harness, stolen, mailbox)
+    # alice@ has the notice of the request (message 1); the reset link is message 2.
+    await harness.client.post("/password/forgot", json={"email": "alice@example.com"})
+    reset_token = link_in(await mail_to(mailbox, "alice@example.com", 2))[2]
+    new = "a brand new passphrase"
+    reset = await harness.client.post(
+        "/password/reset", json={"token": reset_token, "password": new}
+    )
+    assert reset.status_code == 204
+    # The link mailed to the attacker's address no longer moves the account.
+    hijack = await harness.client.post("/verify", json={"token": token})
+    assert hijack.status_code == 400
+    me = (await harness.client.get("/users/me", headers=await harness.bearer("alice", new))).json()
+    assert (me["email"], me["pending_email"]) == ("alice@example.com", None)
+
+
+async def test_a_pending_change_is_withdrawn_by_asking_for_the_current_address(
+    harness: Harness, mailbox: Mailbox
+) -> None:
+    await harness.create_user()
+    headers = await harness.bearer()
+    token = await _request_change(harness, headers, mailbox)
+    withdrawn = await harness.client.patch(
+        "/users/me", json={"email": "ALICE@example.com"}, headers=headers
+    )
+    assert withdrawn.status_code == 200
+    assert withdrawn.json()["pending_email"] is None
+    assert (await harness.client.post("/verify", json={"token": token})).status_code == 400
+
+
+async def test_disabling_an_account_cancels_its_pending_change(
+    harness: Harness, mailbox: Mailbox
+) -> None:
+    user = await harness.create_user()
+    token = await _request_change(harness, await harness.bearer(), mailbox)
+    root = await _superuser(harness)
+    disabled = await harness.client.patch(
+        f"/users/{user.id}", json={"disabled": True}, headers=root
+    )
+    assert disabled.json()["pending_email"] is None
+    assert (await harness.client.post("/verify", json={"token": token})).status_code == 400
+    shown = (await harness.client.get(f"/users/{user.id}", headers=root)).json()
+    assert shown["email"] == "alice@example.com"
+
+
+async def test_a_burst_from_one_address_is_cut_at_its_failure_budget(make_harness: Any) -> None:
+    # Different names, so no account lock interferes: only the address budget (10) speaks.
+    harness = await make_harness(rate_limit_login_failures="10/minute")
+    await harness.create_user()
+    guesses = [(f"user{i}", "Summer2024!") for i in range(60)]
+    responses = await asyncio.gather(
+        *(
+            harness.client.post("/token", data={"username": name, "password": password})
+            for name, password in guesses
+        )
+    )
+    statuses = [r.status_code for r in responses]
+    # At most the budget's worth of guesses is evaluated; the others never reach a hash.
+    assert sorted(statuses) == [401] * 10 + [429] * 50
+    after = await harness.client.post("/token", data={"username": "alice", "password": PASSWORD})
+    assert after.status_code == 429  # the address is over its budget: no oracle
+
+
+async def test_refusals_before_the_route_speak_oauth_on_token(harness: Harness) -> None:
+    big_body = await harness.client.post("/token", content=b"a=" + b"x" * (2 * 1024 * 1024))
+    big_head = await harness.client.post(
+        "/token", data={"username": "a", "password": "b"}, headers={"X-Pad": "x" * 20000}
+    )
+    for response, status in ((big_body, 413), (big_head, 431)):
+        assert response.status_code == status
+        assert response.json()["error"] == "invalid_request"
+        assert response.json()["error_description"] == response.json()["detail"]
+    other = await harness.client.post("/register", content=b"x" * (2 * 1024 * 1024))
+    assert other.status_code == 413
+    assert "error" not in other.json()

@@ -70,7 +70,7 @@ async def test_a_body_over_the_limit_with_content_length_gets_413(
     harness = await make_harness(max_body_bytes=2048)
     response = await harness.client.post("/token", content=b"a" * 2049, headers=FORM)
     assert response.status_code == 413
-    assert response.json() == {"detail": "Request body too large"}
+    assert response.json()["detail"] == "Request body too large"  # and OAuth fields on /token
     assert response.headers["connection"] == "close"
     _assert_hardened(response)
 
@@ -82,7 +82,7 @@ async def test_a_chunked_body_over_the_limit_gets_413(make_harness: MakeHarness)
     assert request.headers["transfer-encoding"] == "chunked"
     response = await harness.client.send(request)
     assert response.status_code == 413
-    assert response.json() == {"detail": "Request body too large"}
+    assert response.json()["detail"] == "Request body too large"
     _assert_hardened(response)
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+from typing import Any
 
 import pytest
 
@@ -96,3 +97,27 @@ def test_usernames_are_nfkc_normalized_and_checked() -> None:
     assert username_problem("bad name") is not None
     assert username_problem("emoji😀x") is not None
     assert username_problem("ok.name-1_x") is None
+
+
+async def test_refusals_without_a_hash_check_still_cost_one_argon2_verification() -> None:
+    # A password too long for a legacy bcrypt hash, or a corrupt stored hash, is refused
+    # without checking it; the dummy is verified instead, as for a name that matches nobody.
+    hasher = Hasher(time_cost=1, memory_kib=1024)
+    argon2, bcrypt = hasher._hash.hashers
+    calls = {"argon2": 0, "bcrypt": 0}
+
+    def counting(name: str, verify: Any) -> Any:
+        def wrapped(*args: Any, **kwargs: Any) -> Any:
+            calls[name] += 1
+            return verify(*args, **kwargs)
+
+        return wrapped
+
+    argon2.verify = counting("argon2", argon2.verify)  # type: ignore[method-assign]
+    bcrypt.verify = counting("bcrypt", bcrypt.verify)  # type: ignore[method-assign]
+    legacy = "$2b$04$" + "a" * 53
+    cases = [("x" * 80, None), ("x" * 80, legacy), ("whatever1", "$argon2id$garbage")]
+    for password, stored in cases:
+        calls.update(argon2=0, bcrypt=0)
+        assert await hasher.verify(password, stored) == (False, None)
+        assert calls == {"argon2": 1, "bcrypt": 0}, (password, stored)

@@ -85,11 +85,14 @@ class Hasher:
     def _verify_one(self, password: str, hashed: str) -> tuple[bool, str | None]:
         self.verifications += 1
         if hashed.startswith("$2") and len(password.encode()) > _BCRYPT_MAX_BYTES:
-            # bcrypt sees only 72 bytes; accepting would let distinct passwords collide.
+            # bcrypt sees only 72 bytes; accepting would let distinct passwords collide. The
+            # dummy is verified instead, so the refusal takes as long as a wrong password.
+            self._hash.verify(password, self._dummy_hash)
             return False, None
         try:
             return self._hash.verify_and_update(password, hashed)
         except Exception:  # an unrecognized or corrupt stored hash is a failed login, not a 500
+            self._hash.verify(password, self._dummy_hash)  # and costs what a wrong one does
             return False, None
 
     def _verify_dummy(self, password: str) -> None:

@@ -11,11 +11,13 @@ database-backed account lockout still holds), and a circuit breaker then leaves 
 from __future__ import annotations
 
 import asyncio
+import functools
 import ipaddress
 import logging
 import math
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from typing import Any, TypeVar
 
 from limits import RateLimitItem, parse
@@ -123,6 +125,9 @@ class RateLimits:
         self.timeout = settings.redis_timeout_seconds
         self.breaker = Breaker(BREAKER_SECONDS, clock)
         self._limiter = MovingWindowRateLimiter(self.storage)
+        # Attempts in flight per (budget, key), and an event set when one ends: see ``attempt``.
+        self._in_flight: dict[tuple[str, str], int] = {}
+        self._attempt_ended = asyncio.Event()
         self._items: dict[str, RateLimitItem] = {
             "login_failures": parse(settings.rate_limit_login_failures),
             "register": parse(settings.rate_limit_register),
@@ -141,6 +146,45 @@ class RateLimits:
         item = self._items[budget]
         if not await self._ask(self._limiter.hit, item, budget, key):
             raise TooManyRequests(await self._retry_after(item, budget, key))
+
+    @asynccontextmanager
+    async def attempt(self, budget: str, key: str) -> AsyncIterator[None]:
+        """Hold a place in ``budget`` for an attempt whose outcome is not known yet.
+
+        This process's attempts still in flight count as if each had failed, so a burst of
+        concurrent guesses is cut at the budget instead of being let through whole because
+        none of them has failed yet. An attempt that finds every remaining place held waits
+        for one to be given back: a success spends nothing (the caller spends a failure with
+        ``hit``), so concurrent right-password logins all go through. Raises TooManyRequests
+        when the spent failures alone fill the budget.
+        """
+        slot = (budget, key)
+        item = self._items[budget]
+        while True:
+            ended = self._attempt_ended  # set when any attempt ends from now on
+            # Claimed before the first await, so racing attempts count each other.
+            in_flight = self._in_flight.get(slot, 0) + 1
+            self._in_flight[slot] = in_flight
+            test = functools.partial(self._limiter.test, cost=in_flight)
+            if await self._ask(test, item, budget, key):
+                break
+            self._unclaim(slot)
+            if in_flight == 1 or not await self._ask(self._limiter.test, item, budget, key):
+                raise TooManyRequests(await self._retry_after(item, budget, key))
+            await ended.wait()
+        try:
+            yield
+        finally:
+            self._unclaim(slot)
+            self._attempt_ended.set()
+            self._attempt_ended = asyncio.Event()
+
+    def _unclaim(self, slot: tuple[str, str]) -> None:
+        left = self._in_flight[slot] - 1
+        if left:
+            self._in_flight[slot] = left
+        else:
+            del self._in_flight[slot]
 
     async def _ask(
         self,

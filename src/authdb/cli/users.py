@@ -34,6 +34,8 @@ def _parse_line(number: int, line: str) -> dict[str, Any]:
         record = json.loads(line)
     except json.JSONDecodeError as exc:
         fail(f"line {number}: not valid JSON ({exc.msg})")
+    except RecursionError:
+        fail(f"line {number}: not valid JSON (nested too deeply)")
     if not isinstance(record, dict):
         fail(f"line {number}: expected a JSON object")
     unknown = set(record) - _IMPORT_FIELDS
@@ -42,7 +44,21 @@ def _parse_line(number: int, line: str) -> dict[str, Any]:
     for name in ("username", "email"):
         if not isinstance(record.get(name), str):
             fail(f"line {number}: {name} is required and must be a string")
+    for name, kinds, wanted in _OPTIONAL_TYPES:
+        if name in record and not isinstance(record[name], kinds):
+            fail(f"line {number}: {name} must be {wanted}")
     return record
+
+
+# Checked here so that a wrong type is named with its line, never met by the database.
+_OPTIONAL_TYPES: tuple[tuple[str, type | tuple[type, ...], str], ...] = (
+    ("full_name", (str, type(None)), "a string or null"),
+    ("password", str, "a string"),
+    ("hashed_password", str, "a string"),
+    ("is_superuser", bool, "true or false"),
+    ("is_verified", bool, "true or false"),
+    ("disabled", bool, "true or false"),
+)
 
 
 @app.command("import")

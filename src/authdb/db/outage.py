@@ -14,6 +14,7 @@ import socket
 import sqlite3
 
 from sqlalchemy import exc as sa_exc
+from sqlalchemy.orm import exc as orm_exc
 
 _ASYNCPG_ERRORS: tuple[type[BaseException], ...] = ()
 try:  # asyncpg is the optional PostgreSQL extra
@@ -96,4 +97,28 @@ def _signals_outage(exc: BaseException) -> bool:
     if isinstance(exc, _ASYNCPG_ERRORS):
         message = str(exc)
         return "closed" in message or "cannot switch to state" in message
+    return False
+
+
+# SQLSTATE serialization_failure and deadlock_detected: two transactions met; either may retry.
+_CONFLICT_STATES = frozenset({"40001", "40P01"})
+
+
+def is_concurrent_change(exc: BaseException) -> bool:
+    """True when ``exc`` says a concurrent transaction got in the way (a retry may succeed).
+
+    SQLAlchemy's StaleDataError (the row an UPDATE or DELETE meant was deleted meanwhile, e.g.
+    an account deleted while its owner edits it) and PostgreSQL's serialization failures and
+    deadlocks. The HTTP layer answers 409 instead of a 500.
+    """
+    link: BaseException | None = exc
+    for _ in range(_MAX_DEPTH):
+        if link is None:
+            return False
+        if isinstance(link, orm_exc.StaleDataError):
+            return True
+        if getattr(link, "sqlstate", None) in _CONFLICT_STATES:
+            return True
+        orig = getattr(link, "orig", None)
+        link = orig if isinstance(orig, BaseException) else link.__cause__
     return False

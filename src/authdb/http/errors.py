@@ -14,10 +14,12 @@ from fastapi.routing import APIRoute
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from authdb import errors
-from authdb.db.outage import is_outage
+from authdb.db.outage import is_concurrent_change, is_outage
 from authdb.http import bodies
 
 log = logging.getLogger("authdb")
+
+CONCURRENT_CHANGE = "Changed concurrently by another request; try again"
 
 _STATUS: dict[type[errors.AuthError], int] = {
     errors.InvalidCredentials: 401,
@@ -115,6 +117,8 @@ class AuthRoute(APIRoute):
                     raise
                 return validation_error_response(unreadable)
             except Exception as exc:
+                if is_concurrent_change(exc):
+                    return auth_error_response(errors.Conflict(CONCURRENT_CHANGE))
                 if not is_outage(exc):
                     raise
                 return outage_response(exc)
@@ -151,6 +155,8 @@ def outage_http_exception(exc: BaseException) -> HTTPException:
 async def _on_unexpected(request: Request, exc: Exception) -> JSONResponse:
     if is_outage(exc):  # a route of the host app that used authdb's database
         return outage_response(exc)
+    if is_concurrent_change(exc):
+        return auth_error_response(errors.Conflict(CONCURRENT_CHANGE))
     # Logged for operators; the client learns nothing about the internals.
     log.error("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
     return JSONResponse({"detail": "Internal server error"}, status_code=500)

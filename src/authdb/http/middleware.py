@@ -52,10 +52,7 @@ class HeaderLimitMiddleware:
         if scope["type"] == "http":
             size = sum(len(name) + len(value) for name, value in scope["headers"])
             if size > self.max_bytes:
-                response = JSONResponse(
-                    HEADERS_TOO_LARGE, status_code=431, headers={"Connection": "close"}
-                )
-                await response(scope, receive, send)
+                await _refuse(scope, receive, send, HEADERS_TOO_LARGE, 431)
                 return
         await self.app(scope, receive, send)
 
@@ -156,8 +153,21 @@ class BodyLimitMiddleware:
 
 
 async def _too_large(scope: Scope, receive: Receive, send: Send) -> None:
-    # Closing the connection stops a client that would otherwise keep sending the rest.
-    response = JSONResponse(TOO_LARGE, status_code=413, headers={"Connection": "close"})
+    await _refuse(scope, receive, send, TOO_LARGE, 413)
+
+
+# The service's token endpoint: its errors speak OAuth 2.0 too (RFC 6749 5.2), even these.
+TOKEN_PATH = "/token"
+
+
+async def _refuse(
+    scope: Scope, receive: Receive, send: Send, body: dict[str, str], status: int
+) -> None:
+    """Answer ``body`` and close the connection, which stops a client still sending."""
+    path = scope.get("path", "").removeprefix(scope.get("root_path", ""))
+    if path == TOKEN_PATH:
+        body = {**body, "error": "invalid_request", "error_description": body["detail"]}
+    response = JSONResponse(body, status_code=status, headers={"Connection": "close"})
     await response(scope, receive, send)
 
 

@@ -32,6 +32,7 @@ from authdb.services.login import confirm_password
 from authdb.services.provisioning import clean_email, prepare_user
 from authdb.services.sessions import Authenticated
 from authdb.services.users import (
+    cancel_pending_email,
     check_password,
     clean_full_name,
     clean_username,
@@ -121,6 +122,8 @@ async def verify_email(core: Core, token: str, client: ClientInfo) -> User:
     now = core.clock()
     async with core.sessionmaker.begin() as db:
         user, address = await email_tokens.consume(db, VERIFY, token, now)
+        if user.disabled:
+            raise InvalidEmailToken  # a disabled account's links do nothing
         if email_key(address) != user.email_key:
             await _adopt_pending_email(db, user, address, client, now)
         user.is_verified = True
@@ -216,10 +219,12 @@ async def update_account(
     if "username" in changes:
         username = clean_username(_required(changes["username"], "username"))
     full_name = clean_full_name(changes.get("full_name"))
+    cancel = False
     if "email" in changes:
         email = clean_email(_required(changes["email"], "email"))
         if email_key(email) == user.email_key:
-            email = None  # the same address (perhaps in another case): nothing to confirm
+            # The account's own address: nothing to confirm, and a pending change is withdrawn.
+            email, cancel = None, user.pending_email is not None
     if email is not None:
         password = changes.get("current_password")
         if not password:
@@ -231,14 +236,16 @@ async def update_account(
         row = await db.get(User, user.id)
         if row is None:
             raise NotAuthenticated
+        # Queries first, while nothing is pending: a later one would autoflush a taken
+        # username as a bare IntegrityError instead of flush_unique's 409.
+        changed: list[str] = []
         if email is not None:
-            # Asked before anything changes: a query would autoflush a taken username as a bare
-            # IntegrityError instead of flush_unique's 409.
             await _check_email_free(db, row, email)
-        changed = _apply_profile(row, username, changes, full_name)
-        if email is not None:
+        if email is not None or (cancel and row.pending_email is not None):
+            await cancel_pending_email(db, row)  # links sent for an earlier request die
             row.pending_email = email
             changed.append("pending_email")
+        changed += _apply_profile(row, username, changes, full_name)
         await flush_unique(db, row)
         mails = await _email_change_mails(core, db, row, email, now) if email else []
         if changed:
@@ -276,14 +283,6 @@ async def _email_change_mails(
     core: Core, db: AsyncSession, user: User, email: str, now: datetime
 ) -> list[Mail]:
     """A confirmation link to the new address and a notice to the old one."""
-    # A link sent to an earlier pending address must not confirm it any more.
-    await db.execute(
-        delete(EmailToken).where(
-            EmailToken.user_id == user.id,
-            EmailToken.purpose == VERIFY,
-            EmailToken.email != user.email,
-        )
-    )
     token = await email_tokens.issue(core, db, user, VERIFY, now, email=email)
     mails = [email_tokens.link_mail(core, user, VERIFY, token, to=email)]
     if user.email:

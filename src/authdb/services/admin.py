@@ -19,6 +19,7 @@ from authdb.services import audit, sessions
 from authdb.services.core import ClientInfo, Core
 from authdb.services.provisioning import clean_email
 from authdb.services.users import (
+    cancel_pending_email,
     check_password,
     clean_full_name,
     clean_username,
@@ -205,6 +206,8 @@ async def update_user(
         # Re-disabling revokes again: cheap, and sure to catch sessions made by other paths.
         if hashed is not None or changes.get("disabled") is True:
             await sessions.revoke_all(db, user.id, now)
+        if changes.get("disabled") is True:
+            await cancel_pending_email(db, user)  # a new password cancels one too
         flags = {name: getattr(user, name) for name in _FLAGS if name in fields}
         audit.record(
             db,

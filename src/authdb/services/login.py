@@ -38,8 +38,15 @@ async def login(
     if has_control_characters(login_name):
         # No account can have such a name; and PostgreSQL refuses NUL in text outright.
         raise InvalidInput("Username contains invalid characters", field="username")
-    # Over its failure budget an address gets 429 whatever the password: no oracle.
-    await limits.check("login_failures", client_key(client, core.settings))
+    # Over its failure budget an address gets 429 whatever the password: no oracle. Attempts
+    # in flight hold a place, so a burst is cut at the budget too.
+    async with limits.attempt("login_failures", client_key(client, core.settings)):
+        return await _login(core, limits, login_name, password, client)
+
+
+async def _login(
+    core: Core, limits: RateLimits, login_name: str, password: str, client: ClientInfo
+) -> TokenPair:
     async with core.sessionmaker() as db:
         user = await find_by_login(db, login_name)
         key = lockout.lock_key(user, login_name)
@@ -132,17 +139,17 @@ async def confirm_password(
     so a stolen access token is no unlimited guessing oracle. Raises IncorrectPassword, or
     TooManyRequests while the account is locked or the client over its budget.
     """
-    await limits.check("login_failures", client_key(client, core.settings))
-    key = lockout.lock_key(user, "")
-    async with core.sessionmaker() as db:
-        retry = await lockout.locked_for(db, key, core.clock())
-    if retry is not None:
-        await _locked(core, limits, client, user.id, retry)
-    ok, _ = await core.hasher.verify(password, user.hashed_password)
-    if not ok:
-        await _fail(core, limits, key, client, user.id, IncorrectPassword(), "password_failed")
-    async with core.sessionmaker.begin() as db:
-        retry = await lockout.admit_success(db, key, core.clock())
+    async with limits.attempt("login_failures", client_key(client, core.settings)):
+        key = lockout.lock_key(user, "")
+        async with core.sessionmaker() as db:
+            retry = await lockout.locked_for(db, key, core.clock())
+        if retry is not None:
+            await _locked(core, limits, client, user.id, retry)
+        ok, _ = await core.hasher.verify(password, user.hashed_password)
+        if not ok:
+            await _fail(core, limits, key, client, user.id, IncorrectPassword(), "password_failed")
+        async with core.sessionmaker.begin() as db:
+            retry = await lockout.admit_success(db, key, core.clock())
     if retry is not None:
         raise TooManyRequests(retry)
 

@@ -108,9 +108,18 @@ async def flush_unique(db: AsyncSession, user: User) -> None:
 
 
 async def set_password_hash(db: AsyncSession, user: User, hashed: str, now: datetime) -> None:
-    """Store a new hash; outstanding reset tokens die with the old password."""
+    """Store a new hash; outstanding reset tokens and a pending email change die with the old
+    password (whoever asked for the change may have known the old one)."""
     user.hashed_password = hashed
     user.password_changed_at = now
     await db.execute(
         delete(EmailToken).where(EmailToken.user_id == user.id, EmailToken.purpose == "reset")
     )
+    await cancel_pending_email(db, user)
+
+
+async def cancel_pending_email(db: AsyncSession, user: User) -> None:
+    """Withdraw a requested email change: the pending address and every link mailed to it."""
+    user.pending_email = None
+    stale = EmailToken.email.is_(None) | (EmailToken.email != user.email)
+    await db.execute(delete(EmailToken).where(EmailToken.user_id == user.id, stale))
