@@ -13,7 +13,7 @@ from datetime import datetime
 from sqlalchemy import delete, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from authdb.db.models import EmailToken, LoginFailure, User
+from authdb.db.models import EmailToken, User
 from authdb.errors import (
     Conflict,
     IncorrectPassword,
@@ -345,7 +345,7 @@ async def delete_account(
 
 async def _forget_failures(db: AsyncSession, user: User) -> None:
     """Drop the account's run of failed logins, and with it any lockout."""
-    await db.execute(delete(LoginFailure).where(LoginFailure.key == lockout.lock_key(user, "")))
+    await lockout.forgive(db, lockout.lock_key(user, ""))
 
 
 def _required(value: str | None, name: str) -> str:

@@ -69,21 +69,20 @@ async def _succeed(
     new_hash: str | None,
 ) -> TokenPair:
     """The password was right: a session, unless a lock stands or the account is refused."""
-    refusal: AuthError | None = None
     pair: TokenPair | None = None
     async with core.sessionmaker.begin() as db:
         now = core.clock()
         retry = await lockout.admit_success(db, key, now)
-        if retry is not None:
-            refusal = TooManyRequests(retry)
+        refusal: AuthError | None = (
+            TooManyRequests(retry) if retry is not None else _refusal(core, user)
+        )
+        if isinstance(refusal, TooManyRequests):
             audit.record(db, "login_locked", client=client, now=now, user_id=user.id)
-        else:
-            refusal = _refusal(core, user)
-        if refusal is not None and not isinstance(refusal, TooManyRequests):
+        elif refusal is not None:
             audit.record(
                 db, "login_refused", client=client, now=now, user_id=user.id, reason=refusal.detail
             )
-        if refusal is None:
+        else:
             changes: dict[str, object] = {"last_login_at": now}
             if new_hash is not None:
                 changes["hashed_password"] = new_hash  # upgrade bcrypt or old argon2 parameters
