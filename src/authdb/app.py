@@ -26,6 +26,9 @@ def create_app(settings: Settings | None = None, *, auth: Auth | None = None) ->
     install_middleware(app, auth.settings)
     # The service's middleware can refuse any request (413, 431): every route says so.
     app.include_router(auth.ops_router, responses=SERVICE_ERRORS)
+    if auth.settings.pages_enabled:
+        # First: its form posts share /register, /verify and /logout with the API.
+        app.include_router(auth.pages_router)
     app.include_router(auth.router, responses=SERVICE_ERRORS)
     docs.install(app)
     return app

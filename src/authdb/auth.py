@@ -11,6 +11,7 @@ from fastapi import APIRouter, FastAPI
 from authdb.db import migrate
 from authdb.db.engine import PoolBudget, async_url, create_engine, create_sessionmaker, is_sqlite
 from authdb.db.session_reader import create_reader
+from authdb.http import pages
 from authdb.http.dependencies import AuthDeps
 from authdb.http.routers import accounts, admin, me, ops, tokens
 from authdb.mail import Mailer
@@ -29,8 +30,10 @@ class SchemaOutOfDate(RuntimeError):
 class Auth:
     """Database-backed authentication for one FastAPI application.
 
-    ``router`` holds the API, ``lifespan`` opens and closes the database, and
-    ``current_user`` / ``current_active_user`` / ``current_superuser`` are dependencies.
+    ``router`` holds the API, ``pages_router`` the hosted pages (include it before
+    ``router``), ``lifespan`` opens and closes the database, and ``current_user`` /
+    ``current_active_user`` / ``current_superuser`` are dependencies; they accept a bearer
+    token, or the pages' session cookie with an ``X-CSRF-Token`` header on unsafe methods.
     """
 
     def __init__(self, settings: Settings | None = None, *, auto_migrate: bool | None = None):
@@ -65,6 +68,7 @@ class Auth:
         for build in (tokens.build, me.build, accounts.build, admin.build):
             self.router.include_router(build(self.deps))
         self.ops_router = ops.build(self.core)
+        self.pages_router = pages.build(self.deps)
 
     async def startup(self) -> None:
         """Check (or, on SQLite, bring up) the schema and load the signing key."""
@@ -73,6 +77,7 @@ class Auth:
         elif not await migrate.is_up_to_date(self.core.engine):
             raise SchemaOutOfDate("the database schema is out of date: run `authdb migrate`")
         key = await load_signing_key(self.core)
+        self.core.secret = key
         self.core.codec = JWTCodec(
             key=key,
             algorithm=self.settings.jwt_algorithm,

@@ -68,6 +68,12 @@ class PermissionDenied(AuthError):
     detail = "Not enough permissions"
 
 
+class CSRFFailed(AuthError):
+    """A cookie-authenticated unsafe request without the matching CSRF token."""
+
+    detail = "CSRF token missing or invalid"
+
+
 class RegistrationClosed(AuthError):
     detail = "Registration is disabled"
 

@@ -70,6 +70,12 @@ class Settings(BaseSettings):
     cors_origins: Annotated[list[str], NoDecode] = []
     max_body_bytes: int = Field(1024 * 1024, ge=1024, le=1024**3)
 
+    # Hosted pages (/login, /register, /account...) and the browser session cookie.
+    pages_enabled: bool = True
+    site_name: str = Field("authdb", min_length=1, max_length=64)
+    # Origins besides PUBLIC_URL's that ``next=`` may send a signed-in browser to.
+    allowed_redirect_origins: Annotated[list[str], NoDecode] = []
+
     # Argon2 is CPU-bound; capping concurrent hashes leaves a core for the event loop.
     password_hash_concurrency: int = Field(1, ge=1, le=256)
     # argon2id cost: OWASP's recommended m=19 MiB, t=2, p=1. One lane keeps a hash on one core
@@ -81,7 +87,7 @@ class Settings(BaseSettings):
     # Spend-time cleanup: prune ended sessions on roughly one login in this many.
     prune_every_n_logins: int = Field(100, ge=1, le=1_000_000)
 
-    @field_validator("trusted_proxies", "cors_origins", mode="before")
+    @field_validator("trusted_proxies", "cors_origins", "allowed_redirect_origins", mode="before")
     @classmethod
     def _split_list(cls, value: object) -> object:
         if isinstance(value, str):
@@ -164,6 +170,16 @@ class Settings(BaseSettings):
     @classmethod
     def _cors_origins(cls, value: list[str]) -> list[str]:
         return checks.origins(value)
+
+    @field_validator("allowed_redirect_origins")
+    @classmethod
+    def _redirect_origins(cls, value: list[str]) -> list[str]:
+        return checks.redirect_origins(value)
+
+    @field_validator("site_name")
+    @classmethod
+    def _site_name(cls, value: str) -> str:
+        return checks.site_name(value)
 
     @model_validator(mode="after")
     def _consistent(self) -> Self:

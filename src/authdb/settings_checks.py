@@ -144,6 +144,27 @@ def origins(values: list[str]) -> list[str]:
     return list(dict.fromkeys(origin(value) for value in values))
 
 
+def redirect_origins(values: list[str]) -> list[str]:
+    """Origins a browser may be sent to after sign-in: each an http(s) origin, never ``*``."""
+    checked = []
+    for value in values:
+        if value == "*":
+            raise ValueError("'*' would allow redirects anywhere: list each origin")
+        allowed = origin(value).lower()
+        if not allowed.startswith(("http://", "https://")):
+            raise ValueError(f"{_shown(value)!r} is not an http:// or https:// origin")
+        checked.append(allowed)
+    return list(dict.fromkeys(checked))
+
+
+def site_name(value: str) -> str:
+    """A page title: printable text, trimmed."""
+    _no_control_characters(value)
+    if not value.strip():
+        raise ValueError("must not be blank")
+    return value.strip()
+
+
 def redis_url(value: str) -> str:
     """A Redis (or Valkey) URL that the rate-limit storage can connect to."""
     parts = _split_url(value)

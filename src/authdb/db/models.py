@@ -100,6 +100,9 @@ class AuthSession(Base):
     revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     user_agent: Mapped[str | None] = mapped_column(String(512))
     ip_address: Mapped[str | None] = mapped_column(String(64))
+    # A browser session (signed in through a page) is carried by a cookie instead of a refresh
+    # token: the SHA-256 of the cookie's secret, never the secret. NULL for API sessions.
+    cookie_hash: Mapped[str | None] = mapped_column(String(64), unique=True, index=True)
 
     @classmethod
     def live_at(cls, now: Any) -> ColumnElement[bool]:

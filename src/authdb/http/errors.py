@@ -33,6 +33,7 @@ _STATUS: dict[type[errors.AuthError], int] = {
     errors.Conflict: 409,
     errors.NotFound: 404,
     errors.PermissionDenied: 403,
+    errors.CSRFFailed: 403,
     errors.RegistrationClosed: 403,
     errors.TooManyRequests: 429,
     errors.ServiceUnavailable: 503,

@@ -35,6 +35,8 @@ class Core:
     # The per-request session check; see authdb.db.session_reader for why it is separate.
     session_reader: SessionReader
     codec: JWTCodec | None = None
+    # The deployment's secret (AUTHDB_SECRET_KEY or the stored one); other keys derive from it.
+    secret: str | None = None
     clock: Callable[[], datetime] = field(default=utcnow)
 
     @property

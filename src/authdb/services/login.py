@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import contextlib
 import secrets
+from collections.abc import Awaitable, Callable
 from datetime import timedelta
-from typing import NoReturn
+from typing import NoReturn, TypeVar
 
 from sqlalchemy import update
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from authdb.db.models import User
 from authdb.errors import (
@@ -23,8 +25,18 @@ from authdb.names import has_control_characters
 from authdb.ratelimit import RateLimits, client_key
 from authdb.services import audit, lockout
 from authdb.services.core import ClientInfo, Core
-from authdb.services.sessions import TokenPair, prune, start_session
+from authdb.services.sessions import (
+    BrowserSession,
+    TokenPair,
+    prune,
+    start_browser_session,
+    start_session,
+)
 from authdb.services.users import find_by_login
+
+# What a successful sign-in opens: API tokens, or a browser session.
+SessionT = TypeVar("SessionT", TokenPair, BrowserSession)
+_Opener = Callable[[Core, AsyncSession, User, ClientInfo], Awaitable[SessionT]]
 
 
 async def login(
@@ -35,18 +47,41 @@ async def login(
     Known and unknown names take the same steps (a lookup, a hash, a write), so neither the
     answers nor the work done tell which accounts exist.
     """
+    return await _guarded(core, limits, login_name, password, client, start_session)
+
+
+async def login_browser(
+    core: Core, limits: RateLimits, login_name: str, password: str, client: ClientInfo
+) -> BrowserSession:
+    """``login`` for the sign-in page: the same guards, but a cookie-carried session."""
+    return await _guarded(core, limits, login_name, password, client, start_browser_session)
+
+
+async def _guarded(
+    core: Core,
+    limits: RateLimits,
+    login_name: str,
+    password: str,
+    client: ClientInfo,
+    opener: _Opener[SessionT],
+) -> SessionT:
     if has_control_characters(login_name):
         # No account can have such a name; and PostgreSQL refuses NUL in text outright.
         raise InvalidInput("Username contains invalid characters", field="username")
     # Over its failure budget an address gets 429 whatever the password: no oracle. Attempts
     # in flight hold a place, so a burst is cut at the budget too.
     async with limits.attempt("login_failures", client_key(client, core.settings)):
-        return await _login(core, limits, login_name, password, client)
+        return await _login(core, limits, login_name, password, client, opener)
 
 
 async def _login(
-    core: Core, limits: RateLimits, login_name: str, password: str, client: ClientInfo
-) -> TokenPair:
+    core: Core,
+    limits: RateLimits,
+    login_name: str,
+    password: str,
+    client: ClientInfo,
+    opener: _Opener[SessionT],
+) -> SessionT:
     async with core.sessionmaker() as db:
         user = await find_by_login(db, login_name)
         key = lockout.lock_key(user, login_name)
@@ -57,7 +92,7 @@ async def _login(
     ok, new_hash = await core.hasher.verify(password, user.hashed_password if user else None)
     if not ok or user is None:
         await _fail(core, limits, key, client, user_id)
-    return await _succeed(core, limits, key, client, user, new_hash)
+    return await _succeed(core, limits, key, client, user, new_hash, opener)
 
 
 async def _succeed(
@@ -67,9 +102,10 @@ async def _succeed(
     client: ClientInfo,
     user: User,
     new_hash: str | None,
-) -> TokenPair:
+    opener: _Opener[SessionT],
+) -> SessionT:
     """The password was right: a session, unless a lock stands or the account is refused."""
-    pair: TokenPair | None = None
+    pair: SessionT | None = None
     async with core.sessionmaker.begin() as db:
         now = core.clock()
         retry = await lockout.admit_success(db, key, now)
@@ -87,7 +123,7 @@ async def _succeed(
             if new_hash is not None:
                 changes["hashed_password"] = new_hash  # upgrade bcrypt or old argon2 parameters
             await db.execute(update(User).where(User.id == user.id).values(**changes))
-            pair = await start_session(core, db, user, client)
+            pair = await opener(core, db, user, client)
             audit.record(
                 db, "login_ok", client=client, now=now, user_id=user.id, session_id=pair.session_id
             )

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import re
 import secrets
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import Literal
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives import hashes
@@ -29,25 +31,86 @@ class TokenPair:
 
 
 @dataclass(frozen=True, slots=True)
+class BrowserSession:
+    """A session signed in through a page: ``cookie`` is the secret the session cookie carries."""
+
+    cookie: str
+    session_id: int
+    max_age: int  # seconds, the session's lifetime
+
+
+@dataclass(frozen=True, slots=True)
 class Authenticated:
+    """Who a request speaks for: a bearer access token's session, or a browser cookie's."""
+
     user: User
     session_id: int
+    via: Literal["bearer", "cookie"] = "bearer"
 
 
-async def start_session(core: Core, db: AsyncSession, user: User, client: ClientInfo) -> TokenPair:
-    """Open a session for a user who just proved who they are."""
+# A cookie value we could have minted: new_opaque_token()'s URL-safe alphabet and length.
+_COOKIE_SHAPE = re.compile(r"[A-Za-z0-9_-]{43}")
+
+
+async def _open(
+    core: Core, db: AsyncSession, user: User, client: ClientInfo, cookie_hash: str | None = None
+) -> AuthSession:
     now = core.clock()
     session = AuthSession(
         user_id=user.id,
         created_at=now,
         last_used_at=now,
-        expires_at=now + timedelta(days=core.settings.refresh_token_expire_days),
+        expires_at=now + _lifetime(core),
         user_agent=(client.user_agent or "")[:512] or None,
         ip_address=client.ip_address,
+        cookie_hash=cookie_hash,
     )
     db.add(session)
     await db.flush()
-    return _issue(core, db, user.id, session.id, now)
+    return session
+
+
+def _lifetime(core: Core) -> timedelta:
+    return timedelta(days=core.settings.refresh_token_expire_days)
+
+
+async def start_session(core: Core, db: AsyncSession, user: User, client: ClientInfo) -> TokenPair:
+    """Open an API session (tokens) for a user who just proved who they are."""
+    session = await _open(core, db, user, client)
+    return _issue(core, db, user.id, session.id, session.created_at)
+
+
+async def start_browser_session(
+    core: Core, db: AsyncSession, user: User, client: ClientInfo
+) -> BrowserSession:
+    """Open a browser session: a row of ``auth_sessions`` like any other, listed and revoked
+    the same way, but carried by a cookie secret (stored as its SHA-256) instead of tokens."""
+    cookie = new_opaque_token()
+    session = await _open(core, db, user, client, cookie_hash=hash_opaque_token(cookie))
+    return BrowserSession(cookie, session.id, int(_lifetime(core).total_seconds()))
+
+
+async def authenticate_cookie(core: Core, cookie: str) -> Authenticated:
+    """The user behind a session cookie, if its session is still live (one indexed lookup).
+
+    Raises NotAuthenticated for anything else, a malformed value included.
+    """
+    if not _COOKIE_SHAPE.fullmatch(cookie):
+        raise NotAuthenticated
+    query = (
+        select(User, AuthSession.id)
+        .join(AuthSession, AuthSession.user_id == User.id)
+        .where(
+            AuthSession.cookie_hash == hash_opaque_token(cookie),
+            AuthSession.live_at(core.clock()),
+        )
+    )
+    async with core.sessionmaker() as db:
+        row = (await db.execute(query)).one_or_none()
+    if row is None:
+        raise NotAuthenticated
+    user, session_id = row
+    return Authenticated(user, session_id, via="cookie")
 
 
 def _issue(

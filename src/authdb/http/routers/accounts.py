@@ -1,13 +1,9 @@
 """Self-service accounts: register, verify, recover and change passwords, edit or delete oneself.
 
-Emails are handed to FastAPI's background tasks, which run after the response has gone out:
-a slow or broken mail server neither delays nor fails the request. ``/verify/request`` and
-``/password/forgot`` go further and look the address up in the background too, so that
-their answer, and the time it takes, is the same whether or not the address has an account.
+Mail goes out after the response (see ``authdb.http.mailing``).
 """
 
-import logging
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Iterable
 from typing import Annotated
 
 from fastapi import APIRouter, BackgroundTasks, Depends, Response, status
@@ -16,6 +12,7 @@ from pydantic import BaseModel
 from authdb.db.models import User
 from authdb.http.dependencies import AuthDeps
 from authdb.http.errors import AuthRoute
+from authdb.http.mailing import Prepare, prepare_and_send, send_later
 from authdb.http.openapi import error_responses
 from authdb.http.schemas import (
     EmailRequest,
@@ -28,19 +25,14 @@ from authdb.http.schemas import (
     UserUpdate,
 )
 from authdb.services import accounts
-from authdb.services.core import ClientInfo, Core
+from authdb.services.core import ClientInfo
 from authdb.services.email_tokens import Mail
 from authdb.services.sessions import Authenticated
 
 _VERIFY_ACCEPTED = (
     "If this address belongs to an unverified account, a verification email is on its way."
 )
-_RESET_ACCEPTED = "If this address belongs to an account, a password reset email is on its way."
-
-log = logging.getLogger("authdb.accounts")
-
-# request_verification or request_password_reset: the mail to send, if any.
-_Prepare = Callable[[Core, str, ClientInfo], Awaitable[Mail | None]]
+RESET_ACCEPTED = "If this address belongs to an account, a password reset email is on its way."
 
 
 class Accepted(BaseModel):
@@ -59,19 +51,12 @@ def build(deps: AuthDeps) -> APIRouter:
     Session = Annotated[Authenticated, Depends(deps.current_session)]
 
     def post(background: BackgroundTasks, mails: Iterable[Mail | None]) -> None:
-        for mail in mails:
-            if mail is not None:
-                background.add_task(deps.mailer.send, mail.to, mail.template, **mail.context)
+        send_later(background, deps.mailer, mails)
 
-    async def prepare_and_send(prepare: _Prepare, email: str, client: ClientInfo) -> None:
-        # Runs after the 202 has gone out, so a failure can only be logged.
-        try:
-            mail = await prepare(deps.core, email, client)
-        except Exception:
-            log.exception("could not prepare the email for a %s request", prepare.__name__)
-            return
-        if mail is not None:
-            await deps.mailer.send(mail.to, mail.template, **mail.context)
+    def look_up_later(
+        background: BackgroundTasks, prepare: Prepare, email: str, c: ClientInfo
+    ) -> None:
+        background.add_task(prepare_and_send, deps.core, deps.mailer, prepare, email, c)
 
     @router.post(
         "/register",
@@ -101,7 +86,7 @@ def build(deps: AuthDeps) -> APIRouter:
     ) -> Accepted:
         """Mail a new verification link to an unverified account (same answer for any address)."""
         await accounts.spend_email_budgets(deps.core, deps.limits, client, body.email)
-        background.add_task(prepare_and_send, accounts.request_verification, body.email, client)
+        look_up_later(background, accounts.request_verification, body.email, client)
         return Accepted(message=_VERIFY_ACCEPTED)
 
     @router.post("/verify", response_model=UserRead, responses=error_responses(400, 409))
@@ -117,8 +102,8 @@ def build(deps: AuthDeps) -> APIRouter:
     ) -> Accepted:
         """Mail a password reset link (same answer whether or not the address has an account)."""
         await accounts.spend_email_budgets(deps.core, deps.limits, client, body.email)
-        background.add_task(prepare_and_send, accounts.request_password_reset, body.email, client)
-        return Accepted(message=_RESET_ACCEPTED)
+        look_up_later(background, accounts.request_password_reset, body.email, client)
+        return Accepted(message=RESET_ACCEPTED)
 
     @router.post(
         "/password/reset", status_code=status.HTTP_204_NO_CONTENT, responses=error_responses(400)

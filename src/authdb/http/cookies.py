@@ -1,0 +1,61 @@
+"""The browser session cookie and the CSRF cookie: names and attributes in one place.
+
+On an https ``PUBLIC_URL`` the session cookie is ``__Host-authdb_session``: the prefix makes
+browsers refuse it unless it is ``Secure``, host-only and ``Path=/`` (RFC 6265bis 4.1.3.2), so
+a sibling subdomain cannot plant or shadow it. Over plain http (development) it is
+``authdb_session``.
+"""
+
+from __future__ import annotations
+
+from starlette.requests import HTTPConnection
+from starlette.responses import Response
+
+from authdb.http.csrf import CSRF_COOKIE
+from authdb.services.sessions import BrowserSession
+from authdb.settings import Settings
+
+SESSION_COOKIE = "authdb_session"
+
+
+def is_https(settings: Settings) -> bool:
+    return settings.public_url.startswith("https://")
+
+
+def session_cookie_name(settings: Settings) -> str:
+    """``__Host-authdb_session`` on https, ``authdb_session`` otherwise."""
+    return f"__Host-{SESSION_COOKIE}" if is_https(settings) else SESSION_COOKIE
+
+
+def read_session_cookie(request: HTTPConnection, settings: Settings) -> str | None:
+    return request.cookies.get(session_cookie_name(settings))
+
+
+def set_session_cookie(response: Response, settings: Settings, session: BrowserSession) -> None:
+    response.set_cookie(
+        session_cookie_name(settings),
+        session.cookie,
+        max_age=session.max_age,
+        path="/",
+        secure=is_https(settings),
+        httponly=True,
+        samesite="lax",
+    )
+
+
+def clear_session_cookie(response: Response, settings: Settings) -> None:
+    response.delete_cookie(
+        session_cookie_name(settings),
+        path="/",
+        secure=is_https(settings),
+        httponly=True,
+        samesite="lax",
+    )
+
+
+def set_csrf_cookie(response: Response, settings: Settings, token: str) -> None:
+    # Readable by same-origin JavaScript on purpose: it sends the value back as X-CSRF-Token.
+    # A session cookie (no Max-Age): a new one is minted whenever it is missing.
+    response.set_cookie(
+        CSRF_COOKIE, token, path="/", secure=is_https(settings), httponly=False, samesite="lax"
+    )

@@ -1,0 +1,253 @@
+"""``/account``: profile, email, password, sessions and account deletion, for a signed-in browser.
+
+Each section is its own form. A success redirects back (303) with a fixed notice; a refusal
+renders the page again with the error next to its field, and a status that says what went
+wrong (422 invalid, 400 wrong password, 409 taken, 429 locked or over budget).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Awaitable, Callable
+from datetime import datetime
+from typing import Any
+
+from fastapi import APIRouter
+from starlette.background import BackgroundTasks
+from starlette.datastructures import FormData
+from starlette.requests import Request
+from starlette.responses import Response
+
+from authdb import errors
+from authdb.db.models import MAX_ID, AuthSession
+from authdb.http.cookies import clear_session_cookie
+from authdb.http.csrf import ANONYMOUS
+from authdb.http.dependencies import AuthDeps
+from authdb.http.mailing import send_later
+from authdb.http.pages.forms import field_of, parse, waiting_message
+from authdb.http.pages.render import Pages, PageState, notice_of, read_form, text
+from authdb.http.schemas import PasswordChange, PasswordConfirm, UserUpdate
+from authdb.services import accounts, sessions
+from authdb.services.sessions import Authenticated
+
+# A section's handler: the form posted, the signed-in session; a response or None for success.
+Section = Callable[[Request, FormData, Authenticated], Awaitable[Response | None]]
+
+
+def _when(moment: datetime) -> str:
+    return moment.strftime("%Y-%m-%d %H:%M UTC")
+
+
+def _session_view(session: AuthSession, current_id: int) -> dict[str, Any]:
+    return {
+        "id": session.id,
+        "created": _when(session.created_at),
+        "last_used": _when(session.last_used_at),
+        "device": (session.user_agent or "Unknown device")[:120],
+        "ip": session.ip_address or "unknown",
+        "current": session.id == current_id,
+    }
+
+
+class _Refusal(Exception):
+    """A section's input was refused: re-render the page with these errors."""
+
+    def __init__(self, status: int, errors: dict[str, str], error: str | None = None) -> None:
+        super().__init__(error)
+        self.status, self.errors, self.error = status, errors, error
+
+
+def _refusal(exc: errors.AuthError, default_field: str) -> _Refusal:
+    if isinstance(exc, errors.TooManyRequests):
+        return _Refusal(429, {}, waiting_message(exc))
+    if isinstance(exc, errors.IncorrectPassword):
+        return _Refusal(400, {"current_password": exc.detail})
+    status = 409 if isinstance(exc, errors.Conflict) else 422
+    if isinstance(exc, errors.InvalidInput | errors.Conflict):
+        return _Refusal(status, {field_of(exc, default_field): exc.detail})
+    raise exc
+
+
+def add_routes(router: APIRouter, deps: AuthDeps, pages: Pages) -> None:
+    """Add ``/account`` and its section forms to ``router``."""
+    core = deps.core
+
+    async def show(
+        request: Request,
+        state: PageState,
+        auth: Authenticated,
+        *,
+        status: int = 200,
+        **context: Any,
+    ) -> Response:
+        live = await sessions.list_live(core, auth.user.id)
+        return pages.render(
+            request,
+            state,
+            "account",
+            title="Your account",
+            status=status,
+            user=auth.user,
+            sessions=[_session_view(s, auth.session_id) for s in live],
+            signed_in=True,
+            **context,
+        )
+
+    def to_login(request: Request, state: PageState) -> Response:
+        account = pages.url(request, "account")
+        return pages.redirect(f"{pages.url(request, 'login')}?next={account}", state)
+
+    @router.get("/account", name="authdb_page_account")
+    async def account_page(request: Request) -> Response:
+        state = pages.state(request)
+        auth = await deps.optional_session(request)
+        if auth is None:
+            return to_login(request, state)
+        return await show(request, state, auth, notice=notice_of(request))
+
+    def section(path: str, name: str, form_name: str, run: Section) -> None:
+        async def submit(request: Request) -> Response:
+            state = pages.state(request)
+            form = await read_form(request)
+            if not pages.csrf_ok(request, form, state):
+                return pages.render(
+                    request,
+                    state,
+                    "error",
+                    title="Request refused",
+                    status=403,
+                    error=errors.CSRFFailed.detail,
+                    link={"href": pages.url(request, "account"), "text": "Back to your account"},
+                )
+            auth = await deps.optional_session(request)
+            if auth is None:
+                return to_login(request, state)
+            try:
+                response = await run(request, form, auth)
+            except _Refusal as refusal:
+                values = {k: text(form, k) for k in ("username", "full_name", "email")}
+                return await show(
+                    request,
+                    state,
+                    auth,
+                    status=refusal.status,
+                    form=form_name,
+                    errors=refusal.errors,
+                    error=refusal.error,
+                    values=values,
+                )
+            return response or pages.redirect(pages.url(request, "account"), state)
+
+        router.add_api_route(path, submit, methods=["POST"], name=name)
+
+    async def profile(request: Request, form: FormData, auth: Authenticated) -> Response | None:
+        body, problems = parse(
+            UserUpdate,
+            {"username": text(form, "username"), "full_name": text(form, "full_name") or None},
+        )
+        if body is None:
+            raise _Refusal(422, problems)
+        changes = body.model_dump(exclude_unset=True)
+        try:
+            await accounts.update_account(
+                core, deps.limits, auth.user, changes, deps.client_resolver(request)
+            )
+        except errors.AuthError as exc:
+            raise _refusal(exc, "username") from None
+        return pages.redirect(pages.url(request, "account") + "?notice=profile_saved")
+
+    async def email(request: Request, form: FormData, auth: Authenticated) -> Response | None:
+        body, problems = parse(
+            UserUpdate,
+            {"email": text(form, "email"), "current_password": text(form, "current_password")},
+        )
+        if body is None:
+            raise _Refusal(422, problems)
+        try:
+            _user, mails = await accounts.update_account(
+                core,
+                deps.limits,
+                auth.user,
+                body.model_dump(exclude_unset=True),
+                deps.client_resolver(request),
+            )
+        except errors.AuthError as exc:
+            raise _refusal(exc, "email") from None
+        response = pages.redirect(pages.url(request, "account") + "?notice=email_pending")
+        response.background = BackgroundTasks()
+        send_later(response.background, deps.mailer, mails)
+        return response
+
+    async def password(request: Request, form: FormData, auth: Authenticated) -> Response | None:
+        new = text(form, "new_password")
+        if new != text(form, "new_password_confirm"):
+            raise _Refusal(422, {"new_password_confirm": "The passwords do not match."})
+        body, problems = parse(
+            PasswordChange,
+            {"current_password": text(form, "current_password"), "new_password": new},
+        )
+        if body is None:
+            raise _Refusal(422, problems)
+        try:
+            await accounts.change_password(
+                core,
+                deps.limits,
+                auth,
+                body.current_password,
+                body.new_password,
+                deps.client_resolver(request),
+            )
+        except errors.AuthError as exc:
+            raise _refusal(exc, "new_password") from None
+        return pages.redirect(pages.url(request, "account") + "?notice=password_changed")
+
+    async def delete(request: Request, form: FormData, auth: Authenticated) -> Response | None:
+        body, problems = parse(PasswordConfirm, {"password": text(form, "password")})
+        if body is None:
+            raise _Refusal(422, problems)
+        try:
+            await accounts.delete_account(
+                core, deps.limits, auth.user, body.password, deps.client_resolver(request)
+            )
+        except errors.IncorrectPassword as exc:
+            raise _Refusal(400, {"password": exc.detail}) from None
+        except errors.AuthError as exc:
+            if isinstance(exc, errors.Conflict):
+                raise _Refusal(409, {}, exc.detail) from None
+            raise _refusal(exc, "password") from None
+        target = pages.url(request, "login") + "?notice=account_deleted"
+        response = pages.redirect(target, pages.state_for(ANONYMOUS))
+        clear_session_cookie(response, core.settings)
+        return response
+
+    section("/account/profile", "authdb_page_account_profile", "profile", profile)
+    section("/account/email", "authdb_page_account_email", "email", email)
+    section("/account/password", "authdb_page_account_password", "password", password)
+    section("/account/delete", "authdb_page_account_delete", "delete", delete)
+
+    async def revoke(request: Request, form: FormData, auth: Authenticated) -> Response | None:
+        raw = request.path_params.get("session_id", "")
+        session_id = int(raw) if raw.isdigit() and raw[0] != "0" and len(raw) <= 19 else 0
+        if 1 <= session_id <= MAX_ID:
+            # Already ended, or not the caller's: the list shows what is live.
+            with contextlib.suppress(errors.NotFound):
+                await sessions.end_own(core, auth, session_id, deps.client_resolver(request))
+        if session_id == auth.session_id:
+            response = pages.redirect(
+                pages.url(request, "login") + "?notice=signed_out", pages.state_for(ANONYMOUS)
+            )
+            clear_session_cookie(response, core.settings)
+            return response
+        return pages.redirect(pages.url(request, "account") + "?notice=session_revoked")
+
+    section(
+        "/account/sessions/{session_id}/revoke",
+        "authdb_page_account_session_revoke",
+        "sessions",
+        revoke,
+    )
+
+    # Only for ``paths.account_sessions`` in templates: the prefix the revoke forms extend.
+    @router.get("/account/sessions", name="authdb_page_account_sessions", include_in_schema=False)
+    async def sessions_prefix(request: Request) -> Response:
+        return pages.redirect(pages.url(request, "account"))

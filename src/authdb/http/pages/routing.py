@@ -1,0 +1,90 @@
+"""Route classes for pages: errors become HTML pages, and form posts share paths with the API.
+
+``/register``, ``/verify`` and ``/logout`` are both API endpoints (JSON or a bearer token) and
+page forms. A form-only page route matches those paths fully only for a form body
+(``application/x-www-form-urlencoded`` or ``multipart/form-data``); for anything else it steps
+aside (a partial match), so the API route of the same path answers as it always did.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Coroutine
+from typing import Any
+
+from fastapi.routing import APIRoute
+from starlette.datastructures import Headers
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Match
+from starlette.types import Scope
+
+from authdb import errors
+from authdb.db.outage import is_concurrent_change, is_outage
+from authdb.http.errors import CONCURRENT_CHANGE, status_of
+from authdb.http.pages.render import Pages
+
+log = logging.getLogger("authdb")
+
+_FORM_TYPES = ("application/x-www-form-urlencoded", "multipart/form-data")
+
+
+def is_form(scope: Scope) -> bool:
+    content_type = Headers(scope=scope).get("content-type", "")
+    return content_type.split(";", 1)[0].strip().lower() in _FORM_TYPES
+
+
+Handler = Callable[[Request], Coroutine[Any, Any, Response]]
+
+
+def route_classes(pages: Pages) -> tuple[type[APIRoute], type[APIRoute]]:
+    """(page route, form-only page route) classes bound to ``pages`` for their error pages.
+
+    Classes, not instances: FastAPI's ``include_router`` re-creates routes by their class.
+    """
+
+    class PageRoute(APIRoute):
+        def get_route_handler(self) -> Handler:
+            handler = super().get_route_handler()
+
+            async def route_handler(request: Request) -> Response:
+                try:
+                    return await handler(request)
+                except errors.AuthError as exc:
+                    return _error_page(pages, request, exc)
+                except Exception as exc:
+                    if is_concurrent_change(exc):
+                        return _error_page(pages, request, errors.Conflict(CONCURRENT_CHANGE))
+                    if not is_outage(exc):
+                        raise
+                    log.warning("database unavailable: %s", type(exc).__name__)
+                    return _error_page(pages, request, errors.ServiceUnavailable())
+
+            return route_handler
+
+    class FormOnlyPageRoute(PageRoute):
+        def matches(self, scope: Scope) -> tuple[Match, Scope]:
+            match, child = super().matches(scope)
+            if match is Match.FULL and scope.get("method") == "POST" and not is_form(scope):
+                return Match.PARTIAL, child
+            return match, child
+
+    return PageRoute, FormOnlyPageRoute
+
+
+def _error_page(pages: Pages, request: Request, exc: errors.AuthError) -> Response:
+    status = status_of(exc)
+    headers = {}
+    if isinstance(exc, errors.TooManyRequests | errors.ServiceUnavailable):
+        headers["Retry-After"] = str(exc.retry_after)
+    state = pages.state(request)
+    return pages.render(
+        request,
+        state,
+        "error",
+        title="Something went wrong",
+        status=status,
+        headers=headers,
+        error=exc.detail,
+        link={"href": pages.url(request, "login"), "text": "Back to sign in"},
+    )

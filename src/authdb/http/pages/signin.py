@@ -1,0 +1,351 @@
+"""Pages for signing in and out, registering, and following emailed links.
+
+A GET never spends a token: ``/verify?token=`` and ``/reset-password?token=`` show a form that
+POSTs it, because mail scanners follow links.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter
+from starlette.background import BackgroundTasks
+from starlette.requests import Request
+from starlette.responses import Response
+
+from authdb import errors
+from authdb.http.cookies import clear_session_cookie, set_session_cookie
+from authdb.http.csrf import ANONYMOUS
+from authdb.http.dependencies import AuthDeps
+from authdb.http.mailing import prepare_and_send, send_later
+from authdb.http.pages.forms import field_of, parse, waiting_message
+from authdb.http.pages.render import Pages, PageState, notice_of, read_form, text
+from authdb.http.redirects import safe_next
+from authdb.http.routers.accounts import RESET_ACCEPTED
+from authdb.http.schemas import EmailRequest, PasswordReset, TokenRequest, UserCreate
+from authdb.services import accounts, sessions
+from authdb.services.login import login_browser
+from authdb.tokens import hash_opaque_token
+
+
+def add_routes(router: APIRouter, form_router: APIRouter, deps: AuthDeps, pages: Pages) -> None:
+    """Add the sign-in pages to ``router``; POSTs sharing an API path go on ``form_router``."""
+    core, settings = deps.core, deps.core.settings
+
+    def landing(request: Request, candidate: str) -> str:
+        chosen = safe_next(
+            candidate,
+            public_url=settings.public_url,
+            allowed_origins=settings.allowed_redirect_origins,
+        )
+        return chosen or pages.url(request, "account")
+
+    def login_form(
+        request: Request, state: PageState, *, status: int = 200, **context: Any
+    ) -> Response:
+        context.setdefault("next", request.query_params.get("next", ""))
+        return pages.render(
+            request,
+            state,
+            "login",
+            title="Sign in",
+            status=status,
+            notice=notice_of(request),
+            **context,
+        )
+
+    def refused(request: Request, state: PageState) -> Response:
+        return pages.render(
+            request,
+            state,
+            "error",
+            title="Request refused",
+            status=403,
+            error=errors.CSRFFailed.detail,
+            link={"href": str(request.url.path), "text": "Reload the page and try again"},
+        )
+
+    @router.get("/login", name="authdb_page_login")
+    async def login_page(request: Request) -> Response:
+        return login_form(request, pages.state(request))
+
+    @router.post("/login")
+    async def login_submit(request: Request) -> Response:
+        state = pages.state(request)
+        form = await read_form(request)
+        if not pages.csrf_ok(request, form, state):
+            return refused(request, state)
+        username, next_ = text(form, "username"), text(form, "next")
+        values = {"username": username}
+        if not username or not text(form, "password"):
+            missing = {
+                n: "This field is required." for n in ("username", "password") if not text(form, n)
+            }
+            return login_form(request, state, status=422, errors=missing, values=values, next=next_)
+        try:
+            browser = await login_browser(
+                core, deps.limits, username, text(form, "password"), deps.client_resolver(request)
+            )
+        except errors.TooManyRequests as exc:
+            return login_form(
+                request,
+                state,
+                status=429,
+                error=waiting_message(exc),
+                values=values,
+                next=next_,
+                headers={"Retry-After": str(exc.retry_after)},
+            )
+        except (errors.InvalidCredentials, errors.InvalidInput):
+            return login_form(
+                request,
+                state,
+                status=401,
+                error=errors.InvalidCredentials.detail,
+                values=values,
+                next=next_,
+            )
+        except (errors.InactiveUser, errors.EmailNotVerified) as exc:
+            message = (
+                "Verify your email address first: follow the link we sent you."
+                if isinstance(exc, errors.EmailNotVerified)
+                else "This account is disabled."
+            )
+            return login_form(request, state, status=400, error=message, values=values, next=next_)
+        response = pages.redirect(
+            landing(request, next_), pages.state_for(hash_opaque_token(browser.cookie))
+        )
+        set_session_cookie(response, settings, browser)
+        return response
+
+    @form_router.post("/logout", name="authdb_page_logout")
+    async def logout_submit(request: Request) -> Response:
+        state = pages.state(request)
+        form = await read_form(request)
+        if not pages.csrf_ok(request, form, state):
+            return refused(request, state)
+        auth = await deps.optional_session(request)
+        if auth is not None:
+            await sessions.logout(core, auth, deps.client_resolver(request))
+        target = pages.url(request, "login") + "?notice=signed_out"
+        response = pages.redirect(target, pages.state_for(ANONYMOUS))
+        clear_session_cookie(response, settings)
+        return response
+
+    def register_form(
+        request: Request, state: PageState, *, status: int = 200, **context: Any
+    ) -> Response:
+        if not settings.registration_enabled:
+            return pages.render(
+                request,
+                state,
+                "message",
+                title="Registration closed",
+                status=403,
+                error=errors.RegistrationClosed.detail,
+                link={"href": pages.url(request, "login"), "text": "Sign in"},
+            )
+        return pages.render(
+            request, state, "register", title="Create an account", status=status, **context
+        )
+
+    @router.get("/register", name="authdb_page_register")
+    async def register_page(request: Request) -> Response:
+        return register_form(request, pages.state(request))
+
+    @form_router.post("/register")
+    async def register_submit(request: Request) -> Response:
+        state = pages.state(request)
+        form = await read_form(request)
+        if not pages.csrf_ok(request, form, state):
+            return refused(request, state)
+        if not settings.registration_enabled:
+            return register_form(request, state)
+        values = {n: text(form, n) for n in ("username", "email", "full_name")}
+        body, problems = parse(
+            UserCreate,
+            {
+                **values,
+                "password": text(form, "password"),
+                "full_name": values["full_name"] or None,
+            },
+        )
+        if body is None:
+            return register_form(request, state, status=422, errors=problems, values=values)
+        try:
+            _user, mail = await accounts.register(
+                core,
+                deps.limits,
+                username=body.username,
+                email=str(body.email),
+                password=body.password,
+                full_name=body.full_name,
+                client=deps.client_resolver(request),
+            )
+        except errors.TooManyRequests as exc:
+            return register_form(
+                request,
+                state,
+                status=429,
+                error=waiting_message(exc),
+                values=values,
+                headers={"Retry-After": str(exc.retry_after)},
+            )
+        except (errors.InvalidInput, errors.Conflict) as exc:
+            status = 409 if isinstance(exc, errors.Conflict) else 422
+            problem = {field_of(exc, "username"): exc.detail}
+            return register_form(request, state, status=status, errors=problem, values=values)
+        response = pages.redirect(pages.url(request, "login") + "?notice=registered", state)
+        response.background = BackgroundTasks()
+        send_later(response.background, deps.mailer, [mail])
+        return response
+
+    @router.get("/forgot-password", name="authdb_page_forgot_password")
+    async def forgot_page(request: Request) -> Response:
+        return pages.render(
+            request, pages.state(request), "forgot_password", title="Forgot your password?"
+        )
+
+    @router.post("/forgot-password")
+    async def forgot_submit(request: Request) -> Response:
+        state = pages.state(request)
+        form = await read_form(request)
+        if not pages.csrf_ok(request, form, state):
+            return refused(request, state)
+        values = {"email": text(form, "email")}
+        body, problems = parse(EmailRequest, values)
+        if body is None:
+            return pages.render(
+                request,
+                state,
+                "forgot_password",
+                title="Forgot your password?",
+                status=422,
+                errors=problems,
+                values=values,
+            )
+        client = deps.client_resolver(request)
+        try:
+            await accounts.spend_email_budgets(core, deps.limits, client, body.email)
+        except errors.TooManyRequests as exc:
+            return pages.render(
+                request,
+                state,
+                "forgot_password",
+                title="Forgot your password?",
+                status=429,
+                error=waiting_message(exc),
+                values=values,
+                headers={"Retry-After": str(exc.retry_after)},
+            )
+        background = BackgroundTasks()
+        background.add_task(
+            prepare_and_send, core, deps.mailer, accounts.request_password_reset, body.email, client
+        )
+        response = pages.render(
+            request,
+            state,
+            "message",
+            title="Check your email",
+            notice=RESET_ACCEPTED,
+            link={"href": pages.url(request, "login"), "text": "Back to sign in"},
+        )
+        response.background = background
+        return response
+
+    def reset_form(
+        request: Request, state: PageState, token: str, *, status: int = 200, **context: Any
+    ) -> Response:
+        return pages.render(
+            request,
+            state,
+            "reset_password",
+            title="Choose a new password",
+            status=status,
+            token=token,
+            **context,
+        )
+
+    def bad_link(request: Request, state: PageState, retry: str) -> Response:
+        return pages.render(
+            request,
+            state,
+            "message",
+            title="Link expired",
+            status=400,
+            error="This link is invalid, has expired or has already been used.",
+            link={"href": pages.url(request, retry), "text": "Ask for a new link"},
+        )
+
+    @router.get("/reset-password", name="authdb_page_reset_password")
+    async def reset_page(request: Request) -> Response:
+        return reset_form(request, pages.state(request), request.query_params.get("token", ""))
+
+    @router.post("/reset-password")
+    async def reset_submit(request: Request) -> Response:
+        state = pages.state(request)
+        form = await read_form(request)
+        if not pages.csrf_ok(request, form, state):
+            return refused(request, state)
+        token, password = text(form, "token"), text(form, "password")
+        if password != text(form, "password_confirm"):
+            return reset_form(
+                request,
+                state,
+                token,
+                status=422,
+                errors={"password_confirm": "The passwords do not match."},
+            )
+        body, problems = parse(PasswordReset, {"token": token, "password": password})
+        if body is None:
+            if "token" in problems:
+                return bad_link(request, state, "forgot_password")
+            return reset_form(request, state, token, status=422, errors=problems)
+        try:
+            await accounts.reset_password(
+                core, body.token, body.password, deps.client_resolver(request)
+            )
+        except errors.InvalidEmailToken:
+            return bad_link(request, state, "forgot_password")
+        except errors.InvalidInput as exc:
+            return reset_form(
+                request, state, token, status=422, errors={field_of(exc, "password"): exc.detail}
+            )
+        return pages.redirect(pages.url(request, "login") + "?notice=password_reset", state)
+
+    @router.get("/verify", name="authdb_page_verify")
+    async def verify_page(request: Request) -> Response:
+        return pages.render(
+            request,
+            pages.state(request),
+            "verify",
+            title="Verify your email address",
+            token=request.query_params.get("token", ""),
+        )
+
+    @form_router.post("/verify")
+    async def verify_submit(request: Request) -> Response:
+        state = pages.state(request)
+        form = await read_form(request)
+        if not pages.csrf_ok(request, form, state):
+            return refused(request, state)
+        body, _problems = parse(TokenRequest, {"token": text(form, "token")})
+        if body is None:
+            return bad_link(request, state, "login")
+        try:
+            await accounts.verify_email(core, body.token, deps.client_resolver(request))
+        except errors.InvalidEmailToken:
+            return bad_link(request, state, "login")
+        signed_in = await deps.optional_session(request) is not None
+        target = "account" if signed_in else "login"
+        return pages.render(
+            request,
+            state,
+            "message",
+            title="Email verified",
+            notice="Your email address is verified.",
+            link={
+                "href": pages.url(request, target),
+                "text": "Go to your account" if signed_in else "Sign in",
+            },
+        )

@@ -1,0 +1,53 @@
+"""Where a browser may be sent after signing in: ``next=`` without open redirects.
+
+Only two shapes pass (OWASP Unvalidated Redirects cheat sheet): a path on this site, or an
+absolute http(s) URL whose origin is ``PUBLIC_URL``'s or listed in
+``AUTHDB_ALLOWED_REDIRECT_ORIGINS``. Browsers read URLs more loosely than Python does (a
+backslash acts as a slash, tabs and newlines are dropped, ``https:evil.example`` is absolute), so
+the rules are written against those readings: anything not plainly one of the two shapes, in
+printable ASCII, is refused.
+"""
+
+from __future__ import annotations
+
+import re
+from urllib.parse import urlsplit
+
+# A path: one slash, then no second slash or backslash, then URL characters only (RFC 3986
+# unreserved, sub-delims, ":", "@", "/", "?", "#", "%"). No backslash, space or control anywhere.
+_LOCAL_PATH = re.compile(r"/(?![/\\])[A-Za-z0-9\-._~!$&'()*+,;=:@%/?#]*")
+_ABSOLUTE = re.compile(r"https?://[A-Za-z0-9\-._~!$&'()*+,;=:@%/?#\[\]]+")
+_MAX_CHARS = 2048
+
+
+def origin_of(url: str) -> str | None:
+    """``scheme://host[:port]`` of an absolute http(s) URL, lower-cased, default port dropped."""
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError:
+        return None
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        return None
+    default = 443 if parts.scheme == "https" else 80
+    suffix = f":{port}" if port is not None and port != default else ""
+    return f"{parts.scheme}://{parts.hostname.lower()}{suffix}"
+
+
+def safe_next(value: str | None, *, public_url: str, allowed_origins: list[str]) -> str | None:
+    """``value`` if it is a same-site path or an allowed absolute URL, else None.
+
+    ``public_url`` is ``PUBLIC_URL``; ``allowed_origins`` are ``scheme://host[:port]`` entries.
+    """
+    if not value or len(value) > _MAX_CHARS:
+        return None
+    if _LOCAL_PATH.fullmatch(value):
+        return value
+    if not _ABSOLUTE.fullmatch(value):
+        return None
+    parts = urlsplit(value)
+    if parts.username is not None or parts.password is not None or "@" in parts.netloc:
+        return None  # https://app.example@evil.example: who the user thinks vs who it is
+    origin = origin_of(value)
+    allowed = {origin_of(public_url), *(origin_of(o) for o in allowed_origins)}
+    return value if origin is not None and origin in allowed else None
