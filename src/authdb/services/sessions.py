@@ -256,6 +256,22 @@ async def authenticate(core: Core, access_token: str) -> Authenticated:
     return Authenticated(user, claims.session_id)
 
 
+async def end_replaced_cookie(core: Core, cookie: str) -> None:
+    """End the browser session ``cookie`` stands for, if live: a new sign-in in the same
+    browser replaces it rather than leaving it alive and unreachable until it expires."""
+    if not _COOKIE_SHAPE.fullmatch(cookie):
+        return
+    async with core.sessionmaker.begin() as db:
+        await db.execute(
+            update(AuthSession)
+            .where(
+                AuthSession.cookie_hash == hash_opaque_token(cookie),
+                AuthSession.revoked_at.is_(None),
+            )
+            .values(revoked_at=core.clock())
+        )
+
+
 async def revoke(db: AsyncSession, session_id: int, now: datetime) -> None:
     await db.execute(
         update(AuthSession)

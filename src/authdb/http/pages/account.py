@@ -8,6 +8,7 @@ wrong (422 invalid, 400 wrong password, 409 taken, 429 locked or over budget).
 from __future__ import annotations
 
 import contextlib
+import re
 from collections.abc import Awaitable, Callable
 from datetime import datetime
 from typing import Any
@@ -38,12 +39,41 @@ def _when(moment: datetime) -> str:
     return moment.strftime("%Y-%m-%d %H:%M UTC")
 
 
+# (pattern, name) in order: Edge and Opera also say Chrome, Chrome also says Safari.
+_BROWSERS = (
+    (re.compile(r"Edg(e|A|iOS)?/"), "Edge"),
+    (re.compile(r"OPR/|Opera"), "Opera"),
+    (re.compile(r"Firefox/|FxiOS/"), "Firefox"),
+    (re.compile(r"Chrome/|CriOS/|Chromium/"), "Chrome"),
+    (re.compile(r"Safari/"), "Safari"),
+)
+_SYSTEMS = (
+    (re.compile(r"iPhone|iPad|iPod"), "iOS"),
+    (re.compile(r"Android"), "Android"),
+    (re.compile(r"Windows"), "Windows"),
+    (re.compile(r"Mac OS X|Macintosh"), "macOS"),
+    (re.compile(r"CrOS"), "ChromeOS"),
+    (re.compile(r"Linux"), "Linux"),
+)
+
+
+def device_name(user_agent: str | None) -> str:
+    """A person's name for a device: "Chrome on Linux"; the raw agent (cut) if unknown."""
+    if not user_agent:
+        return "Unknown device"
+    browser = next((name for pattern, name in _BROWSERS if pattern.search(user_agent)), None)
+    system = next((name for pattern, name in _SYSTEMS if pattern.search(user_agent)), None)
+    if browser and system:
+        return f"{browser} on {system}"
+    return browser or system or user_agent[:60]
+
+
 def _session_view(session: AuthSession, current_id: int) -> dict[str, Any]:
     return {
         "id": session.id,
         "created": _when(session.created_at),
         "last_used": _when(session.last_used_at),
-        "device": (session.user_agent or "Unknown device")[:120],
+        "device": device_name(session.user_agent),
         "ip": session.ip_address or "unknown",
         "current": session.id == current_id,
     }

@@ -14,7 +14,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from authdb import errors
-from authdb.http.cookies import clear_session_cookie, set_session_cookie
+from authdb.http.cookies import clear_session_cookie, read_session_cookie, set_session_cookie
 from authdb.http.csrf import ANONYMOUS
 from authdb.http.dependencies import AuthDeps
 from authdb.http.mailing import prepare_and_send, send_later
@@ -112,6 +112,9 @@ def add_routes(router: APIRouter, form_router: APIRouter, deps: AuthDeps, pages:
                 else "This account is disabled."
             )
             return login_form(request, state, status=400, error=message, values=values, next=next_)
+        replaced = read_session_cookie(request, settings)
+        if replaced is not None:
+            await sessions.end_replaced_cookie(core, replaced)
         response = pages.redirect(
             landing(request, next_), pages.state_for(hash_opaque_token(browser.cookie))
         )
