@@ -3,7 +3,8 @@
 Run it:  AUTHDB_SECRET_KEY=$(python -c "import secrets; print(secrets.token_urlsafe(48))") \
          uvicorn examples.app:app --reload
 then create a user with `authdb createuser --username me --email me@example.com`
-(with AUTHDB_DATABASE_URL=sqlite+aiosqlite:///./app.db) and open http://127.0.0.1:8000/docs.
+(with AUTHDB_DATABASE_URL=sqlite+aiosqlite:///./app.db) and open http://127.0.0.1:8000/login
+or http://127.0.0.1:8000/docs.
 """
 
 from __future__ import annotations
@@ -20,6 +21,9 @@ auth = Auth(
     Settings(database_url=os.environ.get("APP_DATABASE_URL", "sqlite+aiosqlite:///./app.db"))
 )
 app = FastAPI(title="My app", lifespan=auth.lifespan)
+# The hosted pages (/login, /register, /account...) first: their form posts share some paths
+# with the API. Signed in through /login, a browser reaches /items with its session cookie.
+app.include_router(auth.pages_router)
 app.include_router(auth.router)
 
 CurrentUser = Annotated[User, Depends(auth.current_active_user)]
