@@ -16,6 +16,10 @@ from authdb.services.sessions import BrowserSession
 from authdb.settings import Settings
 
 SESSION_COOKIE = "authdb_session"
+# Before sign-in, the CSRF token is bound to this random per-browser value. On https its
+# ``__Host-`` name cannot be planted by a sibling subdomain, unlike ``authdb_csrf``, which the
+# spec names for JavaScript to read.
+PRESESSION_COOKIE = "authdb_presession"
 
 
 def is_https(settings: Settings) -> bool:
@@ -29,6 +33,25 @@ def session_cookie_name(settings: Settings) -> str:
 
 def read_session_cookie(request: HTTPConnection, settings: Settings) -> str | None:
     return request.cookies.get(session_cookie_name(settings))
+
+
+def presession_cookie_name(settings: Settings) -> str:
+    return f"__Host-{PRESESSION_COOKIE}" if is_https(settings) else PRESESSION_COOKIE
+
+
+def read_presession_cookie(request: HTTPConnection, settings: Settings) -> str | None:
+    return request.cookies.get(presession_cookie_name(settings))
+
+
+def set_presession_cookie(response: Response, settings: Settings, value: str) -> None:
+    response.set_cookie(
+        presession_cookie_name(settings),
+        value,
+        path="/",
+        secure=is_https(settings),
+        httponly=True,
+        samesite="lax",
+    )
 
 
 def set_session_cookie(response: Response, settings: Settings, session: BrowserSession) -> None:

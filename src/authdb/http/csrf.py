@@ -1,11 +1,12 @@
 """CSRF tokens for cookie-authenticated requests: signed double-submit (OWASP CSRF cheat sheet).
 
 A token is ``nonce.mac`` with ``mac = HMAC-SHA256(key, binding | nonce)``; the binding is the
-browser's session (the SHA-256 of its session cookie) or, before sign-in, the word
-``anonymous``. The same token sits in the readable ``authdb_csrf`` cookie and must come back in
-the ``X-CSRF-Token`` header (API calls) or the ``csrf_token`` form field (pages). Another site
-can make a browser send the cookie but can neither read it nor compute a MAC for the victim's
-session, and a token planted from a sibling subdomain is bound to no session of the victim's.
+browser's session (the SHA-256 of its session cookie) or, before sign-in, of a random HttpOnly
+pre-session cookie (``__Host-`` on https). The same token sits in the readable ``authdb_csrf``
+cookie and must come back in the ``X-CSRF-Token`` header (API calls) or the ``csrf_token`` form
+field (pages). Another site can make a browser send the cookie but can neither read it nor
+compute a MAC for the victim's binding, and a token planted from a sibling subdomain is bound
+to the attacker's session or pre-session, not the victim's (no login CSRF either).
 """
 
 from __future__ import annotations
@@ -21,7 +22,6 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 CSRF_COOKIE = "authdb_csrf"
 CSRF_HEADER = "X-CSRF-Token"
 CSRF_FIELD = "csrf_token"
-ANONYMOUS = "anonymous"
 # Methods that change nothing need no token (RFC 9110 9.2.1 safe methods).
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "TRACE"})
 _MAX_CHARS = 128
@@ -43,7 +43,7 @@ class CSRFTokens:
         return _b64(hmac.new(self._key, message, hashlib.sha256).digest())
 
     def mint(self, binding: str) -> str:
-        """A new token for ``binding`` (a session cookie's hash, or ``ANONYMOUS``)."""
+        """A new token for ``binding`` (the hash of a session or pre-session cookie)."""
         nonce = secrets.token_urlsafe(18)
         return f"{nonce}.{self._mac(binding, nonce)}"
 

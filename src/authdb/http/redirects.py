@@ -20,6 +20,14 @@ _ABSOLUTE = re.compile(r"https?://[A-Za-z0-9\-._~!$&'()*+,;=:@%/?#\[\]]+")
 _MAX_CHARS = 2048
 
 
+def _climbs(path: str) -> bool:
+    """Whether a path has ``.`` or ``..`` segments (``%2e`` too): ``/..//evil.example``
+    resolves to ``//evil.example``, which a lenient server or proxy may redirect off-site."""
+    route = re.split(r"[?#]", path, maxsplit=1)[0]
+    segments = route.lower().replace("%2e", ".").split("/")
+    return any(segment in (".", "..") for segment in segments)
+
+
 def origin_of(url: str) -> str | None:
     """``scheme://host[:port]`` of an absolute http(s) URL, lower-cased, default port dropped."""
     try:
@@ -42,10 +50,13 @@ def safe_next(value: str | None, *, public_url: str, allowed_origins: list[str])
     if not value or len(value) > _MAX_CHARS:
         return None
     if _LOCAL_PATH.fullmatch(value):
-        return value
+        return None if _climbs(value) else value
     if not _ABSOLUTE.fullmatch(value):
         return None
-    parts = urlsplit(value)
+    try:
+        parts = urlsplit(value)
+    except ValueError:  # "http://[": an unbalanced IPv6 bracket
+        return None
     if parts.username is not None or parts.password is not None or "@" in parts.netloc:
         return None  # https://app.example@evil.example: who the user thinks vs who it is
     origin = origin_of(value)

@@ -22,7 +22,6 @@ from starlette.responses import Response
 from authdb import errors
 from authdb.db.models import MAX_ID, AuthSession
 from authdb.http.cookies import clear_session_cookie
-from authdb.http.csrf import ANONYMOUS
 from authdb.http.dependencies import AuthDeps
 from authdb.http.mailing import send_later
 from authdb.http.pages.forms import field_of, parse, waiting_message
@@ -38,6 +37,8 @@ Section = Callable[[Request, FormData, Authenticated], Awaitable[Response | None
 def _when(moment: datetime) -> str:
     return moment.strftime("%Y-%m-%d %H:%M UTC")
 
+
+_CANONICAL_ID = re.compile(r"[1-9][0-9]{0,18}")
 
 # (pattern, name) in order: Edge and Opera also say Chrome, Chrome also says Safari.
 _BROWSERS = (
@@ -140,15 +141,7 @@ def add_routes(router: APIRouter, deps: AuthDeps, pages: Pages) -> None:
             state = pages.state(request)
             form = await read_form(request)
             if not pages.csrf_ok(request, form, state):
-                return pages.render(
-                    request,
-                    state,
-                    "error",
-                    title="Request refused",
-                    status=403,
-                    error=errors.CSRFFailed.detail,
-                    link={"href": pages.url(request, "account"), "text": "Back to your account"},
-                )
+                return pages.refused(request, state, pages.url(request, "account"))
             auth = await deps.optional_session(request)
             if auth is None:
                 return to_login(request, state)
@@ -246,7 +239,7 @@ def add_routes(router: APIRouter, deps: AuthDeps, pages: Pages) -> None:
                 raise _Refusal(409, {}, exc.detail) from None
             raise _refusal(exc, "password") from None
         target = pages.url(request, "login") + "?notice=account_deleted"
-        response = pages.redirect(target, pages.state_for(ANONYMOUS))
+        response = pages.redirect(target, pages.signed_out_state())
         clear_session_cookie(response, core.settings)
         return response
 
@@ -257,14 +250,14 @@ def add_routes(router: APIRouter, deps: AuthDeps, pages: Pages) -> None:
 
     async def revoke(request: Request, form: FormData, auth: Authenticated) -> Response | None:
         raw = request.path_params.get("session_id", "")
-        session_id = int(raw) if raw.isdigit() and raw[0] != "0" and len(raw) <= 19 else 0
+        session_id = int(raw) if _CANONICAL_ID.fullmatch(raw) else 0
         if 1 <= session_id <= MAX_ID:
             # Already ended, or not the caller's: the list shows what is live.
             with contextlib.suppress(errors.NotFound):
                 await sessions.end_own(core, auth, session_id, deps.client_resolver(request))
         if session_id == auth.session_id:
             response = pages.redirect(
-                pages.url(request, "login") + "?notice=signed_out", pages.state_for(ANONYMOUS)
+                pages.url(request, "login") + "?notice=signed_out", pages.signed_out_state()
             )
             clear_session_cookie(response, core.settings)
             return response

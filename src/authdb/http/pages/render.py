@@ -3,18 +3,25 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from starlette.datastructures import FormData
+from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, RedirectResponse, Response
 
-from authdb.http.cookies import read_session_cookie, set_csrf_cookie
-from authdb.http.csrf import ANONYMOUS, CSRF_COOKIE, CSRF_FIELD, CSRFTokens
+from authdb.errors import CSRFFailed, InvalidInput
+from authdb.http.cookies import (
+    read_presession_cookie,
+    read_session_cookie,
+    set_csrf_cookie,
+    set_presession_cookie,
+)
+from authdb.http.csrf import CSRF_COOKIE, CSRF_FIELD, CSRFTokens
 from authdb.mail import template_environment
 from authdb.settings import Settings
-from authdb.tokens import hash_opaque_token
+from authdb.tokens import hash_opaque_token, new_opaque_token
 
 # Route names of the pages, as the templates' ``paths`` keys.
 PATH_NAMES = (
@@ -61,6 +68,8 @@ class PageState:
     binding: str
     csrf_token: str
     new_csrf: bool
+    # A new pre-session cookie value to set, if the browser had none.
+    presession: str | None = None
 
 
 class Pages:
@@ -81,24 +90,54 @@ class Pages:
         return self._csrf()
 
     def state(self, request: Request) -> PageState:
-        """The request's CSRF binding (its session cookie, if any) and a token for it: the
-        browser's own if it is bound right, else a new one (set by ``finish``)."""
+        """The request's CSRF binding and a token for it: the browser's own if it is bound
+        right, else a new one (set by ``finish``). The binding is the session cookie, or
+        before sign-in the pre-session cookie (a new one if the browser has none)."""
+        current = request.cookies.get(CSRF_COOKIE)
         cookie = read_session_cookie(request, self.settings)
-        binding = hash_opaque_token(cookie) if cookie else ANONYMOUS
-        return self.state_for(binding, request.cookies.get(CSRF_COOKIE))
+        if cookie:
+            return self.state_for(hash_opaque_token(cookie), current)
+        presession = read_presession_cookie(request, self.settings)
+        if not presession:
+            return self.signed_out_state()
+        return self.state_for(_presession_binding(presession), current)
 
     def state_for(self, binding: str, current: str | None = None) -> PageState:
         if current is not None and self.csrf.bound_to(current, binding):
             return PageState(binding, current, new_csrf=False)
         return PageState(binding, self.csrf.mint(binding), new_csrf=True)
 
+    def signed_out_state(self) -> PageState:
+        """A fresh pre-session and token: for a new browser, and after signing out."""
+        presession = new_opaque_token()
+        binding = _presession_binding(presession)
+        return PageState(binding, self.csrf.mint(binding), new_csrf=True, presession=presession)
+
     def csrf_ok(self, request: Request, form: FormData, state: PageState) -> bool:
-        """The form's token matches the CSRF cookie and is bound to this browser's session."""
+        """The form's token matches the CSRF cookie and is bound to this browser's session,
+        and the browser does not say the form came from another site (``Sec-Fetch-Site``)."""
+        if request.headers.get("sec-fetch-site") in ("cross-site", "same-site"):
+            return False
         presented = form.get(CSRF_FIELD)
         return self.csrf.check(
             request.cookies.get(CSRF_COOKIE),
             presented if isinstance(presented, str) else None,
             state.binding,
+        )
+
+    def refused(self, request: Request, state: PageState, back: str) -> Response:
+        """403 for a form without a valid CSRF token. It sets no cookie: a cross-site post
+        (which arrives without the browser's SameSite cookies) must not replace the CSRF
+        cookie of a page the user has open."""
+        quiet = replace(state, new_csrf=False, presession=None)
+        return self.render(
+            request,
+            quiet,
+            "error",
+            title="Request refused",
+            status=403,
+            error=CSRFFailed.detail,
+            link={"href": back, "text": "Reload the page and try again"},
         )
 
     def url(self, request: Request, name: str) -> str:
@@ -144,11 +183,18 @@ class Pages:
         return response
 
     def finish(self, response: Response, state: PageState) -> Response:
+        if state.presession is not None:
+            set_presession_cookie(response, self.settings, state.presession)
         if state.new_csrf:
             set_csrf_cookie(response, self.settings, state.csrf_token)
         response.headers["Content-Security-Policy"] = self.csp
         response.headers["Cache-Control"] = "no-store"
         return response
+
+
+def _presession_binding(presession: str) -> str:
+    # Prefixed, so that no session cookie's hash can ever equal a pre-session binding.
+    return "presession:" + hash_opaque_token(presession)
 
 
 def notice_of(request: Request) -> str | None:
@@ -157,8 +203,14 @@ def notice_of(request: Request) -> str | None:
 
 
 async def read_form(request: Request) -> FormData:
-    """The submitted form, bounded in fields; no file uploads."""
-    return await request.form(max_files=0, max_fields=MAX_FORM_FIELDS)
+    """The submitted form, bounded in fields; no file uploads.
+
+    Raises InvalidInput (an error page, 422) for a form that cannot be read or is too big.
+    """
+    try:
+        return await request.form(max_files=0, max_fields=MAX_FORM_FIELDS)
+    except HTTPException:
+        raise InvalidInput("The form could not be read") from None
 
 
 def text(form: FormData, name: str) -> str:

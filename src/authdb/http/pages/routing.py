@@ -2,8 +2,9 @@
 
 ``/register``, ``/verify`` and ``/logout`` are both API endpoints (JSON or a bearer token) and
 page forms. A form-only page route matches those paths fully only for a form body
-(``application/x-www-form-urlencoded`` or ``multipart/form-data``); for anything else it steps
-aside (a partial match), so the API route of the same path answers as it always did.
+(``application/x-www-form-urlencoded`` or ``multipart/form-data``) without ``Authorization``;
+for anything else it steps aside (a partial match), so the API route of the same path answers
+as it always did.
 """
 
 from __future__ import annotations
@@ -29,8 +30,13 @@ log = logging.getLogger("authdb")
 _FORM_TYPES = ("application/x-www-form-urlencoded", "multipart/form-data")
 
 
-def is_form(scope: Scope) -> bool:
-    content_type = Headers(scope=scope).get("content-type", "")
+def is_page_form(scope: Scope) -> bool:
+    """A browser's form post: a form body and no ``Authorization`` (a bearer call is the API's,
+    whatever its content type)."""
+    headers = Headers(scope=scope)
+    if "authorization" in headers:
+        return False
+    content_type = headers.get("content-type", "")
     return content_type.split(";", 1)[0].strip().lower() in _FORM_TYPES
 
 
@@ -65,7 +71,7 @@ def route_classes(pages: Pages) -> tuple[type[APIRoute], type[APIRoute]]:
     class FormOnlyPageRoute(PageRoute):
         def matches(self, scope: Scope) -> tuple[Match, Scope]:
             match, child = super().matches(scope)
-            if match is Match.FULL and scope.get("method") == "POST" and not is_form(scope):
+            if match is Match.FULL and scope.get("method") == "POST" and not is_page_form(scope):
                 return Match.PARTIAL, child
             return match, child
 

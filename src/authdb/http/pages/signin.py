@@ -10,12 +10,12 @@ from typing import Any
 
 from fastapi import APIRouter
 from starlette.background import BackgroundTasks
+from starlette.datastructures import FormData
 from starlette.requests import Request
 from starlette.responses import Response
 
 from authdb import errors
 from authdb.http.cookies import clear_session_cookie, read_session_cookie, set_session_cookie
-from authdb.http.csrf import ANONYMOUS
 from authdb.http.dependencies import AuthDeps
 from authdb.http.mailing import prepare_and_send, send_later
 from authdb.http.pages.forms import field_of, parse, waiting_message
@@ -26,6 +26,20 @@ from authdb.http.schemas import EmailRequest, PasswordReset, TokenRequest, UserC
 from authdb.services import accounts, sessions
 from authdb.services.login import login_browser
 from authdb.tokens import hash_opaque_token
+
+# The same caps as POST /token's form fields.
+_MAX_CHARS = {"username": 1024, "password": 4096}
+
+
+def _login_field_problems(form: FormData) -> dict[str, str]:
+    problems = {}
+    for name, limit in _MAX_CHARS.items():
+        value = text(form, name)
+        if not value:
+            problems[name] = "This field is required."
+        elif len(value) > limit:
+            problems[name] = "This is too long."
+    return problems
 
 
 def add_routes(router: APIRouter, form_router: APIRouter, deps: AuthDeps, pages: Pages) -> None:
@@ -55,15 +69,7 @@ def add_routes(router: APIRouter, form_router: APIRouter, deps: AuthDeps, pages:
         )
 
     def refused(request: Request, state: PageState) -> Response:
-        return pages.render(
-            request,
-            state,
-            "error",
-            title="Request refused",
-            status=403,
-            error=errors.CSRFFailed.detail,
-            link={"href": str(request.url.path), "text": "Reload the page and try again"},
-        )
+        return pages.refused(request, state, str(request.url.path))
 
     @router.get("/login", name="authdb_page_login")
     async def login_page(request: Request) -> Response:
@@ -77,11 +83,13 @@ def add_routes(router: APIRouter, form_router: APIRouter, deps: AuthDeps, pages:
             return refused(request, state)
         username, next_ = text(form, "username"), text(form, "next")
         values = {"username": username}
-        if not username or not text(form, "password"):
-            missing = {
-                n: "This field is required." for n in ("username", "password") if not text(form, n)
-            }
-            return login_form(request, state, status=422, errors=missing, values=values, next=next_)
+        problems = _login_field_problems(form)
+        if problems:
+            if "username" in problems:
+                values = {}  # never echo a megabyte back
+            return login_form(
+                request, state, status=422, errors=problems, values=values, next=next_
+            )
         try:
             browser = await login_browser(
                 core, deps.limits, username, text(form, "password"), deps.client_resolver(request)
@@ -130,8 +138,10 @@ def add_routes(router: APIRouter, form_router: APIRouter, deps: AuthDeps, pages:
         auth = await deps.optional_session(request)
         if auth is not None:
             await sessions.logout(core, auth, deps.client_resolver(request))
+        elif (cookie := read_session_cookie(request, settings)) is not None:
+            await sessions.end_replaced_cookie(core, cookie)  # e.g. a disabled account's
         target = pages.url(request, "login") + "?notice=signed_out"
-        response = pages.redirect(target, pages.state_for(ANONYMOUS))
+        response = pages.redirect(target, pages.signed_out_state())
         clear_session_cookie(response, settings)
         return response
 
