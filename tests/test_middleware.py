@@ -8,6 +8,7 @@ from typing import Any
 import httpx
 import pytest
 from fastapi import FastAPI, Request, Response
+from starlette.types import Message, Receive, Scope, Send
 
 from authdb import Settings
 from authdb.http.errors import install_error_handlers
@@ -243,3 +244,29 @@ async def test_other_scopes_pass_through(kind: str) -> None:
 
     await BodyLimitMiddleware(app, max_bytes=1024)({"type": kind}, nothing, nothing)
     assert called == [kind]
+
+
+async def test_a_content_length_of_non_ascii_digits_is_no_500() -> None:
+    """``"²".isdigit()`` is true but ``int("²")`` fails; a server that passes such a header
+    (latin-1 byte 0xB2) on must not turn it into a 500."""
+    answered: list[int] = []
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        await send({"type": "http.response.start", "status": 204, "headers": []})
+        await send({"type": "http.response.body", "body": b""})
+
+    async def receive() -> Message:
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    async def send(message: Message) -> None:
+        if message["type"] == "http.response.start":
+            answered.append(message["status"])
+
+    scope: Scope = {
+        "type": "http",
+        "method": "POST",
+        "path": "/x",
+        "headers": [(b"content-length", b"\xb2")],
+    }
+    await BodyLimitMiddleware(app, max_bytes=1024)(scope, receive, send)
+    assert answered == [204]
