@@ -69,6 +69,12 @@ UNUSABLE: list[tuple[str, Any, str]] = [
     ("rate_limit_ipv6_prefix", 129, "less than or equal to 128"),
     ("trusted_proxies", "10.0.0.0/8,proxy.internal", "not an IP address or network"),
     ("cors_origins", "app.example.com", "not an origin"),
+    ("allowed_redirect_origins", "*", "redirects anywhere"),
+    ("allowed_redirect_origins", "javascript://x", "not an http:// or https:// origin"),
+    ("allowed_redirect_origins", "https://app.example.com/next", "no path, query or fragment"),
+    ("site_name", "", "at least 1 character"),
+    ("site_name", "   ", "must not be blank"),
+    ("site_name", "Acme\u202eSign in", "control"),
     ("cors_origins", "https://app.example.com/login", "no path, query or fragment"),
     ("cors_origins", "*,https://app.example.com", "list it alone"),
     ("max_body_bytes", 10, "greater than or equal to 1024"),
@@ -82,6 +88,7 @@ UNUSABLE: list[tuple[str, Any, str]] = [
 # Settings whose every well-typed value works; a wrong type is refused by pydantic.
 ANY_VALUE_WORKS = {
     "database_pgbouncer",
+    "pages_enabled",
     "registration_enabled",
     "require_verified_email",
     "smtp_starttls",
