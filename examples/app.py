@@ -1,10 +1,11 @@
 """authdb mounted into your own FastAPI application.
 
-Run it:  AUTHDB_SECRET_KEY=$(python -c "import secrets; print(secrets.token_urlsafe(48))") \
+Run it:  AUTHDB_SECRET_KEY=$(python -c "import secrets; print(secrets.token_urlsafe(48))") \\
          uvicorn examples.app:app --reload
-then create a user with `authdb createuser --username me --email me@example.com`
-(with AUTHDB_DATABASE_URL=sqlite+aiosqlite:///./app.db) and open http://127.0.0.1:8000/login
-or http://127.0.0.1:8000/docs.
+then open http://127.0.0.1:8000/register (or create a user from the shell with
+`AUTHDB_DATABASE_URL=sqlite+aiosqlite:///./app.db authdb createuser --username alice
+--email alice@example.com`), sign in at http://127.0.0.1:8000/login?next=/items, or use the API
+at http://127.0.0.1:8000/docs. The app's database is APP_DATABASE_URL (default ./app.db).
 """
 
 from __future__ import annotations

@@ -915,3 +915,67 @@ async def test_page_sign_out_ends_a_disabled_accounts_session(site: Site) -> Non
     async with site.auth.core.sessionmaker() as db:
         row = await db.get(AuthSession, session_id)
     assert row is not None and row.revoked_at is not None
+
+
+async def test_a_lost_verification_link_can_be_replaced_from_the_pages(
+    make_site: MakeSite,
+) -> None:
+    site = await make_site(require_verified_email=True)
+    await site.create_user("newbie", is_verified=False)
+    browser = await site.browser()
+    # Sign-in refused for the unverified address: the page offers a new link.
+    refused = await browser.sign_in("newbie")
+    assert refused.status_code == 400
+    assert "Verify your email address first" in refused.text
+    assert 'href="/verify"' in refused.text
+    # /verify without a token asks for the address; a bad link points there too.
+    form = await browser.client.get("/verify")
+    assert form.status_code == 200 and 'name="email"' in form.text
+    bad = await browser.submit("/verify?token=nope", {"token": "nope"})
+    assert bad.status_code == 400 and 'href="/verify"' in bad.text
+    # The same answer for an unknown address and a real one; only the real one gets mail.
+    for address in ("nobody@example.com", "newbie@example.com"):
+        sent = await browser.submit("/verify", {"email": address})
+        assert sent.status_code == 200
+        assert "If this address belongs to an unverified account" in sent.text
+    invalid = await browser.submit("/verify", {"email": "not an address"})
+    assert invalid.status_code == 422 and 'id="email-error"' in invalid.text
+    (message,) = await _mail_to(site, "newbie@example.com")
+    token = link_token(message, "verify")
+    assert (await browser.submit(f"/verify?token={token}", {"token": token})).status_code == 200
+    await (await site.browser()).signed_in("newbie")
+    assert site.mailbox.to("nobody@example.com") == []
+
+
+async def test_the_account_page_offers_a_new_link_while_unverified(site: Site) -> None:
+    await site.create_user(is_verified=False)
+    alice = await (await site.browser()).signed_in()
+    account = await alice.client.get("/account")
+    assert "Send a new verification link" in account.text
+    sent = await alice.submit("/account", {"email": "alice@example.com"}, action="/verify")
+    assert sent.status_code == 200
+    (message,) = await _mail_to(site, "alice@example.com")
+    token = link_token(message, "verify")
+    assert (await alice.submit(f"/verify?token={token}", {"token": token})).status_code == 200
+    assert "Send a new verification link" not in (await alice.client.get("/account")).text
+
+
+async def test_without_a_mail_server_the_pages_say_where_the_mail_went(
+    make_site: MakeSite,
+) -> None:
+    site = await make_site(smtp_host=None)
+    browser = await site.browser()
+    form = {"username": "newbie", "email": "newbie@example.com", "password": PASSWORD}
+    created = await browser.submit("/register", form)
+    landing = await browser.client.get(created.headers["location"])
+    assert "the email was written to the server" in landing.text
+    sent = await browser.submit("/forgot-password", {"email": "newbie@example.com"})
+    assert "the email was written to the server" in sent.text
+
+
+async def test_the_service_root_leads_a_person_to_their_account(site: Site) -> None:
+    browser = await site.browser()
+    root = await browser.client.get("/")
+    assert root.status_code == 303 and root.headers["location"] == "/account"
+    account = await browser.client.get("/account")
+    assert account.headers["location"] == "/login?next=/account"

@@ -118,3 +118,29 @@ def _huge_heads_are_refused_with_431(base: str) -> None:
     assert head.startswith(b"HTTP/1.1 431"), answer[:200]
     assert json.loads(body) == {"detail": "Request headers too large"}
     assert httpx.get(f"{base}/healthz").status_code == 200
+
+
+def test_links_follow_the_port_served_on_when_public_url_is_unset(tmp_path: Path) -> None:
+    """Without AUTHDB_PUBLIC_URL, emailed links point at the address `serve` listens on."""
+    with serving(tmp_path, {}) as base:
+        registered = httpx.post(
+            f"{base}/register",
+            json={"username": "alice", "email": "alice@example.com", "password": PASSWORD},
+        )
+        assert registered.status_code == 201
+        port = base.rsplit(":", 1)[1]
+        log = tmp_path / f"serve-{port}.log"
+        deadline = time.monotonic() + 20
+        while "/verify?token=" not in log.read_text() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert f"{base}/verify?token=" in log.read_text()
+
+
+def test_listening_url_names_a_reachable_address() -> None:
+    from authdb.cli.main import listening_url
+
+    assert listening_url("127.0.0.1", 8001) == "http://127.0.0.1:8001"
+    assert listening_url("0.0.0.0", 80) == "http://127.0.0.1:80"  # noqa: S104
+    assert listening_url("::", 8000) == "http://[::1]:8000"
+    assert listening_url("::1", 8000) == "http://[::1]:8000"
+    assert listening_url("auth.example.com", 8443) == "http://auth.example.com:8443"

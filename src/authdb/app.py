@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from fastapi import FastAPI
+from fastapi.responses import RedirectResponse
 
 from authdb.auth import Auth
 from authdb.http import methods
@@ -29,6 +30,12 @@ def create_app(settings: Settings | None = None, *, auth: Auth | None = None) ->
     if auth.settings.pages_enabled:
         # First: its form posts share /register, /verify and /logout with the API.
         app.include_router(auth.pages_router)
+
+        @app.get("/", include_in_schema=False)
+        async def home() -> RedirectResponse:
+            """A person opening the service's address lands on their account (or sign-in)."""
+            return RedirectResponse(app.url_path_for("authdb_page_account"), status_code=303)
+
     app.include_router(auth.router, responses=SERVICE_ERRORS)
     docs.install(app)
     return app

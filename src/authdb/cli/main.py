@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import os
 from typing import Annotated, Any
 
 import typer
@@ -46,6 +47,10 @@ def serve(
         asyncio.run(_prepare_database(config.database_url, config.database_pgbouncer))
     except Exception as exc:
         fail(f"cannot start: {str(exc).splitlines()[0]}")
+    if "public_url" not in config.model_fields_set:
+        # Links in emails and pages must reach this server: without AUTHDB_PUBLIC_URL, the
+        # address it listens on (the workers read the variable from this environment).
+        os.environ["AUTHDB_PUBLIC_URL"] = listening_url(host, port)
     uvicorn.run(
         "authdb.cli.main:_service_app",
         factory=True,
@@ -61,6 +66,18 @@ def serve(
         # Off by default: a line per request costs about a quarter of /users/me's throughput.
         access_log=access_log,
     )
+
+
+def listening_url(host: str, port: int) -> str:
+    """``http://host:port`` for links to a server listening there; a wildcard address (all
+    interfaces) becomes the loopback one, an IPv6 literal gets its brackets."""
+    if host in ("0.0.0.0", ""):  # noqa: S104 - a comparison, not a bind
+        host = "127.0.0.1"
+    elif host == "::":
+        host = "::1"
+    if ":" in host:
+        host = f"[{host}]"
+    return f"http://{host}:{port}"
 
 
 def _log_config() -> dict[str, Any]:

@@ -25,7 +25,7 @@ from authdb.http.cookies import clear_session_cookie
 from authdb.http.dependencies import AuthDeps
 from authdb.http.mailing import send_later
 from authdb.http.pages.forms import field_of, parse, waiting_message
-from authdb.http.pages.render import Pages, PageState, notice_of, read_form, text
+from authdb.http.pages.render import Pages, PageState, text
 from authdb.http.schemas import PasswordChange, PasswordConfirm, UserUpdate
 from authdb.services import accounts, sessions
 from authdb.services.sessions import Authenticated
@@ -134,14 +134,11 @@ def add_routes(router: APIRouter, deps: AuthDeps, pages: Pages) -> None:
         auth = await deps.optional_session(request)
         if auth is None:
             return to_login(request, state)
-        return await show(request, state, auth, notice=notice_of(request))
+        return await show(request, state, auth, notice=pages.notice(request))
 
     def section(path: str, name: str, form_name: str, run: Section) -> None:
         async def submit(request: Request) -> Response:
-            state = pages.state(request)
-            form = await read_form(request)
-            if not pages.csrf_ok(request, form, state):
-                return pages.refused(request, state, pages.url(request, "account"))
+            state, form = await pages.posted(request, back=pages.url(request, "account"))
             auth = await deps.optional_session(request)
             if auth is None:
                 return to_login(request, state)

@@ -53,12 +53,24 @@ NOTICES = {
     "session_revoked": "That session has been signed out.",
 }
 
+_LOGGED_MAIL = "(No mail server is configured here: the email was written to the server's log.)"
+# The notices that say a mail was sent.
+_MAIL_NOTICES = frozenset({"registered", "email_pending"})
+
 # No script at all; styles and images from this origin only; no framing (clickjacking).
 _CSP = (
     "default-src 'none'; style-src 'self'; img-src 'self' data:; "
     "form-action 'self'{extra}; frame-ancestors 'none'; base-uri 'none'"
 )
 MAX_FORM_FIELDS = 16
+
+
+class FormRefused(CSRFFailed):
+    """A page form without a valid CSRF token; ``back`` is the page to reload."""
+
+    def __init__(self, back: str | None = None) -> None:
+        super().__init__()
+        self.back = back
 
 
 @dataclass
@@ -124,6 +136,29 @@ class Pages:
             presented if isinstance(presented, str) else None,
             state.binding,
         )
+
+    def notice(self, request: Request) -> str | None:
+        """The fixed text for ``?notice=CODE``; unknown codes show nothing (no reflected text)."""
+        code = request.query_params.get("notice", "")
+        text = NOTICES.get(code)
+        return self.mail_notice(text) if text and code in _MAIL_NOTICES else text
+
+    def mail_notice(self, text: str) -> str:
+        """``text`` about a mail sent, plus where it went when no mail server is configured."""
+        if self.settings.smtp_host:
+            return text
+        return f"{text} {_LOGGED_MAIL}"
+
+    async def posted(self, request: Request, back: str | None = None) -> tuple[PageState, FormData]:
+        """The request's page state and submitted form, once its CSRF token checks out.
+
+        Raises FormRefused (a 403 page linking to ``back``, default this path) otherwise.
+        """
+        state = self.state(request)
+        form = await read_form(request)
+        if not self.csrf_ok(request, form, state):
+            raise FormRefused(back)
+        return state, form
 
     def refused(self, request: Request, state: PageState, back: str) -> Response:
         """403 for a form without a valid CSRF token. It sets no cookie: a cross-site post
@@ -195,11 +230,6 @@ class Pages:
 def _presession_binding(presession: str) -> str:
     # Prefixed, so that no session cookie's hash can ever equal a pre-session binding.
     return "presession:" + hash_opaque_token(presession)
-
-
-def notice_of(request: Request) -> str | None:
-    """The fixed text for ``?notice=CODE``; unknown codes show nothing (no reflected text)."""
-    return NOTICES.get(request.query_params.get("notice", ""))
 
 
 async def read_form(request: Request) -> FormData:

@@ -23,7 +23,7 @@ from starlette.types import Scope
 from authdb import errors
 from authdb.db.outage import is_concurrent_change, is_outage
 from authdb.http.errors import CONCURRENT_CHANGE, status_of
-from authdb.http.pages.render import Pages
+from authdb.http.pages.render import FormRefused, Pages
 
 log = logging.getLogger("authdb")
 
@@ -79,6 +79,8 @@ def route_classes(pages: Pages) -> tuple[type[APIRoute], type[APIRoute]]:
 
 
 def _error_page(pages: Pages, request: Request, exc: errors.AuthError) -> Response:
+    if isinstance(exc, FormRefused):
+        return pages.refused(request, pages.state(request), exc.back or str(request.url.path))
     status = status_of(exc)
     headers = {}
     if isinstance(exc, errors.TooManyRequests | errors.ServiceUnavailable):

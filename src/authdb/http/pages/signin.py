@@ -17,11 +17,11 @@ from starlette.responses import Response
 from authdb import errors
 from authdb.http.cookies import clear_session_cookie, read_session_cookie, set_session_cookie
 from authdb.http.dependencies import AuthDeps
-from authdb.http.mailing import prepare_and_send, send_later
+from authdb.http.mailing import Prepare, prepare_and_send, send_later
 from authdb.http.pages.forms import field_of, parse, waiting_message
-from authdb.http.pages.render import Pages, PageState, notice_of, read_form, text
+from authdb.http.pages.render import Pages, PageState, text
 from authdb.http.redirects import safe_next
-from authdb.http.routers.accounts import RESET_ACCEPTED
+from authdb.http.routers.accounts import RESET_ACCEPTED, VERIFY_ACCEPTED
 from authdb.http.schemas import EmailRequest, PasswordReset, TokenRequest, UserCreate
 from authdb.services import accounts, sessions
 from authdb.services.login import login_browser
@@ -64,12 +64,9 @@ def add_routes(router: APIRouter, form_router: APIRouter, deps: AuthDeps, pages:
             "login",
             title="Sign in",
             status=status,
-            notice=notice_of(request),
+            notice=pages.notice(request),
             **context,
         )
-
-    def refused(request: Request, state: PageState) -> Response:
-        return pages.refused(request, state, str(request.url.path))
 
     @router.get("/login", name="authdb_page_login")
     async def login_page(request: Request) -> Response:
@@ -77,10 +74,7 @@ def add_routes(router: APIRouter, form_router: APIRouter, deps: AuthDeps, pages:
 
     @router.post("/login")
     async def login_submit(request: Request) -> Response:
-        state = pages.state(request)
-        form = await read_form(request)
-        if not pages.csrf_ok(request, form, state):
-            return refused(request, state)
+        state, form = await pages.posted(request)
         username, next_ = text(form, "username"), text(form, "next")
         values = {"username": username}
         problems = _login_field_problems(form)
@@ -114,12 +108,21 @@ def add_routes(router: APIRouter, form_router: APIRouter, deps: AuthDeps, pages:
                 next=next_,
             )
         except (errors.InactiveUser, errors.EmailNotVerified) as exc:
+            unverified = isinstance(exc, errors.EmailNotVerified)
             message = (
                 "Verify your email address first: follow the link we sent you."
-                if isinstance(exc, errors.EmailNotVerified)
+                if unverified
                 else "This account is disabled."
             )
-            return login_form(request, state, status=400, error=message, values=values, next=next_)
+            return login_form(
+                request,
+                state,
+                status=400,
+                error=message,
+                values=values,
+                next=next_,
+                resend_verification=unverified,
+            )
         replaced = read_session_cookie(request, settings)
         if replaced is not None:
             await sessions.end_replaced_cookie(core, replaced)
@@ -131,10 +134,7 @@ def add_routes(router: APIRouter, form_router: APIRouter, deps: AuthDeps, pages:
 
     @form_router.post("/logout", name="authdb_page_logout")
     async def logout_submit(request: Request) -> Response:
-        state = pages.state(request)
-        form = await read_form(request)
-        if not pages.csrf_ok(request, form, state):
-            return refused(request, state)
+        await pages.posted(request, back=pages.url(request, "account"))
         auth = await deps.optional_session(request)
         if auth is not None:
             await sessions.logout(core, auth, deps.client_resolver(request))
@@ -168,10 +168,7 @@ def add_routes(router: APIRouter, form_router: APIRouter, deps: AuthDeps, pages:
 
     @form_router.post("/register")
     async def register_submit(request: Request) -> Response:
-        state = pages.state(request)
-        form = await read_form(request)
-        if not pages.csrf_ok(request, form, state):
-            return refused(request, state)
+        state, form = await pages.posted(request)
         if not settings.registration_enabled:
             return register_form(request, state)
         values = {n: text(form, n) for n in ("username", "email", "full_name")}
@@ -219,23 +216,29 @@ def add_routes(router: APIRouter, form_router: APIRouter, deps: AuthDeps, pages:
             request, pages.state(request), "forgot_password", title="Forgot your password?"
         )
 
-    @router.post("/forgot-password")
-    async def forgot_submit(request: Request) -> Response:
-        state = pages.state(request)
-        form = await read_form(request)
-        if not pages.csrf_ok(request, form, state):
-            return refused(request, state)
+    async def mail_request(
+        request: Request,
+        state: PageState,
+        form: FormData,
+        prepare: Prepare,
+        page: tuple[str, str],
+        accepted: str,
+    ) -> Response:
+        """A "mail me a link" form: the same answer whether or not the address has an
+        account; the lookup and the mail happen after the answer (see http.mailing)."""
+        template, title = page
         values = {"email": text(form, "email")}
         body, problems = parse(EmailRequest, values)
         if body is None:
             return pages.render(
                 request,
                 state,
-                "forgot_password",
-                title="Forgot your password?",
+                template,
+                title=title,
                 status=422,
                 errors=problems,
                 values=values,
+                token="",
             )
         client = deps.client_resolver(request)
         try:
@@ -244,27 +247,38 @@ def add_routes(router: APIRouter, form_router: APIRouter, deps: AuthDeps, pages:
             return pages.render(
                 request,
                 state,
-                "forgot_password",
-                title="Forgot your password?",
+                template,
+                title=title,
                 status=429,
                 error=waiting_message(exc),
                 values=values,
+                token="",
                 headers={"Retry-After": str(exc.retry_after)},
             )
         background = BackgroundTasks()
-        background.add_task(
-            prepare_and_send, core, deps.mailer, accounts.request_password_reset, body.email, client
-        )
+        background.add_task(prepare_and_send, core, deps.mailer, prepare, body.email, client)
         response = pages.render(
             request,
             state,
             "message",
             title="Check your email",
-            notice=RESET_ACCEPTED,
+            notice=pages.mail_notice(accepted),
             link={"href": pages.url(request, "login"), "text": "Back to sign in"},
         )
         response.background = background
         return response
+
+    @router.post("/forgot-password")
+    async def forgot_submit(request: Request) -> Response:
+        state, form = await pages.posted(request)
+        return await mail_request(
+            request,
+            state,
+            form,
+            accounts.request_password_reset,
+            ("forgot_password", "Forgot your password?"),
+            RESET_ACCEPTED,
+        )
 
     def reset_form(
         request: Request, state: PageState, token: str, *, status: int = 200, **context: Any
@@ -296,10 +310,7 @@ def add_routes(router: APIRouter, form_router: APIRouter, deps: AuthDeps, pages:
 
     @router.post("/reset-password")
     async def reset_submit(request: Request) -> Response:
-        state = pages.state(request)
-        form = await read_form(request)
-        if not pages.csrf_ok(request, form, state):
-            return refused(request, state)
+        state, form = await pages.posted(request)
         token, password = text(form, "token"), text(form, "password")
         if password != text(form, "password_confirm"):
             return reset_form(
@@ -338,17 +349,23 @@ def add_routes(router: APIRouter, form_router: APIRouter, deps: AuthDeps, pages:
 
     @form_router.post("/verify")
     async def verify_submit(request: Request) -> Response:
-        state = pages.state(request)
-        form = await read_form(request)
-        if not pages.csrf_ok(request, form, state):
-            return refused(request, state)
+        state, form = await pages.posted(request)
+        if not text(form, "token") and "email" in form:  # the "send a new link" form
+            return await mail_request(
+                request,
+                state,
+                form,
+                accounts.request_verification,
+                ("verify", "Verify your email address"),
+                VERIFY_ACCEPTED,
+            )
         body, _problems = parse(TokenRequest, {"token": text(form, "token")})
         if body is None:
-            return bad_link(request, state, "login")
+            return bad_link(request, state, "verify")
         try:
             await accounts.verify_email(core, body.token, deps.client_resolver(request))
         except errors.InvalidEmailToken:
-            return bad_link(request, state, "login")
+            return bad_link(request, state, "verify")
         signed_in = await deps.optional_session(request) is not None
         target = "account" if signed_in else "login"
         return pages.render(

@@ -29,7 +29,7 @@ from authdb.services.core import ClientInfo
 from authdb.services.email_tokens import Mail
 from authdb.services.sessions import Authenticated
 
-_VERIFY_ACCEPTED = (
+VERIFY_ACCEPTED = (
     "If this address belongs to an unverified account, a verification email is on its way."
 )
 RESET_ACCEPTED = "If this address belongs to an account, a password reset email is on its way."
@@ -87,7 +87,7 @@ def build(deps: AuthDeps) -> APIRouter:
         """Mail a new verification link to an unverified account (same answer for any address)."""
         await accounts.spend_email_budgets(deps.core, deps.limits, client, body.email)
         look_up_later(background, accounts.request_verification, body.email, client)
-        return Accepted(message=_VERIFY_ACCEPTED)
+        return Accepted(message=VERIFY_ACCEPTED)
 
     @router.post("/verify", response_model=UserRead, responses=error_responses(400, 409))
     async def verify(body: TokenRequest, client: Client) -> User:
