@@ -14,9 +14,10 @@ from tests.test_serve import serving
 NEW_PASSWORD = "a different, long passphrase"
 
 
-def _link_in_log(cwd: Path, kind: str, seen: int = 0) -> str:
-    """Wait for the (seen+1)-th ``kind`` link in the serve log; return its token."""
-    pattern = re.compile(rf"http://127\.0\.0\.1:8000/{kind}\?token=([A-Za-z0-9_\-]+)")
+def _link_in_log(cwd: Path, base: str, kind: str, seen: int = 0) -> str:
+    """Wait for the (seen+1)-th ``kind`` link to ``base`` (the served address: without
+    AUTHDB_PUBLIC_URL, links follow --host/--port) in the serve log; return its token."""
+    pattern = re.compile(rf"{re.escape(base)}/{kind}\?token=([A-Za-z0-9_\-]+)")
     deadline = time.monotonic() + 15
     while time.monotonic() < deadline:
         log = "".join(path.read_text() for path in cwd.glob("serve-*.log"))
@@ -34,14 +35,14 @@ def test_fresh_serve_logs_the_links_and_they_work(tmp_path: Path) -> None:
             json={"username": "alice", "email": "alice@example.com", "password": PASSWORD},
         )
         assert registered.status_code == 201, registered.text
-        token = _link_in_log(tmp_path, "verify")
+        token = _link_in_log(tmp_path, base, "verify")
         verified = httpx.post(f"{base}/verify", json={"token": token})
         assert verified.status_code == 200
         assert verified.json()["is_verified"] is True
 
         forgot = httpx.post(f"{base}/password/forgot", json={"email": "alice@example.com"})
         assert forgot.status_code == 202
-        token = _link_in_log(tmp_path, "reset-password")
+        token = _link_in_log(tmp_path, base, "reset-password")
         reset = httpx.post(
             f"{base}/password/reset", json={"token": token, "password": NEW_PASSWORD}
         )
