@@ -8,6 +8,8 @@ a sibling subdomain cannot plant or shadow it. Over plain http (development) it 
 
 from __future__ import annotations
 
+from typing import Any
+
 from starlette.requests import HTTPConnection
 from starlette.responses import Response
 
@@ -26,9 +28,18 @@ def is_https(settings: Settings) -> bool:
     return settings.public_url.startswith("https://")
 
 
+def _host_only(name: str, settings: Settings) -> str:
+    return f"__Host-{name}" if is_https(settings) else name
+
+
+def _attributes(settings: Settings, *, httponly: bool = True) -> dict[str, Any]:
+    # Every authdb cookie: the whole site, Secure on https, not sent on cross-site posts.
+    return {"path": "/", "secure": is_https(settings), "httponly": httponly, "samesite": "lax"}
+
+
 def session_cookie_name(settings: Settings) -> str:
     """``__Host-authdb_session`` on https, ``authdb_session`` otherwise."""
-    return f"__Host-{SESSION_COOKIE}" if is_https(settings) else SESSION_COOKIE
+    return _host_only(SESSION_COOKIE, settings)
 
 
 def read_session_cookie(request: HTTPConnection, settings: Settings) -> str | None:
@@ -36,7 +47,7 @@ def read_session_cookie(request: HTTPConnection, settings: Settings) -> str | No
 
 
 def presession_cookie_name(settings: Settings) -> str:
-    return f"__Host-{PRESESSION_COOKIE}" if is_https(settings) else PRESESSION_COOKIE
+    return _host_only(PRESESSION_COOKIE, settings)
 
 
 def read_presession_cookie(request: HTTPConnection, settings: Settings) -> str | None:
@@ -44,14 +55,7 @@ def read_presession_cookie(request: HTTPConnection, settings: Settings) -> str |
 
 
 def set_presession_cookie(response: Response, settings: Settings, value: str) -> None:
-    response.set_cookie(
-        presession_cookie_name(settings),
-        value,
-        path="/",
-        secure=is_https(settings),
-        httponly=True,
-        samesite="lax",
-    )
+    response.set_cookie(presession_cookie_name(settings), value, **_attributes(settings))
 
 
 def set_session_cookie(response: Response, settings: Settings, session: BrowserSession) -> None:
@@ -59,26 +63,15 @@ def set_session_cookie(response: Response, settings: Settings, session: BrowserS
         session_cookie_name(settings),
         session.cookie,
         max_age=session.max_age,
-        path="/",
-        secure=is_https(settings),
-        httponly=True,
-        samesite="lax",
+        **_attributes(settings),
     )
 
 
 def clear_session_cookie(response: Response, settings: Settings) -> None:
-    response.delete_cookie(
-        session_cookie_name(settings),
-        path="/",
-        secure=is_https(settings),
-        httponly=True,
-        samesite="lax",
-    )
+    response.delete_cookie(session_cookie_name(settings), **_attributes(settings))
 
 
 def set_csrf_cookie(response: Response, settings: Settings, token: str) -> None:
     # Readable by same-origin JavaScript on purpose: it sends the value back as X-CSRF-Token.
     # A session cookie (no Max-Age): a new one is minted whenever it is missing.
-    response.set_cookie(
-        CSRF_COOKIE, token, path="/", secure=is_https(settings), httponly=False, samesite="lax"
-    )
+    response.set_cookie(CSRF_COOKIE, token, **_attributes(settings, httponly=False))

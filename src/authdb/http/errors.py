@@ -51,9 +51,15 @@ def _headers(exc: errors.AuthError, status: int) -> dict[str, str]:
     headers = {"Cache-Control": "no-store"}
     if status == 401:
         headers["WWW-Authenticate"] = "Bearer"
-    if isinstance(exc, errors.TooManyRequests | errors.ServiceUnavailable):
-        headers["Retry-After"] = str(exc.retry_after)
+    headers.update(retry_after(exc))
     return headers
+
+
+def retry_after(exc: errors.AuthError) -> dict[str, str]:
+    """``Retry-After`` for a refusal that ends (a limit, a lock, an outage); else nothing."""
+    if isinstance(exc, errors.TooManyRequests | errors.ServiceUnavailable):
+        return {"Retry-After": str(exc.retry_after)}
+    return {}
 
 
 def error_detail(exc: errors.AuthError) -> str | list[dict[str, Any]]:
@@ -118,11 +124,10 @@ class AuthRoute(APIRoute):
                     raise
                 return validation_error_response(unreadable)
             except Exception as exc:
-                if is_concurrent_change(exc):
-                    return auth_error_response(errors.Conflict(CONCURRENT_CHANGE))
-                if not is_outage(exc):
+                known = database_failure(exc)
+                if known is None:
                     raise
-                return outage_response(exc)
+                return auth_error_response(known)
             # Every authdb answer carries tokens or user data: none may sit in a cache.
             response.headers.setdefault("Cache-Control", "no-store")
             return response
@@ -141,23 +146,28 @@ def _log_outage(exc: BaseException) -> None:
     log.warning("database unavailable: %s: %s", type(exc).__name__, first_line[:300])
 
 
-def outage_response(exc: BaseException) -> JSONResponse:
-    """503 ``Service unavailable`` with ``Retry-After`` for a database that cannot serve now."""
-    _log_outage(exc)
-    return auth_error_response(errors.ServiceUnavailable())
+def database_failure(exc: BaseException) -> errors.AuthError | None:
+    """What a database exception means for the client, if it is not a bug: a concurrent
+    change (409, retry) or an outage (503, logged once); None for anything else."""
+    if is_concurrent_change(exc):
+        return errors.Conflict(CONCURRENT_CHANGE)
+    if is_outage(exc):
+        _log_outage(exc)
+        return errors.ServiceUnavailable()
+    return None
 
 
 def outage_http_exception(exc: BaseException) -> HTTPException:
-    """``outage_response`` for dependencies that run inside an application's own routes."""
+    """503 ``Service unavailable`` with ``Retry-After``, as an exception for dependencies that
+    run inside an application's own routes."""
     _log_outage(exc)
     return to_http_exception(errors.ServiceUnavailable())
 
 
 async def _on_unexpected(request: Request, exc: Exception) -> JSONResponse:
-    if is_outage(exc):  # a route of the host app that used authdb's database
-        return outage_response(exc)
-    if is_concurrent_change(exc):
-        return auth_error_response(errors.Conflict(CONCURRENT_CHANGE))
+    known = database_failure(exc)  # a route of the host app that used authdb's database
+    if known is not None:
+        return auth_error_response(known)
     # Logged for operators; the client learns nothing about the internals.
     log.error("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
     return JSONResponse({"detail": "Internal server error"}, status_code=500)

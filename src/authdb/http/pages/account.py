@@ -20,12 +20,13 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from authdb import errors
-from authdb.db.models import MAX_ID, AuthSession
+from authdb.db.models import AuthSession
 from authdb.http.cookies import clear_session_cookie
 from authdb.http.dependencies import AuthDeps
 from authdb.http.mailing import send_later
 from authdb.http.pages.forms import field_of, parse, waiting_message
 from authdb.http.pages.render import Pages, PageState, text
+from authdb.http.params import id_parser
 from authdb.http.schemas import PasswordChange, PasswordConfirm, UserUpdate
 from authdb.services import accounts, sessions
 from authdb.services.sessions import Authenticated
@@ -38,7 +39,8 @@ def _when(moment: datetime) -> str:
     return moment.strftime("%Y-%m-%d %H:%M UTC")
 
 
-_CANONICAL_ID = re.compile(r"[1-9][0-9]{0,18}")
+# The API's own reading of a session id (canonical digits, 1..2**63-1).
+_session_id = id_parser("session")
 
 # (pattern, name) in order: Edge and Opera also say Chrome, Chrome also says Safari.
 _BROWSERS = (
@@ -246,9 +248,11 @@ def add_routes(router: APIRouter, deps: AuthDeps, pages: Pages) -> None:
     section("/account/delete", "authdb_page_account_delete", "delete", delete)
 
     async def revoke(request: Request, form: FormData, auth: Authenticated) -> Response | None:
-        raw = request.path_params.get("session_id", "")
-        session_id = int(raw) if _CANONICAL_ID.fullmatch(raw) else 0
-        if 1 <= session_id <= MAX_ID:
+        try:
+            session_id: int | None = _session_id(request.path_params.get("session_id", ""))
+        except (ValueError, errors.NotFound):
+            session_id = None  # no session can have it: nothing to end
+        if session_id is not None:
             # Already ended, or not the caller's: the list shows what is live.
             with contextlib.suppress(errors.NotFound):
                 await sessions.end_own(core, auth, session_id, deps.client_resolver(request))

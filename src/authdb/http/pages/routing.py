@@ -9,7 +9,6 @@ as it always did.
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Callable, Coroutine
 from typing import Any
 
@@ -21,11 +20,8 @@ from starlette.routing import Match
 from starlette.types import Scope
 
 from authdb import errors
-from authdb.db.outage import is_concurrent_change, is_outage
-from authdb.http.errors import CONCURRENT_CHANGE, status_of
+from authdb.http.errors import database_failure, retry_after, status_of
 from authdb.http.pages.render import FormRefused, Pages
-
-log = logging.getLogger("authdb")
 
 _FORM_TYPES = ("application/x-www-form-urlencoded", "multipart/form-data")
 
@@ -59,12 +55,10 @@ def route_classes(pages: Pages) -> tuple[type[APIRoute], type[APIRoute]]:
                 except errors.AuthError as exc:
                     return _error_page(pages, request, exc)
                 except Exception as exc:
-                    if is_concurrent_change(exc):
-                        return _error_page(pages, request, errors.Conflict(CONCURRENT_CHANGE))
-                    if not is_outage(exc):
+                    known = database_failure(exc)
+                    if known is None:
                         raise
-                    log.warning("database unavailable: %s", type(exc).__name__)
-                    return _error_page(pages, request, errors.ServiceUnavailable())
+                    return _error_page(pages, request, known)
 
             return route_handler
 
@@ -81,18 +75,13 @@ def route_classes(pages: Pages) -> tuple[type[APIRoute], type[APIRoute]]:
 def _error_page(pages: Pages, request: Request, exc: errors.AuthError) -> Response:
     if isinstance(exc, FormRefused):
         return pages.refused(request, pages.state(request), exc.back or str(request.url.path))
-    status = status_of(exc)
-    headers = {}
-    if isinstance(exc, errors.TooManyRequests | errors.ServiceUnavailable):
-        headers["Retry-After"] = str(exc.retry_after)
-    state = pages.state(request)
     return pages.render(
         request,
-        state,
+        pages.state(request),
         "error",
         title="Something went wrong",
-        status=status,
-        headers=headers,
+        status=status_of(exc),
+        headers=retry_after(exc),
         error=exc.detail,
         link={"href": pages.url(request, "login"), "text": "Back to sign in"},
     )

@@ -17,6 +17,7 @@ from starlette.responses import Response
 from authdb import errors
 from authdb.http.cookies import clear_session_cookie, read_session_cookie, set_session_cookie
 from authdb.http.dependencies import AuthDeps
+from authdb.http.errors import retry_after
 from authdb.http.mailing import Prepare, prepare_and_send, send_later
 from authdb.http.pages.forms import field_of, parse, waiting_message
 from authdb.http.pages.render import Pages, PageState, text
@@ -96,7 +97,7 @@ def add_routes(router: APIRouter, form_router: APIRouter, deps: AuthDeps, pages:
                 error=waiting_message(exc),
                 values=values,
                 next=next_,
-                headers={"Retry-After": str(exc.retry_after)},
+                headers=retry_after(exc),
             )
         except (errors.InvalidCredentials, errors.InvalidInput):
             return login_form(
@@ -199,7 +200,7 @@ def add_routes(router: APIRouter, form_router: APIRouter, deps: AuthDeps, pages:
                 status=429,
                 error=waiting_message(exc),
                 values=values,
-                headers={"Retry-After": str(exc.retry_after)},
+                headers=retry_after(exc),
             )
         except (errors.InvalidInput, errors.Conflict) as exc:
             status = 409 if isinstance(exc, errors.Conflict) else 422
@@ -253,7 +254,7 @@ def add_routes(router: APIRouter, form_router: APIRouter, deps: AuthDeps, pages:
                 error=waiting_message(exc),
                 values=values,
                 token="",
-                headers={"Retry-After": str(exc.retry_after)},
+                headers=retry_after(exc),
             )
         background = BackgroundTasks()
         background.add_task(prepare_and_send, core, deps.mailer, prepare, body.email, client)
