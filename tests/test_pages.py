@@ -979,3 +979,23 @@ async def test_the_service_root_leads_a_person_to_their_account(site: Site) -> N
     assert root.status_code == 303 and root.headers["location"] == "/account"
     account = await browser.client.get("/account")
     assert account.headers["location"] == "/login?next=/account"
+
+
+async def test_a_locked_account_form_says_when_to_retry(make_site: MakeSite) -> None:
+    """Wrong current passwords on /account lock the account like wrong sign-ins; the 429 page
+    carries Retry-After like every other 429."""
+    site = await make_site(login_max_failures=2)
+    await site.create_user()
+    alice = await (await site.browser()).signed_in()
+    wrong = {
+        "current_password": "not it",
+        "new_password": "x" * 20,
+        "new_password_confirm": "x" * 20,
+    }
+    statuses = []
+    for _ in range(3):
+        response = await alice.submit("/account", wrong, action="/account/password")
+        statuses.append(response.status_code)
+    assert statuses == [400, 400, 429]  # max failures answered as such, then the lock
+    assert int(response.headers["retry-after"]) > 0
+    assert "Too many attempts" in response.text

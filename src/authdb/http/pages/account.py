@@ -23,6 +23,7 @@ from authdb import errors
 from authdb.db.models import AuthSession
 from authdb.http.cookies import clear_session_cookie
 from authdb.http.dependencies import AuthDeps
+from authdb.http.errors import retry_after
 from authdb.http.mailing import send_later
 from authdb.http.pages.forms import field_of, parse, waiting_message
 from authdb.http.pages.render import Pages, PageState, text
@@ -85,14 +86,21 @@ def _session_view(session: AuthSession, current_id: int) -> dict[str, Any]:
 class _Refusal(Exception):
     """A section's input was refused: re-render the page with these errors."""
 
-    def __init__(self, status: int, errors: dict[str, str], error: str | None = None) -> None:
+    def __init__(
+        self,
+        status: int,
+        errors: dict[str, str],
+        error: str | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
         super().__init__(error)
         self.status, self.errors, self.error = status, errors, error
+        self.headers = headers or {}
 
 
 def _refusal(exc: errors.AuthError, default_field: str) -> _Refusal:
     if isinstance(exc, errors.TooManyRequests):
-        return _Refusal(429, {}, waiting_message(exc))
+        return _Refusal(429, {}, waiting_message(exc), retry_after(exc))
     if isinstance(exc, errors.IncorrectPassword):
         return _Refusal(400, {"current_password": exc.detail})
     status = 409 if isinstance(exc, errors.Conflict) else 422
@@ -157,6 +165,7 @@ def add_routes(router: APIRouter, deps: AuthDeps, pages: Pages) -> None:
                     errors=refusal.errors,
                     error=refusal.error,
                     values=values,
+                    headers=refusal.headers,
                 )
             return response or pages.redirect(pages.url(request, "account"), state)
 
