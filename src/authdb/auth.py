@@ -13,12 +13,12 @@ from authdb.db.engine import PoolBudget, async_url, create_engine, create_sessio
 from authdb.db.session_reader import create_reader
 from authdb.http import pages
 from authdb.http.dependencies import AuthDeps
-from authdb.http.routers import accounts, admin, me, ops, tokens
+from authdb.http.routers import accounts, admin, me, mfa, ops, tokens
 from authdb.mail import Mailer
 from authdb.passwords import Hasher
 from authdb.ratelimit import RateLimits
 from authdb.services.core import Core
-from authdb.services.signing_key import load_signing_key
+from authdb.services.signing_key import load_fallback_keys, load_signing_key
 from authdb.settings import Settings
 from authdb.tokens import JWTCodec
 
@@ -65,7 +65,7 @@ class Auth:
         self.current_superuser = self.deps.current_superuser
         self.router = APIRouter()
         # Order matters: /users/me must be matched before /users/{id}.
-        for build in (tokens.build, me.build, accounts.build, admin.build):
+        for build in (tokens.build, me.build, mfa.build, accounts.build, admin.build):
             self.router.include_router(build(self.deps))
         self.ops_router = ops.build(self.core)
         self.pages_router = pages.build(self.deps)
@@ -78,6 +78,7 @@ class Auth:
             raise SchemaOutOfDate("the database schema is out of date: run `authdb migrate`")
         key = await load_signing_key(self.core)
         self.core.secret = key
+        self.core.secret_fallbacks = await load_fallback_keys(self.core)
         self.core.codec = JWTCodec(
             key=key,
             algorithm=self.settings.jwt_algorithm,

@@ -26,6 +26,38 @@ class InvalidRefreshToken(AuthError):
     detail = "Invalid refresh token"
 
 
+class MFARequired(AuthError):
+    """The password was right but the account has a second factor: finish with ``mfa_token``.
+
+    ``methods`` lists what completes it (``"totp"``, ``"recovery_code"``).
+    """
+
+    detail = "MFA required"
+
+    def __init__(self, mfa_token: str, methods: list[str]) -> None:
+        super().__init__()
+        self.mfa_token = mfa_token
+        self.methods = methods
+
+
+class InvalidMFAToken(InvalidCredentials):
+    """An ``mfa_token`` that is unknown, used, expired or has seen too many wrong codes."""
+
+    detail = "Invalid or expired MFA token"
+
+
+class MFALoginFailed(InvalidCredentials):
+    """A wrong second factor at sign-in (401, and a failed login for the lockout)."""
+
+    detail = "Invalid MFA code"
+
+
+class InvalidMFACode(AuthError):
+    """A wrong code where a signed-in user confirms a change (400)."""
+
+    detail = "Invalid MFA code"
+
+
 class InactiveUser(AuthError):
     detail = "Inactive user"
 

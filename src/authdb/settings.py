@@ -23,6 +23,9 @@ class Settings(BaseSettings):
     database_url: str = "sqlite+aiosqlite:///./authdb.db"
     # None means: generate once and keep it in the database, so every worker agrees on it.
     secret_key: SecretStr | None = None
+    # Earlier secret keys, still tried to open secrets sealed at rest (TOTP secrets) after a
+    # rotation, as Django's SECRET_KEY_FALLBACKS. Comma-separated.
+    secret_key_fallbacks: Annotated[list[SecretStr], NoDecode] = []
     jwt_algorithm: str = "HS256"
     jwt_issuer: str = Field("authdb", min_length=1)
     jwt_audience: str = Field("authdb", min_length=1)
@@ -76,6 +79,9 @@ class Settings(BaseSettings):
     # Origins besides PUBLIC_URL's that ``next=`` may send a signed-in browser to.
     allowed_redirect_origins: Annotated[list[str], NoDecode] = []
 
+    # Multi-factor authentication: the issuer authenticator apps show beside the account.
+    mfa_issuer: str = Field("authdb", min_length=1, max_length=64)
+
     # Argon2 is CPU-bound; capping concurrent hashes leaves a core for the event loop.
     password_hash_concurrency: int = Field(1, ge=1, le=256)
     # argon2id cost: OWASP's recommended m=19 MiB, t=2, p=1. One lane keeps a hash on one core
@@ -87,7 +93,13 @@ class Settings(BaseSettings):
     # Spend-time cleanup: prune ended sessions on roughly one login in this many.
     prune_every_n_logins: int = Field(100, ge=1, le=1_000_000)
 
-    @field_validator("trusted_proxies", "cors_origins", "allowed_redirect_origins", mode="before")
+    @field_validator(
+        "trusted_proxies",
+        "cors_origins",
+        "allowed_redirect_origins",
+        "secret_key_fallbacks",
+        mode="before",
+    )
     @classmethod
     def _split_list(cls, value: object) -> object:
         if isinstance(value, str):
@@ -176,7 +188,7 @@ class Settings(BaseSettings):
     def _redirect_origins(cls, value: list[str]) -> list[str]:
         return checks.redirect_origins(value)
 
-    @field_validator("site_name")
+    @field_validator("site_name", "mfa_issuer")
     @classmethod
     def _site_name(cls, value: str) -> str:
         return checks.site_name(value)

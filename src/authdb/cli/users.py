@@ -18,7 +18,7 @@ from authdb.cli.common import fail, run
 from authdb.db.models import User
 from authdb.errors import AuthError
 from authdb.http.schemas import UserRead
-from authdb.services import admin, provisioning
+from authdb.services import admin, mfa, provisioning
 from authdb.services.core import CLI_CLIENT
 
 app = typer.Typer(help="Manage users.", no_args_is_help=True)
@@ -122,6 +122,7 @@ def _flags(user: User) -> str:
             ("superuser", user.is_superuser),
             ("disabled", user.disabled),
             ("unverified", not user.is_verified),
+            ("mfa", user.mfa_enabled),
         )
         if on
     ]
@@ -211,6 +212,25 @@ def set_superuser(
     """Make a user a superuser (or, with --off, no longer one)."""
     done = _update(user, {"is_superuser": not off})
     typer.echo(f"{_name(done)} is {'no longer' if off else 'now'} a superuser")
+
+
+@app.command("reset-mfa")
+def reset_mfa(user: UserArg) -> None:
+    """Turn a user's two-factor authentication off (lost authenticator and recovery codes);
+    they are told by email and set it up again from their account."""
+
+    async def _work(auth: Auth) -> tuple[User, bool]:
+        target = await admin.find_user(auth.core, user)
+        notice = await mfa.reset(auth.core, target.id, CLI_CLIENT)
+        if notice is not None:
+            await auth.mailer.send(notice.to, notice.template, **notice.context)
+        return target, target.mfa_enabled
+
+    target, was_on = run(_work)
+    if was_on:
+        typer.echo(f"turned off two-factor authentication for {_name(target)}")
+    else:
+        typer.echo(f"{_name(target)} had no two-factor authentication; nothing changed")
 
 
 @app.command()

@@ -25,6 +25,8 @@ _STATUS: dict[type[errors.AuthError], int] = {
     errors.InvalidCredentials: 401,
     errors.NotAuthenticated: 401,
     errors.InvalidRefreshToken: 401,
+    errors.MFARequired: 403,
+    errors.InvalidMFACode: 400,
     errors.InactiveUser: 400,
     errors.EmailNotVerified: 400,
     errors.IncorrectPassword: 400,

@@ -40,6 +40,9 @@ class OAuthErrorResponse(BaseModel):
     detail: str | list[ValidationIssue]
     error: str | None = Field(None, examples=["invalid_grant"])
     error_description: str | None = Field(None, examples=["Incorrect username or password"])
+    # Only with 403 "MFA required": what the MFA grant completes, and with what.
+    mfa_token: str | None = None
+    mfa_methods: list[str] | None = Field(None, examples=[["totp", "recovery_code"]])
 
 
 class ProbeStatus(BaseModel):

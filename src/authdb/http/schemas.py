@@ -42,6 +42,8 @@ class UserRead(BaseModel):
     disabled: bool
     is_verified: bool
     is_superuser: bool
+    # A second factor (TOTP) is required at sign-in.
+    mfa_enabled: bool = False
     created_at: datetime
     last_login_at: datetime | None = None
 
@@ -124,3 +126,30 @@ class AdminUserUpdate(BaseModel):
 class UserPage(BaseModel):
     items: list[UserRead]
     total: int
+
+
+class MFACode(BaseModel):
+    """A code from the authenticator app (6 digits; spaces allowed)."""
+
+    code: Text = Field(min_length=1, max_length=64)
+
+
+class MFADisable(BaseModel):
+    """The password, and a current TOTP code or an unused recovery code."""
+
+    password: Text = Field(max_length=4096)
+    code: Text = Field(min_length=1, max_length=64)
+
+
+class TOTPSetupRead(BaseModel):
+    """A pending authenticator, shown this once: scan ``qr_svg`` or type ``secret``."""
+
+    secret: str
+    otpauth_uri: str
+    qr_svg: str
+
+
+class RecoveryCodes(BaseModel):
+    """Single-use codes that stand in for the authenticator; shown this once."""
+
+    recovery_codes: list[str]

@@ -28,7 +28,7 @@ from authdb.services import audit, email_tokens, lockout, sessions
 from authdb.services.admin import LAST_SUPERUSER_SELF, lock_active_superusers
 from authdb.services.core import ClientInfo, Core
 from authdb.services.email_tokens import RESET, VERIFY, Mail
-from authdb.services.login import confirm_password
+from authdb.services.guard import confirm_password
 from authdb.services.provisioning import clean_email, prepare_user
 from authdb.services.sessions import Authenticated
 from authdb.services.users import (

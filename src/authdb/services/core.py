@@ -37,6 +37,9 @@ class Core:
     codec: JWTCodec | None = None
     # The deployment's secret (AUTHDB_SECRET_KEY or the stored one); other keys derive from it.
     secret: str | None = None
+    # Earlier secrets that still open values sealed at rest (AUTHDB_SECRET_KEY_FALLBACKS, and
+    # the generated key once AUTHDB_SECRET_KEY replaces it).
+    secret_fallbacks: tuple[str, ...] = ()
     clock: Callable[[], datetime] = field(default=utcnow)
 
     @property

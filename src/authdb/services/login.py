@@ -1,12 +1,12 @@
-"""The password grant: rate limit, lockout, constant-cost verification, then a new session."""
+"""Sign-in: rate limit, lockout, constant-cost password check, the second factor when MFA is
+on, then a new session."""
 
 from __future__ import annotations
 
-import contextlib
 import secrets
 from collections.abc import Awaitable, Callable
-from datetime import timedelta
-from typing import NoReturn, TypeVar
+from datetime import datetime, timedelta
+from typing import TypeVar
 
 from sqlalchemy import update
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -16,15 +16,17 @@ from authdb.errors import (
     AuthError,
     EmailNotVerified,
     InactiveUser,
-    IncorrectPassword,
-    InvalidCredentials,
     InvalidInput,
+    InvalidMFAToken,
+    MFALoginFailed,
+    MFARequired,
     TooManyRequests,
 )
 from authdb.names import has_control_characters
 from authdb.ratelimit import RateLimits, client_key
-from authdb.services import audit, lockout
+from authdb.services import audit, lockout, mfa
 from authdb.services.core import ClientInfo, Core
+from authdb.services.guard import fail, refuse_locked, spend_failure
 from authdb.services.sessions import (
     BrowserSession,
     TokenPair,
@@ -88,10 +90,10 @@ async def _login(
         retry = await lockout.locked_for(db, key, core.clock())
     user_id = user.id if user is not None else None
     if retry is not None:
-        await _locked(core, limits, client, user_id, retry)
+        await refuse_locked(core, limits, client, user_id, retry)
     ok, new_hash = await core.hasher.verify(password, user.hashed_password if user else None)
     if not ok or user is None:
-        await _fail(core, limits, key, client, user_id)
+        await fail(core, limits, key, client, user_id)
     return await _succeed(core, limits, key, client, user, new_hash, opener)
 
 
@@ -104,46 +106,195 @@ async def _succeed(
     new_hash: str | None,
     opener: _Opener[SessionT],
 ) -> SessionT:
-    """The password was right: a session, unless a lock stands or the account is refused."""
+    """The password was right: a session, unless a lock stands, the account is refused, or
+    a second factor is due (then MFARequired with a new ``mfa_token``)."""
     pair: SessionT | None = None
+    mfa_token: str | None = None
     async with core.sessionmaker.begin() as db:
         now = core.clock()
-        retry = await lockout.admit_success(db, key, now)
-        refusal: AuthError | None = (
-            TooManyRequests(retry) if retry is not None else _refusal(core, user)
-        )
-        if isinstance(refusal, TooManyRequests):
-            audit.record(db, "login_locked", client=client, now=now, user_id=user.id)
-        elif refusal is not None:
-            audit.record(
-                db, "login_refused", client=client, now=now, user_id=user.id, reason=refusal.detail
-            )
+        # With MFA on, a right password alone forgives no failures: else it would reset the
+        # count between batches of guessed codes.
+        check = lockout.locked_for if user.mfa_enabled else lockout.admit_success
+        retry = await check(db, key, now)
+        refusal = _refusal_or_lock(core, user, retry)
+        if refusal is not None:
+            _audit_refusal(db, refusal, client, now, user.id)
         else:
-            changes: dict[str, object] = {"last_login_at": now}
             if new_hash is not None:
-                changes["hashed_password"] = new_hash  # upgrade bcrypt or old argon2 parameters
-            await db.execute(update(User).where(User.id == user.id).values(**changes))
-            pair = await opener(core, db, user, client)
-            audit.record(
-                db, "login_ok", client=client, now=now, user_id=user.id, session_id=pair.session_id
-            )
+                # Upgrade bcrypt or old argon2 parameters: this proves the password either way.
+                await db.execute(
+                    update(User).where(User.id == user.id).values(hashed_password=new_hash)
+                )
+            if user.mfa_enabled:
+                mfa_token = await mfa.start_challenge(db, user.id, now)
+                audit.record(db, "login_mfa_required", client=client, now=now, user_id=user.id)
+            else:
+                pair = await _open_session(core, db, user, client, opener, now)
     # Raised after the commit, so that the audit rows (and the forgiven failures) are kept.
     if refusal is not None:
         if isinstance(refusal, TooManyRequests):
-            await _spend_failure(limits, client, core)
+            await spend_failure(core, limits, client)
         raise refusal
+    if mfa_token is not None:
+        raise MFARequired(mfa_token, mfa.methods(user))
     assert pair is not None
+    await _maybe_prune(core)
+    return pair
+
+
+def _refusal_or_lock(core: Core, user: User, retry: int | None) -> AuthError | None:
+    return TooManyRequests(retry) if retry is not None else _refusal(core, user)
+
+
+def _audit_refusal(
+    db: AsyncSession, refusal: AuthError, client: ClientInfo, now: datetime, user_id: int
+) -> None:
+    if isinstance(refusal, TooManyRequests):
+        audit.record(db, "login_locked", client=client, now=now, user_id=user_id)
+    else:
+        audit.record(
+            db, "login_refused", client=client, now=now, user_id=user_id, reason=refusal.detail
+        )
+
+
+async def _open_session(
+    core: Core,
+    db: AsyncSession,
+    user: User,
+    client: ClientInfo,
+    opener: _Opener[SessionT],
+    now: datetime,
+    mfa_method: str | None = None,
+) -> SessionT:
+    """The sign-in succeeds: stamp it, open the session, audit ``login_ok``."""
+    await db.execute(update(User).where(User.id == user.id).values(last_login_at=now))
+    pair = await opener(core, db, user, client)
+    # The second factor used, if any ("totp" or "recovery_code"); null for a password alone.
+    audit.record(
+        db,
+        "login_ok",
+        client=client,
+        now=now,
+        user_id=user.id,
+        session_id=pair.session_id,
+        mfa=mfa_method,
+    )
+    return pair
+
+
+async def _maybe_prune(core: Core) -> None:
     if secrets.randbelow(core.settings.prune_every_n_logins) == 0:
         await prune(core)
         await _prune_failures(core)
+
+
+# --- the second factor ----------------------------------------------------------------------------
+
+
+async def login_mfa(
+    core: Core,
+    limits: RateLimits,
+    mfa_token: str,
+    client: ClientInfo,
+    *,
+    otp: str | None = None,
+    recovery_code: str | None = None,
+) -> TokenPair:
+    """Finish a sign-in that answered MFARequired: the ``mfa_token`` and a TOTP code (``otp``)
+    or a recovery code give the usual tokens.
+
+    Raises InvalidMFAToken (401) for an unknown, used or expired token or one past 5 wrong
+    codes; MFALoginFailed (401) for a wrong code, which counts as a failed login for the
+    account's lockout; TooManyRequests (429) while the account is locked or the client over
+    its budget; InactiveUser or EmailNotVerified (400) as a password login would.
+    """
+    return await _second_factor(core, limits, mfa_token, client, otp, recovery_code, start_session)
+
+
+async def login_mfa_browser(
+    core: Core,
+    limits: RateLimits,
+    mfa_token: str,
+    client: ClientInfo,
+    *,
+    otp: str | None = None,
+    recovery_code: str | None = None,
+) -> BrowserSession:
+    """``login_mfa`` for the sign-in page: the same checks, but a cookie-carried session."""
+    return await _second_factor(
+        core, limits, mfa_token, client, otp, recovery_code, start_browser_session
+    )
+
+
+async def _second_factor(
+    core: Core,
+    limits: RateLimits,
+    mfa_token: str,
+    client: ClientInfo,
+    otp: str | None,
+    recovery_code: str | None,
+    opener: _Opener[SessionT],
+) -> SessionT:
+    async with limits.attempt("login_failures", client_key(client, core.settings)):
+        async with core.sessionmaker() as db:
+            now = core.clock()
+            challenge = await mfa.find_challenge(db, mfa_token, now)
+            user = await db.get(User, challenge.user_id) if challenge is not None else None
+            key = lockout.lock_key(user, "")
+            retry = await lockout.locked_for(db, key, now)
+        if challenge is None or user is None or not user.mfa_enabled:
+            raise InvalidMFAToken
+        if retry is not None:
+            await refuse_locked(core, limits, client, user.id, retry)
+        refusal = _refusal(core, user)
+        if refusal is not None:
+            raise refusal
+        pair = await _complete(core, challenge.id, user, key, client, otp, recovery_code, opener)
+        if pair is None:
+            async with core.sessionmaker.begin() as db:
+                await mfa.count_wrong_code(db, challenge.id)
+            await fail(core, limits, key, client, user.id, MFALoginFailed(), "mfa_failed")
+    await _maybe_prune(core)
     return pair
+
+
+async def _complete(
+    core: Core,
+    challenge_id: int,
+    user: User,
+    key: str,
+    client: ClientInfo,
+    otp: str | None,
+    recovery_code: str | None,
+    opener: _Opener[SessionT],
+) -> SessionT | None:
+    """Spend the factor and the challenge and open the session, all in one transaction; None
+    when the factor is wrong (nothing is spent)."""
+    async with core.sessionmaker.begin() as db:
+        now = core.clock()
+        method = await mfa.verify_factor(
+            core, db, user.id, code=otp, recovery_code=recovery_code, now=now
+        )
+        if method is None:
+            return None
+        # Raising inside the transaction rolls the spent factor back.
+        if not await mfa.spend_challenge(db, challenge_id, now):
+            raise InvalidMFAToken  # a concurrent request finished (or killed) it first
+        retry = await lockout.admit_success(db, key, now)
+        if retry is not None:
+            raise TooManyRequests(retry)
+        if method == mfa.METHOD_RECOVERY_CODE:
+            audit.record(db, "mfa_recovery_code_used", client=client, now=now, user_id=user.id)
+        return await _open_session(core, db, user, client, opener, now, mfa_method=method)
 
 
 async def _prune_failures(core: Core) -> None:
     # A day, or the lock's length if longer: see lockout.prune for why that is safe.
     idle = max(timedelta(days=1), timedelta(minutes=core.settings.login_lockout_minutes))
     async with core.sessionmaker.begin() as db:
-        await lockout.prune(db, core.clock(), idle=idle)
+        now = core.clock()
+        await lockout.prune(db, now, idle=idle)
+        await mfa.prune_challenges(db, now)
 
 
 def _refusal(core: Core, user: User) -> AuthError | None:
@@ -153,76 +304,3 @@ def _refusal(core: Core, user: User) -> AuthError | None:
     if core.settings.require_verified_email and not user.is_verified:
         return EmailNotVerified()
     return None
-
-
-async def _locked(
-    core: Core, limits: RateLimits, client: ClientInfo, user_id: int | None, retry: int
-) -> NoReturn:
-    """Refuse an attempt on a locked name before hashing; it still spends the address budget."""
-    async with core.sessionmaker.begin() as db:
-        audit.record(db, "login_locked", client=client, now=core.clock(), user_id=user_id)
-    await _spend_failure(limits, client, core)
-    raise TooManyRequests(retry)
-
-
-async def confirm_password(
-    core: Core, limits: RateLimits, user: User, password: str, client: ClientInfo
-) -> None:
-    """Check a signed-in user's current password under the same guard as a login.
-
-    A wrong one counts as a failed login, for the account's lockout and the client's budget,
-    so a stolen access token is no unlimited guessing oracle. Raises IncorrectPassword, or
-    TooManyRequests while the account is locked or the client over its budget.
-    """
-    async with limits.attempt("login_failures", client_key(client, core.settings)):
-        key = lockout.lock_key(user, "")
-        async with core.sessionmaker() as db:
-            retry = await lockout.locked_for(db, key, core.clock())
-        if retry is not None:
-            await _locked(core, limits, client, user.id, retry)
-        ok, _ = await core.hasher.verify(password, user.hashed_password)
-        if not ok:
-            await _fail(core, limits, key, client, user.id, IncorrectPassword(), "password_failed")
-        async with core.sessionmaker.begin() as db:
-            retry = await lockout.admit_success(db, key, core.clock())
-    if retry is not None:
-        raise TooManyRequests(retry)
-
-
-async def _fail(
-    core: Core,
-    limits: RateLimits,
-    key: str,
-    client: ClientInfo,
-    user_id: int | None,
-    error: AuthError | None = None,
-    event: str = "login_failed",
-) -> NoReturn:
-    """Count a wrong password: ``error`` (401 by default), or 429 if locked meanwhile."""
-    settings = core.settings
-    locked: TooManyRequests | None = None
-    async with core.sessionmaker.begin() as db:
-        now = core.clock()
-        try:
-            attempt = await lockout.record_failure(
-                db,
-                key,
-                now,
-                max_failures=settings.login_max_failures,
-                lockout=timedelta(minutes=settings.login_lockout_minutes),
-            )
-        except TooManyRequests as exc:
-            locked = exc
-            audit.record(db, "login_locked", client=client, now=now, user_id=user_id)
-        else:
-            audit.record(db, event, client=client, now=now, user_id=user_id)
-            if attempt.locks:
-                audit.record(db, "lockout", client=client, now=now, user_id=user_id)
-    await _spend_failure(limits, client, core)
-    raise locked or error or InvalidCredentials()
-
-
-async def _spend_failure(limits: RateLimits, client: ClientInfo, core: Core) -> None:
-    # This failure still gets its own answer; the address's next attempt meets the 429.
-    with contextlib.suppress(TooManyRequests):
-        await limits.hit("login_failures", client_key(client, core.settings))

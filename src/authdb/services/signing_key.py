@@ -38,3 +38,15 @@ async def _generate(core: Core) -> str:
         pass  # another worker stored one first; everybody uses that one
     async with core.sessionmaker() as db:
         return (await db.scalars(select(Meta.value).where(Meta.key == _KEY))).one()
+
+
+async def load_fallback_keys(core: Core) -> tuple[str, ...]:
+    """Earlier secrets to try when opening sealed values: the configured fallbacks and, once
+    ``AUTHDB_SECRET_KEY`` is set, the key generated before it (so MFA survives the switch)."""
+    keys = [key.get_secret_value() for key in core.settings.secret_key_fallbacks]
+    if core.settings.secret_key is not None:
+        async with core.sessionmaker() as db:
+            generated = await db.scalar(select(Meta.value).where(Meta.key == _KEY))
+        if generated is not None:
+            keys.append(generated)
+    return tuple(keys)

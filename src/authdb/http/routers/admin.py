@@ -2,16 +2,17 @@
 
 from typing import Annotated, cast
 
-from fastapi import APIRouter, Depends, Query, Response, status
+from fastapi import APIRouter, BackgroundTasks, Depends, Query, Response, status
 from pydantic import PlainValidator
 
 from authdb.db.models import User
 from authdb.http.dependencies import AuthDeps
 from authdb.http.errors import AuthRoute
+from authdb.http.mailing import send_later
 from authdb.http.openapi import error_responses
 from authdb.http.params import Offset, UserId, bounded_parser, int_schema
 from authdb.http.schemas import AdminUserUpdate, Text, UserPage, UserRead
-from authdb.services import admin
+from authdb.services import admin, mfa
 from authdb.services.core import ClientInfo
 
 PageSize = Annotated[
@@ -67,6 +68,20 @@ def build(deps: AuthDeps) -> APIRouter:
     async def delete_user(user_id: UserId, actor: Superuser, client: Client) -> Response:
         """Delete a user and end their sessions."""
         await admin.delete_user(deps.core, user_id, client=client, actor_id=actor.id)
+        return Response(status_code=status.HTTP_204_NO_CONTENT)
+
+    @router.delete(
+        "/{user_id}/mfa",
+        status_code=status.HTTP_204_NO_CONTENT,
+        responses=error_responses(404),
+    )
+    async def reset_mfa(
+        user_id: UserId, actor: Superuser, client: Client, background: BackgroundTasks
+    ) -> Response:
+        """Turn a user's MFA off (a lost authenticator and lost recovery codes); they are told
+        by email. Their sessions stay."""
+        notice = await mfa.reset(deps.core, user_id, client, actor_id=actor.id)
+        send_later(background, deps.mailer, [notice])
         return Response(status_code=status.HTTP_204_NO_CONTENT)
 
     return router

@@ -5,6 +5,7 @@ from typing import Annotated
 from fastapi import APIRouter, Body, Depends, Form, Response, status
 from fastapi.exceptions import RequestValidationError
 
+from authdb.errors import MFARequired
 from authdb.http.dependencies import AuthDeps
 from authdb.http.errors import AuthRoute
 from authdb.http.oauth_errors import OAuthError, TokenRoute
@@ -12,10 +13,13 @@ from authdb.http.openapi import error_responses, token_errors
 from authdb.http.schemas import LogoutRequest, Token
 from authdb.services import sessions
 from authdb.services.core import ClientInfo
-from authdb.services.login import login
+from authdb.services.login import login, login_mfa
 from authdb.services.sessions import Authenticated, TokenPair
 
 _FIELD = 1024
+# The MFA grant: an extension grant type is an absolute URI (RFC 6749 section 4.5).
+MFA_GRANT = "urn:authdb:params:oauth:grant-type:mfa"
+_GRANTS = "password, refresh_token or " + MFA_GRANT
 
 
 def _token(pair: TokenPair) -> Token:
@@ -34,6 +38,19 @@ def _required(value: str | None, name: str) -> str:
     return value
 
 
+def _mfa_required(exc: MFARequired) -> OAuthError:
+    """403 with the ``mfa_token`` that the MFA grant completes (SPEC, "Multi-factor")."""
+    extra = {"mfa_token": exc.mfa_token, "mfa_methods": exc.methods}
+    return OAuthError(403, "mfa_required", exc.detail, extra=extra)
+
+
+def _one_factor(otp: str | None, recovery_code: str | None) -> None:
+    if (otp is None) == (recovery_code is None):
+        issue = {"type": "value_error", "loc": ("body", "otp"), "input": None}
+        msg = "Give exactly one of otp and recovery_code"
+        raise RequestValidationError([{**issue, "msg": msg}])
+
+
 def build(deps: AuthDeps) -> APIRouter:
     router = APIRouter(tags=["auth"], route_class=AuthRoute, responses=error_responses(503))
     # /token's errors carry RFC 6749 `error` fields too (see authdb.http.oauth_errors).
@@ -41,27 +58,44 @@ def build(deps: AuthDeps) -> APIRouter:
     Client = Annotated[ClientInfo, Depends(deps.client)]
 
     @token_router.post(
-        "/token", response_model=Token, responses=token_errors(400, 401, 422, 429, 503)
+        "/token", response_model=Token, responses=token_errors(400, 401, 403, 422, 429, 503)
     )
     async def token(
         client: Client,
-        grant_type: Annotated[str, Form(max_length=32)] = "password",
+        grant_type: Annotated[str, Form(max_length=64)] = "password",
         username: Annotated[str | None, Form(max_length=_FIELD)] = None,
         password: Annotated[str | None, Form(max_length=4096)] = None,
         refresh_token: Annotated[str | None, Form(max_length=_FIELD)] = None,
         scope: Annotated[str, Form(max_length=_FIELD)] = "",
+        mfa_token: Annotated[str | None, Form(max_length=_FIELD)] = None,
+        otp: Annotated[str | None, Form(max_length=64)] = None,
+        recovery_code: Annotated[str | None, Form(max_length=64)] = None,
     ) -> Token:
-        """OAuth2 token endpoint: ``password`` grant (username or email) or ``refresh_token``."""
+        """OAuth2 token endpoint: the ``password`` grant (username or email), ``refresh_token``,
+        and the MFA grant.
+
+        For an account with MFA on, a right password answers **403** ``MFA required`` with an
+        ``mfa_token`` (valid 5 minutes) and ``mfa_methods``; then ``grant_type=`` the MFA grant
+        URN with ``mfa_token`` and ``otp`` (a TOTP code) or ``recovery_code`` gives the tokens.
+        """
         if grant_type == "password":
             name = _required(username, "username")
             secret = _required(password, "password")
-            return _token(await login(deps.core, deps.limits, name, secret, client))
+            try:
+                return _token(await login(deps.core, deps.limits, name, secret, client))
+            except MFARequired as exc:
+                raise _mfa_required(exc) from None
         if grant_type == "refresh_token":
             presented = _required(refresh_token, "refresh_token")
             return _token(await sessions.refresh(deps.core, presented, client))
-        raise OAuthError(
-            400, "unsupported_grant_type", "Unsupported grant_type: use password or refresh_token"
-        )
+        if grant_type == MFA_GRANT:
+            challenge = _required(mfa_token, "mfa_token")
+            _one_factor(otp, recovery_code)
+            pair = await login_mfa(
+                deps.core, deps.limits, challenge, client, otp=otp, recovery_code=recovery_code
+            )
+            return _token(pair)
+        raise OAuthError(400, "unsupported_grant_type", f"Unsupported grant_type: use {_GRANTS}")
 
     router.include_router(token_router)
 

@@ -1,0 +1,392 @@
+"""Multi-factor authentication: RFC 6238 TOTP with single-use recovery codes.
+
+A user sets up an authenticator (a pending secret, sealed at rest), confirms it with a first
+code, and from then on a right password opens an ``mfa_token`` challenge instead of a
+session (see ``authdb.services.login``). Every accepted TOTP code claims its time step, so a
+code works once; every recovery code is stored as its SHA-256 and is spent by one
+conditional UPDATE.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from sqlalchemy import ColumnElement, delete, or_, select, update
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from authdb import totp
+from authdb.db.models import MFAChallenge, RecoveryCode, TOTPSecret, User
+from authdb.errors import Conflict, InvalidMFACode, NotAuthenticated, NotFound
+from authdb.ratelimit import RateLimits
+from authdb.sealing import Sealer, Unsealable
+from authdb.services import audit
+from authdb.services.core import ClientInfo, Core
+from authdb.services.email_tokens import Mail
+from authdb.services.guard import confirm_password, count_failure
+from authdb.tokens import hash_opaque_token, new_opaque_token
+
+# An mfa_token lives this long and dies at this many wrong codes (SPEC, "Multi-factor").
+CHALLENGE_LIFETIME = timedelta(minutes=5)
+CHALLENGE_MAX_FAILURES = 5
+RECOVERY_CODE_COUNT = 10
+# Recovery codes: 12 characters of Crockford's base32 (60 bits), shown as xxxx-xxxx-xxxx.
+_CODE_ALPHABET = "0123456789abcdefghjkmnpqrstvwxyz"
+_CODE_LENGTH = 12
+_SEAL_PURPOSE = "authdb totp secret"
+
+METHOD_TOTP = "totp"
+METHOD_RECOVERY_CODE = "recovery_code"
+
+ALREADY_ENABLED = "MFA already enabled"
+NOT_ENABLED = "MFA not enabled"
+NO_SETUP = "No MFA setup in progress"
+
+
+@dataclass(frozen=True, slots=True)
+class TOTPSetup:
+    """A pending authenticator: shown once, to be confirmed with a code."""
+
+    secret: str  # base32, for typing into an app by hand
+    otpauth_uri: str
+    qr_svg: str  # an <svg> element of the URI as a QR code
+
+
+def methods(user: User) -> list[str]:
+    """What completes a sign-in for ``user`` beyond the password."""
+    return [METHOD_TOTP, METHOD_RECOVERY_CODE] if user.mfa_enabled else []
+
+
+def _sealer(core: Core) -> Sealer:
+    if core.secret is None:
+        raise RuntimeError("authdb is not started: use auth.lifespan or await auth.startup()")
+    return Sealer(core.secret, core.secret_fallbacks, purpose=_SEAL_PURPOSE)
+
+
+def _context(user_id: int) -> str:
+    return f"mfa_totp:{user_id}"
+
+
+def _setup_for(core: Core, user: User, secret: str) -> TOTPSetup:
+    uri = totp.provisioning_uri(secret, account=user.username, issuer=core.settings.mfa_issuer)
+    return TOTPSetup(secret=secret, otpauth_uri=uri, qr_svg=totp.qr_svg(uri))
+
+
+# --- enrolment -----------------------------------------------------------------------------------
+
+
+async def begin_setup(
+    core: Core, limits: RateLimits, user: User, password: str, client: ClientInfo
+) -> TOTPSetup:
+    """Start (or restart) TOTP set-up after checking the password: a new pending secret.
+
+    Raises Conflict (409) when MFA is already on, IncorrectPassword (400) or TooManyRequests
+    (a wrong password counts as a failed login, see ``confirm_password``).
+    """
+    if user.mfa_enabled:
+        raise Conflict(ALREADY_ENABLED)
+    await confirm_password(core, limits, user, password, client)
+    secret = totp.new_secret()
+    now = core.clock()
+    async with core.sessionmaker.begin() as db:
+        row = await _lock_user(db, user.id)
+        if row.mfa_enabled:
+            raise Conflict(ALREADY_ENABLED)
+        await db.execute(delete(TOTPSecret).where(TOTPSecret.user_id == user.id))
+        sealed = _sealer(core).seal(secret.encode(), _context(user.id))
+        db.add(TOTPSecret(user_id=user.id, sealed_secret=sealed, created_at=now))
+        audit.record(db, "mfa_setup_started", client=client, now=now, user_id=user.id)
+    return _setup_for(core, user, secret)
+
+
+async def pending_setup(core: Core, user: User) -> TOTPSetup | None:
+    """The set-up in progress, for the page that shows its QR code again after a mistyped
+    first code (a pending secret protects nothing yet); None when there is none."""
+    async with core.sessionmaker() as db:
+        row = await db.get(TOTPSecret, user.id)
+    if row is None or row.confirmed_at is not None:
+        return None
+    try:
+        secret, _ = _sealer(core).open(row.sealed_secret, _context(user.id))
+    except Unsealable:
+        return None
+    return _setup_for(core, user, secret.decode())
+
+
+async def confirm_setup(
+    core: Core, user: User, code: str, client: ClientInfo
+) -> tuple[list[str], Mail | None]:
+    """Turn MFA on with a first code from the pending secret: 10 new recovery codes.
+
+    Raises Conflict (409) without a set-up in progress, InvalidMFACode (400) for a wrong
+    code. Returns the codes (shown once) and the notice to mail the account.
+    """
+    now = core.clock()
+    async with core.sessionmaker.begin() as db:
+        row = await _lock_user(db, user.id)
+        pending = await db.get(TOTPSecret, user.id)
+        if row.mfa_enabled or pending is None or pending.confirmed_at is not None:
+            raise Conflict(NO_SETUP)
+        step = _matching_step(core, pending, code, now)
+        if step is None:
+            raise InvalidMFACode
+        pending.confirmed_at = now
+        pending.last_used_step = step  # the confirming code cannot sign anyone in later
+        row.mfa_enabled = True
+        codes = await _replace_recovery_codes(db, user.id, now)
+        audit.record(db, "mfa_enabled", client=client, now=now, user_id=user.id, method="totp")
+        mail = _notice(row, "mfa_enabled")
+    return codes, mail
+
+
+async def regenerate_recovery_codes(
+    core: Core, limits: RateLimits, user: User, password: str, client: ClientInfo
+) -> list[str]:
+    """Ten new recovery codes after checking the password; the earlier ones stop working.
+
+    Raises Conflict (409) when MFA is off, IncorrectPassword (400) or TooManyRequests.
+    """
+    if not user.mfa_enabled:
+        raise Conflict(NOT_ENABLED)
+    await confirm_password(core, limits, user, password, client)
+    now = core.clock()
+    async with core.sessionmaker.begin() as db:
+        row = await _lock_user(db, user.id)
+        if not row.mfa_enabled:
+            raise Conflict(NOT_ENABLED)
+        codes = await _replace_recovery_codes(db, user.id, now)
+        audit.record(db, "mfa_recovery_codes_replaced", client=client, now=now, user_id=user.id)
+    return codes
+
+
+async def disable(
+    core: Core, limits: RateLimits, user: User, password: str, code: str, client: ClientInfo
+) -> Mail | None:
+    """Turn MFA off with the password and a current TOTP or recovery code.
+
+    A wrong code counts as a failed login (InvalidMFACode, 400, or TooManyRequests once the
+    account locks). Raises Conflict (409) when MFA is off. Returns the notice to mail.
+    """
+    if not user.mfa_enabled:
+        raise Conflict(NOT_ENABLED)
+    await confirm_password(core, limits, user, password, client)
+    now = core.clock()
+    async with core.sessionmaker.begin() as db:
+        row = await _lock_user(db, user.id)
+        if not row.mfa_enabled:
+            raise Conflict(NOT_ENABLED)
+        method = await verify_factor(core, db, user.id, code=code, now=now)
+        if method is not None:
+            await _turn_off(db, row.id)
+            audit.record(db, "mfa_disabled", client=client, now=now, user_id=row.id, method=method)
+            return _notice(row, "mfa_disabled")
+    await count_failure(core, limits, user, client, InvalidMFACode(), "mfa_failed")
+    raise AssertionError("count_failure always raises")  # pragma: no cover
+
+
+async def reset(
+    core: Core, user_id: int, client: ClientInfo, *, actor_id: int | None = None
+) -> Mail | None:
+    """An administrator turns a user's MFA off (a lost authenticator and lost codes).
+
+    Raises NotFound (404). Does nothing but audit when MFA was already off; returns the
+    notice to mail when it was on.
+    """
+    now = core.clock()
+    async with core.sessionmaker.begin() as db:
+        row = await db.get(User, user_id, with_for_update=True)
+        if row is None:
+            raise NotFound("User not found")
+        was_on = row.mfa_enabled
+        await _turn_off(db, row.id)
+        audit.record(
+            db,
+            "mfa_reset",
+            client=client,
+            now=now,
+            user_id=row.id,
+            actor_id=actor_id,
+            was_on=was_on,
+        )
+        return _notice(row, "mfa_disabled") if was_on else None
+
+
+# --- the second factor at sign-in ----------------------------------------------------------------
+
+
+async def start_challenge(db: AsyncSession, user_id: int, now: datetime) -> str:
+    """A new ``mfa_token`` for a user whose password was just accepted (stored as a hash)."""
+    token = new_opaque_token()
+    db.add(
+        MFAChallenge(
+            user_id=user_id,
+            token_hash=hash_opaque_token(token),
+            created_at=now,
+            expires_at=now + CHALLENGE_LIFETIME,
+            failures=0,
+        )
+    )
+    return token
+
+
+def _open_challenge(now: datetime) -> tuple[ColumnElement[bool], ...]:
+    return (
+        MFAChallenge.used_at.is_(None),
+        MFAChallenge.expires_at > now,
+        MFAChallenge.failures < CHALLENGE_MAX_FAILURES,
+    )
+
+
+async def find_challenge(db: AsyncSession, token: str, now: datetime) -> MFAChallenge | None:
+    """The open challenge ``token`` names: unused, unexpired, under the wrong-code limit."""
+    query = select(MFAChallenge).where(
+        MFAChallenge.token_hash == hash_opaque_token(token), *_open_challenge(now)
+    )
+    return (await db.scalars(query)).one_or_none()
+
+
+async def spend_challenge(db: AsyncSession, challenge_id: int, now: datetime) -> bool:
+    """Use the challenge up, if it is still open (one conditional UPDATE: one winner)."""
+    result = await db.execute(
+        update(MFAChallenge)
+        .where(MFAChallenge.id == challenge_id, *_open_challenge(now))
+        .values(used_at=now)
+    )
+    return bool(result.rowcount)  # type: ignore[attr-defined]
+
+
+async def count_wrong_code(db: AsyncSession, challenge_id: int) -> None:
+    """One more wrong code against the challenge; at the limit it is dead."""
+    await db.execute(
+        update(MFAChallenge)
+        .where(MFAChallenge.id == challenge_id)
+        .values(failures=MFAChallenge.failures + 1)
+    )
+
+
+async def verify_factor(
+    core: Core,
+    db: AsyncSession,
+    user_id: int,
+    *,
+    code: str | None = None,
+    recovery_code: str | None = None,
+    now: datetime,
+) -> str | None:
+    """Check and spend a second factor in the caller's transaction: the method, or None.
+
+    ``code`` may be a TOTP code or a recovery code (told apart by shape); ``recovery_code``
+    is only ever a recovery code. A TOTP code claims its time step, so it, and any code of
+    an earlier step, is refused afterwards (RFC 6238 section 5.2).
+    """
+    if code is not None and _looks_like_totp(code):
+        return METHOD_TOTP if await _spend_totp(core, db, user_id, code, now) else None
+    given = recovery_code if recovery_code is not None else code
+    if given is not None and await _spend_recovery_code(db, user_id, given, now):
+        return METHOD_RECOVERY_CODE
+    return None
+
+
+def _looks_like_totp(code: str) -> bool:
+    digits = totp.normalize(code)
+    return digits.isascii() and digits.isdigit() and len(digits) <= totp.DIGITS
+
+
+async def _spend_totp(core: Core, db: AsyncSession, user_id: int, code: str, now: datetime) -> bool:
+    row = await db.get(TOTPSecret, user_id)
+    if row is None or row.confirmed_at is None:
+        return False
+    step = _matching_step(core, row, code, now)
+    if step is None:
+        return False
+    claimed = await db.execute(
+        update(TOTPSecret)
+        .where(
+            TOTPSecret.user_id == user_id,
+            or_(TOTPSecret.last_used_step.is_(None), TOTPSecret.last_used_step < step),
+        )
+        .values(last_used_step=step)
+    )
+    return bool(claimed.rowcount)  # type: ignore[attr-defined]
+
+
+def _matching_step(core: Core, row: TOTPSecret, code: str, now: datetime) -> int | None:
+    """The step ``code`` belongs to under the row's secret; re-seals a secret that only a
+    fallback key could open, so the fallback can be dropped once every user has signed in."""
+    sealer = _sealer(core)
+    try:
+        secret, stale = sealer.open(row.sealed_secret, _context(row.user_id))
+    except Unsealable:
+        # The secret key changed without a fallback: no code can match. Logged by the caller's
+        # audit trail as a failure; an administrator resets MFA.
+        return None
+    if stale:
+        row.sealed_secret = sealer.seal(secret, _context(row.user_id))
+    return totp.matching_step(secret.decode(), code, now)
+
+
+async def _spend_recovery_code(db: AsyncSession, user_id: int, code: str, now: datetime) -> bool:
+    result = await db.execute(
+        update(RecoveryCode)
+        .where(
+            RecoveryCode.user_id == user_id,
+            RecoveryCode.code_hash == _hash_code(code),
+            RecoveryCode.used_at.is_(None),
+        )
+        .values(used_at=now)
+    )
+    return bool(result.rowcount)  # type: ignore[attr-defined]
+
+
+async def prune_challenges(db: AsyncSession, now: datetime) -> int:
+    """Delete challenges that can no longer be used; returns how many."""
+    dead = or_(MFAChallenge.expires_at <= now, MFAChallenge.used_at.is_not(None))
+    result = await db.execute(delete(MFAChallenge).where(dead))
+    return int(result.rowcount or 0)  # type: ignore[attr-defined]
+
+
+# --- helpers ------------------------------------------------------------------------------------
+
+
+def new_recovery_code() -> str:
+    """``xxxx-xxxx-xxxx`` from Crockford's base32 alphabet: 60 bits of randomness."""
+    raw = "".join(secrets.choice(_CODE_ALPHABET) for _ in range(_CODE_LENGTH))
+    return "-".join(raw[i : i + 4] for i in range(0, _CODE_LENGTH, 4))
+
+
+def _hash_code(code: str) -> str:
+    # Typed leniently: any case, spaces or hyphens; Crockford's look-alikes read as digits.
+    cleaned = "".join(code.split()).replace("-", "").lower()
+    cleaned = cleaned.translate(str.maketrans("oil", "011"))
+    return hashlib.sha256(cleaned.encode()).hexdigest()
+
+
+async def _replace_recovery_codes(db: AsyncSession, user_id: int, now: datetime) -> list[str]:
+    await db.execute(delete(RecoveryCode).where(RecoveryCode.user_id == user_id))
+    codes = [new_recovery_code() for _ in range(RECOVERY_CODE_COUNT)]
+    db.add_all(
+        RecoveryCode(user_id=user_id, code_hash=_hash_code(code), created_at=now) for code in codes
+    )
+    return codes
+
+
+async def _turn_off(db: AsyncSession, user_id: int) -> None:
+    for table in (TOTPSecret, RecoveryCode, MFAChallenge):
+        await db.execute(delete(table).where(table.user_id == user_id))
+    await db.execute(update(User).where(User.id == user_id).values(mfa_enabled=False))
+
+
+async def _lock_user(db: AsyncSession, user_id: int) -> User:
+    """The user's row, locked for the transaction (PostgreSQL; SQLite writes serialize)."""
+    row = await db.get(User, user_id, with_for_update=True, populate_existing=True)
+    if row is None:
+        raise NotAuthenticated
+    return row
+
+
+def _notice(user: User, template: str) -> Mail | None:
+    if not user.email:
+        return None
+    return Mail(to=user.email, template=template, context={"username": user.username})
