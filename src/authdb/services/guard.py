@@ -25,7 +25,9 @@ async def confirm_password(
     """Check a signed-in user's current password under the same guard as a login.
 
     A wrong one counts as a failed login, for the account's lockout and the client's budget,
-    so a stolen access token is no unlimited guessing oracle. Raises IncorrectPassword, or
+    so a stolen access token is no unlimited guessing oracle. A right one clears the count of
+    failures, except with MFA on: there only a second factor does, or password confirmations
+    would reset the count between guessed codes. Raises IncorrectPassword, or
     TooManyRequests while the account is locked or the client over its budget.
     """
     async with limits.attempt("login_failures", client_key(client, core.settings)):
@@ -38,7 +40,8 @@ async def confirm_password(
         if not ok:
             await fail(core, limits, key, client, user.id, IncorrectPassword(), "password_failed")
         async with core.sessionmaker.begin() as db:
-            retry = await lockout.admit_success(db, key, core.clock())
+            admit = lockout.locked_for if user.mfa_enabled else lockout.admit_success
+            retry = await admit(db, key, core.clock())
     if retry is not None:
         raise TooManyRequests(retry)
 

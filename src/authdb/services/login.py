@@ -240,10 +240,10 @@ async def _second_factor(
             now = core.clock()
             challenge = await mfa.find_challenge(db, mfa_token, now)
             user = await db.get(User, challenge.user_id) if challenge is not None else None
+            if challenge is None or user is None or not user.mfa_enabled:
+                raise InvalidMFAToken
             key = lockout.lock_key(user, "")
             retry = await lockout.locked_for(db, key, now)
-        if challenge is None or user is None or not user.mfa_enabled:
-            raise InvalidMFAToken
         if retry is not None:
             await refuse_locked(core, limits, client, user.id, retry)
         refusal = _refusal(core, user)

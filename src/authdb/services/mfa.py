@@ -19,10 +19,10 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from authdb import totp
 from authdb.db.models import MFAChallenge, RecoveryCode, TOTPSecret, User
-from authdb.errors import Conflict, InvalidMFACode, NotAuthenticated, NotFound
+from authdb.errors import Conflict, InvalidMFACode, NotAuthenticated, NotFound, TooManyRequests
 from authdb.ratelimit import RateLimits
 from authdb.sealing import Sealer, Unsealable
-from authdb.services import audit
+from authdb.services import audit, lockout
 from authdb.services.core import ClientInfo, Core
 from authdb.services.email_tokens import Mail
 from authdb.services.guard import confirm_password, count_failure
@@ -179,6 +179,10 @@ async def disable(
             raise Conflict(NOT_ENABLED)
         method = await verify_factor(core, db, user.id, code=code, now=now)
         if method is not None:
+            # A proven second factor ends the run of failures, as a completed sign-in does.
+            retry = await lockout.admit_success(db, lockout.lock_key(row, ""), now)
+            if retry is not None:
+                raise TooManyRequests(retry)  # locked meanwhile: nothing changes
             await _turn_off(db, row.id)
             audit.record(db, "mfa_disabled", client=client, now=now, user_id=row.id, method=method)
             return _notice(row, "mfa_disabled")
