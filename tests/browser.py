@@ -208,6 +208,19 @@ class Site:
             if original is not None:
                 page.set_viewport_size(original)
 
+    def snap_part(self, page: Page, selector: str, name: str) -> None:
+        """Screenshots of one part of the page (``selector``) at phone and desktop size."""
+        original = page.viewport_size
+        try:
+            for size in (PHONE, DESKTOP):
+                page.set_viewport_size(size)
+                ARTIFACTS.mkdir(parents=True, exist_ok=True)
+                target = ARTIFACTS / f"{name}-{self.backend}-{size['width']}x{size['height']}.png"
+                page.locator(selector).screenshot(path=target)
+        finally:
+            if original is not None:
+                page.set_viewport_size(original)
+
 
 _UNLABELLED = """() => {
   const shown = el => !el.closest('[hidden], [aria-hidden=true]');

@@ -309,7 +309,7 @@ async def test_missing_token_fields_are_422_like_fastapi_s_own(harness: Harness)
 
 # What each operation can answer besides success; 413 and 431 come from the service's middleware.
 EXPECTED_ERRORS: dict[tuple[str, str], set[int]] = {
-    ("post", "/token"): {400, 401, 422, 429, 503},
+    ("post", "/token"): {400, 401, 403, 422, 429, 503},
     ("post", "/logout"): {401, 422, 503},
     ("get", "/users/me"): {400, 401, 503},
     ("get", "/users/me/sessions"): {401, 503},
@@ -326,6 +326,11 @@ EXPECTED_ERRORS: dict[tuple[str, str], set[int]] = {
     ("get", "/users/{user_id}"): {400, 401, 403, 404, 422, 503},
     ("patch", "/users/{user_id}"): {400, 401, 403, 404, 409, 422, 503},
     ("delete", "/users/{user_id}"): {400, 401, 403, 404, 409, 422, 503},
+    ("post", "/users/me/mfa/totp/setup"): {400, 401, 409, 422, 429, 503},
+    ("post", "/users/me/mfa/totp/confirm"): {400, 401, 409, 422, 503},
+    ("post", "/users/me/mfa/recovery-codes"): {400, 401, 409, 422, 429, 503},
+    ("delete", "/users/me/mfa"): {400, 401, 409, 422, 429, 503},
+    ("delete", "/users/{user_id}/mfa"): {400, 401, 403, 404, 422, 503},
 }
 
 
@@ -365,9 +370,11 @@ async def test_every_route_declares_its_error_statuses_with_the_detail_model(
 async def test_token_errors_declare_the_oauth_fields(harness: Harness) -> None:
     doc = (await harness.client.get("/openapi.json")).json()
     responses = doc["paths"]["/token"]["post"]["responses"]
-    for status in ("400", "401", "422", "429"):
+    for status in ("400", "401", "403", "422", "429"):
         schema = _schema(doc, responses[status])
         assert {"detail", "error", "error_description"} <= set(schema["properties"]), status
+    # 403 "MFA required" carries what the MFA grant needs.
+    assert {"mfa_token", "mfa_methods"} <= set(_schema(doc, responses["403"])["properties"])
 
 
 async def test_validation_issues_are_declared_without_the_echoed_input(harness: Harness) -> None:

@@ -8,11 +8,13 @@ desktop size, go to ``$AUTHDB_TEST_ARTIFACTS`` (default ``test-artifacts/screens
 from __future__ import annotations
 
 import re
+import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs, urlsplit
 
 import httpx
+import pyotp
 import pytest
 from playwright.sync_api import BrowserContext, Page, expect
 
@@ -27,6 +29,7 @@ pytest_plugins = ["tests.browser"]
 NEW_PASSWORD = "a brand new and rather long passphrase"
 SESSION_COOKIE = "authdb_session"
 CSRF_COOKIE = "authdb_csrf"
+MFA_COOKIE = "authdb_mfa"
 CSRF_REFUSED = "CSRF token missing or invalid"
 THIS_DEVICE = re.compile(r"\bThis device\b")
 
@@ -396,3 +399,94 @@ def test_sign_in_sets_an_httponly_session_cookie_and_a_readable_csrf_cookie(
     readable = page.evaluate("document.cookie")
     assert f"{CSRF_COOKIE}=" in readable
     assert SESSION_COOKIE not in readable
+
+
+def _totp(secret: str, steps_ahead: int = 0) -> str:
+    """The code of a time step from now (the server accepts one step either side)."""
+    return pyotp.TOTP(secret).at(time.time(), counter_offset=steps_ahead)
+
+
+def _not_a_code(secret: str) -> str:
+    """Six digits that no step near now has."""
+    near = {_totp(secret, offset) for offset in range(-2, 3)}
+    return next(c for c in (f"{n:06d}" for n in range(1_000_000)) if c not in near)
+
+
+def test_turn_on_two_factor_then_sign_in_with_a_code(site: Site, page: Page) -> None:
+    username = site.new_username("mfa")
+    site.create_user(username)
+    site.sign_in(page, username, PASSWORD)
+    expect(page).to_have_url(site.url("/account"))
+    section = page.get_by_role("region", name="Two-factor authentication")
+    expect(section).to_contain_text("Two-factor authentication is off")
+    site.snap_part(page, "section[aria-labelledby=mfa-heading]", "account-mfa-off")
+
+    # Set-up: the password, then the QR code and the key to type by hand.
+    page.locator("#mfa_setup-password").fill(PASSWORD)
+    site.submit(page, "#mfa_setup-password")
+    qr = page.locator(".qr svg")
+    expect(qr).to_be_visible()
+    expect(qr).to_have_accessible_name("QR code for an authenticator app")
+    secret = page.locator(".secret").inner_text().replace(" ", "")
+    assert re.fullmatch(r"[A-Z2-7]{32}", secret), secret
+    site.snap(page, "account-mfa-setup")
+    # On a phone the QR code shrinks with the card, white behind it in dark mode too.
+    page.set_viewport_size({"width": 320, "height": 640})
+    box, frame = qr.bounding_box(), page.locator(".qr").bounding_box()
+    assert box and frame and 100 < box["width"] <= frame["width"] <= 320, (box, frame)
+    page.emulate_media(color_scheme="dark")
+    background = page.locator(".qr").evaluate("el => getComputedStyle(el).backgroundColor")
+    assert background == "rgb(255, 255, 255)", background
+    site.snap(page, "account-mfa-setup-dark")
+    page.emulate_media(color_scheme="light")
+
+    # A mistyped first code: the error by the field, the same QR code again.
+    page.get_by_label("6-digit code").fill(_not_a_code(secret))
+    site.submit(page, "#code")
+    expect(page.locator("#code-error")).to_have_text("Invalid MFA code")
+    expect(page.locator("#code")).to_have_attribute("aria-invalid", "true")
+    expect(page.locator(".secret")).to_have_text(re.compile(re.escape(secret[:4])))
+    assert page.locator(".secret").inner_text().replace(" ", "") == secret
+    site.snap(page, "account-mfa-setup-error")
+    page.get_by_label("6-digit code").fill(_totp(secret))
+    site.submit(page, "#code")
+    codes = page.locator(".recovery-codes li")
+    expect(codes).to_have_count(10)
+    _notice(page)
+    site.snap(page, "account-mfa-recovery-codes")
+    page.get_by_role("link", name=re.compile("back to my account", re.IGNORECASE)).click()
+    expect(page).to_have_url(site.url("/account"))
+    expect(section).to_contain_text("Two-factor authentication is on")
+    site.snap_part(page, "section[aria-labelledby=mfa-heading]", "account-mfa-on")
+
+    # Sign out, and in again: the password, then a code.
+    page.locator("form[action$='/logout']").get_by_role("button", name="Sign out").click()
+    expect(page.locator("form[action$='/logout']")).to_have_count(0)
+    site.sign_in(page, username, PASSWORD)
+    expect(page).to_have_url(site.url("/login/mfa"))
+    challenge = _cookies(page.context)[MFA_COOKIE]
+    assert challenge["httpOnly"] is True and challenge["sameSite"] == "Lax"
+    assert MFA_COOKIE not in page.evaluate("document.cookie")
+    assert challenge["value"] not in page.content()
+    assert SESSION_COOKIE not in _cookies(page.context)
+    code = page.get_by_label("6-digit code")
+    expect(code).to_be_focused()
+    expect(code).to_have_attribute("autocomplete", "one-time-code")
+    expect(code).to_have_attribute("inputmode", "numeric")
+    site.snap(page, "login-mfa")
+    page.get_by_role("link", name=re.compile("recovery code", re.IGNORECASE)).click()
+    expect(page.get_by_label("Recovery code")).to_be_visible()
+    site.snap(page, "login-mfa-recovery")
+    page.get_by_role("link", name=re.compile("authenticator app", re.IGNORECASE)).click()
+    page.get_by_label("6-digit code").fill(_not_a_code(secret))
+    page.keyboard.press("Enter")
+    expect(page.locator("#code-error")).to_have_text("Invalid MFA code")
+    site.snap(page, "login-mfa-error")
+    assert SESSION_COOKIE not in _cookies(page.context)
+    # The confirming code's step is spent: the next step's code signs in.
+    page.get_by_label("6-digit code").fill(_totp(secret, 1))
+    page.keyboard.press("Enter")
+    expect(page).to_have_url(site.url("/account"))
+    expect(page.locator("#profile-username")).to_have_value(username)
+    cookies = _cookies(page.context)
+    assert MFA_COOKIE not in cookies and cookies[SESSION_COOKIE]["httpOnly"] is True

@@ -19,6 +19,8 @@ KEY_64 = "k" * 64
 
 # (setting, unusable value, part of the reason). Each value passed the old validation.
 UNUSABLE: list[tuple[str, Any, str]] = [
+    ("mfa_issuer", "   ", "must not be blank"),
+    ("mfa_issuer", "Acme:Corp", "must not contain ':'"),
     ("database_url", "mysql://user@host/db", "use SQLite or PostgreSQL"),
     ("database_url", "not a url", "not a database URL"),
     ("database_url", "postgresql+asyncpg://u@host:99999/db", "out of range"),
@@ -87,6 +89,7 @@ UNUSABLE: list[tuple[str, Any, str]] = [
 
 # Settings whose every well-typed value works; a wrong type is refused by pydantic.
 ANY_VALUE_WORKS = {
+    "secret_key_fallbacks",  # earlier keys, whatever they were
     "database_pgbouncer",
     "pages_enabled",
     "registration_enabled",

@@ -25,11 +25,14 @@ class Unsealable(ValueError):
     """No configured key opens the value: the secret it was sealed under is gone."""
 
 
+def derive_key(secret: str, purpose: str) -> bytes:
+    """A 256-bit key for one ``purpose``, derived from ``secret`` (HKDF-SHA256, RFC 5869)."""
+    hkdf = HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=purpose.encode())
+    return hkdf.derive(secret.encode())
+
+
 def _derive(secret: str, purpose: str) -> AESGCM:
-    key = HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=purpose.encode()).derive(
-        secret.encode()
-    )
-    return AESGCM(key)
+    return AESGCM(derive_key(secret, purpose))
 
 
 class Sealer:

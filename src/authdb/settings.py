@@ -188,9 +188,17 @@ class Settings(BaseSettings):
     def _redirect_origins(cls, value: list[str]) -> list[str]:
         return checks.redirect_origins(value)
 
-    @field_validator("site_name", "mfa_issuer")
+    @field_validator("site_name")
     @classmethod
     def _site_name(cls, value: str) -> str:
+        return checks.site_name(value)
+
+    @field_validator("mfa_issuer")
+    @classmethod
+    def _mfa_issuer(cls, value: str) -> str:
+        # Google's Key URI format: the label is "issuer:account", so no colon in either.
+        if ":" in value:
+            raise ValueError("must not contain ':' (authenticator apps split the label on it)")
         return checks.site_name(value)
 
     @model_validator(mode="after")

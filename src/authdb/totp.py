@@ -8,6 +8,7 @@ step and refuses that step or an earlier one afterwards, so no code works twice.
 from __future__ import annotations
 
 import hmac
+import io
 from datetime import datetime
 
 import pyotp
@@ -17,6 +18,7 @@ DIGITS = 6
 STEP_SECONDS = 30
 # Steps either side of the current one that still count (RFC 6238 section 6).
 DRIFT_STEPS = 1
+_QR_SCALE = 4  # pixels per module
 
 
 def new_secret() -> str:
@@ -30,12 +32,25 @@ def provisioning_uri(secret: str, *, account: str, issuer: str) -> str:
 
 
 def qr_svg(uri: str) -> str:
-    """An SVG image (one ``<svg>`` element, no XML declaration) of ``uri`` as a QR code."""
-    # Black on white with its quiet zone whatever the page's colours: scanners need contrast.
+    """An SVG image of ``uri`` as a QR code: one ``<svg>`` element with its namespace, so it
+    works inline in HTML and as an image file or ``data:`` URL alike. It has a ``viewBox``
+    (CSS can scale it to a narrow screen) and ``role="img"`` named by its ``<title>``."""
     qr = segno.make(uri, error="m")
-    return str(
-        qr.svg_inline(scale=4, dark="#000", light="#fff", title="QR code for an authenticator app")
+    buffer = io.BytesIO()
+    # Black on white with its quiet zone whatever the page's colours: scanners need contrast.
+    qr.save(
+        buffer,
+        kind="svg",
+        xmldecl=False,
+        nl=False,
+        scale=_QR_SCALE,
+        dark="#000",
+        light="#fff",
+        title="QR code for an authenticator app",
     )
+    width, height = qr.symbol_size(scale=_QR_SCALE)
+    opening = f'<svg viewBox="0 0 {width} {height}" role="img" '
+    return buffer.getvalue().decode().replace("<svg ", opening, 1)
 
 
 def normalize(code: str) -> str:
@@ -55,7 +70,7 @@ def matching_step(secret: str, code: str, now: datetime) -> int | None:
     totp = pyotp.TOTP(secret, digits=DIGITS, interval=STEP_SECONDS)
     current = totp.timecode(now)
     found: int | None = None
-    for offset in range(-DRIFT_STEPS, DRIFT_STEPS + 1):
-        if hmac.compare_digest(totp.generate_otp(current + offset), code):
-            found = current + offset
+    for step in range(max(0, current - DRIFT_STEPS), current + DRIFT_STEPS + 1):
+        if hmac.compare_digest(totp.generate_otp(step), code):
+            found = step
     return found

@@ -1,4 +1,5 @@
-"""The browser session cookie and the CSRF cookie: names and attributes in one place.
+"""The browser's cookies (session, pre-session, MFA sign-in, CSRF): names and attributes in one
+place.
 
 On an https ``PUBLIC_URL`` the session cookie is ``__Host-authdb_session``: the prefix makes
 browsers refuse it unless it is ``Secure``, host-only and ``Path=/`` (RFC 6265bis 4.1.3.2), so
@@ -14,6 +15,7 @@ from starlette.requests import HTTPConnection
 from starlette.responses import Response
 
 from authdb.http.csrf import CSRF_COOKIE
+from authdb.services.mfa import CHALLENGE_LIFETIME
 from authdb.services.sessions import BrowserSession
 from authdb.settings import Settings
 
@@ -22,6 +24,10 @@ SESSION_COOKIE = "authdb_session"
 # ``__Host-`` name cannot be planted by a sibling subdomain, unlike ``authdb_csrf``, which the
 # spec names for JavaScript to read.
 PRESESSION_COOKIE = "authdb_presession"
+# Between the password and the second factor of a page sign-in: the ``mfa_token``. A cookie,
+# never the URL or the page, so that it stays out of history, logs and Referer headers.
+MFA_COOKIE = "authdb_mfa"
+MFA_COOKIE_MAX_AGE = int(CHALLENGE_LIFETIME.total_seconds())
 
 
 def is_https(settings: Settings) -> bool:
@@ -56,6 +62,26 @@ def read_presession_cookie(request: HTTPConnection, settings: Settings) -> str |
 
 def set_presession_cookie(response: Response, settings: Settings, value: str) -> None:
     response.set_cookie(presession_cookie_name(settings), value, **_attributes(settings))
+
+
+def mfa_cookie_name(settings: Settings) -> str:
+    """``__Host-authdb_mfa`` on https, ``authdb_mfa`` otherwise."""
+    return _host_only(MFA_COOKIE, settings)
+
+
+def read_mfa_cookie(request: HTTPConnection, settings: Settings) -> str | None:
+    return request.cookies.get(mfa_cookie_name(settings))
+
+
+def set_mfa_cookie(response: Response, settings: Settings, mfa_token: str) -> None:
+    # It lives no longer than the challenge it names (5 minutes).
+    response.set_cookie(
+        mfa_cookie_name(settings), mfa_token, max_age=MFA_COOKIE_MAX_AGE, **_attributes(settings)
+    )
+
+
+def clear_mfa_cookie(response: Response, settings: Settings) -> None:
+    response.delete_cookie(mfa_cookie_name(settings), **_attributes(settings))
 
 
 def set_session_cookie(response: Response, settings: Settings, session: BrowserSession) -> None:

@@ -273,7 +273,7 @@ async def _complete(
     async with core.sessionmaker.begin() as db:
         now = core.clock()
         method = await mfa.verify_factor(
-            core, db, user.id, code=otp, recovery_code=recovery_code, now=now
+            core, db, user.id, otp=otp, recovery_code=recovery_code, now=now
         )
         if method is None:
             return None

@@ -10,6 +10,7 @@ conditional UPDATE.
 from __future__ import annotations
 
 import hashlib
+import hmac
 import secrets
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -21,7 +22,7 @@ from authdb import totp
 from authdb.db.models import MFAChallenge, RecoveryCode, TOTPSecret, User
 from authdb.errors import Conflict, InvalidMFACode, NotAuthenticated, NotFound, TooManyRequests
 from authdb.ratelimit import RateLimits
-from authdb.sealing import Sealer, Unsealable
+from authdb.sealing import Sealer, Unsealable, derive_key
 from authdb.services import audit, lockout
 from authdb.services.core import ClientInfo, Core
 from authdb.services.email_tokens import Mail
@@ -36,6 +37,7 @@ RECOVERY_CODE_COUNT = 10
 _CODE_ALPHABET = "0123456789abcdefghjkmnpqrstvwxyz"
 _CODE_LENGTH = 12
 _SEAL_PURPOSE = "authdb totp secret"
+_CODE_PURPOSE = "authdb recovery code"
 
 METHOD_TOTP = "totp"
 METHOD_RECOVERY_CODE = "recovery_code"
@@ -135,7 +137,7 @@ async def confirm_setup(
         pending.confirmed_at = now
         pending.last_used_step = step  # the confirming code cannot sign anyone in later
         row.mfa_enabled = True
-        codes = await _replace_recovery_codes(db, user.id, now)
+        codes = await _replace_recovery_codes(core, db, user.id, now)
         audit.record(db, "mfa_enabled", client=client, now=now, user_id=user.id, method="totp")
         mail = _notice(row, "mfa_enabled")
     return codes, mail
@@ -156,7 +158,7 @@ async def regenerate_recovery_codes(
         row = await _lock_user(db, user.id)
         if not row.mfa_enabled:
             raise Conflict(NOT_ENABLED)
-        codes = await _replace_recovery_codes(db, user.id, now)
+        codes = await _replace_recovery_codes(core, db, user.id, now)
         audit.record(db, "mfa_recovery_codes_replaced", client=client, now=now, user_id=user.id)
     return codes
 
@@ -275,20 +277,28 @@ async def verify_factor(
     db: AsyncSession,
     user_id: int,
     *,
-    code: str | None = None,
-    recovery_code: str | None = None,
     now: datetime,
+    otp: str | None = None,
+    recovery_code: str | None = None,
+    code: str | None = None,
 ) -> str | None:
     """Check and spend a second factor in the caller's transaction: the method, or None.
 
-    ``code`` may be a TOTP code or a recovery code (told apart by shape); ``recovery_code``
-    is only ever a recovery code. A TOTP code claims its time step, so it, and any code of
-    an earlier step, is refused afterwards (RFC 6238 section 5.2).
+    ``otp`` is only ever a TOTP code and ``recovery_code`` only a recovery code; ``code`` (a
+    form with one field for both) is told apart by shape: up to 6 digits is a TOTP code. A
+    TOTP code claims its time step, so it, and any code of an earlier step, is refused
+    afterwards (RFC 6238 section 5.2).
     """
-    if code is not None and _looks_like_totp(code):
-        return METHOD_TOTP if await _spend_totp(core, db, user_id, code, now) else None
-    given = recovery_code if recovery_code is not None else code
-    if given is not None and await _spend_recovery_code(db, user_id, given, now):
+    if code is not None:
+        if _looks_like_totp(code):
+            otp = code
+        else:
+            recovery_code = code
+    if otp is not None:
+        return METHOD_TOTP if await _spend_totp(core, db, user_id, otp, now) else None
+    if recovery_code is not None and await _spend_recovery_code(
+        core, db, user_id, recovery_code, now
+    ):
         return METHOD_RECOVERY_CODE
     return None
 
@@ -331,12 +341,16 @@ def _matching_step(core: Core, row: TOTPSecret, code: str, now: datetime) -> int
     return totp.matching_step(secret.decode(), code, now)
 
 
-async def _spend_recovery_code(db: AsyncSession, user_id: int, code: str, now: datetime) -> bool:
+async def _spend_recovery_code(
+    core: Core, db: AsyncSession, user_id: int, code: str, now: datetime
+) -> bool:
+    # Stored under the current key or, after a secret-key rotation, a fallback one.
+    hashes = [_hash_code(key, user_id, code) for key in _code_keys(core)]
     result = await db.execute(
         update(RecoveryCode)
         .where(
             RecoveryCode.user_id == user_id,
-            RecoveryCode.code_hash == _hash_code(code),
+            RecoveryCode.code_hash.in_(hashes),
             RecoveryCode.used_at.is_(None),
         )
         .values(used_at=now)
@@ -360,18 +374,32 @@ def new_recovery_code() -> str:
     return "-".join(raw[i : i + 4] for i in range(0, _CODE_LENGTH, 4))
 
 
-def _hash_code(code: str) -> str:
-    # Typed leniently: any case, spaces or hyphens; Crockford's look-alikes read as digits.
+def _code_keys(core: Core) -> list[bytes]:
+    """HMAC keys for recovery codes: derived from the secret key, then from each fallback."""
+    if core.secret is None:
+        raise RuntimeError("authdb is not started: use auth.lifespan or await auth.startup()")
+    return [derive_key(secret, _CODE_PURPOSE) for secret in (core.secret, *core.secret_fallbacks)]
+
+
+def _hash_code(key: bytes, user_id: int, code: str) -> str:
+    """HMAC-SHA256 of the code as typed leniently (any case, spaces or hyphens; Crockford's
+    look-alikes read as digits), bound to the user. Keyed, so that a database dump alone
+    cannot test guesses: 60 bits would not stand against every user's codes at once."""
     cleaned = "".join(code.split()).replace("-", "").lower()
     cleaned = cleaned.translate(str.maketrans("oil", "011"))
-    return hashlib.sha256(cleaned.encode()).hexdigest()
+    message = f"{user_id}:{cleaned}".encode()
+    return hmac.new(key, message, hashlib.sha256).hexdigest()
 
 
-async def _replace_recovery_codes(db: AsyncSession, user_id: int, now: datetime) -> list[str]:
+async def _replace_recovery_codes(
+    core: Core, db: AsyncSession, user_id: int, now: datetime
+) -> list[str]:
     await db.execute(delete(RecoveryCode).where(RecoveryCode.user_id == user_id))
     codes = [new_recovery_code() for _ in range(RECOVERY_CODE_COUNT)]
+    key = _code_keys(core)[0]
     db.add_all(
-        RecoveryCode(user_id=user_id, code_hash=_hash_code(code), created_at=now) for code in codes
+        RecoveryCode(user_id=user_id, code_hash=_hash_code(key, user_id, code), created_at=now)
+        for code in codes
     )
     return codes
 

@@ -1,4 +1,5 @@
-"""``/account``: profile, email, password, sessions and account deletion, for a signed-in browser.
+"""``/account``: profile, email, password, two-factor authentication (see ``account_mfa``),
+sessions and account deletion, for a signed-in browser.
 
 Each section is its own form. A success redirects back (303) with a fixed notice; a refusal
 renders the page again with the error next to its field, and a status that says what went
@@ -9,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import re
-from collections.abc import Awaitable, Callable
 from datetime import datetime
 from typing import Any
 
@@ -23,17 +23,14 @@ from authdb import errors
 from authdb.db.models import AuthSession
 from authdb.http.cookies import clear_session_cookie
 from authdb.http.dependencies import AuthDeps
-from authdb.http.errors import retry_after
 from authdb.http.mailing import send_later
-from authdb.http.pages.forms import field_of, parse, waiting_message
+from authdb.http.pages import account_mfa
+from authdb.http.pages.forms import Refusal, Section, parse, refusal
 from authdb.http.pages.render import Pages, PageState, text
 from authdb.http.params import id_parser
 from authdb.http.schemas import PasswordChange, PasswordConfirm, UserUpdate
 from authdb.services import accounts, sessions
 from authdb.services.sessions import Authenticated
-
-# A section's handler: the form posted, the signed-in session; a response or None for success.
-Section = Callable[[Request, FormData, Authenticated], Awaitable[Response | None]]
 
 
 def _when(moment: datetime) -> str:
@@ -83,32 +80,6 @@ def _session_view(session: AuthSession, current_id: int) -> dict[str, Any]:
     }
 
 
-class _Refusal(Exception):
-    """A section's input was refused: re-render the page with these errors."""
-
-    def __init__(
-        self,
-        status: int,
-        errors: dict[str, str],
-        error: str | None = None,
-        headers: dict[str, str] | None = None,
-    ) -> None:
-        super().__init__(error)
-        self.status, self.errors, self.error = status, errors, error
-        self.headers = headers or {}
-
-
-def _refusal(exc: errors.AuthError, default_field: str) -> _Refusal:
-    if isinstance(exc, errors.TooManyRequests):
-        return _Refusal(429, {}, waiting_message(exc), retry_after(exc))
-    if isinstance(exc, errors.IncorrectPassword):
-        return _Refusal(400, {"current_password": exc.detail})
-    status = 409 if isinstance(exc, errors.Conflict) else 422
-    if isinstance(exc, errors.InvalidInput | errors.Conflict):
-        return _Refusal(status, {field_of(exc, default_field): exc.detail})
-    raise exc
-
-
 def add_routes(router: APIRouter, deps: AuthDeps, pages: Pages) -> None:
     """Add ``/account`` and its section forms to ``router``."""
     core = deps.core
@@ -154,18 +125,18 @@ def add_routes(router: APIRouter, deps: AuthDeps, pages: Pages) -> None:
                 return to_login(request, state)
             try:
                 response = await run(request, form, auth)
-            except _Refusal as refusal:
+            except Refusal as refused:
                 values = {k: text(form, k) for k in ("username", "full_name", "email")}
                 return await show(
                     request,
                     state,
                     auth,
-                    status=refusal.status,
+                    status=refused.status,
                     form=form_name,
-                    errors=refusal.errors,
-                    error=refusal.error,
+                    errors=refused.errors,
+                    error=refused.error,
                     values=values,
-                    headers=refusal.headers,
+                    headers=refused.headers,
                 )
             return response or pages.redirect(pages.url(request, "account"), state)
 
@@ -177,14 +148,14 @@ def add_routes(router: APIRouter, deps: AuthDeps, pages: Pages) -> None:
             {"username": text(form, "username"), "full_name": text(form, "full_name") or None},
         )
         if body is None:
-            raise _Refusal(422, problems)
+            raise Refusal(422, problems)
         changes = body.model_dump(exclude_unset=True)
         try:
             await accounts.update_account(
                 core, deps.limits, auth.user, changes, deps.client_resolver(request)
             )
         except errors.AuthError as exc:
-            raise _refusal(exc, "username") from None
+            raise refusal(exc, "username") from None
         return pages.redirect(pages.url(request, "account") + "?notice=profile_saved")
 
     async def email(request: Request, form: FormData, auth: Authenticated) -> Response | None:
@@ -193,7 +164,7 @@ def add_routes(router: APIRouter, deps: AuthDeps, pages: Pages) -> None:
             {"email": text(form, "email"), "current_password": text(form, "current_password")},
         )
         if body is None:
-            raise _Refusal(422, problems)
+            raise Refusal(422, problems)
         try:
             _user, mails = await accounts.update_account(
                 core,
@@ -203,7 +174,7 @@ def add_routes(router: APIRouter, deps: AuthDeps, pages: Pages) -> None:
                 deps.client_resolver(request),
             )
         except errors.AuthError as exc:
-            raise _refusal(exc, "email") from None
+            raise refusal(exc, "email") from None
         response = pages.redirect(pages.url(request, "account") + "?notice=email_pending")
         response.background = BackgroundTasks()
         send_later(response.background, deps.mailer, mails)
@@ -212,13 +183,13 @@ def add_routes(router: APIRouter, deps: AuthDeps, pages: Pages) -> None:
     async def password(request: Request, form: FormData, auth: Authenticated) -> Response | None:
         new = text(form, "new_password")
         if new != text(form, "new_password_confirm"):
-            raise _Refusal(422, {"new_password_confirm": "The passwords do not match."})
+            raise Refusal(422, {"new_password_confirm": "The passwords do not match."})
         body, problems = parse(
             PasswordChange,
             {"current_password": text(form, "current_password"), "new_password": new},
         )
         if body is None:
-            raise _Refusal(422, problems)
+            raise Refusal(422, problems)
         try:
             await accounts.change_password(
                 core,
@@ -229,23 +200,23 @@ def add_routes(router: APIRouter, deps: AuthDeps, pages: Pages) -> None:
                 deps.client_resolver(request),
             )
         except errors.AuthError as exc:
-            raise _refusal(exc, "new_password") from None
+            raise refusal(exc, "new_password") from None
         return pages.redirect(pages.url(request, "account") + "?notice=password_changed")
 
     async def delete(request: Request, form: FormData, auth: Authenticated) -> Response | None:
         body, problems = parse(PasswordConfirm, {"password": text(form, "password")})
         if body is None:
-            raise _Refusal(422, problems)
+            raise Refusal(422, problems)
         try:
             await accounts.delete_account(
                 core, deps.limits, auth.user, body.password, deps.client_resolver(request)
             )
         except errors.IncorrectPassword as exc:
-            raise _Refusal(400, {"password": exc.detail}) from None
+            raise Refusal(400, {"password": exc.detail}) from None
         except errors.AuthError as exc:
             if isinstance(exc, errors.Conflict):
-                raise _Refusal(409, {}, exc.detail) from None
-            raise _refusal(exc, "password") from None
+                raise Refusal(409, {}, exc.detail) from None
+            raise refusal(exc, "password") from None
         target = pages.url(request, "login") + "?notice=account_deleted"
         response = pages.redirect(target, pages.signed_out_state())
         clear_session_cookie(response, core.settings)
@@ -255,6 +226,8 @@ def add_routes(router: APIRouter, deps: AuthDeps, pages: Pages) -> None:
     section("/account/email", "authdb_page_account_email", "email", email)
     section("/account/password", "authdb_page_account_password", "password", password)
     section("/account/delete", "authdb_page_account_delete", "delete", delete)
+    for path, name, form_name, run in account_mfa.sections(deps, pages):
+        section(path, name, form_name, run)
 
     async def revoke(request: Request, form: FormData, auth: Authenticated) -> Response | None:
         try:

@@ -27,6 +27,7 @@ from authdb.tokens import hash_opaque_token, new_opaque_token
 PATH_NAMES = (
     "css",
     "login",
+    "login_mfa",
     "register",
     "forgot_password",
     "reset_password",
@@ -38,6 +39,10 @@ PATH_NAMES = (
     "account_password",
     "account_delete",
     "account_sessions",
+    "account_mfa_setup",
+    "account_mfa_confirm",
+    "account_mfa_recovery_codes",
+    "account_mfa_disable",
 )
 
 # Short codes in ``?notice=`` after a redirect; only these fixed texts are ever shown.
@@ -51,6 +56,8 @@ NOTICES = {
     "we sent to it.",
     "password_changed": "Your password has been changed. Your other sessions were signed out.",
     "session_revoked": "That session has been signed out.",
+    "mfa_expired": "Your sign-in expired; please sign in again.",
+    "mfa_disabled": "Two-factor authentication is off. Signing in needs only your password now.",
 }
 
 _LOGGED_MAIL = "(No mail server is configured here: the email was written to the server's log.)"

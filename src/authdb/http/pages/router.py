@@ -8,7 +8,7 @@ from fastapi import APIRouter
 from starlette.responses import Response
 
 from authdb.http.dependencies import AuthDeps
-from authdb.http.pages import account, signin
+from authdb.http.pages import account, signin, signin_mfa
 from authdb.http.pages.render import Pages
 from authdb.http.pages.routing import route_classes
 
@@ -23,6 +23,7 @@ def build(deps: AuthDeps) -> APIRouter:
     router = APIRouter(route_class=page_route, include_in_schema=False)
     form_router = APIRouter(route_class=form_only_route, include_in_schema=False)
     signin.add_routes(router, form_router, deps, pages)
+    signin_mfa.add_routes(router, deps, pages)
     account.add_routes(router, deps, pages)
     stylesheet = _CSS.read_bytes()
 

@@ -1,4 +1,5 @@
-"""Pages for signing in and out, registering, and following emailed links.
+"""Pages for signing in and out, registering, and following emailed links (the second step
+of a sign-in with MFA is ``signin_mfa``).
 
 A GET never spends a token: ``/verify?token=`` and ``/reset-password?token=`` show a form that
 POSTs it, because mail scanners follow links.
@@ -7,6 +8,7 @@ POSTs it, because mail scanners follow links.
 from __future__ import annotations
 
 from typing import Any
+from urllib.parse import urlencode
 
 from fastapi import APIRouter
 from starlette.background import BackgroundTasks
@@ -15,7 +17,14 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from authdb import errors
-from authdb.http.cookies import clear_session_cookie, read_session_cookie, set_session_cookie
+from authdb.http.cookies import (
+    clear_mfa_cookie,
+    clear_session_cookie,
+    read_mfa_cookie,
+    read_session_cookie,
+    set_mfa_cookie,
+    set_session_cookie,
+)
 from authdb.http.dependencies import AuthDeps
 from authdb.http.errors import retry_after
 from authdb.http.mailing import Prepare, prepare_and_send, send_later
@@ -25,7 +34,9 @@ from authdb.http.redirects import safe_next
 from authdb.http.routers.accounts import RESET_ACCEPTED, VERIFY_ACCEPTED
 from authdb.http.schemas import EmailRequest, PasswordReset, TokenRequest, UserCreate
 from authdb.services import accounts, sessions
+from authdb.services.core import Core
 from authdb.services.login import login_browser
+from authdb.services.sessions import BrowserSession
 from authdb.tokens import hash_opaque_token
 
 # The same caps as POST /token's form fields.
@@ -43,35 +54,95 @@ def _login_field_problems(form: FormData) -> dict[str, str]:
     return problems
 
 
+def safe_landing(pages: Pages, candidate: str) -> str | None:
+    """``candidate`` if it may follow a sign-in (a path here or an allowed origin), else None."""
+    settings = pages.settings
+    return safe_next(
+        candidate,
+        public_url=settings.public_url,
+        allowed_origins=settings.allowed_redirect_origins,
+    )
+
+
+def login_form(
+    pages: Pages, request: Request, state: PageState, *, status: int = 200, **context: Any
+) -> Response:
+    """The sign-in page; ``next`` defaults to the query's."""
+    context.setdefault("next", request.query_params.get("next", ""))
+    return pages.render(
+        request,
+        state,
+        "login",
+        title="Sign in",
+        status=status,
+        notice=pages.notice(request),
+        **context,
+    )
+
+
+def refused_account(
+    pages: Pages,
+    request: Request,
+    state: PageState,
+    exc: errors.InactiveUser | errors.EmailNotVerified,
+    **context: Any,
+) -> Response:
+    """The sign-in page saying why a right password (and code) still may not sign in."""
+    unverified = isinstance(exc, errors.EmailNotVerified)
+    message = (
+        "Verify your email address first: follow the link we sent you."
+        if unverified
+        else "This account is disabled."
+    )
+    return login_form(
+        pages,
+        request,
+        state,
+        status=400,
+        error=message,
+        resend_verification=unverified,
+        **context,
+    )
+
+
+async def signed_in(
+    core: Core, pages: Pages, request: Request, browser: BrowserSession, next_: str
+) -> Response:
+    """The end of a sign-in, with or without a second factor: the session cookie (ending the
+    session a cookie this browser already had), a CSRF token bound to it, then ``next``."""
+    settings = pages.settings
+    replaced = read_session_cookie(request, settings)
+    if replaced is not None:
+        await sessions.end_replaced_cookie(core, replaced)
+    landing = safe_landing(pages, next_) or pages.url(request, "account")
+    response = pages.redirect(landing, pages.state_for(hash_opaque_token(browser.cookie)))
+    set_session_cookie(response, settings, browser)
+    if read_mfa_cookie(request, settings) is not None:
+        clear_mfa_cookie(response, settings)
+    return response
+
+
+def to_second_factor(
+    pages: Pages, request: Request, state: PageState, mfa_token: str, next_: str
+) -> Response:
+    """The password was right and MFA is on: on to ``/login/mfa``, the ``mfa_token`` in its
+    cookie (never in the URL or a page); ``next`` goes along only if it is safe."""
+    target = pages.url(request, "login_mfa")
+    landing = safe_landing(pages, next_)
+    if landing:
+        target += "?" + urlencode({"next": landing})
+    response = pages.redirect(target, state)
+    set_mfa_cookie(response, pages.settings, mfa_token)
+    return response
+
+
 def add_routes(router: APIRouter, form_router: APIRouter, deps: AuthDeps, pages: Pages) -> None:
     """Add the sign-in pages to ``router``; POSTs sharing an API path go on ``form_router``."""
     core, settings = deps.core, deps.core.settings
 
-    def landing(request: Request, candidate: str) -> str:
-        chosen = safe_next(
-            candidate,
-            public_url=settings.public_url,
-            allowed_origins=settings.allowed_redirect_origins,
-        )
-        return chosen or pages.url(request, "account")
-
-    def login_form(
-        request: Request, state: PageState, *, status: int = 200, **context: Any
-    ) -> Response:
-        context.setdefault("next", request.query_params.get("next", ""))
-        return pages.render(
-            request,
-            state,
-            "login",
-            title="Sign in",
-            status=status,
-            notice=pages.notice(request),
-            **context,
-        )
-
     @router.get("/login", name="authdb_page_login")
     async def login_page(request: Request) -> Response:
-        return login_form(request, pages.state(request))
+        return login_form(pages, request, pages.state(request))
 
     @router.post("/login")
     async def login_submit(request: Request) -> Response:
@@ -83,14 +154,17 @@ def add_routes(router: APIRouter, form_router: APIRouter, deps: AuthDeps, pages:
             if "username" in problems:
                 values = {}  # never echo a megabyte back
             return login_form(
-                request, state, status=422, errors=problems, values=values, next=next_
+                pages, request, state, status=422, errors=problems, values=values, next=next_
             )
         try:
             browser = await login_browser(
                 core, deps.limits, username, text(form, "password"), deps.client_resolver(request)
             )
+        except errors.MFARequired as exc:
+            return to_second_factor(pages, request, state, exc.mfa_token, next_)
         except errors.TooManyRequests as exc:
             return login_form(
+                pages,
                 request,
                 state,
                 status=429,
@@ -101,6 +175,7 @@ def add_routes(router: APIRouter, form_router: APIRouter, deps: AuthDeps, pages:
             )
         except (errors.InvalidCredentials, errors.InvalidInput):
             return login_form(
+                pages,
                 request,
                 state,
                 status=401,
@@ -109,29 +184,8 @@ def add_routes(router: APIRouter, form_router: APIRouter, deps: AuthDeps, pages:
                 next=next_,
             )
         except (errors.InactiveUser, errors.EmailNotVerified) as exc:
-            unverified = isinstance(exc, errors.EmailNotVerified)
-            message = (
-                "Verify your email address first: follow the link we sent you."
-                if unverified
-                else "This account is disabled."
-            )
-            return login_form(
-                request,
-                state,
-                status=400,
-                error=message,
-                values=values,
-                next=next_,
-                resend_verification=unverified,
-            )
-        replaced = read_session_cookie(request, settings)
-        if replaced is not None:
-            await sessions.end_replaced_cookie(core, replaced)
-        response = pages.redirect(
-            landing(request, next_), pages.state_for(hash_opaque_token(browser.cookie))
-        )
-        set_session_cookie(response, settings, browser)
-        return response
+            return refused_account(pages, request, state, exc, values=values, next=next_)
+        return await signed_in(core, pages, request, browser, next_)
 
     @form_router.post("/logout", name="authdb_page_logout")
     async def logout_submit(request: Request) -> Response:
