@@ -24,7 +24,9 @@ from tests.cli import run_cli
 from tests.conftest import PASSWORD, Harness, Mailbox
 
 MakeHarness = Callable[..., Awaitable[Harness]]
-MFA_OFF_SUBJECT = "Two-factor authentication is now off for your account"
+MFA_OFF_SUBJECT = (
+    "Two-factor authentication is now off for your account (reset by an administrator)"
+)
 
 
 def _env(harness: Harness, smtp_port: int) -> dict[str, str]:

@@ -85,9 +85,28 @@ def error_responses(*statuses: int, model: type[BaseModel] = ErrorResponse) -> R
     return responses
 
 
+# What each error of /token means for a client, beyond the generic wording.
+_TOKEN_MEANINGS = {
+    401: (
+        "Wrong credentials. With the MFA grant: `Invalid MFA code` (ask again, same "
+        "`mfa_token`) or `Invalid or expired MFA token` (start over with the password)"
+    ),
+    403: (
+        "`MFA required` (`error: mfa_required`): the password was right and the account has a "
+        "second factor. Ask for a code, then post `grant_type="
+        "urn:authdb:params:oauth:grant-type:mfa` with this `mfa_token` (valid 5 minutes) and "
+        "`otp` or `recovery_code`"
+    ),
+}
+
+
 def token_errors(*statuses: int) -> Responses:
     """Like :func:`error_responses`, for ``/token``, whose errors also carry OAuth 2.0 fields."""
-    return error_responses(*statuses, model=OAuthErrorResponse)
+    responses = error_responses(*statuses, model=OAuthErrorResponse)
+    for status, meaning in _TOKEN_MEANINGS.items():
+        if status in responses:
+            responses[status]["description"] = meaning
+    return responses
 
 
 # Answered by the standalone service's middleware, on any route: see authdb.http.middleware.

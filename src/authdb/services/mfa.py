@@ -216,7 +216,7 @@ async def reset(
             actor_id=actor_id,
             was_on=was_on,
         )
-        return _notice(row, "mfa_disabled") if was_on else None
+        return _notice(row, "mfa_reset") if was_on else None
 
 
 # --- the second factor at sign-in ----------------------------------------------------------------

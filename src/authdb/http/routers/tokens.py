@@ -54,7 +54,7 @@ def _one_factor(otp: str | None, recovery_code: str | None) -> None:
 def build(deps: AuthDeps) -> APIRouter:
     router = APIRouter(tags=["auth"], route_class=AuthRoute, responses=error_responses(503))
     # /token's errors carry RFC 6749 `error` fields too (see authdb.http.oauth_errors).
-    token_router = APIRouter(tags=["auth"], route_class=TokenRoute)
+    token_router = APIRouter(route_class=TokenRoute)  # tagged "auth" by ``router``
     Client = Annotated[ClientInfo, Depends(deps.client)]
 
     @token_router.post(
@@ -62,14 +62,29 @@ def build(deps: AuthDeps) -> APIRouter:
     )
     async def token(
         client: Client,
-        grant_type: Annotated[str, Form(max_length=64)] = "password",
+        grant_type: Annotated[
+            str,
+            Form(
+                max_length=64,
+                description=f"`password` (default), `refresh_token`, or `{MFA_GRANT}`",
+            ),
+        ] = "password",
         username: Annotated[str | None, Form(max_length=_FIELD)] = None,
         password: Annotated[str | None, Form(max_length=4096)] = None,
         refresh_token: Annotated[str | None, Form(max_length=_FIELD)] = None,
         scope: Annotated[str, Form(max_length=_FIELD)] = "",
-        mfa_token: Annotated[str | None, Form(max_length=_FIELD)] = None,
-        otp: Annotated[str | None, Form(max_length=64)] = None,
-        recovery_code: Annotated[str | None, Form(max_length=64)] = None,
+        mfa_token: Annotated[
+            str | None,
+            Form(max_length=_FIELD, description="MFA grant: from the 403 `MFA required` answer"),
+        ] = None,
+        otp: Annotated[
+            str | None,
+            Form(max_length=64, description="MFA grant: a 6-digit code from the authenticator"),
+        ] = None,
+        recovery_code: Annotated[
+            str | None,
+            Form(max_length=64, description="MFA grant, instead of `otp`: a recovery code"),
+        ] = None,
     ) -> Token:
         """OAuth2 token endpoint: the ``password`` grant (username or email), ``refresh_token``,
         and the MFA grant.
