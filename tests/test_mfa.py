@@ -21,9 +21,9 @@ import pyotp
 import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
-from sqlalchemy import func, select, text
+from sqlalchemy import func, select, text, update
 
-from authdb.db.models import Base, MFAChallenge, RecoveryCode, TOTPSecret
+from authdb.db.models import Base, MFAChallenge, RecoveryCode, TOTPSecret, User
 from authdb.services import audit
 from tests.conftest import PASSWORD, Harness, Mailbox
 from tests.mfa_helpers import (
@@ -638,8 +638,26 @@ async def test_a_user_disabled_between_the_steps_is_refused(harness: Harness) ->
         f"/users/{alice.user_id}", json={"disabled": True}, headers=root
     )
     assert patched.status_code == 200, patched.text
+    # Disabling ends the half-done sign-in with the sessions, even if re-enabled at once.
+    enabled = await harness.client.patch(
+        f"/users/{alice.user_id}", json={"disabled": False}, headers=root
+    )
+    assert enabled.status_code == 200, enabled.text
+    _assert_grant_refused(await mfa_grant(harness, token, otp=alice.code()), INVALID_TOKEN)
+
+
+async def test_an_account_refused_after_its_password_is_refused_at_the_code_too(
+    make_harness: MakeHarness,
+) -> None:
+    # require_verified_email turned on between the two steps (e.g. by a restart): 400 as /token.
+    harness = await make_harness()
+    alice = await _enrolled(harness)
+    token = await mfa_token(harness)
+    async with harness.auth.core.sessionmaker.begin() as db:
+        await db.execute(update(User).where(User.id == alice.user_id).values(is_verified=False))
+    harness.auth.core.settings.require_verified_email = True
     refused = await mfa_grant(harness, token, otp=alice.code())
-    _assert_error(refused, 400, "Inactive user")
+    _assert_error(refused, 400, "Email not verified")
     assert refused.json()["error"] == "invalid_grant" and "access_token" not in refused.json()
 
 
@@ -844,3 +862,100 @@ async def test_any_text_in_the_mfa_grant_is_refused_with_a_4xx(
     assert "access_token" not in body
     if response.status_code == 401:
         assert body["detail"] == (INVALID_CODE if real else INVALID_TOKEN)
+
+
+# --- found by attacking the feature -----------------------------------------------------------
+
+
+async def test_wrong_first_codes_count_and_a_locked_account_confirms_nothing(
+    make_harness: MakeHarness,
+) -> None:
+    """A stolen access token must not try set-up codes until one fits (which would hand the
+    thief the recovery codes): wrong first codes lock the account like wrong passwords, and
+    while it is locked the right code is not even looked at."""
+    harness = await make_harness(login_max_failures=3)
+    await harness.create_user("alice")
+    clock = freeze(harness)
+    headers = await harness.bearer()
+    setup = await harness.client.post(SETUP, json={"password": PASSWORD}, headers=headers)
+    secret = setup.json()["secret"]
+    window = {totp_code(secret, clock.now, offset) for offset in (-1, 0, 1)}
+    wrong = next(c for c in ("000000", "111111", "222222", "333333") if c not in window)
+    for _ in range(3):
+        _assert_error(
+            await harness.client.post(CONFIRM, json={"code": wrong}, headers=headers),
+            400,
+            INVALID_CODE,
+        )
+    right = totp_code(secret, clock.now)
+    _assert_locked(await harness.client.post(CONFIRM, json={"code": right}, headers=headers))
+    events = await _events(harness, await _user_id(harness, headers))
+    assert [name for name, _ in events].count("mfa_failed") == 3
+    assert "mfa_enabled" not in [name for name, _ in events]
+
+
+async def test_an_abandoned_set_up_expires_after_15_minutes(harness: Harness) -> None:
+    await harness.create_user("alice")
+    clock = freeze(harness)
+    headers = await harness.bearer()
+    setup = await harness.client.post(SETUP, json={"password": PASSWORD}, headers=headers)
+    secret = setup.json()["secret"]
+    clock.advance(minutes=15, seconds=1)
+    late = await harness.client.post(
+        CONFIRM, json={"code": totp_code(secret, clock.now)}, headers=headers
+    )
+    _assert_error(late, 409, "No MFA setup in progress")
+
+
+async def test_new_recovery_codes_are_mailed_about(harness: Harness, mailbox: Mailbox) -> None:
+    alice = await _enrolled(harness)
+    await mailbox.wait_for(1)  # the "on" notice
+    response = await harness.client.post(
+        RECOVERY, json={"password": PASSWORD}, headers=alice.headers
+    )
+    assert response.status_code == 200, response.text
+    notice = (await mailbox.wait_for(2))[1]
+    assert "recovery codes" in str(notice["Subject"]).lower()
+    assert notice["To"] == "alice@example.com"
+
+
+async def test_a_password_reset_does_not_lift_a_lock_built_by_wrong_codes(
+    make_harness: MakeHarness, mailbox: Mailbox
+) -> None:
+    """The reset link proves the mailbox, not the second factor: with MFA on, the lock that
+    wrong codes built stands (else each reset would buy a fresh batch of guesses)."""
+    harness = await make_harness(login_max_failures=3)
+    alice = await _enrolled(harness)
+    window = {alice.code(offset) for offset in (-1, 0, 1)}
+    wrong = next(c for c in ("000000", "111111", "222222", "333333") if c not in window)
+    for _ in range(3):
+        await mfa_grant(harness, await mfa_token(harness), otp=wrong)
+    _assert_locked(await password_step(harness))
+    forgot = await harness.client.post("/password/forgot", json={"email": "alice@example.com"})
+    assert forgot.status_code == 202
+    (mail,) = [m for m in await mailbox.wait_for(2) if "reset" in str(m["Subject"]).lower()]
+    body = mail.get_body(("plain",))
+    assert body is not None
+    link_token = re.search(r"reset-password\?token=([\w-]+)", body.get_content())
+    assert link_token is not None
+    reset = await harness.client.post(
+        "/password/reset",
+        json={"token": link_token.group(1), "password": "an entirely new passphrase"},
+    )
+    assert reset.status_code == 204, reset.text
+    _assert_locked(await password_step(harness, password="an entirely new passphrase"))
+
+
+async def test_concurrent_wrong_codes_cannot_pass_the_five_per_mfa_token(harness: Harness) -> None:
+    alice = await _enrolled(harness)
+    token = await mfa_token(harness)
+    window = {alice.code(offset) for offset in (-1, 0, 1)}
+    wrong = [c for c in (f"{n:06d}" for n in range(100000, 100020)) if c not in window][:10]
+    answers = await asyncio.gather(*(mfa_grant(harness, token, otp=code) for code in wrong))
+    details = [r.json()["detail"] for r in answers]
+    assert all(r.status_code == 401 for r in answers), details
+    assert details.count(INVALID_CODE) == 5, details
+    assert details.count(INVALID_TOKEN) == 5, details
+    async with harness.auth.core.sessionmaker() as db:
+        failures = await db.scalar(select(MFAChallenge.failures))
+    assert failures == 5

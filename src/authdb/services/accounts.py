@@ -191,7 +191,10 @@ async def reset_password(core: Core, token: str, password: str, client: ClientIn
         await set_password_hash(db, user, hashed, now)
         await sessions.revoke_all(db, user.id, now)
         # Proving control of the mailbox is as good as a correct password: lift a lockout.
-        await _forget_failures(db, user)
+        # Not with MFA on, where the count also holds wrong codes, which a mailbox does not
+        # excuse (only a right second factor clears it).
+        if not user.mfa_enabled:
+            await _forget_failures(db, user)
         audit.record(db, "password_reset", client=client, now=now, user_id=user.id)
 
 

@@ -9,6 +9,8 @@ oracle. See ``authdb.services.lockout`` for the account's counter and
 from __future__ import annotations
 
 import contextlib
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from datetime import timedelta
 from typing import NoReturn
 
@@ -17,6 +19,25 @@ from authdb.errors import AuthError, IncorrectPassword, InvalidCredentials, TooM
 from authdb.ratelimit import RateLimits, client_key
 from authdb.services import audit, lockout
 from authdb.services.core import ClientInfo, Core
+
+
+@asynccontextmanager
+async def attempt(
+    core: Core, limits: RateLimits, user: User, client: ClientInfo
+) -> AsyncIterator[str]:
+    """Guard one proof by a known user (a password or a code) before it is checked.
+
+    Holds a place in the client's failure budget while the proof is in flight (429 when it is
+    spent) and refuses a locked account before any work, so that a guess made while locked
+    is never evaluated. Yields the account's lockout key.
+    """
+    async with limits.attempt("login_failures", client_key(client, core.settings)):
+        key = lockout.lock_key(user, "")
+        async with core.sessionmaker() as db:
+            retry = await lockout.locked_for(db, key, core.clock())
+        if retry is not None:
+            await refuse_locked(core, limits, client, user.id, retry)
+        yield key
 
 
 async def confirm_password(
@@ -30,12 +51,7 @@ async def confirm_password(
     would reset the count between guessed codes. Raises IncorrectPassword, or
     TooManyRequests while the account is locked or the client over its budget.
     """
-    async with limits.attempt("login_failures", client_key(client, core.settings)):
-        key = lockout.lock_key(user, "")
-        async with core.sessionmaker() as db:
-            retry = await lockout.locked_for(db, key, core.clock())
-        if retry is not None:
-            await refuse_locked(core, limits, client, user.id, retry)
+    async with attempt(core, limits, user, client) as key:
         ok, _ = await core.hasher.verify(password, user.hashed_password)
         if not ok:
             await fail(core, limits, key, client, user.id, IncorrectPassword(), "password_failed")

@@ -11,7 +11,7 @@ from typing import TypeVar
 from sqlalchemy import update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from authdb.db.models import User
+from authdb.db.models import MFAChallenge, User
 from authdb.errors import (
     AuthError,
     EmailNotVerified,
@@ -26,7 +26,7 @@ from authdb.names import has_control_characters
 from authdb.ratelimit import RateLimits, client_key
 from authdb.services import audit, lockout, mfa
 from authdb.services.core import ClientInfo, Core
-from authdb.services.guard import fail, refuse_locked, spend_failure
+from authdb.services.guard import attempt, fail, refuse_locked, spend_failure
 from authdb.services.sessions import (
     BrowserSession,
     TokenPair,
@@ -235,27 +235,30 @@ async def _second_factor(
     recovery_code: str | None,
     opener: _Opener[SessionT],
 ) -> SessionT:
-    async with limits.attempt("login_failures", client_key(client, core.settings)):
-        async with core.sessionmaker() as db:
-            now = core.clock()
-            challenge = await mfa.find_challenge(db, mfa_token, now)
-            user = await db.get(User, challenge.user_id) if challenge is not None else None
-            if challenge is None or user is None or not user.mfa_enabled:
-                raise InvalidMFAToken
-            key = lockout.lock_key(user, "")
-            retry = await lockout.locked_for(db, key, now)
-        if retry is not None:
-            await refuse_locked(core, limits, client, user.id, retry)
+    challenge, user = await _challenge(core, mfa_token)
+    async with attempt(core, limits, user, client) as key:
         refusal = _refusal(core, user)
         if refusal is not None:
             raise refusal
+        async with core.sessionmaker.begin() as db:
+            reserved = await mfa.reserve_attempt(db, challenge.id, core.clock())
+        if not reserved:
+            raise InvalidMFAToken  # its attempts are used up (concurrent guesses included)
         pair = await _complete(core, challenge.id, user, key, client, otp, recovery_code, opener)
         if pair is None:
-            async with core.sessionmaker.begin() as db:
-                await mfa.count_wrong_code(db, challenge.id)
             await fail(core, limits, key, client, user.id, MFALoginFailed(), "mfa_failed")
     await _maybe_prune(core)
     return pair
+
+
+async def _challenge(core: Core, mfa_token: str) -> tuple[MFAChallenge, User]:
+    """The open challenge and its user, or InvalidMFAToken."""
+    async with core.sessionmaker() as db:
+        challenge = await mfa.find_challenge(db, mfa_token, core.clock())
+        user = await db.get(User, challenge.user_id) if challenge is not None else None
+    if challenge is None or user is None or not user.mfa_enabled:
+        raise InvalidMFAToken
+    return challenge, user
 
 
 async def _complete(

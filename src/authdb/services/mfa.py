@@ -26,12 +26,14 @@ from authdb.sealing import Sealer, Unsealable, derive_key
 from authdb.services import audit, lockout
 from authdb.services.core import ClientInfo, Core
 from authdb.services.email_tokens import Mail
-from authdb.services.guard import confirm_password, count_failure
+from authdb.services.guard import attempt, confirm_password, count_failure
 from authdb.tokens import hash_opaque_token, new_opaque_token
 
 # An mfa_token lives this long and dies at this many wrong codes (SPEC, "Multi-factor").
 CHALLENGE_LIFETIME = timedelta(minutes=5)
 CHALLENGE_MAX_FAILURES = 5
+# A set-up not confirmed within this time must be started again (with the password).
+SETUP_LIFETIME = timedelta(minutes=15)
 RECOVERY_CODE_COUNT = 10
 # Recovery codes: 12 characters of Crockford's base32 (60 bits), shown as xxxx-xxxx-xxxx.
 _CODE_ALPHABET = "0123456789abcdefghjkmnpqrstvwxyz"
@@ -103,52 +105,64 @@ async def begin_setup(
     return _setup_for(core, user, secret)
 
 
-async def pending_setup(core: Core, user: User) -> TOTPSetup | None:
-    """The set-up in progress, for the page that shows its QR code again after a mistyped
-    first code (a pending secret protects nothing yet); None when there is none."""
+async def has_pending_setup(core: Core, user: User) -> bool:
+    """Whether a set-up is waiting for its first code (and has not expired)."""
     async with core.sessionmaker() as db:
         row = await db.get(TOTPSecret, user.id)
-    if row is None or row.confirmed_at is not None:
-        return None
-    try:
-        secret, _ = _sealer(core).open(row.sealed_secret, _context(user.id))
-    except Unsealable:
-        return None
-    return _setup_for(core, user, secret.decode())
+    return row is not None and _pending(row, core.clock())
+
+
+def _pending(row: TOTPSecret | None, now: datetime) -> bool:
+    # An abandoned set-up does not wait for ever: its secret protects nothing but was shown.
+    return row is not None and row.confirmed_at is None and row.created_at > now - SETUP_LIFETIME
 
 
 async def confirm_setup(
-    core: Core, user: User, code: str, client: ClientInfo
+    core: Core, limits: RateLimits, user: User, code: str, client: ClientInfo
 ) -> tuple[list[str], Mail | None]:
     """Turn MFA on with a first code from the pending secret: 10 new recovery codes.
 
-    Raises Conflict (409) without a set-up in progress, InvalidMFACode (400) for a wrong
-    code. Returns the codes (shown once) and the notice to mail the account.
+    A wrong code counts as a failed login (InvalidMFACode, 400, or TooManyRequests once the
+    account locks): whoever holds a stolen access token must not try codes until one fits.
+    Raises Conflict (409) without a set-up in progress (none, confirmed, or older than
+    ``SETUP_LIFETIME``). Returns the codes (shown once) and the notice to mail the account.
     """
+    async with attempt(core, limits, user, client):
+        try:
+            return await _confirm(core, user, code, client)
+        except InvalidMFACode as exc:
+            await count_failure(core, limits, user, client, exc, "mfa_failed")
+    raise AssertionError("count_failure always raises")  # pragma: no cover
+
+
+async def _confirm(
+    core: Core, user: User, code: str, client: ClientInfo
+) -> tuple[list[str], Mail | None]:
     now = core.clock()
     async with core.sessionmaker.begin() as db:
         row = await _lock_user(db, user.id)
         pending = await db.get(TOTPSecret, user.id)
-        if row.mfa_enabled or pending is None or pending.confirmed_at is not None:
+        if row.mfa_enabled or pending is None or not _pending(pending, now):
             raise Conflict(NO_SETUP)
         step = _matching_step(core, pending, code, now)
         if step is None:
-            raise InvalidMFACode
+            raise InvalidMFACode  # rolls back; counted by the caller
         pending.confirmed_at = now
         pending.last_used_step = step  # the confirming code cannot sign anyone in later
         row.mfa_enabled = True
         codes = await _replace_recovery_codes(core, db, user.id, now)
         audit.record(db, "mfa_enabled", client=client, now=now, user_id=user.id, method="totp")
-        mail = _notice(row, "mfa_enabled")
-    return codes, mail
+        return codes, _notice(row, "mfa_enabled")
 
 
 async def regenerate_recovery_codes(
     core: Core, limits: RateLimits, user: User, password: str, client: ClientInfo
-) -> list[str]:
+) -> tuple[list[str], Mail | None]:
     """Ten new recovery codes after checking the password; the earlier ones stop working.
 
+    The account is told by email: new codes in other hands would turn the second factor off.
     Raises Conflict (409) when MFA is off, IncorrectPassword (400) or TooManyRequests.
+    Returns the codes (shown once) and the notice.
     """
     if not user.mfa_enabled:
         raise Conflict(NOT_ENABLED)
@@ -160,7 +174,7 @@ async def regenerate_recovery_codes(
             raise Conflict(NOT_ENABLED)
         codes = await _replace_recovery_codes(core, db, user.id, now)
         audit.record(db, "mfa_recovery_codes_replaced", client=client, now=now, user_id=user.id)
-    return codes
+        return codes, _notice(row, "mfa_recovery_codes")
 
 
 async def disable(
@@ -225,6 +239,9 @@ async def reset(
 async def start_challenge(db: AsyncSession, user_id: int, now: datetime) -> str:
     """A new ``mfa_token`` for a user whose password was just accepted (stored as a hash)."""
     token = new_opaque_token()
+    # This user's spent and expired challenges go now: a password holder cannot pile them up.
+    dead = or_(MFAChallenge.expires_at <= now, MFAChallenge.used_at.is_not(None))
+    await db.execute(delete(MFAChallenge).where(MFAChallenge.user_id == user_id, dead))
     db.add(
         MFAChallenge(
             user_id=user_id,
@@ -253,23 +270,32 @@ async def find_challenge(db: AsyncSession, token: str, now: datetime) -> MFAChal
     return (await db.scalars(query)).one_or_none()
 
 
-async def spend_challenge(db: AsyncSession, challenge_id: int, now: datetime) -> bool:
-    """Use the challenge up, if it is still open (one conditional UPDATE: one winner)."""
+async def reserve_attempt(db: AsyncSession, challenge_id: int, now: datetime) -> bool:
+    """Take one of the challenge's attempts before a code is checked (one conditional UPDATE),
+    so that concurrent guesses cannot exceed the limit; False when none is left."""
     result = await db.execute(
         update(MFAChallenge)
         .where(MFAChallenge.id == challenge_id, *_open_challenge(now))
-        .values(used_at=now)
+        .values(failures=MFAChallenge.failures + 1)
     )
     return bool(result.rowcount)  # type: ignore[attr-defined]
 
 
-async def count_wrong_code(db: AsyncSession, challenge_id: int) -> None:
-    """One more wrong code against the challenge; at the limit it is dead."""
-    await db.execute(
+async def spend_challenge(db: AsyncSession, challenge_id: int, now: datetime) -> bool:
+    """Use the challenge up after a right code, if no concurrent request did (one winner).
+
+    Its attempt was reserved already, so the wrong-code limit is not checked again.
+    """
+    result = await db.execute(
         update(MFAChallenge)
-        .where(MFAChallenge.id == challenge_id)
-        .values(failures=MFAChallenge.failures + 1)
+        .where(
+            MFAChallenge.id == challenge_id,
+            MFAChallenge.used_at.is_(None),
+            MFAChallenge.expires_at > now,
+        )
+        .values(used_at=now)
     )
+    return bool(result.rowcount)  # type: ignore[attr-defined]
 
 
 async def verify_factor(

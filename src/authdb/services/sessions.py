@@ -15,7 +15,7 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from sqlalchemy import delete, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from authdb.db.models import AuthSession, RefreshToken, User
+from authdb.db.models import AuthSession, MFAChallenge, RefreshToken, User
 from authdb.errors import InactiveUser, InvalidRefreshToken, NotAuthenticated, NotFound
 from authdb.services import audit
 from authdb.services.core import ClientInfo, Core
@@ -283,13 +283,15 @@ async def revoke(db: AsyncSession, session_id: int, now: datetime) -> None:
 async def revoke_all(
     db: AsyncSession, user_id: int, now: datetime, *, keep: int | None = None
 ) -> None:
-    """End every session of a user, or every one but ``keep``."""
+    """End every session of a user, or every one but ``keep``, and every sign-in of theirs
+    still waiting for its second factor (an ``mfa_token``)."""
     query = update(AuthSession).where(
         AuthSession.user_id == user_id, AuthSession.revoked_at.is_(None)
     )
     if keep is not None:
         query = query.where(AuthSession.id != keep)
     await db.execute(query.values(revoked_at=now))
+    await db.execute(delete(MFAChallenge).where(MFAChallenge.user_id == user_id))
 
 
 async def logout(core: Core, auth: Authenticated, client: ClientInfo) -> None:

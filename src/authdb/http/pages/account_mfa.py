@@ -3,12 +3,14 @@ turn it off.
 
 Set-up takes two forms: the password starts it and answers with a page showing the QR code
 (``mfa_setup.html``); the first code from the app turns MFA on and answers with the recovery
-codes, shown this once (``mfa_recovery_codes.html``). A mistyped first code shows the same QR
-code again: the pending secret protects nothing until it is confirmed. Refusals that belong
+codes, shown this once (``mfa_recovery_codes.html``). A mistyped first code shows the code
+field again but never the key (a stolen session cookie must not read it). Refusals that belong
 on ``/account`` (wrong password, 409, 429) are ``Refusal``s, shown in the section.
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 from markupsafe import Markup
 from starlette.background import BackgroundTasks
@@ -51,11 +53,21 @@ def sections(deps: AuthDeps, pages: Pages) -> list[tuple[str, str, str, Section]
 
     def setup_page(
         request: Request,
-        setup: mfa.TOTPSetup,
+        setup: mfa.TOTPSetup | None,
         *,
         status: int = 200,
         problems: dict[str, str] | None = None,
     ) -> Response:
+        """The set-up page: with ``setup``, its QR code and key (right after the password);
+        without, only the code field: the secret is shown once, never to a mere session."""
+        shown: dict[str, Any] = {"qr_svg": "", "secret": "", "otpauth_uri": ""}
+        if setup is not None:
+            shown = {
+                # segno's drawing of the otpauth URI, never user input: safe to insert as is.
+                "qr_svg": Markup(setup.qr_svg),  # noqa: S704
+                "secret": key_groups(setup.secret),
+                "otpauth_uri": setup.otpauth_uri,
+            }
         return pages.render(
             request,
             pages.state(request),
@@ -64,10 +76,7 @@ def sections(deps: AuthDeps, pages: Pages) -> list[tuple[str, str, str, Section]
             status=status,
             signed_in=True,
             errors=problems or {},
-            # segno's drawing of the otpauth URI, never user input: safe to insert as is.
-            qr_svg=Markup(setup.qr_svg),  # noqa: S704
-            secret=key_groups(setup.secret),
-            otpauth_uri=setup.otpauth_uri,
+            **shown,
         )
 
     def codes_page(request: Request, codes: list[str], notice: str) -> Response:
@@ -94,10 +103,9 @@ def sections(deps: AuthDeps, pages: Pages) -> list[tuple[str, str, str, Section]
     async def setup_again(
         request: Request, auth: Authenticated, status: int, problems: dict[str, str]
     ) -> Response:
-        pending = await mfa.pending_setup(core, auth.user)
-        if pending is None:
+        if not await mfa.has_pending_setup(core, auth.user):
             raise Refusal(409, {}, mfa.NO_SETUP)
-        return setup_page(request, pending, status=status, problems=problems)
+        return setup_page(request, None, status=status, problems=problems)
 
     async def confirm(request: Request, form: FormData, auth: Authenticated) -> Response | None:
         body, problems = parse(MFACode, {"code": text(form, "code")})
@@ -105,7 +113,7 @@ def sections(deps: AuthDeps, pages: Pages) -> list[tuple[str, str, str, Section]
             return await setup_again(request, auth, 422, problems)
         try:
             codes, notice = await mfa.confirm_setup(
-                core, auth.user, body.code, deps.client_resolver(request)
+                core, deps.limits, auth.user, body.code, deps.client_resolver(request)
             )
         except errors.InvalidMFACode as exc:
             return await setup_again(request, auth, 400, {"code": exc.detail})
@@ -119,14 +127,17 @@ def sections(deps: AuthDeps, pages: Pages) -> list[tuple[str, str, str, Section]
     async def new_codes(request: Request, form: FormData, auth: Authenticated) -> Response | None:
         password = _password(form)
         try:
-            codes = await mfa.regenerate_recovery_codes(
+            codes, notice = await mfa.regenerate_recovery_codes(
                 core, deps.limits, auth.user, password, deps.client_resolver(request)
             )
         except errors.AuthError as exc:
             raise _refusal(exc) from None
-        return codes_page(
+        response = codes_page(
             request, codes, "You have new recovery codes. Your earlier codes no longer work."
         )
+        response.background = BackgroundTasks()
+        send_later(response.background, deps.mailer, [notice])
+        return response
 
     async def disable(request: Request, form: FormData, auth: Authenticated) -> Response | None:
         password = text(form, "password")

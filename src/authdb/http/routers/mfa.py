@@ -40,23 +40,29 @@ def build(deps: AuthDeps) -> APIRouter:
             secret=setup.secret, otpauth_uri=setup.otpauth_uri, qr_svg=setup.qr_svg
         )
 
-    @router.post("/totp/confirm", response_model=RecoveryCodes)
+    @router.post("/totp/confirm", response_model=RecoveryCodes, responses=error_responses(429))
     async def confirm_totp(
         body: MFACode, user: ActiveUser, client: Client, background: BackgroundTasks
     ) -> RecoveryCodes:
-        """Turn MFA on with a first code from the app: returns 10 single-use recovery codes."""
-        codes, notice = await mfa.confirm_setup(deps.core, user, body.code, client)
+        """Turn MFA on with a first code from the app: returns 10 single-use recovery codes.
+
+        A wrong code counts as a failed login for the account's lockout; a set-up not
+        confirmed within 15 minutes must be started again.
+        """
+        codes, notice = await mfa.confirm_setup(deps.core, deps.limits, user, body.code, client)
         send_later(background, deps.mailer, [notice])
         return RecoveryCodes(recovery_codes=codes)
 
     @router.post("/recovery-codes", response_model=RecoveryCodes, responses=error_responses(429))
     async def new_recovery_codes(
-        body: PasswordConfirm, user: ActiveUser, client: Client
+        body: PasswordConfirm, user: ActiveUser, client: Client, background: BackgroundTasks
     ) -> RecoveryCodes:
-        """Ten new recovery codes (the password confirms it); the earlier ones stop working."""
-        codes = await mfa.regenerate_recovery_codes(
+        """Ten new recovery codes (the password confirms it); the earlier ones stop working and
+        the account is told by email."""
+        codes, notice = await mfa.regenerate_recovery_codes(
             deps.core, deps.limits, user, body.password, client
         )
+        send_later(background, deps.mailer, [notice])
         return RecoveryCodes(recovery_codes=codes)
 
     @router.delete("", status_code=status.HTTP_204_NO_CONTENT, responses=error_responses(429))
