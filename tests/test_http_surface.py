@@ -327,7 +327,7 @@ EXPECTED_ERRORS: dict[tuple[str, str], set[int]] = {
     ("patch", "/users/{user_id}"): {400, 401, 403, 404, 409, 422, 503},
     ("delete", "/users/{user_id}"): {400, 401, 403, 404, 409, 422, 503},
     ("post", "/users/me/mfa/totp/setup"): {400, 401, 409, 422, 429, 503},
-    ("post", "/users/me/mfa/totp/confirm"): {400, 401, 409, 422, 503},
+    ("post", "/users/me/mfa/totp/confirm"): {400, 401, 409, 422, 429, 503},
     ("post", "/users/me/mfa/recovery-codes"): {400, 401, 409, 422, 429, 503},
     ("delete", "/users/me/mfa"): {400, 401, 409, 422, 429, 503},
     ("delete", "/users/{user_id}/mfa"): {400, 401, 403, 404, 422, 503},
