@@ -46,27 +46,30 @@ async def confirm_password(
     """Check a signed-in user's current password under the same guard as a login.
 
     A wrong one counts as a failed login, for the account's lockout and the client's budget,
-    so a stolen access token is no unlimited guessing oracle. A right one clears the count of
-    failures, except with MFA on: there only a second factor does, or password confirmations
-    would reset the count between guessed codes. Raises IncorrectPassword, or
+    so a stolen access token is no unlimited guessing oracle. Raises IncorrectPassword, or
     TooManyRequests while the account is locked or the client over its budget.
     """
     async with attempt(core, limits, user, client) as key:
-        ok, _ = await core.hasher.verify(password, user.hashed_password)
-        if not ok:
-            await fail(core, limits, key, client, user.id, IncorrectPassword(), "password_failed")
-        async with core.sessionmaker.begin() as db:
-            admit = lockout.locked_for if user.mfa_enabled else lockout.admit_success
-            retry = await admit(db, key, core.clock())
+        await check_password(core, limits, key, user, password, client)
+
+
+async def check_password(
+    core: Core, limits: RateLimits, key: str, user: User, password: str, client: ClientInfo
+) -> None:
+    """``confirm_password`` within an ``attempt`` the caller holds (``key`` is its lockout
+    key), for a change that needs another proof after the password in the same attempt.
+
+    A right password clears the count of failures, except with MFA on: there only a second
+    factor does, or password confirmations would reset the count between guessed codes.
+    """
+    ok, _ = await core.hasher.verify(password, user.hashed_password)
+    if not ok:
+        await fail(core, limits, key, client, user.id, IncorrectPassword(), "password_failed")
+    async with core.sessionmaker.begin() as db:
+        admit = lockout.locked_for if user.mfa_enabled else lockout.admit_success
+        retry = await admit(db, key, core.clock())
     if retry is not None:
         raise TooManyRequests(retry)
-
-
-async def count_failure(
-    core: Core, limits: RateLimits, user: User, client: ClientInfo, error: AuthError, event: str
-) -> NoReturn:
-    """Count a wrong proof by a known user (``error``, or 429 once the account locks)."""
-    await fail(core, limits, lockout.lock_key(user, ""), client, user.id, error, event)
 
 
 async def refuse_locked(

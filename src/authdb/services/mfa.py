@@ -3,7 +3,7 @@
 A user sets up an authenticator (a pending secret, sealed at rest), confirms it with a first
 code, and from then on a right password opens an ``mfa_token`` challenge instead of a
 session (see ``authdb.services.login``). Every accepted TOTP code claims its time step, so a
-code works once; every recovery code is stored as its SHA-256 and is spent by one
+code works once; every recovery code is stored as a keyed HMAC and is spent by one
 conditional UPDATE.
 """
 
@@ -26,7 +26,7 @@ from authdb.sealing import Sealer, Unsealable, derive_key
 from authdb.services import audit, lockout
 from authdb.services.core import ClientInfo, Core
 from authdb.services.email_tokens import Mail
-from authdb.services.guard import attempt, confirm_password, count_failure
+from authdb.services.guard import attempt, check_password, confirm_password, fail
 from authdb.tokens import hash_opaque_token, new_opaque_token
 
 # An mfa_token lives this long and dies at this many wrong codes (SPEC, "Multi-factor").
@@ -109,7 +109,7 @@ async def has_pending_setup(core: Core, user: User) -> bool:
     """Whether a set-up is waiting for its first code (and has not expired)."""
     async with core.sessionmaker() as db:
         row = await db.get(TOTPSecret, user.id)
-    return row is not None and _pending(row, core.clock())
+    return _pending(row, core.clock())
 
 
 def _pending(row: TOTPSecret | None, now: datetime) -> bool:
@@ -127,12 +127,11 @@ async def confirm_setup(
     Raises Conflict (409) without a set-up in progress (none, confirmed, or older than
     ``SETUP_LIFETIME``). Returns the codes (shown once) and the notice to mail the account.
     """
-    async with attempt(core, limits, user, client):
+    async with attempt(core, limits, user, client) as key:
         try:
             return await _confirm(core, user, code, client)
         except InvalidMFACode as exc:
-            await count_failure(core, limits, user, client, exc, "mfa_failed")
-    raise AssertionError("count_failure always raises")  # pragma: no cover
+            await fail(core, limits, key, client, user.id, exc, "mfa_failed")
 
 
 async def _confirm(
@@ -182,28 +181,38 @@ async def disable(
 ) -> Mail | None:
     """Turn MFA off with the password and a current TOTP or recovery code.
 
-    A wrong code counts as a failed login (InvalidMFACode, 400, or TooManyRequests once the
-    account locks). Raises Conflict (409) when MFA is off. Returns the notice to mail.
+    Both are checked within one guarded attempt; a wrong code counts as a failed login
+    (InvalidMFACode, 400, or TooManyRequests once the account locks). Raises Conflict (409)
+    when MFA is off, IncorrectPassword (400). Returns the notice to mail.
     """
     if not user.mfa_enabled:
         raise Conflict(NOT_ENABLED)
-    await confirm_password(core, limits, user, password, client)
+    async with attempt(core, limits, user, client) as key:
+        await check_password(core, limits, key, user, password, client)
+        try:
+            return await _turn_off_with(core, user, code, key, client)
+        except InvalidMFACode as exc:
+            await fail(core, limits, key, client, user.id, exc, "mfa_failed")
+
+
+async def _turn_off_with(
+    core: Core, user: User, code: str, key: str, client: ClientInfo
+) -> Mail | None:
     now = core.clock()
     async with core.sessionmaker.begin() as db:
         row = await _lock_user(db, user.id)
         if not row.mfa_enabled:
             raise Conflict(NOT_ENABLED)
         method = await verify_factor(core, db, user.id, code=code, now=now)
-        if method is not None:
-            # A proven second factor ends the run of failures, as a completed sign-in does.
-            retry = await lockout.admit_success(db, lockout.lock_key(row, ""), now)
-            if retry is not None:
-                raise TooManyRequests(retry)  # locked meanwhile: nothing changes
-            await _turn_off(db, row.id)
-            audit.record(db, "mfa_disabled", client=client, now=now, user_id=row.id, method=method)
-            return _notice(row, "mfa_disabled")
-    await count_failure(core, limits, user, client, InvalidMFACode(), "mfa_failed")
-    raise AssertionError("count_failure always raises")  # pragma: no cover
+        if method is None:
+            raise InvalidMFACode  # rolls back; counted by the caller
+        # A proven second factor ends the run of failures, as a completed sign-in does.
+        retry = await lockout.admit_success(db, key, now)
+        if retry is not None:
+            raise TooManyRequests(retry)  # locked meanwhile: nothing changes
+        await _turn_off(db, row.id)
+        audit.record(db, "mfa_disabled", client=client, now=now, user_id=row.id, method=method)
+        return _notice(row, "mfa_disabled")
 
 
 async def reset(

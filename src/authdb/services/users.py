@@ -8,7 +8,7 @@ from sqlalchemy import delete, or_, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from authdb.db.models import EmailToken, MFAChallenge, User
+from authdb.db.models import EmailToken, User
 from authdb.errors import Conflict, InvalidInput, NotFound
 from authdb.names import (
     control_character,
@@ -108,15 +108,14 @@ async def flush_unique(db: AsyncSession, user: User) -> None:
 
 
 async def set_password_hash(db: AsyncSession, user: User, hashed: str, now: datetime) -> None:
-    """Store a new hash; outstanding reset tokens, MFA challenges and a pending email change
-    die with the old password (whoever started them may have known the old one)."""
+    """Store a new hash; outstanding reset tokens and a pending email change die with the old
+    password (whoever asked for the change may have known the old one). Callers then end the
+    sessions with ``sessions.revoke_all``, which ends pending MFA sign-ins too."""
     user.hashed_password = hashed
     user.password_changed_at = now
     await db.execute(
         delete(EmailToken).where(EmailToken.user_id == user.id, EmailToken.purpose == "reset")
     )
-    # A sign-in half done with the old password (an mfa_token) must not finish after it.
-    await db.execute(delete(MFAChallenge).where(MFAChallenge.user_id == user.id))
     await cancel_pending_email(db, user)
 
 
