@@ -41,7 +41,7 @@ import sys
 import tempfile
 import time
 from collections import Counter
-from collections.abc import Coroutine, Iterator
+from collections.abc import Callable, Coroutine, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
@@ -215,6 +215,7 @@ class Connection:
         self.port = port
         self.reader: asyncio.StreamReader | None = None
         self.writer: asyncio.StreamWriter | None = None
+        self.body = b""  # the last response's body
 
     async def request(self, raw: bytes) -> int:
         """Send one request; returns the status once the whole response has been read."""
@@ -236,8 +237,7 @@ class Connection:
                     raise RuntimeError("chunked responses are not supported by the bench client")
                 elif name == b"connection" and value.strip().lower() == b"close":
                     keep_alive = False
-            if length:
-                await self.reader.readexactly(length)
+            self.body = await self.reader.readexactly(length) if length else b""
         except BaseException:
             self.close()
             raise
@@ -260,6 +260,10 @@ class Load:
     raw: bytes
     concurrency: int
     max_requests: int = 10_000_000  # per client
+    # For a request that can be sent only once (a refresh grant spends its token): called with
+    # each 200's body, returns the next request, which also replaces ``raw`` for later phases.
+    # Give such a load concurrency 1.
+    advance: Callable[[bytes], bytes] | None = None
 
 
 @dataclasses.dataclass
@@ -307,6 +311,8 @@ async def _client(load: Load, start: float, end: float, result: Result, record: 
             sent += 1
             try:
                 status = await conn.request(load.raw)
+                if status == 200 and load.advance is not None:
+                    load.raw = load.advance(conn.body)
             except (OSError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, ValueError):
                 result.errors += 1
                 await asyncio.sleep(0.01)
@@ -370,9 +376,19 @@ def health_request(port: int) -> bytes:
 
 
 def login_request(port: int, password: str) -> bytes:
-    body = urlencode({"username": USERNAME, "password": password}).encode()
+    return token_request(port, {"username": USERNAME, "password": password}, "authdb-bench-storm")
+
+
+def refresh_request(port: int, refresh_token: str) -> bytes:
+    fields = {"grant_type": "refresh_token", "refresh_token": refresh_token}
+    return token_request(port, fields, "authdb-bench-refresh")
+
+
+def token_request(port: int, fields: dict[str, str], user_agent: str) -> bytes:
+    """``POST /token`` with ``fields`` as its form body."""
+    body = urlencode(fields).encode()
     head = (
-        f"POST /token HTTP/1.1\r\nHost: {HOST}:{port}\r\nUser-Agent: authdb-bench-storm\r\n"
+        f"POST /token HTTP/1.1\r\nHost: {HOST}:{port}\r\nUser-Agent: {user_agent}\r\n"
         f"Content-Type: application/x-www-form-urlencoded\r\nContent-Length: {len(body)}\r\n\r\n"
     ).encode()
     return head + body

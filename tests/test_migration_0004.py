@@ -21,15 +21,11 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from authdb.db import migrate
 from authdb.db.engine import create_engine
 from authdb.db.migrate import _config
-from authdb.names import email_key, username_key
-from authdb.passwords import Hasher
-from authdb.tokens import hash_opaque_token
-from tests.cli import FAST_HASHING
 from tests.conftest import PASSWORD, Harness
+from tests.migration_helpers import USERS, database_at
 
 MakeHarness = Callable[..., Awaitable[Harness]]
 MFA_GRANT = "urn:authdb:params:oauth:grant-type:mfa"
-USERS = ("alice", "bob", "carol")
 
 MFA_TABLES = {
     "mfa_totp": {"user_id", "sealed_secret", "created_at", "confirmed_at", "last_used_step"},
@@ -54,70 +50,16 @@ async def _users(engine: AsyncEngine) -> list[tuple[Any, ...]]:
     return await _rows(engine, USERS_QUERY)
 
 
+SESSIONS_QUERY = "SELECT id, user_id, revoked_at IS NULL FROM auth_sessions ORDER BY id"
+
+
 async def _sessions(engine: AsyncEngine) -> list[tuple[Any, ...]]:
-    return await _rows(
-        engine, "SELECT id, user_id, revoked_at IS NULL FROM auth_sessions ORDER BY id"
-    )
+    return await _rows(engine, SESSIONS_QUERY)
 
 
 async def _database_at_0003(url: str) -> list[tuple[Any, ...]]:
     """Three users (carol a superuser) with API and browser sessions; returns the sessions."""
-    engine = create_engine(url)
-    try:
-        await migrate.upgrade(engine, "0003")
-        hasher = Hasher(
-            time_cost=FAST_HASHING["password_hash_time_cost"],
-            memory_kib=FAST_HASHING["password_hash_memory_kib"],
-        )
-        hashed = await hasher.hash(PASSWORD)
-        now = datetime.now(UTC)
-        async with engine.begin() as connection:
-            for name in USERS:  # ids 1, 2, 3
-                await connection.execute(
-                    text(
-                        "INSERT INTO users (username, username_key, email, email_key,"
-                        " disabled, hashed_password, is_verified, is_superuser, created_at,"
-                        " updated_at) VALUES (:u, :uk, :e, :ek, false, :h, true, :su,"
-                        " :now, :now)"
-                    ),
-                    {
-                        "u": name,
-                        "uk": username_key(name),
-                        "e": f"{name}@example.com",
-                        "ek": email_key(f"{name}@example.com"),
-                        "h": hashed,
-                        "su": name == "carol",
-                        "now": now,
-                    },
-                )
-            for user_id, cookie in ((1, None), (2, None), (1, "c" * 64), (3, None)):
-                session_id = await connection.scalar(
-                    text(
-                        "INSERT INTO auth_sessions (user_id, created_at, last_used_at,"
-                        " expires_at, cookie_hash) VALUES (:user, :now, :now, :later, :cookie)"
-                        " RETURNING id"
-                    ),
-                    {
-                        "user": user_id,
-                        "now": now,
-                        "later": now + timedelta(days=7),
-                        "cookie": cookie,
-                    },
-                )
-                await connection.execute(
-                    text(
-                        "INSERT INTO refresh_tokens (session_id, token_hash, created_at)"
-                        " VALUES (:session, :hash, :now)"
-                    ),
-                    {
-                        "session": session_id,
-                        "hash": hash_opaque_token(f"rt-{session_id}"),
-                        "now": now,
-                    },
-                )
-        return await _sessions(engine)
-    finally:
-        await engine.dispose()
+    return await database_at(url, "0003", SESSIONS_QUERY)
 
 
 def _schema(connection: Connection) -> dict[str, Any]:

@@ -28,11 +28,13 @@ UNUSABLE: list[tuple[str, Any, str]] = [
     ("database_url", "sqlite+aiosqlite:///:memory:", "in-memory"),
     ("database_url", "sqlite+aiosqlite:////no/such/folder/authdb.db", "does not exist"),
     ("secret_key", "too-short", "at least 32 characters"),
-    ("jwt_algorithm", "ES256", "does not support yet"),
-    ("jwt_algorithm", "RS256", "does not support yet"),
-    ("jwt_algorithm", "EdDSA", "does not support yet"),
+    ("jwt_algorithm", "ES384", "does not make ES384 keys"),
+    ("jwt_algorithm", "PS256", "does not make PS256 keys"),
+    ("jwt_algorithm", "Ed25519", "use HS256, HS384, HS512, RS256, ES256 or EdDSA"),
     ("jwt_algorithm", "none", "never accepted"),
-    ("jwt_algorithm", "hs256", "use HS256, HS384 or HS512"),
+    ("jwt_algorithm", "hs256", "use HS256, HS384, HS512, RS256, ES256 or EdDSA"),
+    ("jwt_keys_refresh_seconds", 0, "greater than or equal to 1"),
+    ("jwt_keys_refresh_seconds", 3600, "less than or equal to 300"),
     ("jwt_issuer", "", "at least 1 character"),
     ("jwt_audience", "", "at least 1 character"),
     ("access_token_expire_minutes", 0, "greater than or equal to 1"),
@@ -195,7 +197,7 @@ def test_the_defaults_are_usable() -> None:
     assert defaults.mail_from == "authdb <no-reply@localhost>"
 
 
-@pytest.mark.parametrize("algorithm", ["HS256", "HS384", "HS512"])
+@pytest.mark.parametrize("algorithm", ["HS256", "HS384", "HS512", "RS256", "ES256", "EdDSA"])
 async def test_every_accepted_algorithm_signs_working_tokens(
     make_harness: Callable[..., Awaitable[Harness]], algorithm: str
 ) -> None:
@@ -221,9 +223,9 @@ def _one_line_error(result: Any) -> str:
         (
             ["serve", "--port", "PORT"],
             "AUTHDB_JWT_ALGORITHM",
-            "ES256",
-            "error: invalid settings: AUTHDB_JWT_ALGORITHM: ES256 needs a private/public key "
-            "pair, which authdb does not support yet; use HS256, HS384 or HS512",
+            "ES384",
+            "error: invalid settings: AUTHDB_JWT_ALGORITHM: authdb does not make ES384 keys; "
+            "use HS256, HS384, HS512, RS256, ES256 or EdDSA",
         ),
         (
             ["migrate"],
@@ -254,7 +256,7 @@ def _one_line_error(result: Any) -> str:
             "to parse string as an integer",
         ),
     ],
-    ids=["es256-serve", "lots-migrate", "url-users", "templates-serve", "port-migrate"],
+    ids=["es384-serve", "lots-migrate", "url-users", "templates-serve", "port-migrate"],
 )
 def test_the_cli_refuses_an_unusable_setting_in_one_line(
     tmp_path: Path, command: list[str], variable: str, value: str, expected: str

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from datetime import timedelta
 
 from fastapi import APIRouter, FastAPI
 
@@ -13,14 +12,14 @@ from authdb.db.engine import PoolBudget, async_url, create_engine, create_sessio
 from authdb.db.session_reader import create_reader
 from authdb.http import pages
 from authdb.http.dependencies import AuthDeps
-from authdb.http.routers import accounts, admin, me, mfa, ops, tokens
+from authdb.http.routers import accounts, admin, discovery, me, mfa, ops, tokens
 from authdb.mail import Mailer
 from authdb.passwords import Hasher
 from authdb.ratelimit import RateLimits
 from authdb.services.core import Core
 from authdb.services.signing_key import load_fallback_keys, load_signing_key
+from authdb.services.signing_keys import KeyRing
 from authdb.settings import Settings
-from authdb.tokens import JWTCodec
 
 
 class SchemaOutOfDate(RuntimeError):
@@ -65,29 +64,40 @@ class Auth:
         self.current_superuser = self.deps.current_superuser
         self.router = APIRouter()
         # Order matters: /users/me must be matched before /users/{id}.
-        for build in (tokens.build, me.build, mfa.build, accounts.build, admin.build):
+        for build in (
+            tokens.build,
+            discovery.build,
+            me.build,
+            mfa.build,
+            accounts.build,
+            admin.build,
+        ):
             self.router.include_router(build(self.deps))
         self.ops_router = ops.build(self.core)
         self.pages_router = pages.build(self.deps)
 
-    async def startup(self) -> None:
-        """Check (or, on SQLite, bring up) the schema and load the signing key."""
+    async def startup(self, *, issue_tokens: bool = True) -> None:
+        """Check (or, on SQLite, bring up) the schema and load the secret and signing keys.
+
+        ``issue_tokens=False`` (the CLI) loads no signing key: such a process neither signs
+        nor verifies tokens, and must not make keys just by starting.
+        """
         if self.auto_migrate:
             await migrate.upgrade(self.core.engine)
         elif not await migrate.is_up_to_date(self.core.engine):
             raise SchemaOutOfDate("the database schema is out of date: run `authdb migrate`")
-        key = await load_signing_key(self.core)
-        self.core.secret = key
+        self.core.secret = await load_signing_key(self.core)
         self.core.secret_fallbacks = await load_fallback_keys(self.core)
-        self.core.codec = JWTCodec(
-            key=key,
-            algorithm=self.settings.jwt_algorithm,
-            issuer=self.settings.jwt_issuer,
-            audience=self.settings.jwt_audience,
-            lifetime=timedelta(minutes=self.settings.access_token_expire_minutes),
-        )
+        if not issue_tokens:
+            return
+        keyring = KeyRing(self.core)
+        await keyring.start()
+        self.core.keyring = keyring
 
     async def shutdown(self) -> None:
+        if self.core.keyring is not None:
+            await self.core.keyring.stop()
+            self.core.keyring = None
         await self.core.session_reader.close()
         await self.core.engine.dispose()
 

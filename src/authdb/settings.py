@@ -26,7 +26,11 @@ class Settings(BaseSettings):
     # Earlier secret keys, still tried to open secrets sealed at rest (TOTP secrets) after a
     # rotation, as Django's SECRET_KEY_FALLBACKS. Comma-separated.
     secret_key_fallbacks: Annotated[list[SecretStr], NoDecode] = []
+    # HS256/384/512 sign with the secret key; RS256, ES256 and EdDSA with key pairs that
+    # authdb makes and publishes at /.well-known/jwks.json.
     jwt_algorithm: str = "HS256"
+    # How often each process re-reads the signing keys (a rotation elsewhere reaches it then).
+    jwt_keys_refresh_seconds: int = Field(10, ge=1, le=300)
     jwt_issuer: str = Field("authdb", min_length=1)
     jwt_audience: str = Field("authdb", min_length=1)
     # Upper bounds here and below catch unit mistakes and keep date arithmetic from overflowing.
@@ -205,7 +209,8 @@ class Settings(BaseSettings):
     def _consistent(self) -> Self:
         """Checks between settings; each message names the variables involved."""
         key = self.secret_key.get_secret_value().encode() if self.secret_key else None
-        shortest = checks.HMAC_ALGORITHMS[self.jwt_algorithm]
+        # With a key pair the secret still seals the private keys: as strong as for HS256.
+        shortest = checks.HMAC_ALGORITHMS.get(self.jwt_algorithm, 32)
         if key is not None and len(key) < shortest:
             raise ValueError(
                 f"AUTHDB_JWT_ALGORITHM={self.jwt_algorithm} needs an AUTHDB_SECRET_KEY of at "

@@ -19,8 +19,11 @@ from sqlalchemy.exc import ArgumentError
 
 # Each HMAC algorithm and its shortest key in bytes: the size of its hash (RFC 7518 §3.2).
 HMAC_ALGORITHMS = {"HS256": 32, "HS384": 48, "HS512": 64}
-# Known to PyJWT but needing a key pair, which authdb does not manage yet.
-_ASYMMETRIC = re.compile(r"^(RS|PS|ES)(256|384|512|256K|521)$|^EdDSA$|^Ed25519$|^Ed448$")
+# Key-pair algorithms authdb generates keys for (authdb.signing), and their JWS names.
+KEY_PAIR_ALGORITHMS = ("RS256", "ES256", "EdDSA")
+_CHOICES = "use HS256, HS384, HS512, RS256, ES256 or EdDSA"
+# Known to PyJWT, but authdb does not generate keys for them.
+_OTHER_ASYMMETRIC = re.compile(r"^(RS|PS|ES)(256|384|512|256K|521)$|^Ed25519$|^Ed448$")
 _DATABASES = {"sqlite", "postgresql"}
 # The Redis flavours the `limits` library can use for shared counters (with or without its
 # "async+" prefix, which authdb adds itself).
@@ -39,17 +42,14 @@ def _no_control_characters(value: str) -> None:
 
 
 def jwt_algorithm(value: str) -> str:
-    """One of the HMAC algorithms: the only ones a shared secret key can sign with."""
-    if value in HMAC_ALGORITHMS:
+    """An HMAC algorithm (the secret key signs) or a key-pair one (authdb makes the keys)."""
+    if value in HMAC_ALGORITHMS or value in KEY_PAIR_ALGORITHMS:
         return value
-    choices = "use HS256, HS384 or HS512"
-    if _ASYMMETRIC.match(value):
-        raise ValueError(
-            f"{value} needs a private/public key pair, which authdb does not support yet; {choices}"
-        )
+    if _OTHER_ASYMMETRIC.match(value):
+        raise ValueError(f"authdb does not make {value} keys; {_CHOICES}")
     if value.lower() == "none":
-        raise ValueError(f"unsigned tokens are never accepted; {choices}")
-    raise ValueError(f"unknown algorithm {value!r}; {choices}")
+        raise ValueError(f"unsigned tokens are never accepted; {_CHOICES}")
+    raise ValueError(f"unknown algorithm {value!r}; {_CHOICES}")
 
 
 def rate_limit(value: str) -> str:

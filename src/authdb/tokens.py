@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import base64
+import binascii
 import hashlib
+import json
 import re
 import secrets
 import uuid
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from typing import Any
 
 import jwt
 
@@ -15,6 +20,9 @@ from authdb.db.models import MAX_ID
 
 _CANONICAL_ID = re.compile(r"[1-9][0-9]{0,18}")
 _REQUIRED_CLAIMS = ["sub", "exp", "iat", "jti", "iss", "aud", "sid"]
+# Our kids are 43-character thumbprints; anything much longer is not one of ours.
+_MAX_KID = 128
+_MAX_HEADER_CHARS = 1024
 
 
 class InvalidAccessToken(Exception):
@@ -28,11 +36,47 @@ class AccessClaims:
 
 
 @dataclass(frozen=True, slots=True)
-class JWTCodec:
-    """Encodes and verifies access tokens with one pinned algorithm."""
+class VerificationKey:
+    """A key that access tokens may be verified with, and the one algorithm it allows."""
 
-    key: str
     algorithm: str
+    key: Any  # the HMAC secret, or a public key object
+
+
+@dataclass(frozen=True, slots=True)
+class KeySet:
+    """The keys of a deployment at one moment: the one that signs, and all that verify.
+
+    With HMAC (``HS256``...), the secret does both and tokens carry no ``kid``. With a key pair,
+    ``signing_kid`` goes into every token's header and ``verifying`` maps each ``kid`` whose
+    tokens can still be valid to its public key; a token's ``kid`` pins its algorithm.
+    """
+
+    signing_algorithm: str
+    signing_key: Any  # the HMAC secret, or a private key object
+    signing_kid: str | None = None
+    verifying: Mapping[str, VerificationKey] = field(default_factory=dict)
+    # The public keys as JWKs (RFC 7517), for /.well-known/jwks.json; none under HMAC.
+    jwks: tuple[Mapping[str, Any], ...] = ()
+
+    @classmethod
+    def hmac(cls, secret: str, algorithm: str) -> KeySet:
+        return cls(signing_algorithm=algorithm, signing_key=secret)
+
+    @property
+    def is_hmac(self) -> bool:
+        return self.signing_kid is None
+
+
+class UnknownKeyId(InvalidAccessToken):
+    """The token names a ``kid`` this key set does not hold (perhaps a newer key)."""
+
+
+@dataclass(frozen=True, slots=True)
+class JWTCodec:
+    """Encodes and verifies access tokens; each key allows exactly one algorithm."""
+
+    keys: KeySet
     issuer: str
     audience: str
     lifetime: timedelta
@@ -47,14 +91,22 @@ class JWTCodec:
             "iss": self.issuer,
             "aud": self.audience,
         }
-        return jwt.encode(claims, self.key, algorithm=self.algorithm)
+        keys = self.keys
+        headers = None if keys.signing_kid is None else {"kid": keys.signing_kid}
+        return jwt.encode(
+            claims, keys.signing_key, algorithm=keys.signing_algorithm, headers=headers
+        )
 
     def decode(self, token: str) -> AccessClaims:
+        """The ids a valid token carries. Raises UnknownKeyId for a ``kid`` not in the key
+        set, InvalidAccessToken for anything else wrong (RFC 8725 3.1: the algorithm comes from
+        our key, never from the token)."""
+        key = self._verification_key(token)
         try:
             claims = jwt.decode(
                 token,
-                self.key,
-                algorithms=[self.algorithm],
+                key.key,
+                algorithms=[key.algorithm],
                 issuer=self.issuer,
                 audience=self.audience,
                 options={"require": _REQUIRED_CLAIMS},
@@ -65,6 +117,32 @@ class JWTCodec:
             )
         except (jwt.PyJWTError, ValueError, TypeError, OverflowError) as exc:
             raise InvalidAccessToken(str(exc)) from exc
+
+    def _verification_key(self, token: str) -> VerificationKey:
+        keys = self.keys
+        if keys.is_hmac:
+            return VerificationKey(keys.signing_algorithm, keys.signing_key)
+        kid = _unverified_kid(token)
+        key = keys.verifying.get(kid)
+        if key is None:
+            raise UnknownKeyId(kid)
+        return key
+
+
+def _unverified_kid(token: str) -> str:
+    """The ``kid`` of the token's header, only to choose a key: ``jwt.decode`` then checks the
+    whole token. Reading just the header costs a tenth of PyJWT's full parse."""
+    segment = token.partition(".")[0]
+    if len(segment) > _MAX_HEADER_CHARS:
+        raise InvalidAccessToken("header too long")
+    try:
+        header = json.loads(base64.urlsafe_b64decode(segment + "=" * (-len(segment) % 4)))
+    except (ValueError, binascii.Error) as exc:
+        raise InvalidAccessToken("malformed header") from exc
+    kid = header.get("kid") if isinstance(header, dict) else None
+    if not isinstance(kid, str) or len(kid) > _MAX_KID:
+        raise InvalidAccessToken("no kid")
+    return kid
 
 
 def _id_claim(value: object, *, text: bool) -> int:

@@ -64,7 +64,7 @@ def run(work: Callable[[Auth], Awaitable[T]], database_url: str | None = None) -
     async def _main() -> T:
         auth = Auth(settings(database_url))
         try:
-            await auth.startup()
+            await auth.startup(issue_tokens=False)
             return await work(auth)
         finally:
             await auth.shutdown()

@@ -1,4 +1,4 @@
-"""``authdb`` commands: serve, migrate, createuser, changepassword, sessions, audit, users."""
+"""``authdb`` commands: serve, migrate, createuser, changepassword, sessions, audit, users, keys."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ from typing import Annotated, Any
 import typer
 
 from authdb.auth import Auth
+from authdb.cli import keys as keys_cli
 from authdb.cli import users as users_cli
 from authdb.cli.audit import audit
 from authdb.cli.common import fail, read_password, run, settings
@@ -22,6 +23,7 @@ app = typer.Typer(
     help="authdb: database-backed user authentication for FastAPI.", no_args_is_help=True
 )
 app.add_typer(users_cli.app, name="users")
+app.add_typer(keys_cli.app, name="keys")
 sessions_app = typer.Typer(help="Session maintenance.", no_args_is_help=True)
 app.add_typer(sessions_app, name="sessions")
 app.command()(audit)

@@ -222,6 +222,29 @@ class MFAChallenge(Base):
     used_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
 
 
+class SigningKey(Base):
+    """A key pair that signs access tokens (RS256, ES256 or EdDSA); see authdb.signing.
+
+    The newest ``generation`` is the current key. When a newer one replaces it, ``rotated_at``
+    is set and the private key is erased: its tokens still verify (by ``public_jwk``) until
+    they expire. ``retired_at`` ends that at once.
+    """
+
+    __tablename__ = "signing_keys"
+
+    id: Mapped[int] = mapped_column(Id, primary_key=True)
+    # Unique, so that of two processes rotating at once only one key becomes current.
+    generation: Mapped[int] = mapped_column(BigInteger, unique=True)
+    kid: Mapped[str] = mapped_column(String(64), unique=True)
+    algorithm: Mapped[str] = mapped_column(String(16))
+    public_jwk: Mapped[dict[str, Any]] = mapped_column(JSON)
+    # PKCS#8, sealed under the deployment secret and bound to the kid; None once rotated out.
+    sealed_private_key: Mapped[bytes | None] = mapped_column(LargeBinary)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    rotated_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    retired_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+
 class Meta(Base):
     """Small key/value store, e.g. the generated signing key."""
 

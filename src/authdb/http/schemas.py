@@ -153,3 +153,22 @@ class RecoveryCodes(BaseModel):
     """Single-use codes that stand in for the authenticator; shown this once."""
 
     recovery_codes: list[str]
+
+
+class JWKSet(BaseModel):
+    """RFC 7517 section 5: the public keys whose tokens can still be valid."""
+
+    keys: list[dict[str, str]]
+
+
+class AuthorizationServerMetadata(BaseModel):
+    """RFC 8414 section 2: where the endpoints are and what they accept."""
+
+    issuer: str
+    token_endpoint: str
+    jwks_uri: str
+    revocation_endpoint: str
+    grant_types_supported: list[str]
+    response_types_supported: list[str]
+    token_endpoint_auth_methods_supported: list[str]
+    revocation_endpoint_auth_methods_supported: list[str]

@@ -5,14 +5,19 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import TYPE_CHECKING
 
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from authdb.db.models import utcnow
 from authdb.db.session_reader import SessionReader
 from authdb.passwords import Hasher
+from authdb.sealing import Sealer
 from authdb.settings import Settings
 from authdb.tokens import JWTCodec
+
+if TYPE_CHECKING:
+    from authdb.services.signing_keys import KeyRing
 
 
 @dataclass(frozen=True, slots=True)
@@ -34,13 +39,21 @@ class Core:
     hasher: Hasher
     # The per-request session check; see authdb.db.session_reader for why it is separate.
     session_reader: SessionReader
+    # The access-token codec on this process's current key set; the key ring replaces it.
     codec: JWTCodec | None = None
+    keyring: KeyRing | None = None
     # The deployment's secret (AUTHDB_SECRET_KEY or the stored one); other keys derive from it.
     secret: str | None = None
     # Earlier secrets that still open values sealed at rest (AUTHDB_SECRET_KEY_FALLBACKS, and
     # the generated key once AUTHDB_SECRET_KEY replaces it).
     secret_fallbacks: tuple[str, ...] = ()
     clock: Callable[[], datetime] = field(default=utcnow)
+
+    def sealer(self, purpose: str) -> Sealer:
+        """A Sealer for ``purpose`` under the deployment secret and its fallbacks."""
+        if self.secret is None:
+            raise RuntimeError("authdb is not started: use auth.lifespan or await auth.startup()")
+        return Sealer(self.secret, self.secret_fallbacks, purpose=purpose)
 
     @property
     def jwt(self) -> JWTCodec:

@@ -64,9 +64,7 @@ def methods(user: User) -> list[str]:
 
 
 def _sealer(core: Core) -> Sealer:
-    if core.secret is None:
-        raise RuntimeError("authdb is not started: use auth.lifespan or await auth.startup()")
-    return Sealer(core.secret, core.secret_fallbacks, purpose=_SEAL_PURPOSE)
+    return core.sealer(_SEAL_PURPOSE)
 
 
 def _context(user_id: int) -> str:

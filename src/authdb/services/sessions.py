@@ -19,7 +19,13 @@ from authdb.db.models import AuthSession, MFAChallenge, RefreshToken, User
 from authdb.errors import InactiveUser, InvalidRefreshToken, NotAuthenticated, NotFound
 from authdb.services import audit
 from authdb.services.core import ClientInfo, Core
-from authdb.tokens import InvalidAccessToken, hash_opaque_token, new_opaque_token
+from authdb.tokens import (
+    AccessClaims,
+    InvalidAccessToken,
+    UnknownKeyId,
+    hash_opaque_token,
+    new_opaque_token,
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -246,14 +252,86 @@ async def _on_unknown_or_reused(
 
 async def authenticate(core: Core, access_token: str) -> Authenticated:
     """The user behind a bearer token, if its session is still live (one indexed join)."""
-    try:
-        claims = core.jwt.decode(access_token)
-    except InvalidAccessToken:
-        raise NotAuthenticated from None
+    claims = await decode_access_token(core, access_token)
     user = await core.session_reader.live_user(claims.session_id, claims.user_id, core.clock())
     if user is None:
         raise NotAuthenticated
     return Authenticated(user, claims.session_id)
+
+
+async def decode_access_token(core: Core, access_token: str) -> AccessClaims:
+    """The ids in a valid access token; a token of a key this process has not seen yet (made
+    by a rotation elsewhere) is checked again after re-reading the keys. Raises
+    NotAuthenticated for any invalid token."""
+    try:
+        return core.jwt.decode(access_token)
+    except UnknownKeyId:
+        if core.keyring is None or not await core.keyring.catch_up():
+            raise NotAuthenticated from None
+    except InvalidAccessToken:
+        raise NotAuthenticated from None
+    try:
+        return core.jwt.decode(access_token)
+    except InvalidAccessToken:
+        raise NotAuthenticated from None
+
+
+# No token we mint is longer; a longer one is not looked up at all.
+_MAX_TOKEN_CHARS = 8 * 1024
+
+
+async def revoke_token(core: Core, token: str, hint: str | None, client: ClientInfo) -> None:
+    """End the session that owns ``token``, a refresh token or an access token (RFC 7009 2.1).
+
+    ``hint`` (``"access_token"`` or ``"refresh_token"``) says which kind to look for first. An
+    unknown, expired, malformed or already revoked token changes nothing, silently (2.2).
+    """
+    if len(token) > _MAX_TOKEN_CHARS:
+        return
+    finders = [_refresh_token_session, _access_token_session]
+    if hint == "access_token":
+        finders.reverse()
+    for find in finders:
+        session_id = await find(core, token)
+        if session_id is not None:
+            break
+    else:
+        return
+    now = core.clock()
+    async with core.sessionmaker.begin() as db:
+        # Conditional: of racing revocations one ends the session and is audited; an expired
+        # or already ended session is left as it is.
+        ended = await db.execute(
+            update(AuthSession)
+            .where(AuthSession.id == session_id, AuthSession.live_at(now))
+            .values(revoked_at=now)
+            .returning(AuthSession.user_id)
+        )
+        user_id = ended.scalar_one_or_none()
+        if user_id is not None:
+            audit.record(
+                db, "token_revoked", client=client, now=now, user_id=user_id, session_id=session_id
+            )
+
+
+async def _refresh_token_session(core: Core, token: str) -> int | None:
+    query = select(RefreshToken.session_id).where(
+        RefreshToken.token_hash == hash_opaque_token(token)
+    )
+    async with core.sessionmaker() as db:
+        return await db.scalar(query)
+
+
+async def _access_token_session(core: Core, token: str) -> int | None:
+    try:
+        claims = await decode_access_token(core, token)
+    except NotAuthenticated:
+        return None
+    query = select(AuthSession.id).where(
+        AuthSession.id == claims.session_id, AuthSession.user_id == claims.user_id
+    )
+    async with core.sessionmaker() as db:
+        return await db.scalar(query)
 
 
 async def end_replaced_cookie(core: Core, cookie: str) -> None:

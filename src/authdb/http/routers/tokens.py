@@ -19,7 +19,10 @@ from authdb.services.sessions import Authenticated, TokenPair
 _FIELD = 1024
 # The MFA grant: an extension grant type is an absolute URI (RFC 6749 section 4.5).
 MFA_GRANT = "urn:authdb:params:oauth:grant-type:mfa"
+GRANT_TYPES = ("password", "refresh_token", MFA_GRANT)
 _GRANTS = "password, refresh_token or " + MFA_GRANT
+# RFC 7009 2.1: the hint names one of these; any other value is ignored, not refused.
+_TOKEN_TYPE_HINTS = ("access_token", "refresh_token")
 
 
 def _token(pair: TokenPair) -> Token:
@@ -58,7 +61,10 @@ def build(deps: AuthDeps) -> APIRouter:
     Client = Annotated[ClientInfo, Depends(deps.client)]
 
     @token_router.post(
-        "/token", response_model=Token, responses=token_errors(400, 401, 403, 422, 429, 503)
+        "/token",
+        name="authdb_token",
+        response_model=Token,
+        responses=token_errors(400, 401, 403, 422, 429, 503),
     )
     async def token(
         client: Client,
@@ -111,6 +117,30 @@ def build(deps: AuthDeps) -> APIRouter:
             )
             return _token(pair)
         raise OAuthError(400, "unsupported_grant_type", f"Unsupported grant_type: use {_GRANTS}")
+
+    @token_router.post(
+        "/revoke",
+        name="authdb_revoke",
+        response_class=Response,
+        responses={200: {"description": "Revoked, or nothing to revoke"}, **token_errors(422, 503)},
+    )
+    async def revoke(
+        client: Client,
+        token: Annotated[str, Form(description="A refresh token or an access token")],
+        token_type_hint: Annotated[
+            str | None,
+            Form(max_length=64, description="`refresh_token` or `access_token`: looked at first"),
+        ] = None,
+    ) -> Response:
+        """Token revocation (RFC 7009): ends the session that owns ``token``, so its refresh
+        token and its access tokens stop working here at once.
+
+        Answers 200 whatever the token: unknown, expired and already revoked tokens change
+        nothing (section 2.2). Public clients: no client authentication.
+        """
+        hint = token_type_hint if token_type_hint in _TOKEN_TYPE_HINTS else None
+        await sessions.revoke_token(deps.core, token, hint, client)
+        return Response(status_code=200, headers={"Cache-Control": "no-store"})
 
     router.include_router(token_router)
 

@@ -1,0 +1,241 @@
+"""Signing keys across real ``authdb serve`` processes sharing one database.
+
+A rotation or a retirement made by ``authdb keys`` reaches every process (each re-reads the
+keys every ``AUTHDB_JWT_KEYS_REFRESH_SECONDS``, and at once for a token naming a kid it does
+not know); processes starting together on a fresh database settle on one current key. Every
+wait is a poll with a deadline, never a timing assertion.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import httpx
+import jwt
+
+from tests.cli import run_cli
+from tests.conftest import PASSWORD, pg_database
+from tests.test_multiprocess import serving
+
+SECRET = "keys-multiprocess-test-secret-0123456789abcdef"
+DEADLINE_SECONDS = 30.0
+
+
+def _env(url: str, refresh_seconds: int = 1) -> dict[str, str]:
+    return {
+        "AUTHDB_DATABASE_URL": url,
+        "AUTHDB_SECRET_KEY": SECRET,
+        "AUTHDB_JWT_ALGORITHM": "ES256",
+        "AUTHDB_JWT_KEYS_REFRESH_SECONDS": str(refresh_seconds),
+    }
+
+
+def _ok(args: list[str], env: dict[str, str], stdin: str | None = None) -> str:
+    result = run_cli(args, env=env, stdin=stdin)
+    assert result.returncode == 0, result.stderr
+    return result.stdout
+
+
+def _create_alice(env: dict[str, str]) -> None:
+    _ok(
+        ["createuser", "--username", "alice", "--email", "alice@example.com", "--password-stdin"],
+        env,
+        stdin=PASSWORD + "\n",
+    )
+
+
+def _token(base: str) -> str:
+    response = httpx.post(f"{base}/token", data={"username": "alice", "password": PASSWORD})
+    assert response.status_code == 200, response.text
+    token = response.json()["access_token"]
+    assert isinstance(token, str)
+    return token
+
+
+def _kid(token: str) -> str:
+    kid = jwt.get_unverified_header(token)["kid"]
+    assert isinstance(kid, str)
+    return kid
+
+
+def _jwks_kids(base: str) -> set[str]:
+    response = httpx.get(f"{base}/.well-known/jwks.json")
+    assert response.status_code == 200
+    return {key["kid"] for key in response.json()["keys"]}
+
+
+def _me(base: str, token: str) -> int:
+    return httpx.get(f"{base}/users/me/", headers={"Authorization": f"Bearer {token}"}).status_code
+
+
+def _signs_with(base: str, kid: str, published: set[str]) -> bool:
+    return _kid(_token(base)) == kid and _jwks_kids(base) == published
+
+
+def _refuses(base: str, token: str, published: set[str]) -> bool:
+    return _me(base, token) == 401 and _jwks_kids(base) == published
+
+
+def _keys(env: dict[str, str]) -> list[dict[str, Any]]:
+    rows = json.loads(_ok(["keys", "list", "--json"], env))
+    assert isinstance(rows, list)
+    return rows
+
+
+def _poll(condition: Callable[[], bool], what: str) -> None:
+    deadline = time.monotonic() + DEADLINE_SECONDS
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"not within {DEADLINE_SECONDS:.0f} s: {what}")
+        time.sleep(0.2)
+
+
+async def test_rotation_and_retirement_reach_both_processes(tmp_path: Path) -> None:
+    """`keys rotate` makes both processes publish and sign with the new key, old tokens still
+    work on both, either accepts the other's new tokens; `keys retire` ends the old ones."""
+    async with pg_database() as url:
+        env = _env(url)
+        _ok(["migrate"], env)
+        _create_alice(env)
+        _ok(["keys", "rotate"], env)  # the first key, before any process starts
+        with serving(env, tmp_path, 2) as (a, b):
+            old_token = _token(a)
+            old_kid = _kid(old_token)
+            assert _jwks_kids(a) == _jwks_kids(b) == {old_kid}
+            assert _kid(_token(b)) == old_kid
+
+            new_kid = _ok(["keys", "rotate"], env).strip().rsplit(" ", 1)[-1]
+            assert new_kid != old_kid
+
+            fresh: list[str] = []
+
+            def a_signs_with_the_new_key() -> bool:
+                fresh.append(_token(a))
+                return _kid(fresh[-1]) == new_kid
+
+            _poll(a_signs_with_the_new_key, "A signs with the new key")
+            # B may not have re-read the keys yet: the unknown kid makes it catch up.
+            assert _me(b, fresh[-1]) == 200
+            new_token = fresh[-1]
+
+            for base in (a, b):
+                _poll(
+                    partial(_signs_with, base, new_kid, {old_kid, new_kid}),
+                    f"{base} signs with and publishes the new key",
+                )
+            for base in (a, b):
+                assert _me(base, old_token) == 200, "a token of the replaced key still works"
+                assert _me(base, new_token) == 200
+
+            retired = _ok(["keys", "retire", old_kid], env)
+            assert retired.strip() == f"retired {old_kid}"
+            for base in (a, b):
+                _poll(
+                    partial(_refuses, base, old_token, {new_kid}),
+                    f"{base} refuses and unpublishes the retired key",
+                )
+                assert _me(base, new_token) == 200
+                assert _kid(_token(base)) == new_kid
+
+        states = {row["kid"]: row["state"] for row in _keys(env)}
+        assert states == {new_kid: "current", old_kid: "retired"}
+
+
+async def test_a_process_catches_up_on_an_unknown_kid(tmp_path: Path) -> None:
+    """With a long refresh interval, a process still learns a new key the moment it sees a
+    token signed with it (here from a process started after the rotation), and requests that
+    arrive together with that kid all succeed."""
+    async with pg_database() as url:
+        env = _env(url, refresh_seconds=300)
+        _ok(["migrate"], env)
+        _create_alice(env)
+        _ok(["keys", "rotate"], env)
+        with serving(env, tmp_path, 1) as (old_process,):
+            old_token = _token(old_process)
+            old_kid = _kid(old_token)
+            new_kid = _ok(["keys", "rotate"], env).strip().rsplit(" ", 1)[-1]
+            # Nothing tells the running process yet (its next refresh is minutes away).
+            assert _kid(_token(old_process)) == old_kid
+
+            with serving(env, tmp_path, 1) as (new_process,):
+                new_token = _token(new_process)
+                assert _kid(new_token) == new_kid
+                assert _jwks_kids(new_process) == {old_kid, new_kid}
+                assert _me(new_process, old_token) == 200
+
+                # Its first sight of the new kid is a burst of requests (many clients moving
+                # to the new key at once): every one is answered after the one catch-up.
+                with ThreadPoolExecutor(max_workers=20) as pool:
+                    statuses = list(pool.map(lambda _: _me(old_process, new_token), range(20)))
+                assert statuses == [200] * 20, "the unknown kid made it catch up"
+                assert _kid(_token(old_process)) == new_kid
+                assert _jwks_kids(old_process) == {old_kid, new_kid}
+                # A made-up kid is simply refused.
+                forged = jwt.encode(
+                    jwt.decode(new_token, options={"verify_signature": False}),
+                    "x" * 32,
+                    algorithm="HS256",
+                    headers={"kid": "made-up"},
+                )
+                assert _me(old_process, forged) == 401
+
+
+async def test_processes_starting_together_agree_on_one_key(
+    database_url: str, tmp_path: Path
+) -> None:
+    """Two processes starting at once on a database without any key end up signing with, and
+    publishing, the same single current key."""
+    env = _env(database_url)
+    _ok(["migrate"], env)
+    assert _keys({**env, "AUTHDB_JWT_ALGORITHM": "HS256"}) == [], "no key before the start"
+    with serving(env, tmp_path, 2) as (a, b):
+        _create_alice(env)
+
+        def agreed() -> bool:
+            kids = {_kid(_token(a)), _kid(_token(b))}
+            current = [row["kid"] for row in _keys(env) if row["state"] == "current"]
+            return len(kids) == 1 and current == list(kids) and kids <= _jwks_kids(a)
+
+        _poll(agreed, "both processes sign with the one current key")
+        (kid,) = {_kid(_token(a)), _kid(_token(b))}
+        token = _token(a)
+        assert _me(b, token) == 200 and _me(a, _token(b)) == 200
+        assert kid in _jwks_kids(b)
+        rows = _keys(env)
+        assert [row["state"] for row in rows].count("current") == 1
+        # Several keys only if start-up made one too many; never two current ones.
+        assert all(row["state"] in ("current", "retiring") for row in rows), rows
+
+
+async def test_retiring_the_current_key_from_an_hs256_shell_still_ends_it(
+    tmp_path: Path,
+) -> None:
+    """An operator retiring a leaked key from a shell without AUTHDB_JWT_ALGORITHM (so HS256):
+    either the command refuses in one line, or the running processes really stop accepting
+    that key's tokens and sign with another key. It must never report "retired" while the
+    processes go on with the leaked key."""
+    async with pg_database() as url:
+        env = _env(url)
+        _ok(["migrate"], env)
+        _create_alice(env)
+        _ok(["keys", "rotate"], env)
+        with serving(env, tmp_path, 1) as (base,):
+            leaked_token = _token(base)
+            leaked = _kid(leaked_token)
+            shell = {**env, "AUTHDB_JWT_ALGORITHM": "HS256"}
+            result = run_cli(["keys", "retire", leaked], env=shell)
+            if result.returncode != 0:
+                assert result.returncode == 1 and "Traceback" not in result.stderr
+                assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+                assert "AUTHDB_JWT_ALGORITHM" in result.stderr
+                return
+            assert result.stdout.strip().startswith(f"retired {leaked}")
+            _poll(lambda: _me(base, leaked_token) == 401, "the leaked key's token is refused")
+            _poll(lambda: _kid(_token(base)) != leaked, "tokens are signed with another key")
+            assert leaked not in _jwks_kids(base)
