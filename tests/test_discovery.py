@@ -222,6 +222,24 @@ async def test_prefixed_router_behind_a_root_path(host_app: tuple[Auth, FastAPI]
         assert issued.status_code == 200, issued.text
 
 
+async def test_one_router_under_two_prefixes_names_its_own_endpoints(
+    make_settings: Callable[..., Settings],
+) -> None:
+    """Included twice (``/v1`` and ``/v2``), each mount's metadata names its own endpoints,
+    not the first route of that name in the app."""
+    auth = Auth(make_settings(public_url=PUBLIC_URL))
+    app = FastAPI(lifespan=auth.lifespan)
+    app.include_router(auth.router, prefix="/v1")
+    app.include_router(auth.router, prefix="/v2")
+    await migrate.upgrade(auth.core.engine)
+    async with app.router.lifespan_context(app), _client_for(app, base_url=PUBLIC_URL) as client:
+        for prefix in ("/v1", "/v2"):
+            metadata = await _metadata(client, f"{prefix}{METADATA}")
+            assert metadata["token_endpoint"] == f"{PUBLIC_URL}{prefix}/token"
+            assert metadata["jwks_uri"] == f"{PUBLIC_URL}{prefix}{JWKS}"
+            assert metadata["revocation_endpoint"] == f"{PUBLIC_URL}{prefix}/revoke"
+
+
 async def test_service_app_mounted_under_a_path(discovery: Harness) -> None:
     """The whole service app mounted at /sso of a host app: the mount point is in every URL."""
     host = FastAPI()

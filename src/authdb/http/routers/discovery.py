@@ -13,11 +13,18 @@ from authdb.http.schemas import AuthorizationServerMetadata, JWKSet
 _REVALIDATE = {"Cache-Control": "no-cache"}
 
 
-def absolute_url(deps: AuthDeps, request: Request, name: str) -> str:
-    """``PUBLIC_URL`` + the route's path under the app's mount point: never the Host header."""
+_METADATA_PATH = "/.well-known/oauth-authorization-server"
+
+
+def _base_url(deps: AuthDeps, request: Request) -> str:
+    """``PUBLIC_URL`` + the path this document was asked at, less its own name: the mount
+    point and router prefix, so each of several mounts names its own endpoints. Never the
+    Host header."""
     root = str(request.scope.get("root_path", "")).rstrip("/")
-    path = str(request.app.url_path_for(name))
-    return deps.core.settings.public_url.rstrip("/") + root + path
+    path = str(request.scope.get("path", _METADATA_PATH))
+    if root and not path.startswith(root + "/"):
+        path = root + path  # an ASGI server that reports the path below its root_path
+    return deps.core.settings.public_url.rstrip("/") + path.removesuffix(_METADATA_PATH)
 
 
 def build(deps: AuthDeps) -> APIRouter:
@@ -32,7 +39,7 @@ def build(deps: AuthDeps) -> APIRouter:
         return JWKSet(keys=[dict(jwk) for jwk in deps.core.jwt.keys.jwks])
 
     @router.get(
-        "/.well-known/oauth-authorization-server",
+        _METADATA_PATH,
         name="authdb_oauth_metadata",
         response_model=AuthorizationServerMetadata,
         response_model_exclude_none=True,
@@ -41,11 +48,12 @@ def build(deps: AuthDeps) -> APIRouter:
         """Authorization server metadata (RFC 8414). ``issuer`` is ``AUTHDB_JWT_ISSUER``, the
         ``iss`` of every access token; the endpoints are absolute URLs under ``PUBLIC_URL``."""
         response.headers.update(_REVALIDATE)
+        base = _base_url(deps, request)
         return AuthorizationServerMetadata(
             issuer=deps.core.settings.jwt_issuer,
-            token_endpoint=absolute_url(deps, request, "authdb_token"),
-            jwks_uri=absolute_url(deps, request, "authdb_jwks"),
-            revocation_endpoint=absolute_url(deps, request, "authdb_revoke"),
+            token_endpoint=f"{base}/token",
+            jwks_uri=f"{base}/.well-known/jwks.json",
+            revocation_endpoint=f"{base}/revoke",
             grant_types_supported=list(GRANT_TYPES),
             # No authorization endpoint: the password grant and its extensions only.
             response_types_supported=[],
