@@ -114,14 +114,71 @@ def frozen_now(harness: Harness) -> FrozenClock:
 
 
 async def key_rows(engine: AsyncEngine) -> list[dict[str, Any]]:
-    """``signing_keys`` rows, oldest first, as plain SQL sees them."""
+    """``signing_keys`` rows, oldest first, as plain SQL sees them. ``active``: the key has
+    been made current (``activated_at`` set); a published next key is not active yet."""
     query = text(
         "SELECT generation, kid, algorithm, sealed_private_key IS NULL AS erased,"
+        " activated_at IS NOT NULL AS active,"
         " rotated_at IS NOT NULL AS rotated, retired_at IS NOT NULL AS retired"
         " FROM signing_keys ORDER BY generation"
     )
     async with engine.connect() as connection:
-        return [dict(row._mapping) for row in await connection.execute(query)]
+        return [
+            {name: bool(value) if name in _FLAGS else value for name, value in row._mapping.items()}
+            for row in await connection.execute(query)
+        ]
+
+
+_FLAGS = {"erased", "active", "rotated", "retired"}
+
+
+def row(
+    generation: int,
+    kid: str,
+    algorithm: str,
+    *,
+    erased: bool = False,
+    active: bool = False,
+    rotated: bool = False,
+    retired: bool = False,
+) -> dict[str, Any]:
+    """A ``key_rows`` row, to compare with."""
+    return {
+        "generation": generation,
+        "kid": kid,
+        "algorithm": algorithm,
+        "erased": erased,
+        "active": active,
+        "rotated": rotated,
+        "retired": retired,
+    }
+
+
+async def key_states(harness: Harness) -> dict[str, str]:
+    """``list_keys`` as ``{kid: state}``."""
+    from authdb.services.signing_keys import list_keys
+
+    return {key.kid: key.state for key in await list_keys(harness.auth.core)}
+
+
+async def next_kid(harness: Harness) -> str:
+    """The kid of the published next key (exactly one)."""
+    (kid,) = [kid for kid, state in (await key_states(harness)).items() if state == "next"]
+    return kid
+
+
+async def private_key_of(harness: Harness, kid: str) -> Any:
+    """The private key of ``kid``, opened from its row with the deployment secret (as only
+    authdb itself could): to sign tokens with a key that has not signed anything yet."""
+    from authdb import signing
+    from authdb.db.models import SigningKey
+    from authdb.services.signing_keys import _open_private
+
+    core = harness.auth.core
+    async with core.sessionmaker() as db:
+        key = await db.scalar(select(SigningKey).where(SigningKey.kid == kid))
+    assert key is not None, kid
+    return signing.load_private(_open_private(core, key))
 
 
 async def audit_events(harness: Harness, name: str) -> list[dict[str, Any]]:
@@ -241,3 +298,22 @@ async def assert_stored_nowhere(
         assert visible.encode() in blob, "the file scan does not see the rows"
         for needle in needles:
             assert _as_bytes(needle) not in blob
+
+
+class PlainResourceServer:
+    """A resource server with nothing but PyJWT: it fetches the JWKS once, keeps it, and
+    fetches it again only for a token whose kid it does not know. ``fetches`` counts them."""
+
+    def __init__(self, harness: Harness) -> None:
+        self._harness = harness
+        self.document: dict[str, Any] = {"keys": []}
+        self.fetches = 0
+
+    def kids(self) -> set[str]:
+        return set(jwks_kids(self.document))
+
+    async def verify(self, token: str) -> dict[str, Any]:
+        if header(token)["kid"] not in self.kids():
+            self.document = await jwks(self._harness)
+            self.fetches += 1
+        return verify_with_jwks(token, self.document)

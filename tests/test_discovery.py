@@ -276,11 +276,11 @@ async def test_jwks_is_empty_under_hs256(make_harness: MakeHarness) -> None:
 
 
 @pytest.mark.parametrize("key_algorithm", ["RS256", "ES256", "EdDSA"])
-async def test_jwks_lists_the_public_key_only(
+async def test_jwks_lists_the_public_keys_only(
     make_harness: MakeHarness, key_algorithm: str
 ) -> None:
-    """One public key with kid/alg/use, no private member, the kid of issued tokens; tokens
-    verify with it."""
+    """Two public keys with kid/alg/use and no private member: the current key (the kid of
+    issued tokens, which verify with it) and the next key, published ahead of its rotation."""
     harness = await make_harness(jwt_algorithm=key_algorithm)
     await harness.create_user("alice")
     response = await harness.client.get(JWKS)
@@ -288,31 +288,39 @@ async def test_jwks_lists_the_public_key_only(
     assert response.headers["content-type"].startswith("application/json")
     body = response.json()
     _assert_public_only(body)
-    (key,) = body["keys"]
-    assert key["alg"] == key_algorithm
+    assert [key["alg"] for key in body["keys"]] == [key_algorithm, key_algorithm]
+    states = {key.kid: key.state for key in await signing_keys.list_keys(harness.auth.core)}
+    assert {key["kid"]: states[key["kid"]] for key in body["keys"]} == {
+        kid: state for kid, state in states.items() if state in ("current", "next")
+    }
+    assert sorted(states.values()) == ["current", "next"]
     tokens = await harness.login()
-    assert jwt.get_unverified_header(tokens["access_token"])["kid"] == key["kid"]
+    assert states[jwt.get_unverified_header(tokens["access_token"])["kid"]] == "current"
     issuer = harness.auth.settings.jwt_issuer
     _verify_with_jwks(tokens["access_token"], body["keys"], issuer, harness)
 
 
 @pytest.mark.parametrize("key_algorithm", ["RS256", "ES256"])
-async def test_jwks_after_rotation_lists_both_keys_still_public_only(
+async def test_jwks_after_rotation_lists_every_live_key_still_public_only(
     make_harness: MakeHarness, key_algorithm: str
 ) -> None:
-    """After a rotation the previous key stays listed (its tokens still verify), and neither
-    key shows a private member; old and new tokens both verify against the set."""
+    """After a rotation the previous key stays listed (its tokens still verify) beside the new
+    current key (the former next key) and a new next key; none shows a private member; old
+    and new tokens both verify against the set."""
     harness = await make_harness(jwt_algorithm=key_algorithm)
     await harness.create_user("alice")
     before = await harness.login()
+    old_kid = jwt.get_unverified_header(before["access_token"])["kid"]
+    published_before = {key["kid"] for key in (await harness.client.get(JWKS)).json()["keys"]}
     new_kid = await signing_keys.rotate(harness.auth.core, CLI_CLIENT)
+    assert published_before == {old_kid, new_kid}, "the new key was published before"
     after = await harness.login()
     assert jwt.get_unverified_header(after["access_token"])["kid"] == new_kid
     body = (await harness.client.get(JWKS)).json()
     _assert_public_only(body)
     kids = {key["kid"] for key in body["keys"]}
-    assert new_kid in kids
-    assert len(kids) == 2
+    assert len(kids) == len(body["keys"]) == 3
+    assert {old_kid, new_kid} < kids
     issuer = harness.auth.settings.jwt_issuer
     for tokens in (before, after):
         _verify_with_jwks(tokens["access_token"], body["keys"], issuer, harness)

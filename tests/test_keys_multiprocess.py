@@ -2,13 +2,16 @@
 
 A rotation or a retirement made by ``authdb keys`` reaches every process (each re-reads the
 keys every ``AUTHDB_JWT_KEYS_REFRESH_SECONDS``, and at once for a token naming a kid it does
-not know); processes starting together on a fresh database settle on one current key. Every
-wait is a poll with a deadline, never a timing assertion.
+not know; the key a rotation makes current was published as the next key before, so every
+process verifies its tokens at once); processes starting together on a fresh database settle
+on one current key and one next key. Every wait is a poll with a deadline, never a timing
+assertion.
 """
 
 from __future__ import annotations
 
 import json
+import re
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -88,6 +91,21 @@ def _keys(env: dict[str, str]) -> list[dict[str, Any]]:
     return rows
 
 
+def _next(env: dict[str, str]) -> str:
+    """The published next key's kid."""
+    (kid,) = [row["kid"] for row in _keys(env) if row["state"] == "next"]
+    assert isinstance(kid, str)
+    return kid
+
+
+def _rotate(env: dict[str, str]) -> str:
+    """`authdb keys rotate`; the new current kid it printed."""
+    out = _ok(["keys", "rotate"], env)
+    match = re.fullmatch(r"new current signing key (\S+) \(ES256\)\n", out)
+    assert match, out
+    return match.group(1)
+
+
 def _poll(condition: Callable[[], bool], what: str) -> None:
     deadline = time.monotonic() + DEADLINE_SECONDS
     while not condition():
@@ -97,21 +115,24 @@ def _poll(condition: Callable[[], bool], what: str) -> None:
 
 
 async def test_rotation_and_retirement_reach_both_processes(tmp_path: Path) -> None:
-    """`keys rotate` makes both processes publish and sign with the new key, old tokens still
-    work on both, either accepts the other's new tokens; `keys retire` ends the old ones."""
+    """`keys rotate` makes both processes sign with the key they already published as the
+    next one, old tokens still work on both, either accepts the other's new tokens; `keys
+    retire` ends the old ones."""
     async with pg_database() as url:
         env = _env(url)
         _ok(["migrate"], env)
         _create_alice(env)
-        _ok(["keys", "rotate"], env)  # the first key, before any process starts
+        _rotate(env)  # the first keys, before any process starts
         with serving(env, tmp_path, 2) as (a, b):
             old_token = _token(a)
             old_kid = _kid(old_token)
-            assert _jwks_kids(a) == _jwks_kids(b) == {old_kid}
+            upcoming = _next(env)
+            assert _jwks_kids(a) == _jwks_kids(b) == {old_kid, upcoming}
             assert _kid(_token(b)) == old_kid
 
-            new_kid = _ok(["keys", "rotate"], env).strip().rsplit(" ", 1)[-1]
-            assert new_kid != old_kid
+            new_kid = _rotate(env)
+            assert new_kid == upcoming
+            newer = _next(env)
 
             fresh: list[str] = []
 
@@ -120,14 +141,14 @@ async def test_rotation_and_retirement_reach_both_processes(tmp_path: Path) -> N
                 return _kid(fresh[-1]) == new_kid
 
             _poll(a_signs_with_the_new_key, "A signs with the new key")
-            # B may not have re-read the keys yet: the unknown kid makes it catch up.
+            # B may not have re-read the keys yet: it knew the new key as the next one.
             assert _me(b, fresh[-1]) == 200
             new_token = fresh[-1]
 
             for base in (a, b):
                 _poll(
-                    partial(_signs_with, base, new_kid, {old_kid, new_kid}),
-                    f"{base} signs with and publishes the new key",
+                    partial(_signs_with, base, new_kid, {old_kid, new_kid, newer}),
+                    f"{base} signs with the new key and publishes the new next key",
                 )
             for base in (a, b):
                 assert _me(base, old_token) == 200, "a token of the replaced key still works"
@@ -137,36 +158,43 @@ async def test_rotation_and_retirement_reach_both_processes(tmp_path: Path) -> N
             assert retired.strip() == f"retired {old_kid}"
             for base in (a, b):
                 _poll(
-                    partial(_refuses, base, old_token, {new_kid}),
+                    partial(_refuses, base, old_token, {new_kid, newer}),
                     f"{base} refuses and unpublishes the retired key",
                 )
                 assert _me(base, new_token) == 200
                 assert _kid(_token(base)) == new_kid
 
         states = {row["kid"]: row["state"] for row in _keys(env)}
-        assert states == {new_kid: "current", old_kid: "retired"}
+        assert states == {newer: "next", new_kid: "current", old_kid: "retired"}
 
 
 async def test_a_process_catches_up_on_an_unknown_kid(tmp_path: Path) -> None:
-    """With a long refresh interval, a process still learns a new key the moment it sees a
-    token signed with it (here from a process started after the rotation), and requests that
-    arrive together with that kid all succeed."""
+    """With a long refresh interval, a process still learns a key it has never seen the
+    moment a token signed with it arrives: two rotations after its start (the second makes
+    current a key published after the process read the keys), tokens from a process started
+    later. Requests that arrive together with that kid all succeed."""
     async with pg_database() as url:
         env = _env(url, refresh_seconds=300)
         _ok(["migrate"], env)
         _create_alice(env)
-        _ok(["keys", "rotate"], env)
+        _rotate(env)
         with serving(env, tmp_path, 1) as (old_process,):
             old_token = _token(old_process)
             old_kid = _kid(old_token)
-            new_kid = _ok(["keys", "rotate"], env).strip().rsplit(" ", 1)[-1]
+            known = _jwks_kids(old_process)
+            middle_kid = _rotate(env)
+            assert middle_kid in known, "the first rotation's key was published before"
+            new_kid = _rotate(env)
+            assert new_kid not in known, "the second rotation's key is new to the process"
+            newest = _next(env)
             # Nothing tells the running process yet (its next refresh is minutes away).
             assert _kid(_token(old_process)) == old_kid
+            assert _jwks_kids(old_process) == known
 
             with serving(env, tmp_path, 1) as (new_process,):
                 new_token = _token(new_process)
                 assert _kid(new_token) == new_kid
-                assert _jwks_kids(new_process) == {old_kid, new_kid}
+                assert _jwks_kids(new_process) == {old_kid, middle_kid, new_kid, newest}
                 assert _me(new_process, old_token) == 200
 
                 # Its first sight of the new kid is a burst of requests (many clients moving
@@ -175,7 +203,7 @@ async def test_a_process_catches_up_on_an_unknown_kid(tmp_path: Path) -> None:
                     statuses = list(pool.map(lambda _: _me(old_process, new_token), range(20)))
                 assert statuses == [200] * 20, "the unknown kid made it catch up"
                 assert _kid(_token(old_process)) == new_kid
-                assert _jwks_kids(old_process) == {old_kid, new_kid}
+                assert _jwks_kids(old_process) == {old_kid, middle_kid, new_kid, newest}
                 # A made-up kid is simply refused.
                 forged = jwt.encode(
                     jwt.decode(new_token, options={"verify_signature": False}),
@@ -190,7 +218,7 @@ async def test_processes_starting_together_agree_on_one_key(
     database_url: str, tmp_path: Path
 ) -> None:
     """Two processes starting at once on a database without any key end up signing with, and
-    publishing, the same single current key."""
+    publishing, the same single current key, and publishing the same single next key."""
     env = _env(database_url)
     _ok(["migrate"], env)
     assert _keys({**env, "AUTHDB_JWT_ALGORITHM": "HS256"}) == [], "no key before the start"
@@ -208,9 +236,16 @@ async def test_processes_starting_together_agree_on_one_key(
         assert _me(b, token) == 200 and _me(a, _token(b)) == 200
         assert kid in _jwks_kids(b)
         rows = _keys(env)
-        assert [row["state"] for row in rows].count("current") == 1
-        # Several keys only if start-up made one too many; never two current ones.
-        assert all(row["state"] in ("current", "retiring") for row in rows), rows
+        states = [row["state"] for row in rows]
+        assert states.count("current") == 1, rows
+        assert states.count("next") == 1, rows
+        (upcoming,) = [row["kid"] for row in rows if row["state"] == "next"]
+        _poll(
+            lambda: _jwks_kids(a) == _jwks_kids(b) == {kid, upcoming},
+            "both processes publish the current and the next key",
+        )
+        # Further keys only if start-up made too many; never two current or next ones.
+        assert all(row["state"] in ("current", "next", "retiring", "retired") for row in rows)
 
 
 async def test_retiring_the_current_key_from_an_hs256_shell_still_ends_it(
@@ -224,7 +259,7 @@ async def test_retiring_the_current_key_from_an_hs256_shell_still_ends_it(
         env = _env(url)
         _ok(["migrate"], env)
         _create_alice(env)
-        _ok(["keys", "rotate"], env)
+        _rotate(env)
         with serving(env, tmp_path, 1) as (base,):
             leaked_token = _token(base)
             leaked = _kid(leaked_token)

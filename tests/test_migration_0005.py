@@ -2,8 +2,9 @@
 
 Every user and session survives, the new ``signing_keys`` table has the columns, nullability
 and unique constraints the key ring relies on (two processes rotating at once must collide on
-``generation``), an HS256 deployment leaves it empty, a key-pair deployment makes its first key
-on the upgraded database, and the revision goes down to 0004 and up again.
+``generation``), an HS256 deployment leaves it empty, a key-pair deployment makes its first
+current key and a published next key on the upgraded database, and the revision goes down to
+0004 and up again.
 """
 
 from __future__ import annotations
@@ -25,7 +26,8 @@ from tests.signing_helpers import jwks, key_rows, me_status, verify_with_jwks
 
 MakeHarness = Callable[..., Awaitable[Harness]]
 # Column: nullable. The private key goes (NULL) once a key is rotated out; the times of
-# rotation and retirement are NULL until they happen.
+# activation (NULL for the published next key), rotation and retirement are NULL until they
+# happen.
 SIGNING_KEY_COLUMNS = {
     "id": False,
     "generation": False,
@@ -34,6 +36,7 @@ SIGNING_KEY_COLUMNS = {
     "public_jwk": False,
     "sealed_private_key": True,
     "created_at": False,
+    "activated_at": True,
     "rotated_at": True,
     "retired_at": True,
 }
@@ -119,7 +122,7 @@ async def test_a_0004_database_upgrades_in_place(
         assert str(columns["id"]["type"]) == "BIGINT"
         assert str(columns["generation"]["type"]) == "BIGINT"
         assert str(columns["sealed_private_key"]["type"]) == "BYTEA"
-        for name in ("created_at", "rotated_at", "retired_at"):
+        for name in ("created_at", "activated_at", "rotated_at", "retired_at"):
             assert columns[name]["type"].timezone is True, name
 
     # HS256 needs no key pair: the table stays empty, and the sessions of before work.
@@ -133,15 +136,20 @@ async def test_a_0004_database_upgrades_in_place(
 async def test_a_key_pair_deployment_starts_on_the_upgraded_database(
     database_url: str, make_harness: MakeHarness
 ) -> None:
-    """Upgraded and started with ES256: one key is made, the old sessions refresh into ES256
-    tokens that verify against the JWKS, and a password sign-in works."""
+    """Upgraded and started with ES256: a current key and a next key are made, the old
+    sessions refresh into ES256 tokens of the current key that verify against the JWKS, and a
+    password sign-in works."""
     sessions = await _database_at_0004(database_url)
     harness = await make_harness(jwt_algorithm="ES256")
     engine = harness.auth.core.engine
     assert await migrate.is_up_to_date(engine)
     rows = await key_rows(engine)
-    assert [(r["generation"], r["algorithm"], r["erased"]) for r in rows] == [(1, "ES256", False)]
+    assert [(r["generation"], r["algorithm"], r["erased"], r["active"]) for r in rows] == [
+        (1, "ES256", False, True),
+        (2, "ES256", False, False),
+    ]
     document = await jwks(harness)
+    assert {key["kid"] for key in document["keys"]} == {r["kid"] for r in rows}
     for session_id, _, _ in sessions:
         access = (await _refresh(harness, session_id))["access_token"]
         assert jwt.get_unverified_header(access)["kid"] == rows[0]["kid"]
@@ -154,7 +162,8 @@ async def test_a_key_pair_deployment_starts_on_the_upgraded_database(
 async def test_downgrade_to_0004_and_up_again(database_url: str, make_harness: MakeHarness) -> None:
     sessions = await _database_at_0004(database_url)
     first = await make_harness(jwt_algorithm="EdDSA")
-    (old_key,) = await key_rows(first.auth.core.engine)
+    old_keys = {r["kid"] for r in await key_rows(first.auth.core.engine)}
+    assert len(old_keys) == 2
     await first.auth.shutdown()
 
     engine = create_engine(database_url)
@@ -175,11 +184,12 @@ async def test_downgrade_to_0004_and_up_again(database_url: str, make_harness: M
     finally:
         await engine.dispose()
 
-    # Started again, authdb makes a new first key and signs with it.
+    # Started again, authdb makes a new first key (and next key) and signs with the first.
     harness = await make_harness(jwt_algorithm="EdDSA")
-    (new_key,) = await key_rows(harness.auth.core.engine)
-    assert new_key["generation"] == 1
-    assert new_key["kid"] != old_key["kid"]
+    new_key, new_next = await key_rows(harness.auth.core.engine)
+    assert (new_key["generation"], new_key["active"]) == (1, True)
+    assert (new_next["generation"], new_next["active"]) == (2, False)
+    assert not {new_key["kid"], new_next["kid"]} & old_keys
     access = (await harness.login("alice"))["access_token"]
     assert jwt.get_unverified_header(access) == {
         "alg": "EdDSA",

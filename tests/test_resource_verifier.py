@@ -4,25 +4,33 @@ Two halves:
 
 - a real deployment: ``authdb serve`` (ES256 and EdDSA, SQLite and PostgreSQL) and, as its own
   process, ``tests/resource_app.py`` (a user's other FastAPI service) that knows nothing but
-  authdb's JWKS URL; tokens come from ``/token`` over the socket, keys rotate through the CLI;
+  authdb's JWKS URL; tokens come from ``/token`` over the socket, keys rotate through the CLI.
+  The key a rotation makes current was published as the next key before, so a verifier that
+  fetched the JWKS before ``keys rotate`` accepts the new tokens without fetching again;
 - ``TokenVerifier.verify`` in-process against a small real JWKS server on loopback (a thread
   counting its GETs), with keys made by ``authdb.signing`` and the verifier's clock moved by
-  hand (``authdb.resource.time`` replaced), so refetch limits are counted, never timed.
+  hand (``authdb.resource.time`` replaced), so refetch limits and the retry after a failed
+  fetch (503 ``Token keys unavailable`` until a key set was ever fetched) are counted, never
+  timed.
 """
 
 from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import hashlib
 import hmac
 import json
+import logging
 import os
+import re
 import subprocess
 import sys
 import threading
 import time
 import uuid
+import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -33,12 +41,13 @@ from typing import Any, get_type_hints
 import httpx
 import jwt
 import pytest
+from cryptography.hazmat.primitives.asymmetric import rsa
 from sqlalchemy import select
 
 from authdb import signing
 from authdb.db.engine import create_engine
 from authdb.db.models import SigningKey
-from authdb.resource import AccessTokenClaims, InvalidToken, TokenVerifier
+from authdb.resource import AccessTokenClaims, InvalidToken, KeysUnavailable, TokenVerifier
 from authdb.sealing import Sealer
 from authdb.services import signing_keys
 from tests.cli import run_cli
@@ -152,6 +161,41 @@ class Deployment:
         to make tokens authdb's key really signed but with claims /token never gives."""
         return asyncio.run(_current_private_key(self.database_url))
 
+    def keys(self) -> list[dict[str, Any]]:
+        """``authdb keys list --json``."""
+        listed = run_cli(["keys", "list", "--json"], env=self.env)
+        assert listed.returncode == 0, listed.stderr
+        rows = json.loads(listed.stdout)
+        assert isinstance(rows, list)
+        return rows
+
+    def next_kid(self) -> str:
+        """The kid of the next key, published and not yet signing."""
+        (kid,) = [row["kid"] for row in self.keys() if row["state"] == "next"]
+        assert isinstance(kid, str)
+        return kid
+
+    def rotate(self) -> str:
+        """``authdb keys rotate``; the new current kid it printed."""
+        rotated = run_cli(["keys", "rotate"], env=self.env)
+        assert rotated.returncode == 0, rotated.stderr
+        algorithm = re.escape(self.algorithm)
+        match = re.fullmatch(rf"new current signing key (\S+) \({algorithm}\)\n", rotated.stdout)
+        assert match, rotated.stdout
+        return match.group(1)
+
+    def first_token_of(self, kid: str) -> str:
+        """Poll /token until authdb serve signs with ``kid`` (it re-reads the keys every
+        second); the first such token."""
+        tokens: list[str] = []
+
+        def signs_with_it() -> bool:
+            tokens.append(self.token())
+            return _kid(tokens[-1]) == kid
+
+        _poll(signs_with_it, f"authdb serve signs with {kid}")
+        return tokens[-1]
+
 
 async def _current_private_key(database_url: str) -> tuple[str, Any]:
     engine = create_engine(database_url)
@@ -159,10 +203,11 @@ async def _current_private_key(database_url: str) -> tuple[str, Any]:
         async with engine.connect() as conn:
             row = (
                 await conn.execute(
-                    select(SigningKey.kid, SigningKey.sealed_private_key)
-                    .where(SigningKey.sealed_private_key.is_not(None))
-                    .order_by(SigningKey.generation.desc())
-                    .limit(1)
+                    select(SigningKey.kid, SigningKey.sealed_private_key).where(
+                        SigningKey.activated_at.is_not(None),
+                        SigningKey.rotated_at.is_(None),
+                        SigningKey.retired_at.is_(None),
+                    )
                 )
             ).one()
     finally:
@@ -369,6 +414,9 @@ def test_bad_tokens_are_refused(deployment: Deployment) -> None:
             real, stranger, algorithm=algorithm, headers={"kid": kid}
         ),
         "unknown kid": jwt.encode(real, stranger, algorithm=algorithm, headers={"kid": "nope"}),
+        "authdb's key under the next key's kid": jwt.encode(
+            real, private, algorithm=algorithm, headers={"kid": deployment.next_kid()}
+        ),
         "no kid": jwt.encode(real, private, algorithm=algorithm),
         "alg none": _unsigned({"alg": "none", "kid": kid, "typ": "JWT"}, real),
         "HS256 keyed with the public key": _hs256_with(
@@ -388,41 +436,44 @@ def test_bad_tokens_are_refused(deployment: Deployment) -> None:
 
 
 def test_rotation_reaches_the_other_service(deployment: Deployment) -> None:
-    """After `authdb keys rotate` the new key's tokens open the other service (a refetch on the
-    unknown kid) and old tokens keep working; `keys retire` ends the old ones everywhere."""
+    """After `authdb keys rotate` the new key's tokens open the other service (it knew the key
+    as the next one; a service that cannot refetch for an hour accepts them too) and old
+    tokens keep working; `keys retire` ends the old ones everywhere."""
     old_token = deployment.token()
     old_kid = _kid(old_token)
-    # This service fetches the key set on its first request and then every second (max age).
-    with resource_service(
-        deployment.authdb, deployment.log_dir, min_refetch_seconds="0", max_age_seconds="1"
-    ) as short_lived:
-        assert _get(deployment.resource, "/claims", old_token).status_code == 200
-        assert _get(short_lived, "/claims", old_token).status_code == 200
+    upcoming = deployment.next_kid()
+    # Two more services: one fetches the key set on its first request and then every second
+    # (max age); the other fetches it on its first request and then not for an hour.
+    with (
+        resource_service(
+            deployment.authdb, deployment.log_dir, min_refetch_seconds="0", max_age_seconds="1"
+        ) as short_lived,
+        resource_service(
+            deployment.authdb,
+            deployment.log_dir,
+            min_refetch_seconds="3600",
+            max_age_seconds="3600",
+        ) as long_lived,
+    ):
+        for service in (deployment.resource, short_lived, long_lived):
+            assert _get(service, "/claims", old_token).status_code == 200
 
-        rotated = run_cli(["keys", "rotate"], env=deployment.env)
-        assert rotated.returncode == 0, rotated.stderr
-        new_kid = rotated.stdout.strip().rsplit(" ", 1)[-1]
-        assert new_kid != old_kid
+        new_kid = deployment.rotate()
+        assert new_kid == upcoming, "rotate made the published next key current"
+        new_token = deployment.first_token_of(new_kid)
 
-        new_tokens: list[str] = []
-
-        def issues_new_key() -> bool:
-            new_tokens.append(deployment.token())
-            return _kid(new_tokens[-1]) == new_kid
-
-        _poll(issues_new_key, f"authdb serve signs with {new_kid}")
-        new_token = new_tokens[-1]
-
-        # The resource service knew only the old key: the unknown kid makes it refetch.
         response = _get(deployment.resource, "/claims", new_token)
         assert response.status_code == 200, response.text
         assert response.json()["sub"] == str(deployment.user_id)
         assert _get(short_lived, "/claims", new_token).status_code == 200
+        # Its only fetch came before the rotation: it knew the new key from there.
+        response = _get(long_lived, "/claims", new_token)
+        assert response.status_code == 200, response.text
         # Tokens of the replaced key keep working until they expire.
         assert _get(deployment.resource, "/claims", old_token).status_code == 200
         assert _get(deployment.authdb, "/users/me/", old_token).status_code == 200
         jwks = httpx.get(f"{deployment.authdb}/.well-known/jwks.json").json()["keys"]
-        assert {old_kid, new_kid} <= {key["kid"] for key in jwks}
+        assert {old_kid, new_kid, deployment.next_kid()} <= {key["kid"] for key in jwks}
 
         retired = run_cli(["keys", "retire", old_kid], env=deployment.env)
         assert retired.returncode == 0, retired.stderr
@@ -439,6 +490,33 @@ def test_rotation_reaches_the_other_service(deployment: Deployment) -> None:
         _assert_refused(_get(short_lived, "/claims", old_token))
         assert _get(short_lived, "/claims", new_token).status_code == 200
         assert _get(deployment.resource, "/claims", new_token).status_code == 200
+        assert _get(long_lived, "/claims", new_token).status_code == 200
+
+
+async def test_a_jwks_fetched_before_the_rotation_verifies_the_first_new_token(
+    deployment: Deployment,
+) -> None:
+    """TokenVerifier with an hour's min_refetch and max_age, reading authdb's JWKS through a
+    proxy that counts the fetches: one fetch before `keys rotate`, and the first token authdb
+    signs after the rotation verifies without another."""
+    proxy = JWKSServer()
+    proxy.upstream = f"{deployment.authdb}/.well-known/jwks.json"
+    try:
+        verifier = _verifier(proxy, min_refetch_seconds=3600, max_age_seconds=3600)
+        old_token = deployment.token()
+        assert (await verifier.verify(old_token))["sub"] == str(deployment.user_id)
+        assert proxy.gets == 1
+        upcoming = deployment.next_kid()
+
+        new_kid = deployment.rotate()
+        assert new_kid == upcoming
+        first_new = deployment.first_token_of(new_kid)
+        claims = await verifier.verify(first_new)
+        assert claims["sub"] == str(deployment.user_id)
+        assert (await verifier.verify(old_token))["sub"] == str(deployment.user_id)
+        assert proxy.gets == 1, "no refetch: the key was in the JWKS fetched before"
+    finally:
+        proxy.stop()
 
 
 # --------------------------------------------------------------------------------------------
@@ -475,17 +553,24 @@ class Key:
 
 
 class JWKSServer:
-    """A JWKS endpoint on 127.0.0.1 in a thread; counts the GETs it answers.
+    """A JWKS endpoint on 127.0.0.1 (on ``port``, or any free one) in a thread; counts the
+    GETs it answers.
 
-    ``mode``: ``ok`` serves ``keys``; ``error`` answers 503; ``not_json`` a 200 HTML page;
-    ``not_object`` a JSON array. ``delay`` holds each answer that many seconds.
+    ``mode``: ``ok`` serves ``keys`` (or, with ``upstream`` set, what that URL serves: a
+    counting proxy); ``error`` answers 503; ``not_json`` a 200 HTML page; ``not_object`` a
+    JSON array. ``delay`` holds each answer that many seconds; ``on_get`` runs in each GET.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, port: int = 0) -> None:
         self.keys: list[dict[str, Any]] = []
         self.mode = "ok"
         self.delay = 0.0
+        self.upstream: str | None = None
+        self.on_get: Callable[[], None] | None = None
+        # While set, each answer is held until the event is set (a JWKS that hangs).
+        self.gate: threading.Event | None = None
         self.gets = 0
+        self.answered = 0  # GETs past the gate
         self._count_lock = threading.Lock()
         owner = self
 
@@ -495,7 +580,17 @@ class JWKSServer:
                     owner.gets += 1
                 if owner.delay:
                     time.sleep(owner.delay)
-                if owner.mode == "error":
+                if owner.on_get is not None:
+                    owner.on_get()
+                if owner.gate is not None:
+                    owner.gate.wait(DEADLINE_SECONDS)
+                with owner._count_lock:
+                    owner.answered += 1
+                if owner.mode == "ok" and owner.upstream is not None:
+                    answer = httpx.get(owner.upstream, timeout=10)
+                    status, kind = answer.status_code, answer.headers["content-type"]
+                    body = answer.content
+                elif owner.mode == "error":
                     status, kind, body = 503, "text/plain", b"unavailable"
                 elif owner.mode == "not_json":
                     status, kind, body = 200, "text/html", b"<html>sign in to the proxy</html>"
@@ -504,16 +599,19 @@ class JWKSServer:
                 else:
                     status, kind = 200, "application/json"
                     body = json.dumps({"keys": owner.keys}).encode()
-                self.send_response(status)
-                self.send_header("Content-Type", kind)
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
+                try:
+                    self.send_response(status)
+                    self.send_header("Content-Type", kind)
+                    self.send_header("Content-Length", str(len(body)))
+                    self.end_headers()
+                    self.wfile.write(body)
+                except OSError:
+                    pass  # the client gave up waiting (a timeout under test)
 
             def log_message(self, format: str, *args: Any) -> None:
                 pass
 
-        self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._httpd = ThreadingHTTPServer(("127.0.0.1", port), Handler)
         self._httpd.daemon_threads = True
         self.url = f"http://127.0.0.1:{self._httpd.server_address[1]}/.well-known/jwks.json"
         self._thread = threading.Thread(target=self._httpd.serve_forever, daemon=True)
@@ -567,6 +665,14 @@ def _verifier(server: JWKSServer, **options: Any) -> TokenVerifier:
 async def _refused(verifier: TokenVerifier, token: str) -> None:
     with pytest.raises(InvalidToken):
         await verifier.verify(token)
+
+
+async def _settle(verifier: TokenVerifier) -> None:
+    """Let a key-set fetch under way finish (one a stale key set started in the background):
+    a token naming a kid no JWKS publishes waits for it. Call it only when no new fetch is
+    due, or it starts one."""
+    with pytest.raises(InvalidToken):
+        await verifier.verify(Key.new().sign(kid="nobody-publishes-this-kid"))
 
 
 @pytest.mark.parametrize("algorithm", ["ES256", "EdDSA", "RS256"])
@@ -634,7 +740,7 @@ async def test_a_small_min_refetch_finds_a_new_key_at_once(jwks: JWKSServer) -> 
 
 async def test_max_age_refetch_drops_a_removed_key(jwks: JWKSServer, clock: Clock) -> None:
     """Known keys are refreshed after max_age_seconds, so a key taken out of the JWKS (a retired
-    one) stops verifying then, while the others go on."""
+    one) stops verifying once that refresh is done, while the others go on."""
     kept, removed = Key.new(), Key.new()
     jwks.keys = [kept.jwk, removed.jwk]
     verifier = _verifier(jwks, min_refetch_seconds=30, max_age_seconds=300)
@@ -647,8 +753,13 @@ async def test_max_age_refetch_drops_a_removed_key(jwks: JWKSServer, clock: Cloc
     await verifier.verify(removed.sign())  # still within max_age: no fetch
     assert jwks.gets == 1
     clock.advance(1)
-    await _refused(verifier, removed.sign())
+    # Stale: a refresh starts. The request that notices may still be served from memory while
+    # it runs (a slow JWKS must not hold up known keys); once it is done, the key is gone.
+    with contextlib.suppress(InvalidToken):
+        await verifier.verify(removed.sign())
+    await _settle(verifier)
     assert jwks.gets == 2
+    await _refused(verifier, removed.sign())
     await verifier.verify(kept.sign())
     assert jwks.gets == 2
 
@@ -657,8 +768,9 @@ async def test_max_age_refetch_drops_a_removed_key(jwks: JWKSServer, clock: Cloc
 async def test_a_failing_jwks_keeps_the_known_keys(
     jwks: JWKSServer, clock: Clock, failure: str
 ) -> None:
-    """When the JWKS cannot be fetched (down, 503, not a key set) the known keys stay in use,
-    and the failed attempt counts for the refetch limit."""
+    """When the JWKS cannot be fetched (down, 503, not a key set) the known keys stay in use
+    (an unknown kid is a plain InvalidToken then, not KeysUnavailable), and the next attempt
+    comes 5 s after the failed one (sooner than min_refetch_seconds), not on every request."""
     key = Key.new()
     jwks.keys = [key.jwk]
     verifier = _verifier(jwks, min_refetch_seconds=30, max_age_seconds=60)
@@ -671,32 +783,265 @@ async def test_a_failing_jwks_keeps_the_known_keys(
         jwks.mode = failure
     clock.advance(61)  # past max_age: the next request tries to refresh
     assert (await verifier.verify(key.sign()))["sub"] == "42"
+    await _settle(verifier)
     if failure != "stopped":
         assert jwks.gets == 2, "the refresh was attempted"
     await verifier.verify(key.sign())
+    with pytest.raises(InvalidToken) as refused:
+        await verifier.verify(key.sign(kid="made-up"))
+    assert not isinstance(refused.value, KeysUnavailable), "keys are known: a plain refusal"
+    clock.advance(4.5)
+    await verifier.verify(key.sign())
     await _refused(verifier, key.sign(kid="made-up"))
-    if failure != "stopped":
-        assert jwks.gets == 2, "a failed attempt counts: no retry within min_refetch_seconds"
+    if failure == "stopped":
+        return
+    assert jwks.gets == 2, "no retry within 5 s of the failed attempt"
 
-    if failure != "stopped":
-        # Back up: the next attempt after the limit succeeds and a new key becomes known.
-        newer = Key.new()
-        jwks.mode = "ok"
-        jwks.keys = [newer.jwk, key.jwk]
-        clock.advance(30)
-        await verifier.verify(newer.sign())
-        assert jwks.gets == 3
+    # Back up: the attempt 5 s after the failure succeeds and a new key becomes known.
+    newer = Key.new()
+    jwks.mode = "ok"
+    jwks.keys = [newer.jwk, key.jwk]
+    clock.advance(0.5)
+    await verifier.verify(newer.sign())
+    assert jwks.gets == 3
+    # After a success, min_refetch_seconds applies again.
+    await _refused(verifier, key.sign(kid="made-up"))
+    clock.advance(29.5)
+    await _refused(verifier, key.sign(kid="made-up"))
+    assert jwks.gets == 3
+    clock.advance(0.5)
+    await _refused(verifier, key.sign(kid="made-up"))
+    assert jwks.gets == 4
 
 
-async def test_a_jwks_that_is_down_from_the_start_refuses_without_error(
+async def test_a_jwks_that_is_down_from_the_start_raises_keys_unavailable(
     jwks: JWKSServer, clock: Clock
 ) -> None:
-    """No key known and no JWKS: tokens are refused (InvalidToken), never an exception."""
+    """No key known and no JWKS: ``verify`` raises KeysUnavailable (an InvalidToken), never
+    another exception, and whatever the token's kid."""
     key = Key.new()
     jwks.stop()
     verifier = _verifier(jwks, timeout_seconds=2)
-    await _refused(verifier, key.sign())
-    await _refused(verifier, key.sign())
+    for token in (key.sign(), key.sign(kid="made-up")):
+        with pytest.raises(KeysUnavailable):
+            await verifier.verify(token)
+    clock.advance(5)
+    with pytest.raises(KeysUnavailable):
+        await verifier.verify(key.sign())
+    # A token that is refused before any key is needed stays a plain InvalidToken.
+    with pytest.raises(InvalidToken) as refused:
+        await verifier.verify("garbage")
+    assert not isinstance(refused.value, KeysUnavailable)
+
+
+def _resource_app(verifier: TokenVerifier) -> httpx.AsyncClient:
+    """A FastAPI app with ``GET /me`` behind ``Depends(verifier)``, as an in-process client."""
+    from fastapi import Depends, FastAPI
+
+    app = FastAPI()
+
+    @app.get("/me")
+    async def me(claims: AccessTokenClaims = Depends(verifier)) -> dict[str, Any]:
+        return dict(claims)
+
+    transport = httpx.ASGITransport(app=app)
+    return httpx.AsyncClient(transport=transport, base_url="http://resource.test")
+
+
+def _bearer(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}
+
+
+def _assert_unavailable(response: httpx.Response) -> None:
+    assert response.status_code == 503, response.text
+    assert response.json() == {"detail": "Token keys unavailable"}
+    assert response.headers["retry-after"] == "5"
+    assert "www-authenticate" not in response.headers, "not a reason to drop the token"
+
+
+@pytest.mark.parametrize("failure", ["refused", "error"])
+async def test_the_dependency_answers_503_until_the_jwks_first_answers(
+    clock: Clock, failure: str
+) -> None:
+    """A service started before authdb: while no key set was ever fetched, a bearer token
+    gets 503 ``Token keys unavailable`` with ``Retry-After: 5`` (not a 401 that would make the
+    client throw a good token away), and the JWKS is tried again 5 s after each failure; once
+    it answers, the same token gets 200, and a bad token 401."""
+    key = Key.new("EdDSA")
+    port = free_port()
+    server: JWKSServer | None = None
+    if failure == "error":
+        server = JWKSServer(port)
+        server.mode = "error"  # up, but 503 (authdb starting behind a proxy)
+    url = f"http://127.0.0.1:{port}/.well-known/jwks.json"
+    verifier = TokenVerifier(url, issuer="authdb", audience="authdb", min_refetch_seconds=30)
+    try:
+        async with _resource_app(verifier) as client:
+            for _ in range(3):
+                _assert_unavailable(await client.get("/me", headers=_bearer(key.sign())))
+            missing = await client.get("/me")
+            assert (missing.status_code, missing.json()) == (401, {"detail": "Not authenticated"})
+            if server is not None:
+                assert server.gets == 1, "one attempt; the next waits 5 s"
+
+            # The JWKS answers now, but the verifier does not ask before 5 s have passed.
+            if server is None:
+                server = JWKSServer(port)
+            server.mode = "ok"
+            server.keys = [key.jwk]
+            gets = server.gets
+            clock.advance(4.5)
+            _assert_unavailable(await client.get("/me", headers=_bearer(key.sign())))
+            assert server.gets == gets
+            clock.advance(0.5)
+            ok = await client.get("/me", headers=_bearer(key.sign(sub="9")))
+            assert ok.status_code == 200, ok.text
+            assert ok.json()["sub"] == "9"
+            assert server.gets == gets + 1
+            # Known keys now: a bad token is the client's problem again.
+            bad = await client.get("/me", headers=_bearer(key.sign(kid="made-up")))
+            assert bad.status_code == 401
+            assert bad.headers["www-authenticate"] == "Bearer"
+            assert (await client.get("/me", headers=_bearer(key.sign()))).status_code == 200
+            assert server.gets == gets + 1
+    finally:
+        if server is not None:
+            server.stop()
+
+
+@pytest.mark.parametrize(("min_refetch", "retry"), [(30, 5), (5, 5), (2, 2), (0, 0)])
+async def test_after_a_failed_fetch_the_next_waits_the_lesser_of_5_s_and_min_refetch(
+    jwks: JWKSServer, clock: Clock, min_refetch: float, retry: float
+) -> None:
+    """A failed fetch is retried after min(5, min_refetch_seconds) seconds; after a successful
+    one the next fetch (for an unknown kid) waits min_refetch_seconds."""
+    key, other = Key.new(), Key.new()
+    jwks.mode = "error"
+    verifier = _verifier(jwks, min_refetch_seconds=min_refetch)
+    with pytest.raises(KeysUnavailable):
+        await verifier.verify(key.sign())
+    assert jwks.gets == 1
+    if retry:
+        clock.advance(retry - 0.25)
+        with pytest.raises(KeysUnavailable):
+            await verifier.verify(key.sign())
+        assert jwks.gets == 1
+        clock.advance(0.25)
+    with pytest.raises(KeysUnavailable):
+        await verifier.verify(key.sign())
+    assert jwks.gets == 2, "retried once the delay passed"
+
+    jwks.mode = "ok"
+    jwks.keys = [key.jwk]
+    clock.advance(retry)
+    assert (await verifier.verify(key.sign()))["sub"] == "42"
+    assert jwks.gets == 3
+    jwks.keys = [key.jwk, other.jwk]
+    if min_refetch:
+        clock.advance(min_refetch - 0.25)
+        await _refused(verifier, other.sign())
+        assert jwks.gets == 3
+        clock.advance(0.25)
+    assert (await verifier.verify(other.sign()))["sub"] == "42"
+    assert jwks.gets == 4
+
+
+async def test_the_retry_delay_counts_from_the_end_of_the_failed_fetch(
+    jwks: JWKSServer, clock: Clock
+) -> None:
+    """A failed fetch that took 3 s (a slow, failing authdb): the next attempt comes 5 s after
+    it ended, not 5 s after it began."""
+    key = Key.new()
+    jwks.mode = "error"
+    jwks.on_get = lambda: clock.advance(3)  # the fetch takes 3 s on the verifier's clock
+    verifier = _verifier(jwks, min_refetch_seconds=30)
+    with pytest.raises(KeysUnavailable):
+        await verifier.verify(key.sign())
+    assert jwks.gets == 1
+    jwks.on_get = None
+    clock.advance(4.5)  # 7.5 s after it began, 4.5 s after it ended
+    with pytest.raises(KeysUnavailable):
+        await verifier.verify(key.sign())
+    assert jwks.gets == 1
+    clock.advance(0.5)
+    jwks.mode = "ok"
+    jwks.keys = [key.jwk]
+    assert (await verifier.verify(key.sign()))["sub"] == "42"
+    assert jwks.gets == 2
+
+
+async def test_refusal_reasons_are_logged_at_debug(
+    jwks: JWKSServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Each 401 for a bad token logs its reason at DEBUG on ``authdb.resource`` (and nothing
+    louder); an accepted token logs no refusal."""
+    key = Key.new()
+    jwks.keys = [key.jwk]
+    verifier = _verifier(jwks)
+    now = int(time.time())
+    caplog.set_level(logging.DEBUG, logger="authdb.resource")
+    async with _resource_app(verifier) as client:
+        assert (await client.get("/me", headers=_bearer(key.sign()))).status_code == 200
+        assert [r for r in caplog.records if "refused" in r.getMessage()] == []
+        bad = {
+            "expired": key.sign(iat=now - 600, exp=now - 30),
+            "unknown kid 'made-up'": key.sign(kid="made-up"),
+            "audience": key.sign(aud="billing"),
+            "no kid": jwt.encode(_claims(), key.private, algorithm="ES256"),
+        }
+        for reason, token in bad.items():
+            caplog.clear()
+            response = await client.get("/me", headers=_bearer(token))
+            assert response.status_code == 401, reason
+            refusals = [
+                record
+                for record in caplog.records
+                if record.name == "authdb.resource" and "refused" in record.getMessage()
+            ]
+            assert len(refusals) == 1, (reason, caplog.records)
+            assert refusals[0].levelno == logging.DEBUG
+            assert reason in refusals[0].getMessage().lower(), refusals[0].getMessage()
+            louder = [
+                r
+                for r in caplog.records
+                if r.name.startswith("authdb") and r.levelno > logging.DEBUG
+            ]
+            assert louder == [], louder
+
+
+def test_importing_authdb_resource_loads_no_database_layer() -> None:
+    """``import authdb.resource`` in a fresh interpreter loads neither SQLAlchemy nor the rest
+    of authdb; ``authdb.Auth`` (looked up lazily) does, so the check can tell the two apart."""
+    probe = (
+        "import sys\n"
+        "import authdb.resource\n"
+        "assert authdb.resource.TokenVerifier\n"
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in ('sqlalchemy', 'authdb')))\n"
+    )
+    env = {name: value for name, value in os.environ.items() if not name.startswith("AUTHDB_")}
+    result = subprocess.run(
+        [sys.executable, "-c", probe],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "['authdb', 'authdb.resource']"
+    control = "import sys\nimport authdb\nauthdb.Auth\nprint('sqlalchemy' in sys.modules)\n"
+    result = subprocess.run(
+        [sys.executable, "-c", control],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "True"
 
 
 async def test_hmac_and_disallowed_keys_in_the_jwks_are_ignored(jwks: JWKSServer) -> None:
@@ -727,6 +1072,54 @@ async def test_hmac_and_disallowed_keys_in_the_jwks_are_ignored(jwks: JWKSServer
         await _refused(verifier, _hs256_with(secret_form, {"kid": allowed.kid}, claims))
     # The one usable key still works, and the set was fetched once for all of the above.
     assert (await verifier.verify(allowed.sign()))["sub"] == "42"
+    assert jwks.gets == 1
+
+
+async def test_a_known_key_never_waits_for_a_hanging_jwks(jwks: JWKSServer, clock: Clock) -> None:
+    """Past max_age the key set is refreshed in the background: while that fetch hangs, tokens
+    of known keys are verified at once (the fetch is still unanswered when they return), and
+    a token with an unknown kid gives up after timeout_seconds instead of hanging with it."""
+    key = Key.new()
+    jwks.keys = [key.jwk]
+    verifier = _verifier(jwks, min_refetch_seconds=30, max_age_seconds=60, timeout_seconds=1)
+    await verifier.verify(key.sign())
+    assert jwks.gets == 1
+
+    gate = threading.Event()
+    jwks.gate = gate
+    try:
+        clock.advance(61)
+        for n in range(5):
+            claims = await asyncio.wait_for(verifier.verify(key.sign(sub=str(n))), DEADLINE_SECONDS)
+            assert claims["sub"] == str(n)
+        deadline = time.monotonic() + DEADLINE_SECONDS
+        while jwks.gets < 2:  # the background refresh has reached the JWKS ...
+            assert time.monotonic() < deadline, "no background refresh"
+            await asyncio.sleep(0.05)
+        assert jwks.answered == 1  # ... and is still unanswered
+        with pytest.raises(InvalidToken) as refused:
+            await asyncio.wait_for(verifier.verify(key.sign(kid="made-up")), DEADLINE_SECONDS)
+        assert not isinstance(refused.value, KeysUnavailable)
+        assert jwks.answered == 1, "the unknown kid gave up before the JWKS answered"
+        assert (await verifier.verify(key.sign()))["sub"] == "42"
+        assert jwks.gets == 2, "one refresh at a time"
+    finally:
+        gate.set()
+
+
+async def test_rsa_keys_under_2048_bits_are_ignored(jwks: JWKSServer) -> None:
+    """A 1024-bit RSA key in the JWKS (RFC 7518 3.3 asks for 2048 at least) verifies nothing;
+    a 2048-bit one beside it does."""
+    weak_private = rsa.generate_private_key(65537, key_size=1024)  # noqa: S505 (on purpose)
+    weak = Key("RS256", weak_private, signing.public_jwk(weak_private.public_key(), "RS256"))
+    strong = Key.new("RS256")
+    jwks.keys = [weak.jwk, strong.jwk]
+    verifier = _verifier(jwks, algorithms=["RS256"])
+    assert (await verifier.verify(strong.sign()))["sub"] == "42"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # PyJWT warns about signing with a short key
+        short = weak.sign()
+    await _refused(verifier, short)
     assert jwks.gets == 1
 
 

@@ -22,7 +22,9 @@ from sqlalchemy import select
 
 from authdb.app import create_app
 from authdb.db.models import AuthSession
+from authdb.services import signing_keys
 from authdb.services.audit import list_events
+from authdb.services.core import CLI_CLIENT
 from authdb.tokens import hash_opaque_token
 from tests.cli import run_cli
 from tests.conftest import PASSWORD, Harness, pg_database
@@ -266,6 +268,33 @@ async def test_an_expired_access_token_changes_nothing(make_harness: MakeHarness
     clock.advance(seconds=1)
     refreshed = await _refresh(harness, tokens["refresh_token"])
     assert refreshed.status_code == 200, refreshed.text
+
+
+async def test_an_access_token_of_a_retired_key_changes_nothing(
+    make_harness: MakeHarness,
+) -> None:
+    """An access token whose signing key was retired is no token any more: revoking it
+    answers 200 and leaves its session alone (its refresh token still works, and the new
+    access token, signed by the key that took over, too). Revoking the refresh token is how
+    that client is signed out."""
+    harness = await make_harness(jwt_algorithm="ES256")
+    await harness.create_user("alice")
+    tokens = await harness.login("alice")
+    kid = jwt.get_unverified_header(tokens["access_token"])["kid"]
+    successor = await signing_keys.retire(harness.auth.core, kid, CLI_CLIENT)
+    assert successor is not None and successor != kid
+    assert await _me(harness, tokens) == 401  # the key is gone indeed
+    await _revoke(harness, tokens["access_token"], "access_token")
+    await _revoke(harness, tokens["access_token"])
+    assert await _revocations(harness) == []
+    refreshed = await _refresh(harness, tokens["refresh_token"])
+    assert refreshed.status_code == 200, refreshed.text
+    pair = dict(refreshed.json())
+    assert jwt.get_unverified_header(pair["access_token"])["kid"] == successor
+    assert await _me(harness, pair) == 200
+    await _revoke(harness, pair["refresh_token"], "refresh_token")
+    await _dead(harness, pair)
+    assert len(await _revocations(harness)) == 1
 
 
 async def test_an_expired_sessions_refresh_token_changes_nothing(rh: Harness) -> None:

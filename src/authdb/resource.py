@@ -18,9 +18,11 @@ async def orders(claims: AccessTokenClaims = Depends(verifier)) -> list[str]:
 
 The key set is fetched with PyJWT's ``PyJWKClient`` (in a worker thread: it blocks) and kept
 in memory. It is fetched again when it is older than ``max_age_seconds`` (so a retired key
-drops out), and when a token names an unknown ``kid`` (a rotation), but then at most once every
-``min_refetch_seconds``, so made-up kids cannot turn every request into a fetch. When a fetch
-fails, the keys already known stay in use.
+drops out), and when a token names an unknown ``kid``, but then at most once every
+``min_refetch_seconds``, so made-up kids cannot turn every request into a fetch. (authdb
+publishes its next key ahead of a rotation, so a verifier normally knows a key before it
+signs.) When a fetch fails, the keys already known stay in use and the fetch is tried again
+after a few seconds; while no key set was ever fetched, the dependency answers 503.
 
 What a stateless check cannot see: a session ended at authdb (logout, a password change,
 ``POST /revoke``) still has valid access tokens until they expire, at most
@@ -30,6 +32,7 @@ What a stateless check cannot see: a session ended at authdb (logout, a password
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Sequence
@@ -37,6 +40,7 @@ from typing import Annotated, Any, TypedDict, cast
 
 import jwt
 from anyio import to_thread
+from cryptography.hazmat.primitives.asymmetric import rsa
 from fastapi import Depends, HTTPException
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
@@ -47,6 +51,10 @@ DEFAULT_ALGORITHMS = ("RS256", "ES256", "EdDSA")
 _REQUIRED_CLAIMS = ["sub", "exp", "iat", "jti", "iss", "aud", "sid"]
 # Our tokens are a few hundred characters; a longer header is refused unparsed.
 _MAX_TOKEN_CHARS = 8 * 1024
+# RFC 7518 3.3: RS256 keys of at least 2048 bits.
+_MIN_RSA_BITS = 2048
+# After a failed fetch, the next one may come this much sooner than min_refetch_seconds.
+_RETRY_SECONDS = 5
 _bearer = HTTPBearer(auto_error=False, description="An access token from authdb's `/token`")
 
 
@@ -67,6 +75,10 @@ class AccessTokenClaims(TypedDict):
 
 class InvalidToken(Exception):
     """The token is malformed, forged, expired, for someone else, or its key is unknown."""
+
+
+class KeysUnavailable(InvalidToken):
+    """No key set could be fetched yet (authdb down or unreachable): nothing can be checked."""
 
 
 class TokenVerifier:
@@ -106,8 +118,9 @@ class TokenVerifier:
         self._client = jwt.PyJWKClient(jwks_url, cache_jwk_set=False, timeout=timeout_seconds)
         self._keys: dict[str, jwt.PyJWK] = {}
         self._fetched_at = float("-inf")  # last successful fetch
-        self._tried_at = float("-inf")  # last attempt, failed ones included
-        self._lock = asyncio.Lock()
+        self._next_fetch_at = float("-inf")  # no fetch before this (monotonic seconds)
+        self._fetching: asyncio.Task[None] | None = None
+        self.timeout_seconds = timeout_seconds
 
     async def __call__(
         self, credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
@@ -116,11 +129,21 @@ class TokenVerifier:
             raise _unauthorized("Not authenticated")
         try:
             return await self.verify(credentials.credentials)
-        except InvalidToken:
+        except KeysUnavailable:
+            # Not the client's fault: a 401 would make it throw a good token away.
+            raise HTTPException(
+                503, "Token keys unavailable", headers={"Retry-After": str(_RETRY_SECONDS)}
+            ) from None
+        except InvalidToken as exc:
+            log.debug("refused a bearer token: %s", exc)
             raise _unauthorized("Could not validate credentials") from None
 
     async def verify(self, token: str) -> AccessTokenClaims:
-        """The claims of a valid token; raises InvalidToken otherwise."""
+        """The claims of a valid token (a coroutine: ``await verifier.verify(token)``).
+
+        Raises InvalidToken, or its subclass KeysUnavailable while no key set could be
+        fetched at all.
+        """
         if len(token) > _MAX_TOKEN_CHARS:
             raise InvalidToken("token too long")
         try:
@@ -145,35 +168,75 @@ class TokenVerifier:
         return cast(AccessTokenClaims, claims)
 
     async def _key(self, kid: str) -> jwt.PyJWK:
-        if kid not in self._keys or self._stale() or self._lock.locked():
-            # Requests that come while a fetch runs wait for it rather than refuse its key.
-            async with self._lock:
-                wanted = kid not in self._keys or self._stale()
-                # Failed attempts count too: a JWKS that is down is not asked on every request.
-                if wanted and time.monotonic() - self._tried_at >= self.min_refetch_seconds:
-                    await self._fetch()
+        key = self._keys.get(kid)
+        if key is not None:
+            if self._stale():
+                self._refresh()  # in the background: a slow JWKS never holds up known keys
+            return key
+        refresh = self._refresh()
+        if refresh is not None:
+            # An unknown kid waits for the fetch, but no longer than one fetch may take.
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(asyncio.shield(refresh), self.timeout_seconds)
         key = self._keys.get(kid)
         if key is None:
+            if self._fetched_at == float("-inf"):
+                raise KeysUnavailable("no key set could be fetched yet")
             raise InvalidToken(f"unknown kid {kid!r}")
         return key
 
     def _stale(self) -> bool:
         return time.monotonic() - self._fetched_at >= self.max_age_seconds
 
+    def _refresh(self) -> asyncio.Task[None] | None:
+        """The running fetch, or a new one if one is due; None when none may run yet."""
+        running = self._fetching
+        if running is not None and not running.done():
+            if running.get_loop() is asyncio.get_running_loop():
+                return running
+            self._next_fetch_at = float("-inf")  # left behind by a closed event loop
+        if time.monotonic() < self._next_fetch_at:
+            return None
+        self._fetching = asyncio.ensure_future(self._fetch())
+        return self._fetching
+
     async def _fetch(self) -> None:
-        """Replace the keys with a fresh JWKS; on any failure keep the ones known (logged)."""
-        self._tried_at = time.monotonic()
+        """Replace the keys with a fresh JWKS; on any failure keep the ones known (logged).
+
+        After a success the next fetch waits ``min_refetch_seconds``; after a failure only a
+        few seconds (counted from its end), so a verifier that started before authdb catches
+        up soon, and a JWKS that is down is still not asked on every request.
+        """
+        self._next_fetch_at = float("inf")  # this one runs: no other until it ends
+        try:
+            await self._fetch_once()
+        except Exception as exc:
+            self._failed(f"could not use the JWKS: {exc!r}")
+        finally:
+            if self._next_fetch_at == float("inf"):  # cancelled: allow the next one soon
+                self._next_fetch_at = time.monotonic() + self._retry_seconds()
+
+    async def _fetch_once(self) -> None:
         try:
             data = await to_thread.run_sync(self._client.fetch_data)
-        except (jwt.PyJWKClientError, ValueError, OSError) as exc:
-            log.warning("could not fetch the JWKS, keeping the keys known: %s", exc)
+        except (jwt.PyJWKClientError, ValueError, OSError, RecursionError) as exc:
+            self._failed(f"could not fetch the JWKS: {exc}")
             return
         entries = data.get("keys") if isinstance(data, dict) else None
         if not isinstance(entries, list):
-            log.warning("the JWKS is not a JSON object with a list of keys; keeping the keys known")
+            self._failed("the JWKS is not a JSON object with a list of keys")
             return
         self._keys = self._usable(entries)
         self._fetched_at = time.monotonic()
+        self._next_fetch_at = self._fetched_at + self.min_refetch_seconds
+
+    def _retry_seconds(self) -> float:
+        return min(_RETRY_SECONDS, self.min_refetch_seconds)
+
+    def _failed(self, reason: str) -> None:
+        kept = f"keeping the {len(self._keys)} keys known" if self._keys else "no keys known yet"
+        log.warning("%s; %s", reason, kept)
+        self._next_fetch_at = time.monotonic() + self._retry_seconds()
 
     def _usable(self, entries: list[Any]) -> dict[str, jwt.PyJWK]:
         """The signing keys of the allowed algorithms, by kid; others are skipped."""
@@ -185,9 +248,14 @@ class TokenVerifier:
             if not isinstance(kid, str) or algorithm not in self.algorithms:
                 continue
             try:
-                keys[kid] = jwt.PyJWK(entry, algorithm)
+                key = jwt.PyJWK(entry, algorithm)
             except jwt.PyJWTError as exc:
                 log.warning("skipping JWKS key %r: %s", kid, exc)
+                continue
+            if isinstance(key.key, rsa.RSAPublicKey) and key.key.key_size < _MIN_RSA_BITS:
+                log.warning("skipping JWKS key %r: RSA key of %d bits", kid, key.key.key_size)
+                continue
+            keys[kid] = key
         if not keys:
             log.warning("the JWKS has no usable key (is authdb on HS256?)")
         return keys

@@ -17,6 +17,7 @@ from typing import Any
 import jwt
 
 from authdb.db.models import MAX_ID
+from authdb.errors import ServiceUnavailable
 
 _CANONICAL_ID = re.compile(r"[1-9][0-9]{0,18}")
 _REQUIRED_CLAIMS = ["sub", "exp", "iat", "jti", "iss", "aud", "sid"]
@@ -53,19 +54,20 @@ class KeySet:
     """
 
     signing_algorithm: str
-    signing_key: Any  # the HMAC secret, or a private key object
+    signing_key: Any  # the HMAC secret, a private key object, or None: nothing can sign
     signing_kid: str | None = None
     verifying: Mapping[str, VerificationKey] = field(default_factory=dict)
     # The public keys as JWKs (RFC 7517), for /.well-known/jwks.json; none under HMAC.
     jwks: tuple[Mapping[str, Any], ...] = ()
+    symmetric: bool = False
 
     @classmethod
     def hmac(cls, secret: str, algorithm: str) -> KeySet:
-        return cls(signing_algorithm=algorithm, signing_key=secret)
+        return cls(signing_algorithm=algorithm, signing_key=secret, symmetric=True)
 
     @property
     def is_hmac(self) -> bool:
-        return self.signing_kid is None
+        return self.symmetric
 
 
 class UnknownKeyId(InvalidAccessToken):
@@ -92,6 +94,8 @@ class JWTCodec:
             "aud": self.audience,
         }
         keys = self.keys
+        if keys.signing_key is None:
+            raise ServiceUnavailable(detail="No usable token signing key")
         headers = None if keys.signing_kid is None else {"kid": keys.signing_kid}
         return jwt.encode(
             claims, keys.signing_key, algorithm=keys.signing_algorithm, headers=headers

@@ -26,7 +26,11 @@ def _time(moment: datetime | None) -> str:
     return moment.astimezone(UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
 
 
-def _state(key: KeyStatus) -> str:
+def _state(key: KeyStatus, hmac: bool) -> str:
+    if hmac and key.state in ("current", "next"):
+        return f"{key.state} (unused while AUTHDB_JWT_ALGORITHM is HMAC)"
+    if key.state == "next":
+        return "next (published, signs after the next rotation)"
     if key.state == "retiring":
         return f"retiring (verifies until {_time(key.until)})"
     if key.state in ("expired", "retired"):
@@ -54,7 +58,8 @@ def list_keys(
         typer.echo(json.dumps(rows))
         return
     algorithm = settings().jwt_algorithm
-    if algorithm.startswith("HS"):
+    hmac = algorithm.startswith("HS")
+    if hmac:
         typer.echo(f"AUTHDB_JWT_ALGORITHM is {algorithm}: tokens are signed with the secret key")
     if not keys:
         typer.echo("no signing keys")
@@ -62,22 +67,29 @@ def list_keys(
     typer.echo(f"{'kid':<44}  {'algorithm':<9}  {'created':<20}  state")
     for key in keys:
         created = _time(key.created_at)
-        typer.echo(f"{key.kid:<44}  {key.algorithm:<9}  {created:<20}  {_state(key)}")
+        typer.echo(f"{key.kid:<44}  {key.algorithm:<9}  {created:<20}  {_state(key, hmac)}")
 
 
-@app.command()
+@app.command(
+    help="Make the next key (already in the JWKS) current at once and publish a new next key. "
+    "Tokens of the previous key keep working until they expire."
+)
 def rotate() -> None:
-    """Make a new key current at once; tokens of the previous one keep working until they
-    expire, and its public key stays in the JWKS until then."""
     kid = run(lambda auth: signing_keys.rotate(auth.core, CLI_CLIENT))
-    typer.echo(f"new current signing key {kid}")
+    algorithm = settings().jwt_algorithm
+    typer.echo(f"new current signing key {kid} ({algorithm})")
 
 
-@app.command()
+@app.command(
+    help="Stop accepting a key's tokens at once (a leaked key). Retiring the current key makes "
+    "the next one current; every process stops using it within AUTHDB_JWT_KEYS_REFRESH_SECONDS.",
+    # A kid is base64url and may begin with "-": it must not be taken for an option.
+    context_settings={"ignore_unknown_options": True},
+)
 def retire(
-    kid: Annotated[str, typer.Argument(help="The key's kid, from `authdb keys list`.")],
+    kid: Annotated[
+        str, typer.Argument(metavar="KID", help="The key's kid, from `authdb keys list`.")
+    ],
 ) -> None:
-    """Stop accepting a key's tokens at once (a leaked key). The current key is replaced by a
-    new one; every process stops using it within AUTHDB_JWT_KEYS_REFRESH_SECONDS."""
     new = run(lambda auth: signing_keys.retire(auth.core, kid, CLI_CLIENT))
     typer.echo(f"retired {kid}" + (f"; new current signing key {new}" if new else ""))

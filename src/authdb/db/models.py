@@ -225,9 +225,11 @@ class MFAChallenge(Base):
 class SigningKey(Base):
     """A key pair that signs access tokens (RS256, ES256 or EdDSA); see authdb.signing.
 
-    The newest ``generation`` is the current key. When a newer one replaces it, ``rotated_at``
-    is set and the private key is erased: its tokens still verify (by ``public_jwk``) until
-    they expire. ``retired_at`` ends that at once.
+    A new key is first published (in the JWKS, ``activated_at`` None) as the next key, so
+    that verifiers know it before any token carries it; ``activated_at`` makes it the current
+    key. When the next one replaces it, ``rotated_at`` is set and the private key is erased:
+    its tokens still verify (by ``public_jwk``) until they expire. ``retired_at`` ends a key
+    at once.
     """
 
     __tablename__ = "signing_keys"
@@ -241,6 +243,7 @@ class SigningKey(Base):
     # PKCS#8, sealed under the deployment secret and bound to the kid; None once rotated out.
     sealed_private_key: Mapped[bytes | None] = mapped_column(LargeBinary)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    activated_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     rotated_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     retired_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
 

@@ -2,8 +2,10 @@
 
 With an HMAC algorithm (``HS256``, the default) the secret key does both and nothing here
 touches the database. With ``RS256``, ``ES256`` or ``EdDSA`` the keys live in
-``signing_keys``: the newest generation signs; a key replaced by ``rotate`` keeps verifying for
-``verify_window`` (its last token's lifetime, and then some), and ``retire`` ends a key at once.
+``signing_keys``: the current key signs, and the next key is already published, so verifiers
+holding the JWKS know it before ``rotate`` makes it current (and publishes another). A key
+replaced by ``rotate`` keeps verifying for ``verify_window`` (its last token's lifetime, and
+then some); ``retire`` ends a key at once.
 
 Every process keeps the key set in memory (``KeyRing``) and re-reads it every
 ``AUTHDB_JWT_KEYS_REFRESH_SECONDS``, and at once (at most once a second) when a token names a
@@ -16,12 +18,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import re
 import time
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, Literal
 
-from sqlalchemy import or_, select
+from sqlalchemy import func, or_, select, text
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -37,12 +40,17 @@ from authdb.tokens import JWTCodec, KeySet, VerificationKey
 log = logging.getLogger("authdb")
 
 _PURPOSE = "authdb signing key"
+# Key changes on PostgreSQL serialize on this advisory lock (an arbitrary 64-bit constant).
+_ADVISORY_LOCK = 0x61757468_6462_6B65
 # Allowance for clocks that disagree between the processes of a deployment.
 _CLOCK_SKEW = timedelta(minutes=1)
 # A token naming an unknown kid makes a process re-read the keys at most this often.
 _CATCH_UP_SECONDS = 1.0
 
-KeyState = Literal["current", "retiring", "expired", "retired"]
+# What our kids look like (RFC 7638 thumbprints, base64url); anything else names no key.
+_KID_SHAPE = re.compile(r"[A-Za-z0-9_-]{1,64}")
+
+KeyState = Literal["current", "next", "retiring", "expired", "retired"]
 
 
 class KeysNotInUse(Conflict):
@@ -69,6 +77,18 @@ class SecretMismatch(Conflict):
         super().__init__(
             f"the current signing key {kid} does not open with this AUTHDB_SECRET_KEY: run "
             "this with the deployment's settings (its AUTHDB_SECRET_KEY)"
+        )
+
+
+class AlgorithmMismatch(Conflict):
+    """This process's AUTHDB_JWT_ALGORITHM is not the current key's: rotating here would switch
+    the running deployment's algorithm behind its back."""
+
+    def __init__(self, current: str, configured: str) -> None:
+        super().__init__(
+            f"the current signing key is {current} but AUTHDB_JWT_ALGORITHM is {configured} "
+            "here: run this with the deployment's settings; to change the algorithm, change "
+            "AUTHDB_JWT_ALGORITHM and restart the service"
         )
 
 
@@ -107,9 +127,31 @@ def _context(kid: str) -> str:
     return f"signing key {kid}"
 
 
-async def _newest(db: AsyncSession) -> SigningKey | None:
-    query = select(SigningKey).order_by(SigningKey.generation.desc()).limit(1)
-    return (await db.scalars(query)).one_or_none()
+@dataclass(slots=True)
+class _Keys:
+    """The rows that decide what happens next, read in one transaction."""
+
+    current: SigningKey | None  # activated, signing
+    next: SigningKey | None  # published, not yet signing
+    top_generation: int
+
+
+async def _read(db: AsyncSession) -> _Keys:
+    """The current and next keys. In a transaction that changes keys, on PostgreSQL, first
+    takes a transaction-scoped advisory lock, so that its reads cannot interleave with another
+    process's changes (SQLite's BEGIN IMMEDIATE already serializes writers)."""
+    if db.in_transaction() and db.get_bind().dialect.name == "postgresql":
+        await db.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _ADVISORY_LOCK})
+    query = (
+        select(SigningKey)
+        .where(SigningKey.retired_at.is_(None), SigningKey.rotated_at.is_(None))
+        .order_by(SigningKey.generation.desc())
+    )
+    rows = list((await db.scalars(query)).all())
+    current = next((row for row in rows if row.activated_at is not None), None)
+    upcoming = next((row for row in rows if row.activated_at is None), None)
+    top = await db.scalar(select(func.max(SigningKey.generation)))
+    return _Keys(current, upcoming, int(top or 0))
 
 
 class _NewKey:
@@ -122,100 +164,185 @@ class _NewKey:
         self.sealed = _sealer(core).seal(signing.private_bytes(private), _context(self.kid))
 
     @classmethod
-    async def make(cls, core: Core, algorithm: str | None = None) -> _NewKey:
-        algorithm = algorithm or core.settings.jwt_algorithm
+    async def make(cls, core: Core, algorithm: str) -> _NewKey:
         if algorithm not in KEY_PAIR_ALGORITHMS:
             raise KeysNotInUse(algorithm)
         private = await asyncio.to_thread(signing.generate, algorithm)
         return cls(core, algorithm, private)
 
-    def install(
-        self, db: AsyncSession, previous: SigningKey | None, now: datetime, client: ClientInfo
-    ) -> None:
-        """Make this key current in ``db``'s transaction; the previous one stops signing."""
-        if previous is not None and previous.rotated_at is None:
-            previous.rotated_at = now
-        if previous is not None:
-            previous.sealed_private_key = None  # never signs again: nothing to keep
-        db.add(
-            SigningKey(
-                generation=1 if previous is None else previous.generation + 1,
-                kid=self.kid,
-                algorithm=self.algorithm,
-                public_jwk=self.jwk,
-                sealed_private_key=self.sealed,
-                created_at=now,
-            )
-        )
-        audit.record(
-            db,
-            "signing_key_rotated",
-            client=client,
-            now=now,
+    def row(self, generation: int, now: datetime, *, active: bool) -> SigningKey:
+        return SigningKey(
+            generation=generation,
             kid=self.kid,
             algorithm=self.algorithm,
-            previous=None if previous is None else previous.kid,
+            public_jwk=self.jwk,
+            sealed_private_key=self.sealed,
+            created_at=now,
+            activated_at=now if active else None,
         )
+
+
+def _can_sign(core: Core, key: SigningKey | None, algorithm: str) -> bool:
+    """Whether ``key`` can sign for this deployment: its algorithm, and a private key that
+    opens with the configured secret."""
+    if key is None or key.algorithm != algorithm or key.sealed_private_key is None:
+        return False
+    try:
+        _open_private(core, key)
+    except Unsealable:
+        return False
+    return True
+
+
+@dataclass(slots=True)
+class _Plan:
+    """Keys made before a transaction: the next key to publish, and a spare to make current
+    at once when there is no usable next key."""
+
+    algorithm: str
+    fresh_next: _NewKey
+    spare: _NewKey | None
+
+    @classmethod
+    async def make(cls, core: Core, algorithm: str, *, spare: bool) -> _Plan:
+        fresh = await _NewKey.make(core, algorithm)
+        return cls(algorithm, fresh, await _NewKey.make(core, algorithm) if spare else None)
+
+    def apply(
+        self,
+        core: Core,
+        db: AsyncSession,
+        keys: _Keys,
+        now: datetime,
+        client: ClientInfo,
+        *,
+        rotate: bool,
+    ) -> str | None:
+        """In ``db``'s transaction: with ``rotate``, the next key (or the spare) becomes current
+        and the current one stops signing; a fresh next key is published whenever the old
+        one is used up or unusable. Returns the new current kid, if any.
+
+        Raises RotationConflict when the keys changed so that the spare is needed but absent.
+        """
+        top = keys.top_generation
+        promoted: SigningKey | None = None
+        if rotate:
+            if _can_sign(core, keys.next, self.algorithm):
+                promoted = keys.next
+            elif self.spare is not None:
+                top += 1
+                promoted = self.spare.row(top, now, active=False)
+                db.add(promoted)
+            else:
+                raise RotationConflict
+            assert promoted is not None
+            promoted.activated_at = now
+            if keys.current is not None:
+                keys.current.rotated_at = now
+                keys.current.sealed_private_key = None  # never signs again: nothing to keep
+        if promoted is None and _can_sign(core, keys.next, self.algorithm):
+            return None  # the published next key stays
+        if keys.next is not None and keys.next is not promoted:
+            # Never signed anything (another algorithm, or a secret gone): unpublish it.
+            keys.next.retired_at = now
+            keys.next.sealed_private_key = None
+        db.add(self.fresh_next.row(top + 1, now, active=False))
+        audit.record(
+            db,
+            "signing_key_rotated" if promoted is not None else "signing_key_published",
+            client=client,
+            now=now,
+            kid=promoted.kid if promoted is not None else self.fresh_next.kid,
+            algorithm=self.algorithm,
+            previous=None if keys.current is None or promoted is None else keys.current.kid,
+            next=self.fresh_next.kid,
+        )
+        return None if promoted is None else promoted.kid
+
+
+def _deployment_algorithm(core: Core, current: SigningKey | None) -> str:
+    """The algorithm new keys get: the configured one; from a shell configured for HMAC (an
+    operator retiring a leaked key), the current key's."""
+    if uses_key_pairs(core):
+        return core.settings.jwt_algorithm
+    if current is None:
+        raise KeysNotInUse(core.settings.jwt_algorithm)
+    return current.algorithm
 
 
 async def rotate(core: Core, client: ClientInfo) -> str:
-    """Make a new key of ``AUTHDB_JWT_ALGORITHM`` current at once; returns its kid.
+    """Make the published next key current at once (or a new one, when there is none that
+    can sign) and publish a fresh next key; returns the new current kid.
 
     The replaced key's tokens keep verifying until they expire (``verify_window``). Raises
-    KeysNotInUse under HMAC, RotationConflict when another process rotated at the same moment.
+    KeysNotInUse under HMAC, AlgorithmMismatch when the current key has another algorithm than
+    this process's settings, SecretMismatch when it does not open with this secret, and
+    RotationConflict when another process rotated at the same moment.
     """
-    new = await _NewKey.make(core)
-    now = core.clock()
+    if not uses_key_pairs(core):
+        raise KeysNotInUse(core.settings.jwt_algorithm)
+    algorithm = core.settings.jwt_algorithm
+    async with core.sessionmaker() as db:
+        before = await _read(db)
+    plan = await _Plan.make(core, algorithm, spare=not _can_sign(core, before.next, algorithm))
     try:
         async with core.sessionmaker.begin() as db:
-            newest = await _newest(db)
-            _check_same_secret(core, newest)
-            new.install(db, newest, now, client)
+            keys = await _read(db)
+            _check_same_secret(core, keys.current)
+            if keys.current is not None and keys.current.algorithm != algorithm:
+                raise AlgorithmMismatch(keys.current.algorithm, algorithm)
+            kid = plan.apply(core, db, keys, core.clock(), client, rotate=True)
     except IntegrityError:
         raise RotationConflict from None
     await _reload_here(core)
-    return new.kid
+    assert kid is not None
+    return kid
 
 
 async def retire(core: Core, kid: str, client: ClientInfo) -> str | None:
     """Stop accepting ``kid``'s tokens at once (a leaked key). Retiring the current key makes
-    a new one current in the same transaction; returns that new kid, else None.
+    the next one current in the same transaction (retiring the next one publishes another);
+    returns the new current kid, else None.
 
-    Raises NotFound for an unknown kid and RotationConflict as ``rotate`` does.
+    Raises NotFound for an unknown or already retired kid, and SecretMismatch and
+    RotationConflict as ``rotate`` does.
     """
-    now = core.clock()
+    if not _KID_SHAPE.fullmatch(kid):
+        raise NotFound(f"no signing key {kid[:64]!r}")
     async with core.sessionmaker() as db:
-        newest = await _newest(db)
-    # Retiring the current key needs a successor at once, even when run from a process
-    # configured for HMAC (an operator's shell): of the retired key's algorithm then.
-    new = None
-    if newest is not None and newest.kid == kid:
-        algorithm = core.settings.jwt_algorithm
-        new = await _NewKey.make(core, algorithm if uses_key_pairs(core) else newest.algorithm)
+        before = await _read(db)
+    plan: _Plan | None = None
+    for role in (before.current, before.next):
+        if role is not None and role.kid == kid:
+            algorithm = _deployment_algorithm(core, before.current or role)
+            spare = role is before.next or not _can_sign(core, before.next, algorithm)
+            plan = await _Plan.make(core, algorithm, spare=spare)
+    now = core.clock()
     try:
         async with core.sessionmaker.begin() as db:
             key = await db.scalar(select(SigningKey).where(SigningKey.kid == kid))
-            if key is None or key.retired_at is not None:
-                raise NotFound(
-                    f"no signing key {kid!r} in use"
-                    if key is None
-                    else f"signing key {kid!r} is already retired"
-                )
-            newest = await _newest(db)
-            is_current = newest is not None and newest.kid == kid
-            if is_current and new is None:
-                raise RotationConflict  # it became current since we looked: try again
+            if key is None:
+                raise NotFound(f"no signing key {kid!r}")
+            if key.retired_at is not None:
+                raise NotFound(f"signing key {kid!r} is already retired")
+            keys = await _read(db)
+            is_current = keys.current is key
+            if (is_current or keys.next is key) and plan is None:
+                raise RotationConflict  # its role changed since we looked: try again
             if is_current:
-                _check_same_secret(core, newest)
+                _check_same_secret(core, key)
+                if uses_key_pairs(core) and key.algorithm != core.settings.jwt_algorithm:
+                    raise AlgorithmMismatch(key.algorithm, core.settings.jwt_algorithm)
             key.retired_at = now
             key.sealed_private_key = None
             audit.record(db, "signing_key_retired", client=client, now=now, kid=kid)
-            if is_current and new is not None:
-                new.install(db, newest, now, client)
+            new_kid = None
+            if plan is not None and (is_current or keys.next is key):
+                new_kid = plan.apply(core, db, keys, now, client, rotate=is_current)
     except IntegrityError:
         raise RotationConflict from None
     await _reload_here(core)
-    return new.kid if is_current and new is not None else None
+    return new_kid
 
 
 def _check_same_secret(core: Core, current: SigningKey | None) -> None:
@@ -233,18 +360,19 @@ async def list_keys(core: Core) -> list[KeyStatus]:
     """Every key ever made, newest first, with its state now."""
     now = core.clock()
     window = verify_window(core)
+    query = select(SigningKey).order_by(SigningKey.generation.desc())
     async with core.sessionmaker() as db:
-        keys = list(
-            (await db.scalars(select(SigningKey).order_by(SigningKey.generation.desc()))).all()
-        )
+        keys = list((await db.scalars(query)).all())
     statuses = []
     for key in keys:
         state: KeyState
-        until: datetime | None
+        until: datetime | None = None
         if key.retired_at is not None:
             state, until = "retired", key.retired_at
+        elif key.activated_at is None:
+            state = "next"
         elif key.rotated_at is None:
-            state, until = "current", None
+            state = "current"
         else:
             until = key.rotated_at + window
             state = "retiring" if now < until else "expired"
@@ -253,49 +381,59 @@ async def list_keys(core: Core) -> list[KeyStatus]:
 
 
 async def _ensure_current(core: Core) -> None:
-    """At start-up under a key-pair algorithm: make a new key unless a current key of that
-    algorithm exists and opens with the configured secret. Reseals one sealed under a fallback
-    secret. Of several processes starting at once, one makes the key; the others use it."""
+    """At start-up under a key-pair algorithm: a current key of that algorithm that opens
+    with the configured secret, and a published next key; made when missing. Reseals keys
+    sealed under a fallback secret. Of processes starting at once, one makes the keys."""
+    algorithm = core.settings.jwt_algorithm
     async with core.sessionmaker.begin() as db:
-        newest = await _newest(db)
-        reason = _needs_new_key(core, newest)
-    if reason is None:
+        keys = await _read(db)
+        for key in (keys.current, keys.next):
+            _reseal_if_stale(core, key)
+        current_ok = _can_sign(core, keys.current, algorithm)
+        next_ok = _can_sign(core, keys.next, algorithm)
+    if current_ok and next_ok:
         return
-    new = await _NewKey.make(core)  # outside any transaction: RSA takes a moment
+    plan = await _Plan.make(core, algorithm, spare=not current_ok and not next_ok)
     try:
         async with core.sessionmaker.begin() as db:
-            newest = await _newest(db)
-            if _needs_new_key(core, newest) is not None:  # nobody fixed it meanwhile
-                level = logging.INFO if newest is None else logging.WARNING
-                log.log(level, "making a new token signing key: %s", reason)
-                new.install(db, newest, core.clock(), ClientInfo(user_agent="authdb-startup"))
-    except IntegrityError:
-        pass  # another process made one at the same moment: it is current, use it
+            keys = await _read(db)
+            if _can_sign(core, keys.current, algorithm) and _can_sign(core, keys.next, algorithm):
+                return  # another process did it meanwhile
+            rotate = not _can_sign(core, keys.current, algorithm)
+            if rotate:
+                level = logging.INFO if keys.current is None else logging.WARNING
+                log.log(level, "new token signing key: %s", _why_new(core, keys.current))
+            plan.apply(
+                core, db, keys, core.clock(), ClientInfo(user_agent="authdb-startup"), rotate=rotate
+            )
+    except (IntegrityError, RotationConflict):
+        pass  # another process made them at the same moment: use those
 
 
-def _needs_new_key(core: Core, newest: SigningKey | None) -> str | None:
-    """Why the newest key cannot sign for this deployment, or None when it can."""
-    if newest is None:
+def _why_new(core: Core, current: SigningKey | None) -> str:
+    if current is None:
         return f"there is none yet ({core.settings.jwt_algorithm})"
-    if newest.retired_at is not None or newest.sealed_private_key is None:
-        return f"the newest one ({newest.kid}) is retired"
-    if newest.algorithm != core.settings.jwt_algorithm:
+    if current.algorithm != core.settings.jwt_algorithm:
         return (
-            f"AUTHDB_JWT_ALGORITHM changed from {newest.algorithm} to {core.settings.jwt_algorithm}"
+            f"AUTHDB_JWT_ALGORITHM changed from {current.algorithm} to "
+            f"{core.settings.jwt_algorithm}"
         )
+    return (
+        f"the private key of {current.kid} was sealed under a secret key that is no longer "
+        "configured (list the old one in AUTHDB_SECRET_KEY_FALLBACKS to keep it)"
+    )
+
+
+def _reseal_if_stale(core: Core, key: SigningKey | None) -> None:
+    """Seal again under the current secret a key that only a fallback secret opens."""
+    if key is None or key.sealed_private_key is None:
+        return
     try:
-        _, stale = _sealer(core).open(newest.sealed_private_key, _context(newest.kid))
+        plaintext, stale = _sealer(core).open(key.sealed_private_key, _context(key.kid))
     except Unsealable:
-        return (
-            f"the private key of {newest.kid} was sealed under a secret key that is no longer "
-            "configured (list the old one in AUTHDB_SECRET_KEY_FALLBACKS to keep it)"
-        )
-    if stale:  # opened by a fallback secret: seal it under the current one
-        private = signing.load_private(_open_private(core, newest))
-        newest.sealed_private_key = _sealer(core).seal(
-            signing.private_bytes(private), _context(newest.kid)
-        )
-    return None
+        return
+    if stale:
+        key.sealed_private_key = _sealer(core).seal(plaintext, _context(key.kid))
 
 
 def _open_private(core: Core, key: SigningKey) -> bytes:
@@ -320,24 +458,45 @@ async def _load(core: Core, known: tuple[str, Any] | None) -> KeySet:
     )
     async with core.sessionmaker() as db:
         keys = list((await db.scalars(query)).all())
-        newest = await _newest(db)
-    if newest is None or not keys or keys[0].kid != newest.kid or newest.rotated_at is not None:
+    current = next((key for key in keys if key.activated_at is not None), None)
+    if current is None or current.rotated_at is not None:
         raise Unsealable("no current signing key in the database")
-    current = keys[0]
-    if known is not None and known[0] == current.kid:
-        private = known[1]
-    else:
-        private = signing.load_private(_open_private(core, current))
     verifying = {
         key.kid: VerificationKey(key.algorithm, signing.load_public(key.public_jwk)) for key in keys
     }
+    signer = _signer(core, current, known, verifying)
     return KeySet(
-        signing_algorithm=current.algorithm,
-        signing_key=private,
-        signing_kid=current.kid,
+        signing_algorithm=signer[1] if signer else current.algorithm,
+        signing_key=signer[2] if signer else None,
+        signing_kid=signer[0] if signer else None,
         verifying=verifying,
         jwks=tuple(key.public_jwk for key in keys),
     )
+
+
+def _signer(
+    core: Core,
+    current: SigningKey,
+    known: tuple[str, Any] | None,
+    verifying: dict[str, VerificationKey],
+) -> tuple[str, str, Any] | None:
+    """``(kid, algorithm, private key)`` to sign with: the current key; if it does not open
+    with this process's secret (a deployment whose processes disagree on it), the key this
+    process signed with so far while that one is still valid, else none (signing then
+    answers 503). The public keys are loaded either way, so a retired key stops here too."""
+    if known is not None and known[0] == current.kid:
+        return current.kid, current.algorithm, known[1]
+    try:
+        return current.kid, current.algorithm, signing.load_private(_open_private(core, current))
+    except Unsealable:
+        log.error(
+            "the current token signing key %s does not open with this AUTHDB_SECRET_KEY: "
+            "every process of a deployment needs the same secret key",
+            current.kid,
+        )
+    if known is not None and known[0] in verifying:
+        return known[0], verifying[known[0]].algorithm, known[1]
+    return None
 
 
 async def _reload_here(core: Core) -> None:
@@ -387,7 +546,10 @@ class KeyRing:
         if current is not None and current.signing_kid is not None:
             known = (current.signing_kid, current.signing_key)
         self._last_load = time.monotonic()
-        self._install(await _load(core, known))
+        keys = await _load(core, known)
+        if known is not None and keys.signing_kid != known[0]:
+            log.info("token signing key is now %s (%s)", keys.signing_kid, keys.signing_algorithm)
+        self._install(keys)
 
     async def catch_up(self) -> bool:
         """Re-read the keys for a token naming an unknown kid (perhaps a key rotated in

@@ -4,9 +4,10 @@ Revision ID: 0005
 Revises: 0004
 Create Date: 2026-11-29
 
-Adds ``signing_keys``: one row per key pair, the newest ``generation`` being current. The public
-key is kept as a JWK; the private key is sealed (AES-GCM under the deployment secret) and erased
-once a newer key replaces it. Nothing changes for an HS256 deployment, which uses no row.
+Adds ``signing_keys``: one row per key pair: the current one (``activated_at`` set), the next
+one (published ahead, not yet signing), and those rotated out or retired. The public key is kept
+as a JWK; the private key is sealed (AES-GCM under the deployment secret) and erased once the
+key stops signing. Nothing changes for an HS256 deployment, which uses no row.
 """
 
 import sqlalchemy as sa
@@ -32,6 +33,7 @@ def upgrade() -> None:
         sa.Column("public_jwk", sa.JSON, nullable=False),
         sa.Column("sealed_private_key", sa.LargeBinary),
         sa.Column("created_at", TS, nullable=False),
+        sa.Column("activated_at", TS),
         sa.Column("rotated_at", TS),
         sa.Column("retired_at", TS),
     )
