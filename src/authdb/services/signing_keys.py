@@ -329,10 +329,17 @@ async def retire(core: Core, kid: str, client: ClientInfo) -> str | None:
             is_current = keys.current is key
             if (is_current or keys.next is key) and plan is None:
                 raise RotationConflict  # its role changed since we looked: try again
-            if is_current:
-                _check_same_secret(core, key)
-                if uses_key_pairs(core) and key.algorithm != core.settings.jwt_algorithm:
-                    raise AlgorithmMismatch(key.algorithm, core.settings.jwt_algorithm)
+            if is_current or keys.next is key:
+                # A successor made here must be usable by the running deployment.
+                deployed = keys.current
+                _check_same_secret(core, deployed)
+                configured = core.settings.jwt_algorithm
+                if (
+                    deployed is not None
+                    and uses_key_pairs(core)
+                    and deployed.algorithm != configured
+                ):
+                    raise AlgorithmMismatch(deployed.algorithm, configured)
             key.retired_at = now
             key.sealed_private_key = None
             audit.record(db, "signing_key_retired", client=client, now=now, kid=kid)
