@@ -24,6 +24,9 @@ _REQUIRED_CLAIMS = ["sub", "exp", "iat", "jti", "iss", "aud", "sid"]
 # Our kids are 43-character thumbprints; anything much longer is not one of ours.
 _MAX_KID = 128
 _MAX_HEADER_CHARS = 1024
+# Our access tokens are a few hundred characters, refresh tokens 43: anything past this is
+# refused unread (a parse costs its length).
+MAX_TOKEN_CHARS = 8 * 1024
 
 
 class InvalidAccessToken(Exception):

@@ -17,10 +17,7 @@ from authdb.ratelimit import RateLimits
 from authdb.services import sessions
 from authdb.services.core import ClientInfo, Core
 from authdb.services.sessions import Authenticated
-from authdb.tokens import hash_opaque_token
-
-# Our access tokens are a few hundred characters; a mounted app has no header limit of its own.
-MAX_BEARER_CHARS = 8 * 1024
+from authdb.tokens import MAX_TOKEN_CHARS, hash_opaque_token
 
 
 def _active(user: User) -> User:
@@ -50,7 +47,7 @@ class AuthDeps:
         async def current_session(request: Request, token: Token) -> Authenticated:
             try:
                 if token is not None:
-                    if len(token) > MAX_BEARER_CHARS:  # refused unread: a parse costs its length
+                    if len(token) > MAX_TOKEN_CHARS:  # refused unread: a parse costs its length
                         raise NotAuthenticated
                     return await sessions.authenticate(core, token)
                 cookie = read_session_cookie(request, core.settings)

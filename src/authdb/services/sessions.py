@@ -20,6 +20,7 @@ from authdb.errors import InactiveUser, InvalidRefreshToken, NotAuthenticated, N
 from authdb.services import audit
 from authdb.services.core import ClientInfo, Core
 from authdb.tokens import (
+    MAX_TOKEN_CHARS,
     AccessClaims,
     InvalidAccessToken,
     UnknownKeyId,
@@ -276,17 +277,13 @@ async def decode_access_token(core: Core, access_token: str) -> AccessClaims:
         raise NotAuthenticated from None
 
 
-# No token we mint is longer; a longer one is not looked up at all.
-_MAX_TOKEN_CHARS = 8 * 1024
-
-
 async def revoke_token(core: Core, token: str, hint: str | None, client: ClientInfo) -> None:
     """End the session that owns ``token``, a refresh token or an access token (RFC 7009 2.1).
 
     ``hint`` (``"access_token"`` or ``"refresh_token"``) says which kind to look for first. An
     unknown, expired, malformed or already revoked token changes nothing, silently (2.2).
     """
-    if len(token) > _MAX_TOKEN_CHARS:
+    if len(token) > MAX_TOKEN_CHARS:
         return
     finders = [_refresh_token_session, _access_token_session]
     if hint == "access_token":
