@@ -265,9 +265,22 @@ def page_mail() -> Iterator[Inbox]:
         controller.stop()
 
 
+@pytest.fixture(scope="module")
+def site_host(request: pytest.FixtureRequest) -> str:
+    """The host of ``site``'s URLs and its ``AUTHDB_PUBLIC_URL``: ``127.0.0.1`` by default.
+
+    A test module may override this fixture (passkeys need a domain name: ``localhost``), and a
+    test may parametrize it indirectly; ``site`` then starts a server of its own for that host.
+    """
+    return str(getattr(request, "param", "127.0.0.1"))
+
+
 @pytest.fixture(scope="module", params=["sqlite", "postgresql"])
 def site(
-    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory, page_mail: Inbox
+    request: pytest.FixtureRequest,
+    tmp_path_factory: pytest.TempPathFactory,
+    page_mail: Inbox,
+    site_host: str,
 ) -> Iterator[Site]:
     """The real `authdb serve` on a fresh database of each backend, mailing to ``page_mail``."""
     backend = str(request.param)
@@ -280,7 +293,7 @@ def site(
             database_url = run_async(database.__aenter__())
             stack.callback(lambda: run_async(database.__aexit__(None, None, None)))
         port = free_port()
-        base = f"http://127.0.0.1:{port}"
+        base = f"http://{site_host}:{port}"
         env = {
             "AUTHDB_DATABASE_URL": database_url,
             "AUTHDB_SECRET_KEY": "browser-test-secret-key-0123456789abcdefghij",

@@ -178,6 +178,9 @@ async def test_ids_are_64_bit_on_both_databases(harness: Harness) -> None:
             await connection.exec_driver_sql("SELECT sequencename, data_type FROM pg_sequences")
         ).all()
     types = {(table, column): kind for table, column, kind in rows}
+    # WebAuthn's credential ID is the authenticator's bytes, not a number of ours.
+    assert types.pop(("passkeys", "credential_id")) == "bytea"
+    assert types[("passkeys", "id")] == types[("passkeys", "user_id")] == "bigint"
     assert types[("auth_sessions", "id")] == "bigint"
     assert types[("audit_events", "id")] == "bigint"
     assert all(kind == "bigint" for kind in types.values()), types

@@ -249,11 +249,24 @@ def assert_page_headers(response: httpx.Response) -> None:
     assert response.headers["content-type"].startswith("text/html")
     csp = response.headers["content-security-policy"]
     assert "frame-ancestors 'none'" in csp
-    assert "'unsafe-inline'" not in csp
-    assert "script-src" not in csp
-    assert "default-src 'none'" in csp  # so no script loads from anywhere
+    assert "'unsafe-inline'" not in csp and "'unsafe-eval'" not in csp
+    # Scripts only from this origin (the passkey script), and no inline script at all.
+    directives = dict(part.strip().split(" ", 1) for part in csp.split(";"))
+    assert directives["script-src"] == "'self'"
+    assert directives["default-src"] == "'none'"
     assert response.headers["x-frame-options"] == "DENY"
     assert response.headers["cache-control"] == "no-store"
+
+
+def assert_only_passkey_script(html: str, *, expected: bool) -> None:
+    """No inline script anywhere; the passkey script (from this origin) where ``expected``."""
+    tags = re.findall(r"<script\b([^>]*)>(.*?)</script\s*>", html, re.S | re.I)
+    assert html.lower().count("<script") == len(tags)
+    assert all(body.strip() == "" for _attributes, body in tags)
+    sources = [re.search(r'src="([^"]*)"', attributes) for attributes, _body in tags]
+    assert [match.group(1) if match else None for match in sources] == (
+        ["/assets/authdb-passkeys.js"] if expected else []
+    )
 
 
 def assert_csrf_refused_page(response: httpx.Response) -> None:
@@ -280,7 +293,7 @@ async def test_every_page_renders_html_with_safe_headers_and_the_site_name(
         assert_page_headers(response)
         title = re.search(r"<title>(.*?)</title>", response.text, re.S)
         assert title and "Example &amp; Co" in title.group(1), path
-        assert "<script" not in response.text.lower()
+        assert_only_passkey_script(response.text, expected=path.startswith("/login"))
         assert ' style="' not in response.text
         stylesheets.update(re.findall(r'<link rel="stylesheet" href="([^"]+)"', response.text))
     browser = await (await site.browser()).signed_in()
@@ -288,7 +301,7 @@ async def test_every_page_renders_html_with_safe_headers_and_the_site_name(
     assert account.status_code == 200
     assert_page_headers(account)
     assert "Example &amp; Co" in account.text and "alice@example.com" in account.text
-    assert "<script" not in account.text.lower()
+    assert_only_passkey_script(account.text, expected=True)
     # The stylesheet every page links is served, from this origin.
     assert stylesheets == {"/assets/authdb.css"}
     css = await anonymous.client.get("/assets/authdb.css")

@@ -12,7 +12,7 @@ from authdb.db.engine import PoolBudget, async_url, create_engine, create_sessio
 from authdb.db.session_reader import create_reader
 from authdb.http import pages
 from authdb.http.dependencies import AuthDeps
-from authdb.http.routers import accounts, admin, discovery, me, mfa, ops, tokens
+from authdb.http.routers import accounts, admin, discovery, me, mfa, ops, passkeys, tokens
 from authdb.mail import Mailer
 from authdb.passwords import Hasher
 from authdb.ratelimit import RateLimits
@@ -69,6 +69,7 @@ class Auth:
             discovery.build,
             me.build,
             mfa.build,
+            passkeys.build,
             accounts.build,
             admin.build,
         ):

@@ -52,6 +52,33 @@ class MFALoginFailed(InvalidCredentials):
     detail = "Invalid MFA code"
 
 
+class InvalidPasskey(InvalidCredentials):
+    """A passkey sign-in that fails, whatever the reason (401, and a failed login)."""
+
+    detail = "Invalid passkey"
+
+
+class InvalidPasskeyRegistration(AuthError):
+    """A passkey that cannot be registered: bad response, foreign or spent challenge (400)."""
+
+    detail = "Invalid passkey"
+
+
+class PasskeysUnavailable(AuthError):
+    """Passkeys cannot work in this deployment (409): no domain name in ``PUBLIC_URL``."""
+
+    detail = (
+        "Passkeys need a domain name in AUTHDB_PUBLIC_URL "
+        "(use http://localhost:PORT for development)"
+    )
+
+
+class FeatureNotInstalled(AuthError):
+    """An optional feature whose extra is not installed (501); ``detail`` names the extra."""
+
+    detail = "Not installed"
+
+
 class InvalidMFACode(AuthError):
     """A wrong code where a signed-in user confirms a change (400)."""
 

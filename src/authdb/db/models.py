@@ -220,6 +220,50 @@ class MFAChallenge(Base):
     expires_at: Mapped[datetime] = mapped_column(UTCDateTime, index=True)
     failures: Mapped[int] = mapped_column(Integer, default=0)
     used_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    # What proved the first factor: "password", or "passkey" (one without user verification),
+    # which a passkey then cannot complete: the same authenticator is not a second factor.
+    first_factor: Mapped[str] = mapped_column(
+        String(16), default="password", server_default="password"
+    )
+
+
+class Passkey(Base):
+    """A WebAuthn public-key credential (a passkey) registered to a user.
+
+    Discoverable: the authenticator keeps ``user_handle`` and returns it at sign-in. The
+    handle is random (WebAuthn Level 3, section 14.6.1: no personal data) and shared by all of
+    a user's passkeys. ``sign_count`` is the authenticator's counter at its last use.
+    """
+
+    __tablename__ = "passkeys"
+    __table_args__ = _NEVER_REUSE_IDS
+
+    id: Mapped[int] = mapped_column(Id, primary_key=True)
+    user_id: Mapped[int] = mapped_column(Id, ForeignKey("users.id", ondelete="CASCADE"), index=True)
+    credential_id: Mapped[bytes] = mapped_column(LargeBinary(1023), unique=True)
+    user_handle: Mapped[bytes] = mapped_column(LargeBinary(64))
+    # The COSE_Key from the attestation, as the authenticator gave it.
+    public_key: Mapped[bytes] = mapped_column(LargeBinary)
+    sign_count: Mapped[int] = mapped_column(BigInteger, default=0)
+    name: Mapped[str] = mapped_column(String(64))
+    aaguid: Mapped[str | None] = mapped_column(String(36))
+    backup_eligible: Mapped[bool] = mapped_column(Boolean, default=False)
+    backed_up: Mapped[bool] = mapped_column(Boolean, default=False)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    last_used_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+
+class PasskeyChallenge(Base):
+    """A spent WebAuthn challenge (its SHA-256), kept until it expires so it works only once.
+
+    Challenges are sealed by the server (see ``authdb.relying_party``), so nothing is stored
+    when one is handed out: asking for options writes nothing.
+    """
+
+    __tablename__ = "passkey_challenges"
+
+    challenge_hash: Mapped[str] = mapped_column(String(64), primary_key=True)
+    expires_at: Mapped[datetime] = mapped_column(UTCDateTime, index=True)
 
 
 class SigningKey(Base):

@@ -45,6 +45,14 @@ class OAuthErrorResponse(BaseModel):
     mfa_methods: list[str] | None = Field(None, examples=[["totp", "recovery_code"]])
 
 
+class MFARequiredResponse(BaseModel):
+    """403 ``MFA required`` from a passkey sign-in: finish with the MFA grant of ``/token``."""
+
+    detail: str = Field(examples=["MFA required"])
+    mfa_token: str
+    mfa_methods: list[str] = Field(examples=[["totp", "recovery_code"]])
+
+
 class ProbeStatus(BaseModel):
     """The body of ``/healthz`` and ``/readyz``."""
 
@@ -69,6 +77,7 @@ _STATUSES: dict[int, tuple[str, dict[str, Any]]] = {
     422: ("Malformed input, or input that breaks a rule", {}),
     429: ("Too many requests", _RETRY_AFTER),
     431: ("Request headers too large", {}),
+    501: ("An optional feature is not installed: `detail` names the extra", {}),
     503: ("A backing service (the database) is unavailable", _RETRY_AFTER),
 }
 

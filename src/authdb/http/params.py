@@ -14,6 +14,7 @@ from collections.abc import Callable
 from typing import Annotated
 
 from pydantic import PlainValidator, WithJsonSchema
+from starlette.convertors import Convertor, register_url_convertor
 
 from authdb.db.models import MAX_ID
 from authdb.errors import NotFound
@@ -73,4 +74,28 @@ def int_schema(minimum: int, maximum: int = MAX_ID) -> WithJsonSchema:
 
 UserId = Annotated[int, PlainValidator(id_parser("user")), int_schema(1)]
 SessionId = Annotated[int, PlainValidator(id_parser("session")), int_schema(1)]
+
+
+def _segment_except(*literals: str) -> Convertor[str]:
+    """A path convertor for any one segment but the literal names of sibling routes, kept as
+    text for ``id_parser`` to judge: ``/users/me/passkeys/options`` is not the passkey
+    "options", so the id's route is not offered there (``Allow``, 405), while ``+5`` still
+    reaches ``id_parser`` (422)."""
+
+    class SegmentExcept(Convertor[str]):
+        regex = "(?!(?:" + "|".join(map(re.escape, literals)) + ")(?:/|$))[^/]+"
+
+        def convert(self, value: str) -> str:
+            return value
+
+        def to_string(self, value: str) -> str:
+            return str(value)
+
+    return SegmentExcept()
+
+
+PASSKEY_ID = "authdb_passkey_id"
+register_url_convertor(PASSKEY_ID, _segment_except("options"))
+
+PasskeyId = Annotated[int, PlainValidator(id_parser("passkey")), int_schema(1)]
 Offset = Annotated[int, PlainValidator(bounded_parser(0)), int_schema(0)]

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Annotated
+from typing import Annotated, Any
 
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, EmailStr, Field
 
@@ -172,3 +172,52 @@ class AuthorizationServerMetadata(BaseModel):
     response_types_supported: list[str]
     token_endpoint_auth_methods_supported: list[str]
     revocation_endpoint_auth_methods_supported: list[str]
+
+
+# --- passkeys (WebAuthn Level 3 JSON encodings; see authdb.relying_party) -------------------
+
+
+class PasskeyRead(BaseModel):
+    """A registered passkey as its owner sees it: never the key or the credential id."""
+
+    model_config = ConfigDict(from_attributes=True)
+
+    id: int
+    name: str
+    created_at: datetime
+    last_used_at: datetime | None
+
+
+class PasskeyCreate(BaseModel):
+    """``credential``: what ``navigator.credentials.create()`` gave, as RegistrationResponseJSON
+    (``credential.toJSON()``); ``name``: how the list shows it (default: the device)."""
+
+    credential: dict[str, Any]
+    name: Text | None = Field(None, max_length=256)
+
+
+class PasskeyDelete(BaseModel):
+    password: Text = Field(max_length=4096)
+
+
+class PasskeyLoginStart(BaseModel):
+    """Optional: the account that must sign in (the options are the same either way)."""
+
+    username: Text | None = Field(None, min_length=1, max_length=256)
+
+
+class PasskeyLoginOptions(BaseModel):
+    """``options`` go to ``navigator.credentials.get()``; ``flow_id`` comes back with the
+    answer to ``POST /passkeys/login``."""
+
+    flow_id: str
+    options: dict[str, Any]
+
+
+class PasskeyLogin(BaseModel):
+    """``credential``: what ``navigator.credentials.get()`` gave, as AuthenticationResponseJSON;
+    ``mfa_token``: from a password sign-in's 403, when the passkey is the second factor."""
+
+    flow_id: Text = Field(max_length=1024)
+    credential: dict[str, Any]
+    mfa_token: Text | None = Field(None, max_length=1024)

@@ -32,12 +32,19 @@ async def attempt(
     is never evaluated. Yields the account's lockout key.
     """
     async with limits.attempt("login_failures", client_key(client, core.settings)):
-        key = lockout.lock_key(user, "")
-        async with core.sessionmaker() as db:
-            retry = await lockout.locked_for(db, key, core.clock())
-        if retry is not None:
-            await refuse_locked(core, limits, client, user.id, retry)
-        yield key
+        yield await admit(core, limits, user, client)
+
+
+async def admit(core: Core, limits: RateLimits, user: User, client: ClientInfo) -> str:
+    """``attempt``'s lock check alone, for a caller already holding the client's place (one
+    that learns the user from the proof itself, as a passkey does). Returns the lockout key;
+    raises TooManyRequests while the account is locked."""
+    key = lockout.lock_key(user, "")
+    async with core.sessionmaker() as db:
+        retry = await lockout.locked_for(db, key, core.clock())
+    if retry is not None:
+        await refuse_locked(core, limits, client, user.id, retry)
+    return key
 
 
 async def confirm_password(

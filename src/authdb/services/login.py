@@ -27,6 +27,7 @@ from authdb.ratelimit import RateLimits, client_key
 from authdb.services import audit, lockout, mfa
 from authdb.services.core import ClientInfo, Core
 from authdb.services.guard import attempt, fail, refuse_locked, spend_failure
+from authdb.services.passkey_challenges import prune_spent_challenges
 from authdb.services.sessions import (
     BrowserSession,
     TokenPair,
@@ -38,7 +39,7 @@ from authdb.services.users import find_by_login
 
 # What a successful sign-in opens: API tokens, or a browser session.
 SessionT = TypeVar("SessionT", TokenPair, BrowserSession)
-_Opener = Callable[[Core, AsyncSession, User, ClientInfo], Awaitable[SessionT]]
+Opener = Callable[[Core, AsyncSession, User, ClientInfo], Awaitable[SessionT]]
 
 
 async def login(
@@ -65,7 +66,7 @@ async def _guarded(
     login_name: str,
     password: str,
     client: ClientInfo,
-    opener: _Opener[SessionT],
+    opener: Opener[SessionT],
 ) -> SessionT:
     if has_control_characters(login_name):
         # No account can have such a name; and PostgreSQL refuses NUL in text outright.
@@ -82,7 +83,7 @@ async def _login(
     login_name: str,
     password: str,
     client: ClientInfo,
-    opener: _Opener[SessionT],
+    opener: Opener[SessionT],
 ) -> SessionT:
     async with core.sessionmaker() as db:
         user = await find_by_login(db, login_name)
@@ -104,21 +105,22 @@ async def _succeed(
     client: ClientInfo,
     user: User,
     new_hash: str | None,
-    opener: _Opener[SessionT],
+    opener: Opener[SessionT],
 ) -> SessionT:
     """The password was right: a session, unless a lock stands, the account is refused, or
     a second factor is due (then MFARequired with a new ``mfa_token``)."""
     pair: SessionT | None = None
     mfa_token: str | None = None
+    methods: list[str] = []
     async with core.sessionmaker.begin() as db:
         now = core.clock()
         # With MFA on, a right password alone forgives no failures: else it would reset the
         # count between batches of guessed codes.
         check = lockout.locked_for if user.mfa_enabled else lockout.admit_success
         retry = await check(db, key, now)
-        refusal = _refusal_or_lock(core, user, retry)
+        refusal = refusal_or_lock(core, user, retry)
         if refusal is not None:
-            _audit_refusal(db, refusal, client, now, user.id)
+            audit_refusal(db, refusal, client, now, user.id)
         else:
             if new_hash is not None:
                 # Upgrade bcrypt or old argon2 parameters: this proves the password either way.
@@ -127,26 +129,27 @@ async def _succeed(
                 )
             if user.mfa_enabled:
                 mfa_token = await mfa.start_challenge(db, user.id, now)
+                methods = await mfa.methods(db, user)
                 audit.record(db, "login_mfa_required", client=client, now=now, user_id=user.id)
             else:
-                pair = await _open_session(core, db, user, client, opener, now)
+                pair = await open_session(core, db, user, client, opener, now)
     # Raised after the commit, so that the audit rows (and the forgiven failures) are kept.
     if refusal is not None:
         if isinstance(refusal, TooManyRequests):
             await spend_failure(core, limits, client)
         raise refusal
     if mfa_token is not None:
-        raise MFARequired(mfa_token, mfa.methods(user))
+        raise MFARequired(mfa_token, methods)
     assert pair is not None
-    await _maybe_prune(core)
+    await maybe_prune(core)
     return pair
 
 
-def _refusal_or_lock(core: Core, user: User, retry: int | None) -> AuthError | None:
-    return TooManyRequests(retry) if retry is not None else _refusal(core, user)
+def refusal_or_lock(core: Core, user: User, retry: int | None) -> AuthError | None:
+    return TooManyRequests(retry) if retry is not None else account_refusal(core, user)
 
 
-def _audit_refusal(
+def audit_refusal(
     db: AsyncSession, refusal: AuthError, client: ClientInfo, now: datetime, user_id: int
 ) -> None:
     if isinstance(refusal, TooManyRequests):
@@ -157,16 +160,18 @@ def _audit_refusal(
         )
 
 
-async def _open_session(
+async def open_session(
     core: Core,
     db: AsyncSession,
     user: User,
     client: ClientInfo,
-    opener: _Opener[SessionT],
+    opener: Opener[SessionT],
     now: datetime,
     mfa_method: str | None = None,
+    passkey_id: int | None = None,
 ) -> SessionT:
-    """The sign-in succeeds: stamp it, open the session, audit ``login_ok``."""
+    """The sign-in succeeds: stamp it, open the session, audit ``login_ok`` (with
+    the passkey used, if one was)."""
     await db.execute(update(User).where(User.id == user.id).values(last_login_at=now))
     pair = await opener(core, db, user, client)
     # The second factor used, if any ("totp" or "recovery_code"); null for a password alone.
@@ -178,11 +183,12 @@ async def _open_session(
         user_id=user.id,
         session_id=pair.session_id,
         mfa=mfa_method,
+        **({"passkey_id": passkey_id} if passkey_id is not None else {}),
     )
     return pair
 
 
-async def _maybe_prune(core: Core) -> None:
+async def maybe_prune(core: Core) -> None:
     if secrets.randbelow(core.settings.prune_every_n_logins) == 0:
         await prune(core)
         await _prune_failures(core)
@@ -233,11 +239,11 @@ async def _second_factor(
     client: ClientInfo,
     otp: str | None,
     recovery_code: str | None,
-    opener: _Opener[SessionT],
+    opener: Opener[SessionT],
 ) -> SessionT:
-    challenge, user = await _challenge(core, mfa_token)
+    challenge, user = await mfa_challenge(core, mfa_token)
     async with attempt(core, limits, user, client) as key:
-        refusal = _refusal(core, user)
+        refusal = account_refusal(core, user)
         if refusal is not None:
             raise refusal
         async with core.sessionmaker.begin() as db:
@@ -247,11 +253,11 @@ async def _second_factor(
         pair = await _complete(core, challenge.id, user, key, client, otp, recovery_code, opener)
         if pair is None:
             await fail(core, limits, key, client, user.id, MFALoginFailed(), "mfa_failed")
-    await _maybe_prune(core)
+    await maybe_prune(core)
     return pair
 
 
-async def _challenge(core: Core, mfa_token: str) -> tuple[MFAChallenge, User]:
+async def mfa_challenge(core: Core, mfa_token: str) -> tuple[MFAChallenge, User]:
     """The open challenge and its user, or InvalidMFAToken."""
     async with core.sessionmaker() as db:
         challenge = await mfa.find_challenge(db, mfa_token, core.clock())
@@ -269,7 +275,7 @@ async def _complete(
     client: ClientInfo,
     otp: str | None,
     recovery_code: str | None,
-    opener: _Opener[SessionT],
+    opener: Opener[SessionT],
 ) -> SessionT | None:
     """Spend the factor and the challenge and open the session, all in one transaction; None
     when the factor is wrong (nothing is spent)."""
@@ -288,7 +294,7 @@ async def _complete(
             raise TooManyRequests(retry)
         if method == mfa.METHOD_RECOVERY_CODE:
             audit.record(db, "mfa_recovery_code_used", client=client, now=now, user_id=user.id)
-        return await _open_session(core, db, user, client, opener, now, mfa_method=method)
+        return await open_session(core, db, user, client, opener, now, mfa_method=method)
 
 
 async def _prune_failures(core: Core) -> None:
@@ -298,9 +304,10 @@ async def _prune_failures(core: Core) -> None:
         now = core.clock()
         await lockout.prune(db, now, idle=idle)
         await mfa.prune_challenges(db, now)
+        await prune_spent_challenges(db, now)
 
 
-def _refusal(core: Core, user: User) -> AuthError | None:
+def account_refusal(core: Core, user: User) -> AuthError | None:
     """Why a user with the right password still may not log in, if they may not."""
     if user.disabled:
         return InactiveUser()

@@ -19,7 +19,7 @@ from sqlalchemy import ColumnElement, delete, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from authdb import totp
-from authdb.db.models import MFAChallenge, RecoveryCode, TOTPSecret, User
+from authdb.db.models import MFAChallenge, Passkey, RecoveryCode, TOTPSecret, User
 from authdb.errors import Conflict, InvalidMFACode, NotAuthenticated, NotFound, TooManyRequests
 from authdb.ratelimit import RateLimits
 from authdb.sealing import Sealer, Unsealable, derive_key
@@ -43,6 +43,10 @@ _CODE_PURPOSE = "authdb recovery code"
 
 METHOD_TOTP = "totp"
 METHOD_RECOVERY_CODE = "recovery_code"
+METHOD_WEBAUTHN = "webauthn"
+# What proved the first factor of a challenge (``MFAChallenge.first_factor``).
+FIRST_FACTOR_PASSWORD = "password"
+FIRST_FACTOR_PASSKEY = "passkey"
 
 ALREADY_ENABLED = "MFA already enabled"
 NOT_ENABLED = "MFA not enabled"
@@ -58,9 +62,19 @@ class TOTPSetup:
     qr_svg: str  # an <svg> element of the URI as a QR code
 
 
-def methods(user: User) -> list[str]:
-    """What completes a sign-in for ``user`` beyond the password."""
-    return [METHOD_TOTP, METHOD_RECOVERY_CODE] if user.mfa_enabled else []
+async def methods(
+    db: AsyncSession, user: User, first_factor: str = FIRST_FACTOR_PASSWORD
+) -> list[str]:
+    """What completes a sign-in for ``user`` beyond the first factor: a TOTP or recovery code,
+    and a passkey when the user has one and the first factor was not already a passkey."""
+    if not user.mfa_enabled:
+        return []
+    found = [METHOD_TOTP, METHOD_RECOVERY_CODE]
+    if first_factor == FIRST_FACTOR_PASSWORD:
+        passkey = await db.scalar(select(Passkey.id).where(Passkey.user_id == user.id).limit(1))
+        if passkey is not None:
+            found.append(METHOD_WEBAUTHN)
+    return found
 
 
 def _sealer(core: Core) -> Sealer:
@@ -243,8 +257,11 @@ async def reset(
 # --- the second factor at sign-in ----------------------------------------------------------------
 
 
-async def start_challenge(db: AsyncSession, user_id: int, now: datetime) -> str:
-    """A new ``mfa_token`` for a user whose password was just accepted (stored as a hash)."""
+async def start_challenge(
+    db: AsyncSession, user_id: int, now: datetime, first_factor: str = FIRST_FACTOR_PASSWORD
+) -> str:
+    """A new ``mfa_token`` for a user whose first factor (``first_factor``: a password, or a
+    passkey without user verification) was just accepted. Stored as a hash."""
     token = new_opaque_token()
     # This user's spent and expired challenges go now: a password holder cannot pile them up.
     dead = or_(MFAChallenge.expires_at <= now, MFAChallenge.used_at.is_not(None))
@@ -256,6 +273,7 @@ async def start_challenge(db: AsyncSession, user_id: int, now: datetime) -> str:
             created_at=now,
             expires_at=now + CHALLENGE_LIFETIME,
             failures=0,
+            first_factor=first_factor,
         )
     )
     return token

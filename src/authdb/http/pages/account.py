@@ -9,7 +9,6 @@ wrong (422 invalid, 400 wrong password, 409 taken, 429 locked or over budget).
 from __future__ import annotations
 
 import contextlib
-import re
 from datetime import datetime
 from typing import Any
 
@@ -23,13 +22,14 @@ from authdb import errors
 from authdb.db.models import AuthSession
 from authdb.http.cookies import clear_session_cookie
 from authdb.http.dependencies import AuthDeps
+from authdb.http.devices import device_name
 from authdb.http.mailing import send_later
-from authdb.http.pages import account_mfa
+from authdb.http.pages import account_mfa, account_passkeys
 from authdb.http.pages.forms import Refusal, Section, parse, refusal
 from authdb.http.pages.render import Pages, PageState, text
 from authdb.http.params import id_parser
 from authdb.http.schemas import PasswordChange, PasswordConfirm, UserUpdate
-from authdb.services import accounts, sessions
+from authdb.services import accounts, passkeys, sessions
 from authdb.services.sessions import Authenticated
 
 
@@ -39,34 +39,6 @@ def _when(moment: datetime) -> str:
 
 # The API's own reading of a session id (canonical digits, 1..2**63-1).
 _session_id = id_parser("session")
-
-# (pattern, name) in order: Edge and Opera also say Chrome, Chrome also says Safari.
-_BROWSERS = (
-    (re.compile(r"Edg(e|A|iOS)?/"), "Edge"),
-    (re.compile(r"OPR/|Opera"), "Opera"),
-    (re.compile(r"Firefox/|FxiOS/"), "Firefox"),
-    (re.compile(r"Chrome/|CriOS/|Chromium/"), "Chrome"),
-    (re.compile(r"Safari/"), "Safari"),
-)
-_SYSTEMS = (
-    (re.compile(r"iPhone|iPad|iPod"), "iOS"),
-    (re.compile(r"Android"), "Android"),
-    (re.compile(r"Windows"), "Windows"),
-    (re.compile(r"Mac OS X|Macintosh"), "macOS"),
-    (re.compile(r"CrOS"), "ChromeOS"),
-    (re.compile(r"Linux"), "Linux"),
-)
-
-
-def device_name(user_agent: str | None) -> str:
-    """A person's name for a device: "Chrome on Linux"; the raw agent (cut) if unknown."""
-    if not user_agent:
-        return "Unknown device"
-    browser = next((name for pattern, name in _BROWSERS if pattern.search(user_agent)), None)
-    system = next((name for pattern, name in _SYSTEMS if pattern.search(user_agent)), None)
-    if browser and system:
-        return f"{browser} on {system}"
-    return browser or system or user_agent[:60]
 
 
 def _session_view(session: AuthSession, current_id: int) -> dict[str, Any]:
@@ -93,6 +65,7 @@ def add_routes(router: APIRouter, deps: AuthDeps, pages: Pages) -> None:
         **context: Any,
     ) -> Response:
         live = await sessions.list_live(core, auth.user.id)
+        own_passkeys = await passkeys.list_for(core, auth.user.id)
         return pages.render(
             request,
             state,
@@ -101,6 +74,8 @@ def add_routes(router: APIRouter, deps: AuthDeps, pages: Pages) -> None:
             status=status,
             user=auth.user,
             sessions=[_session_view(s, auth.session_id) for s in live],
+            passkeys=[account_passkeys.passkey_view(p) for p in own_passkeys],
+            removing=account_passkeys.removing(request),
             signed_in=True,
             **context,
         )
@@ -228,6 +203,8 @@ def add_routes(router: APIRouter, deps: AuthDeps, pages: Pages) -> None:
     section("/account/delete", "authdb_page_account_delete", "delete", delete)
     for path, name, form_name, run in account_mfa.sections(deps, pages):
         section(path, name, form_name, run)
+    for path, name, form_name, run in account_passkeys.sections(deps, pages):
+        section(path, name, form_name, run)
 
     async def revoke(request: Request, form: FormData, auth: Authenticated) -> Response | None:
         try:
@@ -252,6 +229,11 @@ def add_routes(router: APIRouter, deps: AuthDeps, pages: Pages) -> None:
         "sessions",
         revoke,
     )
+
+    # Only for ``paths.account_passkeys`` in templates: the prefix the remove forms extend.
+    @router.get("/account/passkeys", name="authdb_page_account_passkeys", include_in_schema=False)
+    async def passkeys_prefix(request: Request) -> Response:
+        return pages.redirect(pages.url(request, "account"))
 
     # Only for ``paths.account_sessions`` in templates: the prefix the revoke forms extend.
     @router.get("/account/sessions", name="authdb_page_account_sessions", include_in_schema=False)

@@ -10,7 +10,9 @@ from starlette.datastructures import FormData
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, RedirectResponse, Response
+from starlette.routing import NoMatchFound
 
+from authdb import relying_party
 from authdb.errors import CSRFFailed, InvalidInput
 from authdb.http.cookies import (
     read_presession_cookie,
@@ -18,7 +20,7 @@ from authdb.http.cookies import (
     set_csrf_cookie,
     set_presession_cookie,
 )
-from authdb.http.csrf import CSRF_COOKIE, CSRF_FIELD, CSRFTokens
+from authdb.http.csrf import CSRF_COOKIE, CSRF_FIELD, CSRF_HEADER, CSRFTokens
 from authdb.mail import template_environment
 from authdb.settings import Settings
 from authdb.tokens import hash_opaque_token, new_opaque_token
@@ -43,7 +45,18 @@ PATH_NAMES = (
     "account_mfa_confirm",
     "account_mfa_recovery_codes",
     "account_mfa_disable",
+    "account_passkeys",
+    "passkeys_js",
+    "login_passkey",
+    "login_mfa_passkey",
 )
+
+# The API routes the passkey script calls (``authdb.http.routers.passkeys``), by template key.
+_PASSKEY_API = {
+    "login_options": "authdb_passkey_login_options",
+    "register_options": "authdb_passkey_options",
+    "register": "authdb_passkey_register",
+}
 
 # Short codes in ``?notice=`` after a redirect; only these fixed texts are ever shown.
 NOTICES = {
@@ -58,15 +71,19 @@ NOTICES = {
     "session_revoked": "That session has been signed out.",
     "mfa_expired": "Your sign-in expired; please sign in again.",
     "mfa_disabled": "Two-factor authentication is off. Signing in needs only your password now.",
+    "passkey_added": "Your passkey has been added.",
+    "passkey_removed": "The passkey has been removed.",
 }
 
 _LOGGED_MAIL = "(No mail server is configured here: the email was written to the server's log.)"
 # The notices that say a mail was sent.
 _MAIL_NOTICES = frozenset({"registered", "email_pending"})
 
-# No script at all; styles and images from this origin only; no framing (clickjacking).
+# Scripts (the passkey script only), requests, styles and images from this origin only; no
+# inline script or style; no framing (clickjacking).
 _CSP = (
-    "default-src 'none'; style-src 'self'; img-src 'self' data:; "
+    "default-src 'none'; script-src 'self'; connect-src 'self'; style-src 'self'; "
+    "img-src 'self' data:; "
     "form-action 'self'{extra}; frame-ancestors 'none'; base-uri 'none'"
 )
 MAX_FORM_FIELDS = 16
@@ -144,6 +161,14 @@ class Pages:
             state.binding,
         )
 
+    def csrf_header_ok(self, request: Request, state: PageState) -> bool:
+        """``csrf_ok`` for a script's JSON request: the token in the ``X-CSRF-Token`` header."""
+        if request.headers.get("sec-fetch-site") in ("cross-site", "same-site"):
+            return False
+        return self.csrf.check(
+            request.cookies.get(CSRF_COOKIE), request.headers.get(CSRF_HEADER), state.binding
+        )
+
     def notice(self, request: Request) -> str | None:
         """The fixed text for ``?notice=CODE``; unknown codes show nothing (no reflected text)."""
         code = request.query_params.get("notice", "")
@@ -184,8 +209,22 @@ class Pages:
 
     def url(self, request: Request, name: str) -> str:
         """A page's path, under the mount point and prefix the router was included with."""
+        return self._path(request, f"authdb_page_{name}")
+
+    @staticmethod
+    def _path(request: Request, route_name: str) -> str:
         root = str(request.scope.get("root_path", "")).rstrip("/")
-        return root + str(request.app.url_path_for(f"authdb_page_{name}"))
+        return root + str(request.app.url_path_for(route_name))
+
+    def passkey_api(self, request: Request) -> dict[str, str] | None:
+        """The passkey API paths the pages' script calls, or None when passkeys cannot work
+        here (an IP-address ``PUBLIC_URL``, the extra missing, or the API not mounted)."""
+        if not relying_party.available(self.settings):
+            return None
+        try:
+            return {key: self._path(request, name) for key, name in _PASSKEY_API.items()}
+        except NoMatchFound:
+            return None
 
     def render(
         self,
@@ -211,6 +250,7 @@ class Pages:
             "form": None,
             "registration_enabled": self.settings.registration_enabled,
             "signed_in": False,
+            "passkey_api": self.passkey_api(request),
             **context,
         }
         html = self.templates.get_template(f"pages/{template}.html").render(values)

@@ -8,11 +8,12 @@ from fastapi import APIRouter
 from starlette.responses import Response
 
 from authdb.http.dependencies import AuthDeps
-from authdb.http.pages import account, signin, signin_mfa
+from authdb.http.errors import AuthRoute
+from authdb.http.pages import account, signin, signin_mfa, signin_passkey
 from authdb.http.pages.render import Pages
 from authdb.http.pages.routing import route_classes
 
-_CSS = files("authdb").joinpath("static/pages/authdb.css")
+_STATIC = files("authdb").joinpath("static/pages")
 
 
 def build(deps: AuthDeps) -> APIRouter:
@@ -25,16 +26,24 @@ def build(deps: AuthDeps) -> APIRouter:
     signin.add_routes(router, form_router, deps, pages)
     signin_mfa.add_routes(router, deps, pages)
     account.add_routes(router, deps, pages)
-    stylesheet = _CSS.read_bytes()
+    # The script's JSON endpoints answer JSON errors, not error pages.
+    script_router = APIRouter(route_class=AuthRoute, include_in_schema=False)
+    signin_passkey.add_routes(script_router, deps, pages)
+    _asset(router, "authdb.css", "text/css", "authdb_page_css")
+    _asset(router, "authdb-passkeys.js", "text/javascript", "authdb_page_passkeys_js")
+    router.include_router(form_router)
+    router.include_router(script_router)
+    return router
 
-    @router.get("/assets/authdb.css", name="authdb_page_css")
-    async def css() -> Response:
-        # The same bytes for every deployment: caches may keep it for an hour.
+
+def _asset(router: APIRouter, name: str, media_type: str, route_name: str) -> None:
+    body = _STATIC.joinpath(name).read_bytes()
+
+    @router.get(f"/assets/{name}", name=route_name)
+    async def asset() -> Response:
+        # The same bytes for every deployment: caches may keep them for an hour.
         return Response(
-            stylesheet,
-            media_type="text/css",
+            body,
+            media_type=media_type,
             headers={"Cache-Control": "public, max-age=3600"},
         )
-
-    router.include_router(form_router)
-    return router

@@ -23,6 +23,7 @@ from authdb.http.errors import retry_after
 from authdb.http.pages.forms import REQUIRED, TOO_LONG, waiting_message
 from authdb.http.pages.render import Pages, PageState, text
 from authdb.http.pages.signin import refused_account, safe_landing, signed_in
+from authdb.services import passkey_login
 from authdb.services.login import login_mfa_browser
 from authdb.services.mfa import METHOD_RECOVERY_CODE, METHOD_TOTP
 
@@ -41,7 +42,7 @@ def add_routes(router: APIRouter, deps: AuthDeps, pages: Pages) -> None:
     """Add ``/login/mfa`` (the page and its form) to ``router``."""
     core, settings = deps.core, deps.core.settings
 
-    def code_form(
+    async def code_form(
         request: Request,
         state: PageState,
         method: str,
@@ -51,6 +52,8 @@ def add_routes(router: APIRouter, deps: AuthDeps, pages: Pages) -> None:
         **context: Any,
     ) -> Response:
         here = pages.url(request, "login_mfa")
+        mfa_token = read_mfa_cookie(request, settings)
+        passkey = mfa_token is not None and await passkey_login.can_complete(core, mfa_token)
         landing = safe_landing(pages, next_) or ""
         return pages.render(
             request,
@@ -60,6 +63,7 @@ def add_routes(router: APIRouter, deps: AuthDeps, pages: Pages) -> None:
             status=status,
             method=method,
             next=next_,
+            passkey_second_factor=passkey,
             method_links={
                 METHOD_TOTP: _with_query(here, next=landing),
                 METHOD_RECOVERY_CODE: _with_query(here, method=_RECOVERY_QUERY, next=landing),
@@ -83,7 +87,7 @@ def add_routes(router: APIRouter, deps: AuthDeps, pages: Pages) -> None:
             return back_to_login(request, state, next_)
         recovery = request.query_params.get("method") == _RECOVERY_QUERY
         method = METHOD_RECOVERY_CODE if recovery else METHOD_TOTP
-        return code_form(request, state, method, next_)
+        return await code_form(request, state, method, next_)
 
     @router.post("/login/mfa")
     async def code_submit(request: Request) -> Response:
@@ -97,7 +101,9 @@ def add_routes(router: APIRouter, deps: AuthDeps, pages: Pages) -> None:
         code = text(form, field).strip()
         problem = REQUIRED if not code else TOO_LONG if len(code) > _MAX_CHARS else None
         if problem:
-            return code_form(request, state, method, next_, status=422, errors={field: problem})
+            return await code_form(
+                request, state, method, next_, status=422, errors={field: problem}
+            )
         try:
             browser = await login_mfa_browser(
                 core,
@@ -111,9 +117,11 @@ def add_routes(router: APIRouter, deps: AuthDeps, pages: Pages) -> None:
         except errors.InvalidMFAToken:
             return back_to_login(request, state, next_, "mfa_expired")
         except errors.MFALoginFailed as exc:
-            return code_form(request, state, method, next_, status=401, errors={field: exc.detail})
+            return await code_form(
+                request, state, method, next_, status=401, errors={field: exc.detail}
+            )
         except errors.TooManyRequests as exc:
-            return code_form(
+            return await code_form(
                 request,
                 state,
                 method,
