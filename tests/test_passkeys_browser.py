@@ -438,10 +438,13 @@ def test_removing_a_passkey_takes_the_password(site: Site, new_context: NewConte
     section = _section(page)
     item = section.locator("li.passkey")
     remove = item.locator("button[type=submit]")
-    expect(remove).to_contain_text("Remove")
     expect(item.locator("form")).to_have_attribute(
         "action", re.compile(r"/account/passkeys/\d+/delete$")
     )
+    # The form stays folded until asked for.
+    expect(remove).to_be_hidden()
+    item.locator("summary").click()
+    expect(remove).to_contain_text("Remove")
 
     item.locator("input[name=password]").fill("not the password at all")
     with page.expect_response(lambda r: r.request.method == "POST") as posted:
@@ -452,6 +455,8 @@ def test_removing_a_passkey_takes_the_password(site: Site, new_context: NewConte
     site.snap_part(page, "section:has(#passkeys-heading)", "account-passkey-remove-error")
     assert len(_listed(page)) == 1
 
+    # Refused, it comes back unfolded with the error.
+    expect(item.locator("details")).to_have_attribute("open", "")
     item.locator("input[name=password]").fill(PASSWORD)
     remove.click()
     expect(page).to_have_url(site.url("/account?notice=passkey_removed"))
