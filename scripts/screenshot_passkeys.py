@@ -63,6 +63,7 @@ def add_passkey(page: Page, name: str) -> None:
     added = cdp.send("WebAuthn.addVirtualAuthenticator", {"options": AUTHENTICATOR})
     page.goto("/account")
     page.locator("#passkey-name").fill(name)
+    page.locator("#passkey-password").fill(PASSWORD)
     page.locator("#passkey-add").click()
     expect(page.get_by_text("Your passkey has been added.")).to_be_visible()
     cdp.send("WebAuthn.removeVirtualAuthenticator", {"authenticatorId": added["authenticatorId"]})

@@ -334,7 +334,7 @@ EXPECTED_ERRORS: dict[tuple[str, str], set[int]] = {
     ("post", "/users/me/mfa/recovery-codes"): {400, 401, 409, 422, 429, 503},
     ("delete", "/users/me/mfa"): {400, 401, 409, 422, 429, 503},
     ("delete", "/users/{user_id}/mfa"): {400, 401, 403, 404, 422, 503},
-    ("post", "/users/me/passkeys/options"): {400, 401, 409, 501, 503},
+    ("post", "/users/me/passkeys/options"): {400, 401, 403, 409, 422, 429, 501, 503},
     ("get", "/users/me/passkeys"): {400, 401, 503},
     ("post", "/users/me/passkeys"): {400, 401, 409, 422, 501, 503},
     ("delete", "/users/me/passkeys/{passkey_id}"): {400, 401, 404, 422, 429, 503},

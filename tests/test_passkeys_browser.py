@@ -33,8 +33,9 @@ from urllib.parse import quote, urlsplit
 import httpx
 import pyotp
 import pytest
-from playwright.sync_api import BrowserContext, CDPSession, Locator, Page, expect
+from playwright.sync_api import Browser, BrowserContext, CDPSession, Locator, Page, expect
 
+from authdb.http.pages.signin_passkey import PASSKEY_FAILED
 from tests.conftest import PASSWORD
 
 if TYPE_CHECKING:
@@ -201,6 +202,7 @@ def _add_passkey(site: Site, page: Page, name: str | None) -> None:
     page.goto("/account")
     if name is not None:
         page.locator("#passkey-name").fill(name)
+    page.locator("#passkey-password").fill(PASSWORD)
     page.locator("#passkey-add").click()
     expect(page).to_have_url(site.url("/account?notice=passkey_added"))
     expect(page.get_by_text("Your passkey has been added.")).to_be_visible()
@@ -343,6 +345,7 @@ def test_an_authenticator_is_not_added_twice_and_an_unnamed_passkey_is_named_aft
 
     # The same authenticator again: the browser refuses (excludeCredentials); the page says so.
     page.locator("#passkey-name").fill("Laptop again")
+    page.locator("#passkey-password").fill(PASSWORD)
     page.locator("#passkey-add").click()
     expect(page.locator("html")).to_have_attribute("data-create", "InvalidStateError")
     expect(page.locator("#passkey-add")).to_be_enabled()
@@ -468,7 +471,7 @@ def test_removing_a_passkey_takes_the_password(site: Site, new_context: NewConte
     # The authenticator still has the key, but the account no longer knows it.
     _sign_out(page)
     _passkey_button(page).click()
-    expect(page.locator("#passkey-error")).not_to_have_text("")
+    expect(page.locator("#passkey-error")).to_have_text(PASSKEY_FAILED)
     expect(page.locator("#passkey-error")).to_be_visible()
     expect(page).to_have_url(site.url("/login"))
     assert SESSION_COOKIE not in _cookies(page)
@@ -520,3 +523,30 @@ def test_with_an_ip_address_public_url_there_are_no_passkeys(site: Site, page: P
     )
     assert refused.status_code == 409, refused.text
     assert refused.json() == {"detail": NEEDS_A_NAME}
+
+
+def test_opened_at_another_address_the_pages_say_where_passkeys_work(
+    site: Site, chromium: Browser
+) -> None:
+    """The server is http://localhost:PORT; a person who opens http://127.0.0.1:PORT is told
+    where passkeys work instead of meeting the browser's "invalid domain"."""
+    elsewhere = site.base.replace("//localhost:", "//127.0.0.1:")
+    assert elsewhere != site.base
+    username = site.new_username("elsewhere")
+    site.create_user(username)
+    context = chromium.new_context(base_url=elsewhere)
+    errors: list[str] = []
+    context.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+    try:
+        page = context.new_page()
+        page.goto("/login")
+        told = f"Passkeys work only at {site.base}: open this page there to use them."
+        expect(page.locator("#passkey-error")).to_have_text(told)
+        expect(page.locator("#passkey-signin")).to_be_hidden()
+        site.sign_in(page, username, PASSWORD)
+        expect(page).to_have_url(elsewhere + "/account")
+        expect(page.locator("#passkey-status")).to_have_text(told)
+        expect(page.locator("#passkey-add")).to_be_disabled()
+        assert errors == []
+    finally:
+        context.close()

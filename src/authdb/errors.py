@@ -127,6 +127,12 @@ class PermissionDenied(AuthError):
     detail = "Not enough permissions"
 
 
+class PasswordRequired(PermissionDenied):
+    """A sensitive change by a session that signed in a while ago: confirm the password (403)."""
+
+    detail = "Confirm your password to do this: you signed in more than 10 minutes ago"
+
+
 class CSRFFailed(AuthError):
     """A cookie-authenticated unsafe request without the matching CSRF token."""
 

@@ -41,6 +41,10 @@ LOGIN = "login"
 # WebAuthn Level 3, section 5.1: a credential id is at most 1023 bytes.
 MAX_CREDENTIAL_ID_BYTES = 1023
 USER_HANDLE_BYTES = 32
+# A COSE public key of any algorithm offered is well under this (RSA-4096: about 550 bytes).
+MAX_PUBLIC_KEY_BYTES = 2048
+# clientDataJSON is a few hundred bytes; a bound keeps parsing it cheap (and shallow).
+MAX_CLIENT_DATA_CHARS = 8192
 NEEDS_EXTRA = "Passkeys need the 'passkeys' extra: pip install 'authdb[passkeys]'"
 _NONCE_BYTES = 32
 
@@ -128,7 +132,8 @@ def seal_challenge(sealer: Sealer, challenge: Challenge) -> bytes:
         "h": b64encode(challenge.user_handle) if challenge.user_handle else None,
         "l": challenge.username,
     }
-    return sealer.seal(json.dumps(payload).encode(), challenge.purpose)
+    # Not ASCII-escaped: a long non-ASCII name would otherwise grow the flow id sixfold.
+    return sealer.seal(json.dumps(payload, ensure_ascii=False).encode(), challenge.purpose)
 
 
 def open_challenge(sealer: Sealer, raw: bytes, purpose: str, now: datetime) -> Challenge | None:
@@ -216,15 +221,33 @@ def request_options(rp: RelyingParty, *, challenge: bytes) -> dict[str, Any]:
 # --- reading and verifying responses ----------------------------------------------------------
 
 
+def _client_data(credential: dict[str, Any]) -> dict[str, Any] | None:
+    """A response's ``clientDataJSON``, parsed but unverified; None when malformed."""
+    try:
+        encoded = credential["response"]["clientDataJSON"]
+        if not isinstance(encoded, str) or len(encoded) > MAX_CLIENT_DATA_CHARS:
+            return None
+        client_data = json.loads(b64decode(encoded))
+    except (KeyError, TypeError, ValueError, RecursionError):
+        return None
+    return client_data if isinstance(client_data, dict) else None
+
+
 def client_challenge(credential: dict[str, Any]) -> bytes | None:
     """The challenge in a response's ``clientDataJSON``, unverified (to find which sealed
     challenge it answers); None when there is none to read."""
+    client_data = _client_data(credential)
     try:
-        response = credential["response"]
-        client_data = json.loads(b64decode(response["clientDataJSON"]))
-        return b64decode(client_data["challenge"])
+        return b64decode(client_data["challenge"]) if client_data is not None else None
     except (KeyError, TypeError, ValueError):
         return None
+
+
+def _same_origin(credential: dict[str, Any]) -> bool:
+    """The ceremony ran in a top-level page, not in a frame of another site (WebAuthn Level
+    3, section 5.8.1: ``crossOrigin``); our pages cannot be framed, so a frame is never ours."""
+    client_data = _client_data(credential)
+    return client_data is not None and client_data.get("crossOrigin") in (None, False)
 
 
 def credential_id(credential: dict[str, Any]) -> bytes | None:
@@ -276,6 +299,8 @@ def verify_registration(
     Raises InvalidPasskeyRegistration (400) on any failure, malformed input included.
     """
     webauthn = webauthn_library()
+    if not _same_origin(credential):
+        raise InvalidPasskeyRegistration
     try:
         verified = webauthn.verify_registration_response(
             credential=credential,
@@ -286,7 +311,8 @@ def verify_registration(
     except Exception:
         # Untrusted bytes: a parse error of any kind is a bad response, never a 500.
         raise InvalidPasskeyRegistration from None
-    if len(verified.credential_id) > MAX_CREDENTIAL_ID_BYTES:
+    too_big = len(verified.credential_public_key) > MAX_PUBLIC_KEY_BYTES
+    if len(verified.credential_id) > MAX_CREDENTIAL_ID_BYTES or too_big:
         raise InvalidPasskeyRegistration
     structs = webauthn.helpers.structs
     return NewCredential(
@@ -311,6 +337,8 @@ def verify_assertion(
     Raises InvalidPasskey (401) on any failure, malformed input included.
     """
     webauthn = webauthn_library()
+    if not _same_origin(credential):
+        raise InvalidPasskey
     try:
         verified = webauthn.verify_authentication_response(
             credential=credential,

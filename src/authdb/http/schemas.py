@@ -188,6 +188,12 @@ class PasskeyRead(BaseModel):
     last_used_at: datetime | None
 
 
+class PasskeyOptionsRequest(BaseModel):
+    """Optional: the password, needed when the session signed in more than 10 minutes ago."""
+
+    password: Text | None = Field(None, max_length=4096)
+
+
 class PasskeyCreate(BaseModel):
     """``credential``: what ``navigator.credentials.create()`` gave, as RegistrationResponseJSON
     (``credential.toJSON()``); ``name``: how the list shows it (default: the device)."""
@@ -218,6 +224,6 @@ class PasskeyLogin(BaseModel):
     """``credential``: what ``navigator.credentials.get()`` gave, as AuthenticationResponseJSON;
     ``mfa_token``: from a password sign-in's 403, when the passkey is the second factor."""
 
-    flow_id: Text = Field(max_length=1024)
+    flow_id: Text = Field(max_length=4096)
     credential: dict[str, Any]
     mfa_token: Text | None = Field(None, max_length=1024)

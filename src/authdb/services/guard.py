@@ -97,9 +97,11 @@ async def fail(
     user_id: int | None,
     error: AuthError | None = None,
     event: str = "login_failed",
+    reason: str | None = None,
 ) -> NoReturn:
     """Count a failure against lockout ``key``: ``error`` (401 by default), or 429 if locked
-    meanwhile. Audited as ``event`` (and ``lockout`` when this failure sets the lock)."""
+    meanwhile. Audited as ``event`` (and ``lockout`` when this failure sets the lock), with
+    ``reason`` for the operator when the client is told less."""
     settings = core.settings
     locked: TooManyRequests | None = None
     async with core.sessionmaker.begin() as db:
@@ -116,7 +118,10 @@ async def fail(
             locked = exc
             audit.record(db, "login_locked", client=client, now=now, user_id=user_id)
         else:
-            audit.record(db, event, client=client, now=now, user_id=user_id)
+            if reason:
+                audit.record(db, event, client=client, now=now, user_id=user_id, reason=reason)
+            else:
+                audit.record(db, event, client=client, now=now, user_id=user_id)
             if attempt.locks:
                 audit.record(db, "lockout", client=client, now=now, user_id=user_id)
     await spend_failure(core, limits, client)

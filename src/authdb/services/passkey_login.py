@@ -51,6 +51,7 @@ from authdb.services.sessions import BrowserSession, TokenPair, start_browser_se
 from authdb.services.users import find_by_login
 
 _FAILED = "passkey_failed"
+_UNKNOWN_FLOW_OR_CREDENTIAL = "unknown, expired or foreign flow, or unknown credential"
 
 
 def login_options(core: Core, username: str | None = None) -> tuple[str, dict[str, Any]]:
@@ -175,20 +176,25 @@ async def _verify(
 ) -> rp_.Assertion:
     """Check the assertion of a fresh challenge; a failure counts against ``key``."""
     user_id = proof.user.id
+
+    async def refuse(reason: str) -> NoReturn:
+        await fail(core, limits, key, client, user_id, InvalidPasskey(), _FAILED, reason)
+
     if not proof.fresh:
-        await fail(core, limits, key, client, user_id, InvalidPasskey(), _FAILED)
+        await refuse("replayed challenge")
     try:
         assertion = rp_.verify_assertion(
             rp, credential, proof.raw_challenge, proof.passkey.public_key
         )
-    except InvalidPasskey as exc:
-        await fail(core, limits, key, client, user_id, exc, _FAILED)
+    except InvalidPasskey:
+        await refuse("assertion does not verify")
     # Discoverable credentials name their account: the handle must be there and be the
     # passkey's (WebAuthn Level 3, section 7.2, step 6).
     handle = rp_.user_handle(credential)
-    ours = handle is not None and hmac.compare_digest(handle, proof.passkey.user_handle)
-    if not ours or not proof.for_this_account:
-        await fail(core, limits, key, client, user_id, InvalidPasskey(), _FAILED)
+    if handle is None or not hmac.compare_digest(handle, proof.passkey.user_handle):
+        await refuse("user handle is not the passkey's")
+    if not proof.for_this_account:
+        await refuse("passkey of another account than the flow's")
     if rp_.counter_went_back(proof.passkey.sign_count, assertion.sign_count):
         # A cloned authenticator, most likely (WebAuthn Level 3, section 6.1.1).
         async with core.sessionmaker.begin() as db:
@@ -202,7 +208,7 @@ async def _verify(
                 stored=proof.passkey.sign_count,
                 presented=assertion.sign_count,
             )
-        await fail(core, limits, key, client, user_id, InvalidPasskey(), _FAILED)
+        await refuse("sign counter went back")
     return assertion
 
 
@@ -225,7 +231,9 @@ async def _record_use(
 async def _fail_unknown(core: Core, limits: RateLimits, client: ClientInfo) -> NoReturn:
     """No account to count against: the client's budget pays for the failure."""
     async with core.sessionmaker.begin() as db:
-        audit.record(db, _FAILED, client=client, now=core.clock())
+        audit.record(
+            db, _FAILED, client=client, now=core.clock(), reason=_UNKNOWN_FLOW_OR_CREDENTIAL
+        )
     await spend_failure(core, limits, client)
     raise InvalidPasskey
 
@@ -338,7 +346,8 @@ async def _second_factor(
             raise InvalidMFAToken
         proof = await _identify(core, flow_id, credential)
         if proof is None or proof.user.id != user.id:
-            await fail(core, limits, key, client, user.id, InvalidPasskey(), _FAILED)
+            reason = _UNKNOWN_FLOW_OR_CREDENTIAL if proof is None else "another account's passkey"
+            await fail(core, limits, key, client, user.id, InvalidPasskey(), _FAILED, reason)
         assertion = await _verify(core, limits, key, client, rp, proof, credential)
         return await _complete(core, key, client, challenge, proof, assertion, opener)
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import delete, func, select
@@ -16,8 +16,14 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from authdb import relying_party as rp_
-from authdb.db.models import Passkey, User
-from authdb.errors import Conflict, InvalidInput, InvalidPasskeyRegistration, NotFound
+from authdb.db.models import AuthSession, Passkey, User
+from authdb.errors import (
+    Conflict,
+    InvalidInput,
+    InvalidPasskeyRegistration,
+    NotFound,
+    PasswordRequired,
+)
 from authdb.names import has_control_characters
 from authdb.ratelimit import RateLimits
 from authdb.sealing import Sealer, derive_key
@@ -25,6 +31,7 @@ from authdb.services import audit, passkey_challenges
 from authdb.services.core import ClientInfo, Core
 from authdb.services.email_tokens import Mail
 from authdb.services.guard import confirm_password
+from authdb.services.sessions import Authenticated
 
 # Enough for every device a person owns; a bound, so that a stolen session cannot pile rows up.
 MAX_PASSKEYS = 20
@@ -34,6 +41,9 @@ TOO_MANY = "Too many passkeys"
 ALREADY_REGISTERED = "Passkey already registered"
 NOT_FOUND = "Passkey not found"
 _HANDLE_PURPOSE = "authdb webauthn user handle"
+# Adding a passkey without the password needs a sign-in at most this old (GitHub's "sudo
+# mode" idea; ASVS 4.0 V3.7.1: re-authenticate before sensitive changes).
+RECENT_SIGN_IN = timedelta(minutes=10)
 
 
 def challenge_sealer(core: Core) -> Sealer:
@@ -70,6 +80,22 @@ async def _passkeys(db: AsyncSession, user_id: int) -> list[Passkey]:
     return list((await db.scalars(query)).all())
 
 
+async def _confirm_presence(
+    core: Core,
+    limits: RateLimits,
+    auth: Authenticated,
+    password: str | None,
+    client: ClientInfo,
+) -> None:
+    if password is not None:
+        await confirm_password(core, limits, auth.user, password, client)
+        return
+    async with core.sessionmaker() as db:
+        session = await db.get(AuthSession, auth.session_id)
+    if session is None or session.created_at < core.clock() - RECENT_SIGN_IN:
+        raise PasswordRequired
+
+
 def new_user_handle(core: Core, user_id: int) -> bytes:
     """The WebAuthn user handle of a user's first passkey: 32 bytes, HMAC-SHA256 of the id
     under a key derived from the secret key. Opaque, no personal data (WebAuthn Level 3,
@@ -81,15 +107,27 @@ def new_user_handle(core: Core, user_id: int) -> bytes:
     return hmac.new(key, str(user_id).encode(), hashlib.sha256).digest()
 
 
-async def registration_options(core: Core, user: User) -> dict[str, Any]:
-    """PublicKeyCredentialCreationOptionsJSON for a new passkey of ``user``, with a sealed
+async def registration_options(
+    core: Core,
+    limits: RateLimits,
+    auth: Authenticated,
+    password: str | None,
+    client: ClientInfo,
+) -> dict[str, Any]:
+    """PublicKeyCredentialCreationOptionsJSON for a new passkey of the caller, with a sealed
     5-minute challenge bound to the user; the user's passkeys are excluded (no duplicate on
     one authenticator).
 
-    Raises PasskeysUnavailable (409), FeatureNotInstalled (501), Conflict (409) at
-    ``MAX_PASSKEYS``.
+    A passkey signs in without the password or the second factor, so adding one takes a
+    recent sign-in (``RECENT_SIGN_IN``) or the password: a stolen access token alone must not
+    buy lasting access. A wrong password counts as a failed login.
+
+    Raises PasswordRequired (403), IncorrectPassword (400), TooManyRequests (429),
+    PasskeysUnavailable (409), FeatureNotInstalled (501), Conflict (409) at ``MAX_PASSKEYS``.
     """
     rp = rp_.relying_party(core.settings)
+    user = auth.user
+    await _confirm_presence(core, limits, auth, password, client)
     existing = await list_for(core, user.id)
     if len(existing) >= MAX_PASSKEYS:
         raise Conflict(TOO_MANY)

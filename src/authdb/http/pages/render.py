@@ -217,14 +217,17 @@ class Pages:
         return root + str(request.app.url_path_for(route_name))
 
     def passkey_api(self, request: Request) -> dict[str, str] | None:
-        """The passkey API paths the pages' script calls, or None when passkeys cannot work
-        here (an IP-address ``PUBLIC_URL``, the extra missing, or the API not mounted)."""
+        """The passkey API paths the pages' script calls and the relying party's ``origin``, or
+        None when passkeys cannot work here (an IP-address ``PUBLIC_URL``, the extra missing,
+        or the API not mounted)."""
         if not relying_party.available(self.settings):
             return None
         try:
-            return {key: self._path(request, name) for key, name in _PASSKEY_API.items()}
+            paths = {key: self._path(request, name) for key, name in _PASSKEY_API.items()}
         except NoMatchFound:
             return None
+        # Passkeys work only at this origin: the script says so on a page opened at another.
+        return {**paths, "origin": relying_party.relying_party(self.settings).origin}
 
     def render(
         self,

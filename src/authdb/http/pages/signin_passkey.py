@@ -27,6 +27,12 @@ from authdb.http.pages.signin import safe_landing, signed_in, to_second_factor
 from authdb.http.schemas import Text
 from authdb.services import passkey_login
 
+# The page's words for a failed passkey: the common case is one removed from the account (the
+# device still offers it). The same for every failure: they must not tell which it was.
+PASSKEY_FAILED = (
+    "That passkey did not work here: it may have been removed from your account. "
+    "Sign in with your password instead."
+)
 _REFUSED = {
     errors.EmailNotVerified: "Verify your email address first: follow the link we sent you.",
     errors.InactiveUser: "This account is disabled.",
@@ -34,7 +40,7 @@ _REFUSED = {
 
 
 class _Answer(BaseModel):
-    flow_id: Text = Field(max_length=1024)
+    flow_id: Text = Field(max_length=4096)
     credential: dict[str, Any]
     next: Text = Field("", max_length=2048)
 
@@ -64,6 +70,8 @@ def add_routes(router: APIRouter, deps: AuthDeps, pages: Pages) -> None:
     def refused(exc: errors.AuthError) -> JSONResponse:
         if isinstance(exc, errors.TooManyRequests):
             body, status = {"detail": waiting_message(exc)}, 429
+        elif isinstance(exc, errors.InvalidPasskey):
+            body, status = {"detail": PASSKEY_FAILED}, 401
         else:
             body, status = {"detail": _REFUSED.get(type(exc), exc.detail)}, 400
         return JSONResponse(body, status_code=status, headers=retry_after(exc))
@@ -88,7 +96,12 @@ def add_routes(router: APIRouter, deps: AuthDeps, pages: Pages) -> None:
             )
         except errors.MFARequired as exc:
             return as_json(to_second_factor(pages, request, state, exc.mfa_token, answer.next))
-        except (errors.TooManyRequests, errors.InactiveUser, errors.EmailNotVerified) as exc:
+        except (
+            errors.InvalidPasskey,
+            errors.TooManyRequests,
+            errors.InactiveUser,
+            errors.EmailNotVerified,
+        ) as exc:
             return refused(exc)
         return as_json(await signed_in(core, pages, request, browser, answer.next))
 
@@ -109,6 +122,11 @@ def add_routes(router: APIRouter, deps: AuthDeps, pages: Pages) -> None:
             )
         except errors.InvalidMFAToken:
             return start_over(request, state, answer.next)
-        except (errors.TooManyRequests, errors.InactiveUser, errors.EmailNotVerified) as exc:
+        except (
+            errors.InvalidPasskey,
+            errors.TooManyRequests,
+            errors.InactiveUser,
+            errors.EmailNotVerified,
+        ) as exc:
             return refused(exc)
         return as_json(await signed_in(core, pages, request, browser, answer.next))

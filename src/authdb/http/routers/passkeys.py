@@ -23,11 +23,13 @@ from authdb.http.schemas import (
     PasskeyLogin,
     PasskeyLoginOptions,
     PasskeyLoginStart,
+    PasskeyOptionsRequest,
     PasskeyRead,
     Token,
 )
 from authdb.services import passkey_login, passkeys
 from authdb.services.core import ClientInfo
+from authdb.services.sessions import Authenticated
 
 # The ceremonies' own refusals: no domain name in PUBLIC_URL (409), extra missing (501).
 _UNAVAILABLE = (409, 501)
@@ -48,13 +50,24 @@ def build(deps: AuthDeps) -> APIRouter:
     @router.post(
         "/users/me/passkeys/options",
         name="authdb_passkey_options",
-        responses={**signed_in, **error_responses(*_UNAVAILABLE)},
+        responses={**signed_in, **error_responses(403, 422, 429, *_UNAVAILABLE)},
     )
-    async def registration_options(user: ActiveUser) -> dict[str, Any]:
+    async def registration_options(
+        auth: Annotated[Authenticated, Depends(deps.current_session)],
+        _active: ActiveUser,
+        client: Client,
+        body: Annotated[PasskeyOptionsRequest | None, Body()] = None,
+    ) -> dict[str, Any]:
         """Options for ``navigator.credentials.create()`` (PublicKeyCredentialCreationOptionsJSON)
         to add a passkey: a discoverable credential, user verification preferred, a
-        single-use challenge valid 5 minutes. 409 at 20 passkeys."""
-        return await passkeys.registration_options(deps.core, user)
+        single-use challenge valid 5 minutes. 409 at 20 passkeys.
+
+        A passkey signs in on its own, so adding one takes a sign-in of the last 10 minutes or
+        the ``password`` (403 ``Confirm your password ...`` otherwise; a wrong one is 400 and
+        counts as a failed login).
+        """
+        password = body.password if body is not None else None
+        return await passkeys.registration_options(deps.core, deps.limits, auth, password, client)
 
     @router.post(
         "/users/me/passkeys",

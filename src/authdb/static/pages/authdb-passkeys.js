@@ -93,9 +93,19 @@
     return typeof data.detail === "string" ? data.detail : fallback;
   }
 
-  function say(element, text) {
+  function say(element, text, isError) {
     element.textContent = text;
     element.hidden = !text;
+    element.classList.toggle("passkey-status-error", Boolean(isError));
+  }
+
+  // Passkeys belong to the server's configured origin (AUTHDB_PUBLIC_URL); opened at another
+  // address (127.0.0.1 for localhost, say), the browser would refuse with its own jargon.
+  function elsewhere(block, message) {
+    var origin = block.dataset.origin;
+    if (!origin || origin === window.location.origin) return false;
+    say(message, "Passkeys work only at " + origin + ": open this page there to use them.", true);
+    return true;
   }
 
   function explain(error) {
@@ -127,24 +137,25 @@
       if (done.data.redirect) {
         window.location.assign(done.data.redirect);
       } else {
-        say(message, detail(done.data, "Signing in with the passkey failed."));
+        say(message, detail(done.data, "Signing in with the passkey failed."), true);
       }
     });
   }
 
   function setUpSignIn(block, button, message, conditional) {
     var pending = null;
+    block.hidden = false;
+    if (elsewhere(block, message)) return;
     function start(mediation) {
       if (pending) pending.abort();
       pending = new AbortController();
       return signIn(block, message, mediation, pending.signal);
     }
-    block.hidden = false;
     button.hidden = false;
     button.addEventListener("click", function () {
       button.disabled = true;
       start(undefined).catch(function (error) {
-        say(message, explain(error));
+        say(message, explain(error), true);
       }).then(function () {
         button.disabled = false;
       });
@@ -153,8 +164,10 @@
       PublicKeyCredential.isConditionalMediationAvailable().then(function (available) {
         block.dataset.conditional = available ? "on" : "off";
         if (!available) return;
+        // Autofill runs unasked: the browser's own refusals (cancelled, aborted, no passkey)
+        // are not the user's business; a refusal by the server is.
         start("conditional").catch(function (error) {
-          if (error && error.name !== "AbortError") say(message, explain(error));
+          if (!(error instanceof DOMException)) say(message, explain(error), true);
         });
       });
     }
@@ -163,13 +176,20 @@
   function setUpRegistration(form) {
     var button = document.getElementById("passkey-add");
     var name = document.getElementById("passkey-name");
+    var password = document.getElementById("passkey-password");
     var status = document.getElementById("passkey-status");
-    form.hidden = false;
-    button.addEventListener("click", function () {
+    document.getElementById("passkey-add-block").hidden = false;
+    if (elsewhere(form, status)) {
+      button.disabled = true;
+      return;
+    }
+    form.addEventListener("submit", function (event) {
+      event.preventDefault();
       button.disabled = true;
       say(status, "Follow your browser’s instructions to create the passkey…");
-      post(form.dataset.options, {}).then(function (start) {
+      post(form.dataset.options, { password: password.value }).then(function (start) {
         if (!start.ok) throw new Error(detail(start.data, "Passkeys are not available."));
+        password.value = "";
         return navigator.credentials.create({ publicKey: creationOptions(start.data) });
       }).then(function (credential) {
         var body = { credential: credentialJSON(credential) };
@@ -179,10 +199,10 @@
         if (done.ok) {
           window.location.assign(form.dataset.done);
         } else {
-          say(status, detail(done.data, "The passkey could not be added."));
+          say(status, detail(done.data, "The passkey could not be added."), true);
         }
       }).catch(function (error) {
-        say(status, explain(error));
+        say(status, explain(error), true);
       }).then(function () {
         button.disabled = false;
       });
