@@ -33,6 +33,13 @@ PASSKEY_FAILED = (
     "That passkey did not work here: it may have been removed from your account. "
     "Sign in with your password instead."
 )
+# What the script is told in words of its own (the rest answer as the API does).
+_REFUSALS = (
+    errors.InvalidPasskey,
+    errors.TooManyRequests,
+    errors.InactiveUser,
+    errors.EmailNotVerified,
+)
 _REFUSED = {
     errors.EmailNotVerified: "Verify your email address first: follow the link we sent you.",
     errors.InactiveUser: "This account is disabled.",
@@ -96,12 +103,7 @@ def add_routes(router: APIRouter, deps: AuthDeps, pages: Pages) -> None:
             )
         except errors.MFARequired as exc:
             return as_json(to_second_factor(pages, request, state, exc.mfa_token, answer.next))
-        except (
-            errors.InvalidPasskey,
-            errors.TooManyRequests,
-            errors.InactiveUser,
-            errors.EmailNotVerified,
-        ) as exc:
+        except _REFUSALS as exc:
             return refused(exc)
         return as_json(await signed_in(core, pages, request, browser, answer.next))
 
@@ -122,11 +124,6 @@ def add_routes(router: APIRouter, deps: AuthDeps, pages: Pages) -> None:
             )
         except errors.InvalidMFAToken:
             return start_over(request, state, answer.next)
-        except (
-            errors.InvalidPasskey,
-            errors.TooManyRequests,
-            errors.InactiveUser,
-            errors.EmailNotVerified,
-        ) as exc:
+        except _REFUSALS as exc:
             return refused(exc)
         return as_json(await signed_in(core, pages, request, browser, answer.next))
