@@ -6,25 +6,29 @@ not know; the key a rotation makes current was published as the next key before,
 process verifies its tokens at once); processes starting together on a fresh database settle
 on one current key and one next key. Every wait is a poll with a deadline, never a timing
 assertion.
+
+The commands under test (`keys rotate`, `keys retire`) run through the console script; the
+database is prepared, and the keys looked at, in-process (``prepare``, ``_states``).
 """
 
 from __future__ import annotations
 
-import json
+import asyncio
 import re
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 from pathlib import Path
-from typing import Any
 
 import httpx
 import jwt
 
+from authdb import Auth
+from authdb.services import signing_keys
 from tests.cli import run_cli
 from tests.conftest import PASSWORD, pg_database
-from tests.test_multiprocess import serving
+from tests.test_multiprocess import prepare, serving, settings_of
 
 SECRET = "keys-multiprocess-test-secret-0123456789abcdef"
 DEADLINE_SECONDS = 30.0
@@ -43,14 +47,6 @@ def _ok(args: list[str], env: dict[str, str], stdin: str | None = None) -> str:
     result = run_cli(args, env=env, stdin=stdin)
     assert result.returncode == 0, result.stderr
     return result.stdout
-
-
-def _create_alice(env: dict[str, str]) -> None:
-    _ok(
-        ["createuser", "--username", "alice", "--email", "alice@example.com", "--password-stdin"],
-        env,
-        stdin=PASSWORD + "\n",
-    )
 
 
 def _token(base: str) -> str:
@@ -85,16 +81,18 @@ def _refuses(base: str, token: str, published: set[str]) -> bool:
     return _me(base, token) == 401 and _jwks_kids(base) == published
 
 
-def _keys(env: dict[str, str]) -> list[dict[str, Any]]:
-    rows = json.loads(_ok(["keys", "list", "--json"], env))
-    assert isinstance(rows, list)
-    return rows
+async def _states(env: dict[str, str]) -> dict[str, str]:
+    """``{kid: state}`` of every key, as `keys list` reads them, read in-process."""
+    auth = Auth(settings_of(env))
+    try:
+        return {key.kid: key.state for key in await signing_keys.list_keys(auth.core)}
+    finally:
+        await auth.shutdown()
 
 
-def _next(env: dict[str, str]) -> str:
+async def _next(env: dict[str, str]) -> str:
     """The published next key's kid."""
-    (kid,) = [row["kid"] for row in _keys(env) if row["state"] == "next"]
-    assert isinstance(kid, str)
+    (kid,) = [kid for kid, state in (await _states(env)).items() if state == "next"]
     return kid
 
 
@@ -114,25 +112,31 @@ def _poll(condition: Callable[[], bool], what: str) -> None:
         time.sleep(0.2)
 
 
+async def _poll_async(condition: Callable[[], Awaitable[bool]], what: str) -> None:
+    deadline = time.monotonic() + DEADLINE_SECONDS
+    while not await condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"not within {DEADLINE_SECONDS:.0f} s: {what}")
+        await asyncio.sleep(0.2)
+
+
 async def test_rotation_and_retirement_reach_both_processes(tmp_path: Path) -> None:
     """`keys rotate` makes both processes sign with the key they already published as the
     next one, old tokens still work on both, either accepts the other's new tokens; `keys
     retire` ends the old ones."""
     async with pg_database() as url:
         env = _env(url)
-        _ok(["migrate"], env)
-        _create_alice(env)
-        _rotate(env)  # the first keys, before any process starts
+        await prepare(env, "alice", first_keys=True)  # the first keys, before any process starts
         with serving(env, tmp_path, 2) as (a, b):
             old_token = _token(a)
             old_kid = _kid(old_token)
-            upcoming = _next(env)
+            upcoming = await _next(env)
             assert _jwks_kids(a) == _jwks_kids(b) == {old_kid, upcoming}
             assert _kid(_token(b)) == old_kid
 
             new_kid = _rotate(env)
             assert new_kid == upcoming
-            newer = _next(env)
+            newer = await _next(env)
 
             fresh: list[str] = []
 
@@ -164,8 +168,7 @@ async def test_rotation_and_retirement_reach_both_processes(tmp_path: Path) -> N
                 assert _me(base, new_token) == 200
                 assert _kid(_token(base)) == new_kid
 
-        states = {row["kid"]: row["state"] for row in _keys(env)}
-        assert states == {newer: "next", new_kid: "current", old_kid: "retired"}
+        assert await _states(env) == {newer: "next", new_kid: "current", old_kid: "retired"}
 
 
 async def test_a_process_catches_up_on_an_unknown_kid(tmp_path: Path) -> None:
@@ -175,9 +178,7 @@ async def test_a_process_catches_up_on_an_unknown_kid(tmp_path: Path) -> None:
     later. Requests that arrive together with that kid all succeed."""
     async with pg_database() as url:
         env = _env(url, refresh_seconds=300)
-        _ok(["migrate"], env)
-        _create_alice(env)
-        _rotate(env)
+        await prepare(env, "alice", first_keys=True)
         with serving(env, tmp_path, 1) as (old_process,):
             old_token = _token(old_process)
             old_kid = _kid(old_token)
@@ -186,7 +187,7 @@ async def test_a_process_catches_up_on_an_unknown_kid(tmp_path: Path) -> None:
             assert middle_kid in known, "the first rotation's key was published before"
             new_kid = _rotate(env)
             assert new_kid not in known, "the second rotation's key is new to the process"
-            newest = _next(env)
+            newest = await _next(env)
             # Nothing tells the running process yet (its next refresh is minutes away).
             assert _kid(_token(old_process)) == old_kid
             assert _jwks_kids(old_process) == known
@@ -220,32 +221,33 @@ async def test_processes_starting_together_agree_on_one_key(
     """Two processes starting at once on a database without any key end up signing with, and
     publishing, the same single current key, and publishing the same single next key."""
     env = _env(database_url)
-    _ok(["migrate"], env)
-    assert _keys({**env, "AUTHDB_JWT_ALGORITHM": "HS256"}) == [], "no key before the start"
+    await prepare(env)
+    assert await _states(env) == {}, "no key before the start"
     with serving(env, tmp_path, 2) as (a, b):
-        _create_alice(env)
+        await prepare(env, "alice")
 
-        def agreed() -> bool:
+        async def agreed() -> bool:
             kids = {_kid(_token(a)), _kid(_token(b))}
-            current = [row["kid"] for row in _keys(env) if row["state"] == "current"]
+            states = await _states(env)
+            current = [kid for kid, state in states.items() if state == "current"]
             return len(kids) == 1 and current == list(kids) and kids <= _jwks_kids(a)
 
-        _poll(agreed, "both processes sign with the one current key")
+        await _poll_async(agreed, "both processes sign with the one current key")
         (kid,) = {_kid(_token(a)), _kid(_token(b))}
         token = _token(a)
         assert _me(b, token) == 200 and _me(a, _token(b)) == 200
         assert kid in _jwks_kids(b)
-        rows = _keys(env)
-        states = [row["state"] for row in rows]
+        rows = await _states(env)
+        states = list(rows.values())
         assert states.count("current") == 1, rows
         assert states.count("next") == 1, rows
-        (upcoming,) = [row["kid"] for row in rows if row["state"] == "next"]
+        (upcoming,) = [kid for kid, state in rows.items() if state == "next"]
         _poll(
             lambda: _jwks_kids(a) == _jwks_kids(b) == {kid, upcoming},
             "both processes publish the current and the next key",
         )
         # Further keys only if start-up made too many; never two current or next ones.
-        assert all(row["state"] in ("current", "next", "retiring", "retired") for row in rows)
+        assert all(state in ("current", "next", "retiring", "retired") for state in states)
 
 
 async def test_retiring_the_current_key_from_an_hs256_shell_still_ends_it(
@@ -257,9 +259,7 @@ async def test_retiring_the_current_key_from_an_hs256_shell_still_ends_it(
     processes go on with the leaked key."""
     async with pg_database() as url:
         env = _env(url)
-        _ok(["migrate"], env)
-        _create_alice(env)
-        _rotate(env)
+        await prepare(env, "alice", first_keys=True)
         with serving(env, tmp_path, 1) as (base,):
             leaked_token = _token(base)
             leaked = _kid(leaked_token)

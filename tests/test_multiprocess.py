@@ -10,15 +10,19 @@ import subprocess
 import time
 import uuid
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import asyncpg  # type: ignore[import-untyped]
 import httpx
 import redis
 
-from tests.cli import AUTHDB, run_cli, subprocess_env
+from authdb import Auth, Settings
+from authdb.db import migrate
+from authdb.services import provisioning, signing_keys
+from authdb.services.core import CLI_CLIENT
+from tests.cli import AUTHDB, FAST_HASHING, subprocess_env
 from tests.conftest import PASSWORD, free_port, pg_database
 
 REDIS_URL = "redis://127.0.0.1:6379/14"
@@ -60,6 +64,39 @@ def serving(env: dict[str, str], log_dir: Path, count: int = 2) -> Iterator[list
                 process.wait(timeout=5)
 
 
+def settings_of(env: dict[str, str]) -> Settings:
+    """The Settings the AUTHDB_* variables of ``env`` make (with fast password hashing)."""
+    values: dict[str, Any] = {
+        name.removeprefix("AUTHDB_").lower(): value for name, value in env.items()
+    }
+    return Settings(_env_file=None, **{**values, **FAST_HASHING})
+
+
+async def prepare(env: dict[str, str], *usernames: str, first_keys: bool = False) -> None:
+    """What an operator does before starting the processes, done in-process with the settings
+    in ``env``: `authdb migrate`; `authdb createuser` for each name (verified, password
+    PASSWORD, email NAME@example.com); with ``first_keys``, `authdb keys rotate` (the first
+    current and next key). Each CLI start costs a second of imports, and these commands are
+    tested through the console script in test_cli.py and test_cli_keys.py."""
+    auth = Auth(settings_of(env))
+    try:
+        await migrate.upgrade(auth.core.engine)
+        await auth.startup(issue_tokens=False)  # as the CLI starts: no key made
+        for username in usernames:
+            await provisioning.create_user(
+                auth.core,
+                username=username,
+                email=f"{username}@example.com",
+                password=PASSWORD,
+                client=CLI_CLIENT,
+                is_verified=True,
+            )
+        if first_keys:
+            await signing_keys.rotate(auth.core, CLI_CLIENT)
+    finally:
+        await auth.shutdown()
+
+
 def _wait_healthy(base: str, process: subprocess.Popen[bytes], log: Path) -> None:
     deadline = time.monotonic() + 15
     while time.monotonic() < deadline:
@@ -71,16 +108,6 @@ def _wait_healthy(base: str, process: subprocess.Popen[bytes], log: Path) -> Non
         except httpx.TransportError:
             time.sleep(0.1)
     raise AssertionError(f"authdb serve did not become healthy: {log.read_text()}")
-
-
-def _create_user(env: dict[str, str], username: str) -> None:
-    email = f"{username}@example.com"
-    created = run_cli(
-        ["createuser", "--username", username, "--email", email, "--password-stdin"],
-        env=env,
-        stdin=PASSWORD + "\n",
-    )
-    assert created.returncode == 0, created.stderr
 
 
 def _login(base: str, username: str, password: str = WRONG) -> httpx.Response:
@@ -110,11 +137,7 @@ async def test_two_processes_share_the_address_budget_and_the_account_lock(
             "AUTHDB_RATE_LIMIT_LOGIN_FAILURES": "6/minute",
             "AUTHDB_MAX_BODY_BYTES": "4096",
         }
-        migrated = run_cli(["migrate", "--database-url", url], env={})
-        assert migrated.returncode == 0, migrated.stderr
-        # Two CLI runs at once: most of their time is interpreter start-up.
-        with ThreadPoolExecutor() as pool:
-            list(pool.map(lambda name: _create_user(env, name), ["alice", "carol"]))
+        await prepare(env, "alice", "carol")
         try:
             with serving(env, tmp_path) as (a, b):
                 # Four failures for alice, alternating processes: one count in the database.

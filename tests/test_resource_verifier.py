@@ -2,7 +2,7 @@
 
 Two halves:
 
-- a real deployment: ``authdb serve`` (ES256 and EdDSA, SQLite and PostgreSQL) and, as its own
+- a real deployment: ``authdb serve`` (ES256 on SQLite, EdDSA on PostgreSQL) and, as its own
   process, ``tests/resource_app.py`` (a user's other FastAPI service) that knows nothing but
   authdb's JWKS URL; tokens come from ``/token`` over the socket, keys rotate through the CLI.
   The key a rotation makes current was published as the next key before, so a verifier that
@@ -52,7 +52,7 @@ from authdb.sealing import Sealer
 from authdb.services import signing_keys
 from tests.cli import run_cli
 from tests.conftest import PASSWORD, free_port, pg_database
-from tests.test_multiprocess import serving
+from tests.test_multiprocess import prepare, serving
 
 SECRET = "resource-verifier-test-secret-0123456789abcdef"
 REPO = Path(__file__).resolve().parent.parent
@@ -291,14 +291,13 @@ def resource_service(authdb: str, log_dir: Path, **settings: str) -> Iterator[st
             process.wait(timeout=5)
 
 
+# Each database once and each of the two algorithms once: a deployment is four processes and
+# a key rotation, and what the backend or the algorithm changes (key rows, key parsing in the
+# verifier) does not depend on the other. Tokens of all three algorithms (RS256 too) are
+# verified in-process below.
 @pytest.fixture(
     scope="module",
-    params=[
-        ("sqlite", "ES256"),
-        ("sqlite", "EdDSA"),
-        ("postgresql", "ES256"),
-        ("postgresql", "EdDSA"),
-    ],
+    params=[("sqlite", "ES256"), ("postgresql", "EdDSA")],
     ids=lambda param: "-".join(param),
 )
 def deployment(
@@ -320,14 +319,7 @@ def deployment(
             "AUTHDB_JWT_ALGORITHM": algorithm,
             "AUTHDB_JWT_KEYS_REFRESH_SECONDS": "1",
         }
-        migrated = run_cli(["migrate"], env=env)
-        assert migrated.returncode == 0, migrated.stderr
-        created = run_cli(
-            ["createuser", "--username", "alice", "--email", "alice@x.example", "--password-stdin"],
-            env=env,
-            stdin=PASSWORD + "\n",
-        )
-        assert created.returncode == 0, created.stderr
+        asyncio.run(prepare(env, "alice"))  # `authdb migrate` and `createuser`, in-process
         with (
             serving(env, log_dir, 1) as (authdb,),
             # min_refetch 0: the rotation test must not wait out the 30 s default.

@@ -69,7 +69,22 @@ from tests.signing_helpers import (
 )
 
 MakeHarness = Callable[..., Awaitable[Harness]]
+# Every algorithm on both databases: where the algorithm shapes what is checked (the published
+# JWK, the forgeries tried, the forms of a private key looked for at rest).
 algorithms = pytest.mark.parametrize("algorithm", KEY_PAIR_ALGORITHMS)
+# Every algorithm once and each database at least once: where the algorithm only signs and the
+# database only keeps the key rows (rotation, retirement). The two halves alternate between
+# such tests, so that every algorithm meets every database among them.
+each_algorithm = pytest.mark.parametrize(
+    ("database_url", "algorithm"),
+    [("sqlite", "RS256"), ("postgresql", "ES256"), ("sqlite", "EdDSA")],
+    indirect=["database_url"],
+)
+each_algorithm_swapped = pytest.mark.parametrize(
+    ("database_url", "algorithm"),
+    [("postgresql", "RS256"), ("sqlite", "ES256"), ("postgresql", "EdDSA")],
+    indirect=["database_url"],
+)
 KTY = {"RS256": "RSA", "ES256": "EC", "EdDSA": "OKP"}
 # JWK members that would mean a private key is published (RFC 7518 6.2.2, 6.3.2; RFC 8037 2).
 PRIVATE_MEMBERS = {"d", "p", "q", "dp", "dq", "qi", "oth", "k"}
@@ -110,6 +125,16 @@ def _sign_with(key: Any, algorithm: str) -> Callable[[bytes], bytes]:
 
 def _fresh(claims: dict[str, Any]) -> dict[str, Any]:
     return {**claims, "jti": uuid.uuid4().hex}
+
+
+@pytest.fixture(autouse=True)
+def _no_catch_up_pause(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A token naming a kid the app does not know makes it re-read the keys, at most once a
+    second (``_CATCH_UP_SECONDS``). These tests send such tokens one after another (forged
+    kids, keys past their window), so each would wait out that second before the re-read and
+    the refusal; without the pause the same re-read and refusal happen at once. The spacing
+    itself is tested in test_signing_keys_hardening.py."""
+    monkeypatch.setattr(signing_keys, "_CATCH_UP_SECONDS", 0.0)
 
 
 # --- tokens and the published keys ----------------------------------------------------------
@@ -186,7 +211,7 @@ async def test_hs256_stays_the_default_without_kid_or_published_keys(harness: Ha
 # --- rotation -------------------------------------------------------------------------------
 
 
-@algorithms
+@each_algorithm
 async def test_the_next_key_is_published_before_it_signs(
     make_harness: MakeHarness, algorithm: str
 ) -> None:
@@ -228,7 +253,7 @@ async def test_the_next_key_is_published_before_it_signs(
     assert set(jwks_kids(await jwks(harness))) == {newer, upcoming, header(old_token)["kid"]}
 
 
-@algorithms
+@each_algorithm_swapped
 async def test_rotation_keeps_old_tokens_only_for_the_verify_window(
     make_harness: MakeHarness, algorithm: str
 ) -> None:
@@ -379,7 +404,7 @@ async def test_rotate_with_another_secret_is_refused_and_changes_nothing(
 # --- retiring -------------------------------------------------------------------------------
 
 
-@algorithms
+@each_algorithm
 async def test_retiring_a_rotated_key_refuses_its_tokens_at_once(
     make_harness: MakeHarness, algorithm: str
 ) -> None:
@@ -452,7 +477,7 @@ async def test_retiring_the_current_key_makes_the_next_key_current(
     }
 
 
-@algorithms
+@each_algorithm_swapped
 async def test_retiring_the_next_key_publishes_another(
     make_harness: MakeHarness, algorithm: str
 ) -> None:
@@ -1100,7 +1125,9 @@ async def test_setting_a_secret_key_after_the_generated_one_keeps_the_keys(
 
 
 @pytest.mark.parametrize(
-    ("before", "after"), [("ES256", "EdDSA"), ("RS256", "ES256"), ("EdDSA", "RS256")]
+    ("database_url", "before", "after"),
+    [("sqlite", "ES256", "EdDSA"), ("postgresql", "RS256", "ES256"), ("sqlite", "EdDSA", "RS256")],
+    indirect=["database_url"],
 )
 async def test_changing_the_algorithm_rotates_and_retires_the_old_next_key(
     make_harness: MakeHarness, before: str, after: str

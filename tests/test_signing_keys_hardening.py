@@ -28,7 +28,14 @@ from authdb.services.core import CLI_CLIENT
 from authdb.services.signing_keys import AlgorithmMismatch, RotationConflict
 from tests.cli import run_cli
 from tests.conftest import PASSWORD, Harness
-from tests.signing_helpers import JWKS, OTHER_SECRET, header, key_states, me_status
+from tests.signing_helpers import (
+    JWKS,
+    OTHER_SECRET,
+    compact,
+    header,
+    key_states,
+    me_status,
+)
 
 MakeHarness = Callable[..., Awaitable[Harness]]
 
@@ -109,6 +116,73 @@ async def test_concurrent_rotations_never_leave_two_current_or_next_keys(
         states = list((await key_states(first)).values())
         assert states.count("current") == 1, states
         assert states.count("next") == 1, states
+
+
+class _CatchUpClock:
+    """Stands in for ``time`` and ``asyncio`` inside authdb.services.signing_keys: monotonic()
+    moves only when the key ring pauses, and each pause is recorded instead of slept."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+        self.pauses: list[float] = []
+
+    def monotonic(self) -> float:
+        return self.now
+
+    async def sleep(self, seconds: float) -> None:
+        self.pauses.append(seconds)
+        self.now += seconds
+        await asyncio.sleep(0)
+
+    def __getattr__(self, name: str) -> Any:  # the rest of asyncio (Lock, CancelledError...)
+        return getattr(asyncio, name)
+
+
+async def test_unknown_kids_make_the_keys_be_reread_at_most_once_a_second(
+    make_harness: MakeHarness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A token naming an unknown kid makes the app re-read the keys, but reads are at least
+    ``_CATCH_UP_SECONDS`` apart (a stream of made-up kids cannot make every request query the
+    database) and requests that come together share one read. Time is the key ring's own
+    clock, turned by hand."""
+    app = await make_harness(jwt_algorithm="ES256")
+    await app.create_user()
+    token = await _token(app)
+    keyring = app.auth.core.keyring
+    assert keyring is not None
+    clock = _CatchUpClock()
+    monkeypatch.setattr(signing_keys, "time", clock)
+    monkeypatch.setattr(signing_keys, "asyncio", clock)
+    reads: list[float] = []
+    load = signing_keys._load
+
+    async def counted(*args: Any) -> Any:
+        reads.append(clock.now)
+        return await load(*args)
+
+    monkeypatch.setattr(signing_keys, "_load", counted)
+    await keyring.reload()  # the periodic re-read, at 1000 s
+    made_up = [compact({"alg": "ES256", "kid": f"{n}" * 43}, {"sub": "1"}, None) for n in range(9)]
+
+    assert await me_status(app, token) == 200
+    assert reads == [1000.0], "a known kid reads nothing"
+    for forged in made_up[:3]:
+        clock.now += 0.25  # each comes a quarter of a second after the read before it
+        assert await me_status(app, forged) == 401
+    # Each waited for the rest of the second since the read before it, then read once.
+    assert clock.pauses == [0.75, 0.75, 0.75]
+    assert reads == [1000.0, 1001.0, 1002.0, 1003.0]
+
+    clock.now += 30  # long after the last read: no pause
+    assert await me_status(app, made_up[3]) == 401
+    assert reads[-1] == 1033.0
+
+    clock.now += 30  # five requests at once: the first reads, the others use that read
+    statuses = await asyncio.gather(*(me_status(app, forged) for forged in made_up[4:]))
+    assert statuses == [401] * 5
+    assert reads == [1000.0, 1001.0, 1002.0, 1003.0, 1033.0, 1063.0]
+    assert clock.pauses == [0.75, 0.75, 0.75]
+    assert await me_status(app, token) == 200
 
 
 def test_a_kid_beginning_with_a_dash_is_a_kid_not_an_option(tmp_path: Path) -> None:
