@@ -278,7 +278,6 @@ class NewCredential:
     aaguid: str
     backup_eligible: bool
     backed_up: bool
-    user_verified: bool
 
 
 @dataclass(frozen=True, slots=True)
@@ -323,7 +322,6 @@ def verify_registration(
         backup_eligible=verified.credential_device_type
         == structs.CredentialDeviceType.MULTI_DEVICE,
         backed_up=verified.credential_backed_up,
-        user_verified=verified.user_verified,
     )
 
 
