@@ -87,6 +87,7 @@ UNUSABLE: list[tuple[str, Any, str]] = [
     ("password_hash_memory_kib", 4, "greater than or equal to 8"),
     ("password_hash_parallelism", 0, "greater than or equal to 1"),
     ("prune_every_n_logins", 0, "greater than or equal to 1"),
+    ("log_format", "xml", "'text' or 'json'"),
 ]
 
 # Settings whose every well-typed value works; a wrong type is refused by pydantic.
@@ -99,6 +100,8 @@ ANY_VALUE_WORKS = {
     "smtp_starttls",
     "smtp_username",  # with smtp_password: see test_smtp_credentials_come_in_pairs
     "smtp_password",
+    "metrics_enabled",
+    "new_device_alerts",
 }
 
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
-from typing import Annotated, Self
+from typing import Annotated, Literal, Self
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -96,6 +96,12 @@ class Settings(BaseSettings):
     password_hash_parallelism: int = Field(1, ge=1, le=64)
     # Spend-time cleanup: prune ended sessions on roughly one login in this many.
     prune_every_n_logins: int = Field(100, ge=1, le=1_000_000)
+
+    # Operations: Prometheus metrics at /metrics (needs the `metrics` extra), log lines as
+    # plain text or JSON objects, and an email when a sign-in comes from a new device.
+    metrics_enabled: bool = False
+    log_format: Literal["text", "json"] = "text"
+    new_device_alerts: bool = False
 
     @field_validator(
         "trusted_proxies",

@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-import copy
 import os
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
 
@@ -14,8 +13,10 @@ from authdb.cli import keys as keys_cli
 from authdb.cli import users as users_cli
 from authdb.cli.audit import audit
 from authdb.cli.common import fail, read_password, run, settings
+from authdb.cli.doctor import doctor
 from authdb.db import migrate as migrations
 from authdb.db.engine import async_url, create_engine, is_sqlite
+from authdb.logs import uvicorn_log_config
 from authdb.services import provisioning, sessions
 from authdb.services.core import CLI_CLIENT
 
@@ -27,6 +28,7 @@ app.add_typer(keys_cli.app, name="keys")
 sessions_app = typer.Typer(help="Session maintenance.", no_args_is_help=True)
 app.add_typer(sessions_app, name="sessions")
 app.command()(audit)
+app.command()(doctor)
 
 
 @app.command()
@@ -64,7 +66,7 @@ def serve(
         # httptools parses a huge request head in quadratic time, stalling every connection;
         # this protocol answers 431 once a head passes 64 KiB (see authdb.http.server).
         http="authdb.http.server:HeadLimitedProtocol",
-        log_config=_log_config(),
+        log_config=uvicorn_log_config(config.log_format),
         # Off by default: a line per request costs about a quarter of /users/me's throughput.
         access_log=access_log,
     )
@@ -80,15 +82,6 @@ def listening_url(host: str, port: int) -> str:
     if ":" in host:
         host = f"[{host}]"
     return f"http://{host}:{port}"
-
-
-def _log_config() -> dict[str, Any]:
-    """Uvicorn's logging, plus authdb's own loggers (warnings, and mail in development)."""
-    from uvicorn.config import LOGGING_CONFIG
-
-    config = copy.deepcopy(LOGGING_CONFIG)
-    config["loggers"]["authdb"] = {"handlers": ["default"], "level": "INFO", "propagate": False}
-    return config
 
 
 def _service_app():  # type: ignore[no-untyped-def]

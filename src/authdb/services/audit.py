@@ -1,16 +1,109 @@
-"""The audit trail of security events."""
+"""The audit trail of security events, and the subscribers told of them once committed.
+
+``record`` adds an event to the caller's transaction. When that transaction commits, each
+subscriber (log lines, metrics, the application's hooks) gets a :class:`SecurityEvent`; a
+transaction that rolls back tells nobody, so no one hears of an event the trail does not hold.
+"""
 
 from __future__ import annotations
 
+import json
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from datetime import datetime
+from typing import Any
 
+from sqlalchemy import event as orm_event
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import Session
 
 from authdb.db.models import MAX_ID, AuditEvent, User
 from authdb.errors import NotFound
 from authdb.services.core import ClientInfo, Core
 from authdb.services.users import find_by_login
+
+log = logging.getLogger("authdb.audit")
+
+# Session.info key of the events recorded in the session's current transaction.
+_PENDING = "authdb_pending_events"
+
+
+@dataclass(frozen=True)
+class SecurityEvent:
+    """A committed audit event, as subscribers see it (``detail`` never holds a secret)."""
+
+    name: str
+    time: datetime
+    user_id: int | None
+    actor_id: int | None
+    ip_address: str | None
+    user_agent: str | None
+    detail: dict[str, Any] = field(default_factory=dict)
+
+
+Subscriber = Callable[[SecurityEvent], None]
+_subscribers: list[Subscriber] = []
+
+
+def subscribe(subscriber: Subscriber) -> Callable[[], None]:
+    """Call ``subscriber`` with every event of this process once its transaction commits.
+
+    It runs in the committing task and must be quick and not block; an exception it raises
+    is logged and otherwise ignored. Returns a function that unsubscribes it.
+    """
+    _subscribers.append(subscriber)
+
+    def unsubscribe() -> None:
+        if subscriber in _subscribers:
+            _subscribers.remove(subscriber)
+
+    return unsubscribe
+
+
+def _log_line(item: SecurityEvent) -> None:
+    """One INFO line on ``authdb.audit``: ``login_ok user=3 ip=... ua="..." reason=...``;
+    the fields also ride along as ``extra`` for JSON logs (``authdb.logs``)."""
+    fields = {
+        "user": item.user_id,
+        "actor": item.actor_id,
+        "ip": item.ip_address,
+        "ua": item.user_agent,
+        **item.detail,
+    }
+    text = " ".join(
+        f"{key}={json.dumps(value, ensure_ascii=False) if isinstance(value, str) else value}"
+        for key, value in fields.items()
+        if value is not None
+    )
+    extra = {
+        "event": item.name,
+        "user_id": item.user_id,
+        "actor_id": item.actor_id,
+        "ip_address": item.ip_address,
+        "user_agent": item.user_agent,
+        "detail": item.detail or None,
+    }
+    log.info("%s %s", item.name, text, extra=extra)
+
+
+@orm_event.listens_for(Session, "after_commit")
+def _announce(session: Session) -> None:
+    events: list[SecurityEvent] = session.info.pop(_PENDING, [])
+    for item in events:
+        if log.isEnabledFor(logging.INFO):
+            _log_line(item)
+        for subscriber in list(_subscribers):
+            try:
+                subscriber(item)
+            except Exception:
+                log.exception("a subscriber to security events failed on %s", item.name)
+
+
+@orm_event.listens_for(Session, "after_rollback")
+def _forget(session: Session) -> None:
+    session.info.pop(_PENDING, None)
 
 
 def record(
@@ -25,6 +118,7 @@ def record(
 ) -> None:
     """Add an event to the caller's transaction. ``detail`` must never hold a secret."""
     client = client or ClientInfo()
+    user_agent = (client.user_agent or "")[:512] or None
     db.add(
         AuditEvent(
             created_at=now,
@@ -32,10 +126,14 @@ def record(
             user_id=user_id,
             actor_id=actor_id,
             ip_address=client.ip_address,
-            user_agent=(client.user_agent or "")[:512] or None,
+            user_agent=user_agent,
             detail=detail or None,
         )
     )
+    announced = SecurityEvent(
+        event, now, user_id, actor_id, client.ip_address, user_agent, dict(detail)
+    )
+    db.sync_session.info.setdefault(_PENDING, []).append(announced)
 
 
 async def list_events(
