@@ -1,4 +1,4 @@
-"""``authdb audit``: print the security event log."""
+"""``authdb audit``: print the security event log; ``authdb audit verify``: check its chain."""
 
 from __future__ import annotations
 
@@ -83,7 +83,12 @@ def format_table(events: list[AuditEvent]) -> str:
     )
 
 
+app = typer.Typer(help="The security event log.")
+
+
+@app.callback(invoke_without_command=True)
 def audit(
+    ctx: typer.Context,
     user: Annotated[
         str | None, typer.Option(help="Only this user's events: a username, an email or an id.")
     ] = None,
@@ -100,6 +105,8 @@ def audit(
     as_json: Annotated[bool, typer.Option("--json", help="Print a JSON array.")] = False,
 ) -> None:
     """Print security events (logins, lockouts, logouts, token reuse ...), oldest first."""
+    if ctx.invoked_subcommand is not None:
+        return
     try:
         start = parse_since(since, datetime.now(UTC)) if since else None
     except ValueError as exc:

@@ -9,9 +9,9 @@ from typing import Annotated
 import typer
 
 from authdb.auth import Auth
+from authdb.cli import audit as audit_cli
 from authdb.cli import keys as keys_cli
 from authdb.cli import users as users_cli
-from authdb.cli.audit import audit
 from authdb.cli.common import fail, read_password, run, settings
 from authdb.cli.doctor import doctor
 from authdb.db import migrate as migrations
@@ -27,7 +27,7 @@ app.add_typer(users_cli.app, name="users")
 app.add_typer(keys_cli.app, name="keys")
 sessions_app = typer.Typer(help="Session maintenance.", no_args_is_help=True)
 app.add_typer(sessions_app, name="sessions")
-app.command()(audit)
+app.add_typer(audit_cli.app, name="audit")
 app.command()(doctor)
 
 
