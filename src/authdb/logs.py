@@ -63,6 +63,29 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(entry, default=str, ensure_ascii=False)
 
 
+class RedactQuery(logging.Filter):
+    """Blanks every query value in uvicorn's access lines (``/verify?token=[redacted]``).
+
+    Emailed links carry their token in the query string, so a request line is a secret;
+    the parameter names stay, which is what a reader of access logs needs.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        args = record.args
+        if isinstance(args, tuple) and len(args) == 5 and isinstance(args[2], str):
+            record.args = (*args[:2], redact_query(args[2]), *args[3:])
+        return True
+
+
+def redact_query(path: str) -> str:
+    """``/reset?token=abc&x=1`` → ``/reset?token=[redacted]&x=[redacted]``."""
+    base, mark, query = path.partition("?")
+    if not mark:
+        return path
+    names = (part.partition("=")[0] for part in query.split("&") if part)
+    return base + "?" + "&".join(f"{name}=[redacted]" for name in names)
+
+
 def formatter_class(log_format: LogFormat) -> type[logging.Formatter]:
     return JsonFormatter if log_format == "json" else TextFormatter
 
@@ -71,17 +94,18 @@ def uvicorn_log_config(log_format: LogFormat, *, level: str = "INFO") -> dict[st
     """A ``logging.config.dictConfig`` for ``authdb serve``: uvicorn's loggers and authdb's,
     each line in ``log_format``, to standard error."""
     name = f"{__name__}.{formatter_class(log_format).__name__}"
-    handler = {"class": "logging.StreamHandler", "formatter": "line", "stream": "ext://sys.stderr"}
-    quiet = {"handlers": ["default"], "level": level, "propagate": False}
+    stream = {"class": "logging.StreamHandler", "formatter": "line", "stream": "ext://sys.stderr"}
+    own = {"handlers": ["default"], "level": level, "propagate": False}
     return {
         "version": 1,
         "disable_existing_loggers": False,
         "formatters": {"line": {"()": name}},
-        "handlers": {"default": handler},
+        "filters": {"redact_query": {"()": f"{__name__}.RedactQuery"}},
+        "handlers": {"default": stream, "access": {**stream, "filters": ["redact_query"]}},
         "loggers": {
-            "uvicorn": quiet,
+            "uvicorn": own,
             "uvicorn.error": {"level": level},
-            "uvicorn.access": quiet,
-            "authdb": quiet,
+            "uvicorn.access": {**own, "handlers": ["access"]},
+            "authdb": own,
         },
     }
