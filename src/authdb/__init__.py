@@ -14,7 +14,7 @@ if TYPE_CHECKING:
     from authdb.settings import Settings
 
 __all__ = ["Auth", "SchemaOutOfDate", "Settings"]
-__version__ = "0.1.0"
+__version__ = "0.2.0"  # also in pyproject.toml; tests check they agree
 
 _LAZY = {"Auth": "authdb.auth", "SchemaOutOfDate": "authdb.auth", "Settings": "authdb.settings"}
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from fastapi import FastAPI
 from fastapi.responses import RedirectResponse
 
+from authdb import __version__
 from authdb.auth import Auth
 from authdb.http import methods
 from authdb.http.errors import install_error_handlers
@@ -19,7 +20,7 @@ def create_app(settings: Settings | None = None, *, auth: Auth | None = None) ->
     auth = auth or Auth(settings)
     # FastAPI's own /docs and /redoc load their assets from a CDN: ours are served locally.
     app = FastAPI(
-        title="authdb", version="0.1.0", lifespan=auth.lifespan, docs_url=None, redoc_url=None
+        title="authdb", version=__version__, lifespan=auth.lifespan, docs_url=None, redoc_url=None
     )
     app.state.auth = auth
     install_error_handlers(app)

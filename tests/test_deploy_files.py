@@ -1,0 +1,95 @@
+"""The files a deployment starts from: what they run must be what the tests run.
+
+Images cannot be built on the test machine, so these tests check what can be checked without
+a container engine: every command the Dockerfile and docker-compose.yml give authdb parses as
+the real CLI parses it, every variable they set is a real setting, and the version and
+licence agree everywhere they are stated.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import tomllib
+from pathlib import Path
+from typing import Any
+
+import pytest
+import typer.main
+import yaml
+
+import authdb
+from authdb.cli.main import app as cli_app
+from authdb.settings import Settings
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _parse(args: list[str]) -> str:
+    """Parse ``authdb ARGS`` as the console script would, running nothing; return the
+    sub-command's name. An unknown command or option or a bad value raises a usage error."""
+    # Typer (0.29) carries its own copy of click: its classes, not the installed click's.
+    group: Any = typer.main.get_command(cli_app)
+    with group.make_context("authdb", list(args)) as context:
+        name, command, rest = group.resolve_command(
+            context, [*context._protected_args, *context.args]
+        )
+        assert command is not None and name is not None
+        command.make_context(name, rest, parent=context).close()
+        return name
+
+
+def _docker_json(instruction: str) -> list[str]:
+    text = (ROOT / "Dockerfile").read_text()
+    found = re.search(rf"^{instruction} (\[.*\])$", text, re.MULTILINE)
+    assert found is not None, f"no exec-form {instruction} in the Dockerfile"
+    return list(json.loads(found.group(1)))
+
+
+def _compose() -> dict[str, dict[str, object]]:
+    services = yaml.safe_load((ROOT / "docker-compose.yml").read_text())["services"]
+    return dict(services)
+
+
+def test_the_image_runs_authdb_serve_as_an_unprivileged_user() -> None:
+    assert _docker_json("ENTRYPOINT") == ["authdb"]
+    assert _parse(_docker_json("CMD")) == "serve"
+    text = (ROOT / "Dockerfile").read_text()
+    users = re.findall(r"^USER (\S+)$", text, re.MULTILINE)
+    assert users and users[-1] not in ("root", "0")
+    assert text.count("\nFROM ") + text.startswith("FROM ") >= 2  # multi-stage
+
+
+def test_every_compose_command_parses_and_every_variable_is_a_setting() -> None:
+    known = {f"AUTHDB_{name.upper()}" for name in Settings.model_fields}
+    commands = []
+    for name, service in _compose().items():
+        if "build" not in service:
+            continue
+        commands.append(_parse(list(service["command"])))  # type: ignore[call-overload]
+        environment = service.get("environment") or {}
+        assert isinstance(environment, dict)
+        unknown = set(environment) - known
+        assert not unknown, f"{name}: {unknown}"
+    assert sorted(commands) == ["migrate", "serve"]
+
+
+@pytest.mark.parametrize(
+    "args", [["serve", "--no-such-option"], ["serve", "--port", "http"], ["serv"]]
+)
+def test_the_parser_used_above_refuses_what_the_cli_refuses(args: list[str]) -> None:
+    with pytest.raises(Exception) as refused:  # click's UsageError (vendored)
+        _parse(args)
+    assert getattr(refused.value, "exit_code", None) == 2  # a usage error
+
+
+def test_version_and_licence_agree_everywhere() -> None:
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    assert project["version"] == authdb.__version__
+    assert project["license"] == "MIT"  # an SPDX expression, not the deprecated table
+    assert (ROOT / "LICENSE").read_text().startswith("MIT License")
+    assert f"## {authdb.__version__}" in (ROOT / "CHANGELOG.md").read_text()
+    from authdb.app import create_app
+
+    settings = Settings(_env_file=None, database_url="sqlite+aiosqlite:////tmp/never-opened.db")  # type: ignore[call-arg]
+    assert create_app(settings).version == authdb.__version__
