@@ -14,6 +14,7 @@ import tomllib
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 import typer.main
 import yaml
@@ -93,3 +94,29 @@ def test_version_and_licence_agree_everywhere() -> None:
 
     settings = Settings(_env_file=None, database_url="sqlite+aiosqlite:////tmp/never-opened.db")  # type: ignore[call-arg]
     assert create_app(settings).version == authdb.__version__
+
+
+def test_behind_a_proxy_that_strips_a_prefix_links_keep_it(tmp_path: Path) -> None:
+    """``serve --root-path /auth``: what a proxy forwarding /auth/* as /* needs."""
+    from tests.test_serve import serving
+
+    env = {"AUTHDB_DATABASE_URL": f"sqlite+aiosqlite:///{tmp_path / 'authdb.db'}"}
+    with serving(tmp_path, env, "--root-path", "/auth/") as base:
+        home = httpx.get(f"{base}/")
+        assert home.status_code == 303 and home.headers["location"] == "/auth/account"
+        account = httpx.get(f"{base}/account")
+        assert account.headers["location"] == "/auth/login?next=/auth/account"
+        login = httpx.get(f"{base}/login").text
+        assert 'action="/auth/login"' in login and 'href="/auth/register"' in login
+        docs = httpx.get(f"{base}/docs").text
+        assert "/auth/openapi.json" in docs
+    log = next(tmp_path.glob("serve-*.log")).read_text()
+    assert "/auth" in log  # the summary says where it is served
+
+
+def test_a_root_path_must_be_a_path(tmp_path: Path) -> None:
+    from tests.cli import run_cli
+
+    refused = run_cli(["serve", "--root-path", "auth?x"], env={}, cwd=tmp_path)
+    assert refused.returncode == 2 and "not a path such as /auth" in refused.stderr
+    assert not (tmp_path / "authdb.db").exists()

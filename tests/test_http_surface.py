@@ -316,6 +316,7 @@ EXPECTED_ERRORS: dict[tuple[str, str], set[int]] = {
     ("post", "/logout"): {401, 422, 503},
     ("get", "/users/me"): {400, 401, 503},
     ("get", "/users/me/sessions"): {401, 503},
+    ("get", "/users/me/events"): {401, 422, 503},
     ("delete", "/users/me/sessions/{session_id}"): {401, 404, 422, 503},
     ("post", "/register"): {403, 409, 422, 429, 503},
     ("post", "/verify/request"): {422, 429, 503},

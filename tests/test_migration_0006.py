@@ -107,7 +107,7 @@ async def test_a_0005_database_upgrades_in_place_and_down_again(database_url: st
         await _add_challenge(engine)
         assert "passkeys" not in (await _inspect(engine))["tables"]
         await migrate.upgrade(engine)
-        assert await migrate.current_revision(engine) == "0006"
+        assert await migrate.current_revision(engine) == migrate.head_revision()  # 0006 or later
         assert await _rows(engine, SESSIONS_QUERY) == sessions
         assert [row[0] for row in await _rows(engine, "SELECT username FROM users")] == list(USERS)
         # The challenge in flight was opened by a password: a passkey may complete it.

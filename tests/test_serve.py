@@ -53,6 +53,8 @@ def _wait_healthy(base: str, process: subprocess.Popen[bytes]) -> None:
 
 
 def test_serve_with_zero_configuration(tmp_path: Path) -> None:
+    # Only serve and migrate create the database; createuser in an empty folder would refuse.
+    assert run_cli(["migrate"], env={}, cwd=tmp_path).returncode == 0
     created = run_cli(
         ["createuser", "--username", "alice", "--email", "alice@example.com", "--password-stdin"],
         env={},

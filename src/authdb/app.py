@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from fastapi import FastAPI
+from fastapi import FastAPI, Request
 from fastapi.responses import RedirectResponse
 
 from authdb import __version__
 from authdb.auth import Auth
-from authdb.http import methods
+from authdb.http import methods, metrics_middleware
 from authdb.http.errors import install_error_handlers
 from authdb.http.middleware import install_middleware
 from authdb.http.openapi import SERVICE_ERRORS
@@ -26,6 +26,8 @@ def create_app(settings: Settings | None = None, *, auth: Auth | None = None) ->
     install_error_handlers(app)
     methods.install(app)
     install_middleware(app, auth.settings)
+    if auth.settings.metrics_enabled:  # outermost: it times and counts the others' answers too
+        metrics_middleware.install(app)
     # The service's middleware can refuse any request (413, 431): every route says so.
     app.include_router(auth.ops_router, responses=SERVICE_ERRORS)
     if auth.settings.pages_enabled:
@@ -33,9 +35,11 @@ def create_app(settings: Settings | None = None, *, auth: Auth | None = None) ->
         app.include_router(auth.pages_router)
 
         @app.get("/", include_in_schema=False)
-        async def home() -> RedirectResponse:
+        async def home(request: Request) -> RedirectResponse:
             """A person opening the service's address lands on their account (or sign-in)."""
-            return RedirectResponse(app.url_path_for("authdb_page_account"), status_code=303)
+            # url_for, unlike app.url_path_for, keeps a --root-path a reverse proxy strips.
+            account = request.url_for("authdb_page_account").path
+            return RedirectResponse(account, status_code=303)
 
     app.include_router(auth.router, responses=SERVICE_ERRORS)
     docs.install(app)

@@ -7,12 +7,13 @@ from contextlib import asynccontextmanager
 
 from fastapi import APIRouter, FastAPI
 
+from authdb import settings_env
 from authdb.db import migrate
 from authdb.db.engine import PoolBudget, async_url, create_engine, create_sessionmaker, is_sqlite
 from authdb.db.session_reader import create_reader
 from authdb.http import pages
 from authdb.http.dependencies import AuthDeps
-from authdb.http.routers import accounts, admin, discovery, me, mfa, ops, passkeys, tokens
+from authdb.http.routers import accounts, admin, discovery, events, me, mfa, ops, passkeys, tokens
 from authdb.mail import Mailer
 from authdb.passwords import Hasher
 from authdb.ratelimit import RateLimits
@@ -37,6 +38,7 @@ class Auth:
 
     def __init__(self, settings: Settings | None = None, *, auto_migrate: bool | None = None):
         self.settings = settings or Settings()
+        settings_env.log_unknown(self.settings)  # a mistyped AUTHDB_ variable gets a word
         url = self.settings.database_url
         sqlite = is_sqlite(async_url(url))
         # AUTHDB_DATABASE_POOL_SIZE caps everything this process holds: both pools together.
@@ -68,6 +70,7 @@ class Auth:
             tokens.build,
             discovery.build,
             me.build,
+            events.build,
             mfa.build,
             passkeys.build,
             accounts.build,
@@ -87,7 +90,7 @@ class Auth:
             await migrate.upgrade(self.core.engine)
         elif not await migrate.is_up_to_date(self.core.engine):
             raise SchemaOutOfDate("the database schema is out of date: run `authdb migrate`")
-        self.core.secret = await load_signing_key(self.core)
+        self.core.secret = await load_signing_key(self.core, warn=issue_tokens)
         self.core.secret_fallbacks = await load_fallback_keys(self.core)
         if not issue_tokens:
             return

@@ -86,6 +86,12 @@ def redact_query(path: str) -> str:
     return base + "?" + "&".join(f"{name}=[redacted]" for name in names)
 
 
+def json_line(level: str, message: str, logger: str = "authdb.serve") -> str:
+    """``message`` as one line that :class:`JsonFormatter` would have written."""
+    record = logging.makeLogRecord({"name": logger, "levelname": level, "msg": message})
+    return JsonFormatter().format(record)
+
+
 def formatter_class(log_format: LogFormat) -> type[logging.Formatter]:
     return JsonFormatter if log_format == "json" else TextFormatter
 

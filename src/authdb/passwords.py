@@ -4,21 +4,44 @@ from __future__ import annotations
 
 import gzip
 import secrets
+import time
 import unicodedata
-from functools import cache
+from collections.abc import Callable
+from functools import cache, wraps
 from importlib import resources
+from typing import ParamSpec, TypeVar
 
 import anyio
 from pwdlib import PasswordHash
 from pwdlib.hashers.argon2 import Argon2Hasher
 from pwdlib.hashers.bcrypt import BcryptHasher
 
+from authdb import metrics
 from authdb.names import control_character
 from authdb.settings import Settings
 
 MIN_LENGTH = 8
 MAX_LENGTH = 1024
 _BCRYPT_MAX_BYTES = 72
+_P = ParamSpec("_P")
+_T = TypeVar("_T")
+
+
+def _timed(op: str) -> Callable[[Callable[_P, _T]], Callable[_P, _T]]:
+    """Report each call's seconds as password work ``op`` (authdb_password_hash_seconds)."""
+
+    def decorate(work: Callable[_P, _T]) -> Callable[_P, _T]:
+        @wraps(work)
+        def timed(*args: _P.args, **kwargs: _P.kwargs) -> _T:
+            started = time.perf_counter()
+            try:
+                return work(*args, **kwargs)
+            finally:
+                metrics.password_hashed(op, time.perf_counter() - started)
+
+        return timed
+
+    return decorate
 
 
 def normalize_password(password: str) -> str:
@@ -58,7 +81,11 @@ class Hasher:
     async def hash(self, password: str) -> str:
         """An argon2id hash of the normalized ``password``."""
         normalized = normalize_password(password)
-        return await anyio.to_thread.run_sync(self._hash.hash, normalized, limiter=self._limiter)
+        return await anyio.to_thread.run_sync(self._new_hash, normalized, limiter=self._limiter)
+
+    @_timed("hash")
+    def _new_hash(self, password: str) -> str:
+        return self._hash.hash(password)
 
     async def verify(self, password: str, hashed: str | None) -> tuple[bool, str | None]:
         """Check ``password``; returns (ok, new hash if the stored one should be replaced).
@@ -73,6 +100,7 @@ class Hasher:
             self._verify_and_update, password, hashed, limiter=self._limiter
         )
 
+    @_timed("verify")
     def _verify_and_update(self, password: str, hashed: str) -> tuple[bool, str | None]:
         normalized = normalize_password(password)
         ok, new_hash = self._verify_one(normalized, hashed)
@@ -95,6 +123,7 @@ class Hasher:
             self._hash.verify(password, self._dummy_hash)  # and costs what a wrong one does
             return False, None
 
+    @_timed("verify")
     def _verify_dummy(self, password: str) -> None:
         # As many verifications as a wrong password for a real account costs.
         normalized = normalize_password(password)

@@ -25,7 +25,9 @@ from limits.aio.storage import Storage
 from limits.aio.strategies import MovingWindowRateLimiter
 from limits.storage import storage_from_string
 
+from authdb import metrics
 from authdb.errors import TooManyRequests
+from authdb.extras import require_redis
 from authdb.services.core import ClientInfo
 from authdb.settings import Settings
 
@@ -109,6 +111,27 @@ class Breaker:
         self._open_until = self._clock() + self.period
 
 
+# Each budget and the setting that sizes it.
+_BUDGET_SETTINGS = {
+    "login_failures": "rate_limit_login_failures",
+    "register": "rate_limit_register",
+    "email": "rate_limit_email_requests",
+    "email_address": "rate_limit_email_requests_per_address",
+}
+
+
+def _budget(settings: Settings, name: str) -> RateLimitItem:
+    """The parsed budget; ValueError naming the variable (``Settings`` checks it already, but
+    a value assigned after validation reaches here unchecked)."""
+    value = getattr(settings, name)
+    try:
+        return parse(value)
+    except ValueError:
+        raise ValueError(
+            f"AUTHDB_{name.upper()}: {value!r} is not a rate limit like '20/minute'"
+        ) from None
+
+
 class RateLimits:
     """The named budgets of the spec, checked with ``check`` and spent with ``hit``.
 
@@ -117,6 +140,8 @@ class RateLimits:
     """
 
     def __init__(self, settings: Settings, *, clock: Callable[[], float] = time.monotonic) -> None:
+        if settings.redis_url:
+            require_redis()  # MissingExtra naming authdb[redis], not limits' own ImportError
         uri = storage_uri(settings.redis_url)
         options = _redis_options(settings.redis_timeout_seconds) if settings.redis_url else {}
         storage = storage_from_string(uri, key_prefix=settings.redis_key_prefix, **options)
@@ -129,22 +154,21 @@ class RateLimits:
         self._in_flight: dict[tuple[str, str], int] = {}
         self._attempt_ended = asyncio.Event()
         self._items: dict[str, RateLimitItem] = {
-            "login_failures": parse(settings.rate_limit_login_failures),
-            "register": parse(settings.rate_limit_register),
-            "email": parse(settings.rate_limit_email_requests),
-            "email_address": parse(settings.rate_limit_email_requests_per_address),
+            budget: _budget(settings, name) for budget, name in _BUDGET_SETTINGS.items()
         }
 
     async def check(self, budget: str, key: str) -> None:
         """Raise TooManyRequests when ``key`` has used up ``budget``, without spending it."""
         item = self._items[budget]
         if not await self._ask(self._limiter.test, item, budget, key):
+            metrics.rate_limited(budget)
             raise TooManyRequests(await self._retry_after(item, budget, key))
 
     async def hit(self, budget: str, key: str) -> None:
         """Spend one unit of ``budget``; raise TooManyRequests when none was left."""
         item = self._items[budget]
         if not await self._ask(self._limiter.hit, item, budget, key):
+            metrics.rate_limited(budget)
             raise TooManyRequests(await self._retry_after(item, budget, key))
 
     @asynccontextmanager
@@ -170,6 +194,7 @@ class RateLimits:
                 break
             self._unclaim(slot)
             if in_flight == 1 or not await self._ask(self._limiter.test, item, budget, key):
+                metrics.rate_limited(budget)
                 raise TooManyRequests(await self._retry_after(item, budget, key))
             await ended.wait()
         try:

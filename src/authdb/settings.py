@@ -3,10 +3,18 @@
 from __future__ import annotations
 
 import ipaddress
-from typing import Annotated, Literal, Self
+from typing import Annotated, Any, Literal, Self
 
-from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic import (
+    Field,
+    PrivateAttr,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+from pydantic_settings.sources import ENV_FILE_SENTINEL, DotenvType
 
 from authdb import settings_checks as checks
 
@@ -19,6 +27,33 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="AUTHDB_", env_file=".env", extra="ignore", hide_input_in_errors=True
     )
+
+    # The .env file(s) read (``_env_file=`` or the default), to look for unknown variables.
+    _env_file: DotenvType | None = PrivateAttr(default=None)
+    # The settings given to ``Settings()`` itself, which win over the environment.
+    _arguments: frozenset[str] = PrivateAttr(default=frozenset())
+
+    def __init__(self, **values: Any) -> None:
+        try:
+            super().__init__(**values)
+        except ValidationError as exc:
+            # Each problem names its AUTHDB_ variable, in the library as in the CLI.
+            raise checks.InvalidSettings.naming(exc) from None
+        self._arguments = frozenset(name for name in values if not name.startswith("_"))
+        env_file = values.get("_env_file", ENV_FILE_SENTINEL)
+        self._env_file = (
+            self.model_config.get("env_file") if env_file is ENV_FILE_SENTINEL else env_file
+        )
+
+    @property
+    def env_file(self) -> DotenvType | None:
+        """The .env file(s) these settings were read from (whether or not they exist)."""
+        return self._env_file
+
+    @property
+    def arguments(self) -> frozenset[str]:
+        """The settings given as arguments to ``Settings()``, rather than read."""
+        return self._arguments
 
     database_url: str = "sqlite+aiosqlite:///./authdb.db"
     # None means: generate once and keep it in the database, so every worker agrees on it.

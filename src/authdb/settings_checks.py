@@ -9,11 +9,14 @@ from __future__ import annotations
 
 import re
 import unicodedata
+from collections.abc import Callable
 from email import policy
 from pathlib import Path
 from urllib.parse import SplitResult, urlsplit
 
 from limits import parse_many
+from pydantic import ValidationError
+from pydantic_core import ErrorDetails
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
@@ -210,3 +213,45 @@ def host(value: str) -> str:
     if any(ch.isspace() for ch in value) or "/" in value:
         raise ValueError(f"{value!r} is not a host name or address (no scheme, no path)")
     return value
+
+
+def variable(field: str) -> str:
+    """The environment variable of a setting: ``smtp_port`` is ``AUTHDB_SMTP_PORT``."""
+    return f"AUTHDB_{field.upper()}"
+
+
+def problem(error: ErrorDetails, name: Callable[[str], str] = variable) -> str:
+    """``NAME: reason`` for one validation error, ``name`` naming the setting's field.
+
+    The setting is the error's first location only (``cors_origins.1`` is still
+    AUTHDB_CORS_ORIGINS); a check across settings has no location and names them itself.
+    """
+    message = error["msg"]
+    if error["type"] == "value_error":
+        message = message.removeprefix("Value error, ")
+    message = " ".join(message.split())
+    if not error["loc"]:
+        return message
+    return f"{name(str(error['loc'][0]))}: {message}"
+
+
+class InvalidSettings(ValidationError):
+    """pydantic's ValidationError (``errors()`` as usual) whose message names each variable:
+    ``invalid settings: AUTHDB_SMTP_PORT (smtp_port): Input should be ...``."""
+
+    def __str__(self) -> str:
+        problems = [problem(error, _variable_and_field) for error in self.errors()]
+        return f"invalid settings: {'; '.join(problems)}"
+
+    @classmethod
+    def naming(cls, error: ValidationError) -> ValidationError:
+        """``error`` as an InvalidSettings (itself should pydantic refuse the conversion)."""
+        try:
+            details = error.errors()
+            return cls.from_exception_data(error.title, details, hide_input=True)  # type: ignore[arg-type]
+        except Exception:  # an error type pydantic cannot rebuild: the original says enough
+            return error
+
+
+def _variable_and_field(field: str) -> str:
+    return f"{variable(field)} ({field})"

@@ -13,10 +13,12 @@ from authdb.auth import Auth
 from authdb.cli.common import fail, run
 from authdb.db.models import AuditEvent
 from authdb.services import audit as audit_service
+from authdb.services import audit_chain
 
 _RELATIVE = re.compile(r"^(\d{1,9})\s*([smhdw])$")
 _UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
 _COLUMNS = ("time", "event", "user", "actor", "ip", "user_agent", "detail")
+_HEX_HASH = re.compile(r"^[0-9a-f]{64}$")
 
 
 def parse_since(value: str, now: datetime) -> datetime:
@@ -125,3 +127,32 @@ def audit(
         typer.echo(format_table(events))
     else:
         typer.echo("no events", err=True)
+
+
+@app.command("verify")
+def verify(
+    head: Annotated[
+        str | None,
+        typer.Option(
+            help="A head hash printed by an earlier verify: also fail unless the chain still "
+            "passes through it (catches deleted newest events and a rewritten trail).",
+        ),
+    ] = None,
+) -> None:
+    """Check the audit trail's hash chain: "ok", or the first event where it breaks (exit 1)."""
+    expected = head.strip().lower() if head is not None else None
+    if expected is not None and not _HEX_HASH.match(expected):
+        fail(f"invalid --head {head!r}: expected 64 hexadecimal digits")
+
+    async def _verify(auth: Auth) -> audit_chain.ChainReport:
+        return await audit_chain.verify(auth.core, passes_through=expected)
+
+    report = run(_verify)
+    if report.broken_at is not None:
+        fail(f"audit chain broken at event {report.broken_at} ({report.reason})")
+    if expected is not None and not report.passed_through:
+        fail(
+            f"audit chain does not pass through head {expected}: events were deleted, "
+            "or the trail was rewritten"
+        )
+    typer.echo(f"ok: {report.count} events, head {report.head}")

@@ -3,20 +3,33 @@
 from __future__ import annotations
 
 import asyncio
+import atexit
 import os
 from typing import Annotated
 
 import typer
 
+from authdb import metrics, settings_env
 from authdb.auth import Auth
 from authdb.cli import audit as audit_cli
 from authdb.cli import keys as keys_cli
+from authdb.cli import summary
 from authdb.cli import users as users_cli
-from authdb.cli.common import fail, read_password, run, settings
+from authdb.cli.common import (
+    existing_database_settings,
+    fail,
+    read_password,
+    run,
+    settings,
+    warn_unknown_settings,
+)
+from authdb.cli.config import config as config_command
+from authdb.cli.config import print_version
 from authdb.cli.doctor import doctor
 from authdb.db import migrate as migrations
 from authdb.db.engine import async_url, create_engine, is_sqlite
-from authdb.logs import uvicorn_log_config
+from authdb.extras import MissingExtra
+from authdb.logs import json_line, uvicorn_log_config
 from authdb.services import provisioning, sessions
 from authdb.services.core import CLI_CLIENT
 
@@ -29,6 +42,32 @@ sessions_app = typer.Typer(help="Session maintenance.", no_args_is_help=True)
 app.add_typer(sessions_app, name="sessions")
 app.add_typer(audit_cli.app, name="audit")
 app.command()(doctor)
+app.command("config")(config_command)
+
+
+@app.callback()
+def _main(
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version", callback=print_version, is_eager=True, help="Print the version and exit."
+        ),
+    ] = False,
+) -> None:
+    """authdb: database-backed user authentication for FastAPI."""
+    warn_unknown_settings()
+
+
+def _root_path(value: str) -> str:
+    """``/auth`` (a trailing slash dropped); empty means none."""
+    value = value.rstrip("/")
+    if value and (
+        not value.startswith("/")
+        or "//" in value
+        or any(not ch.isprintable() or ch.isspace() or ch in "?#%\\" for ch in value)
+    ):
+        raise typer.BadParameter(f"{value!r} is not a path such as /auth")
+    return value
 
 
 @app.command()
@@ -42,6 +81,13 @@ def serve(
             "--access-log", help="Log every request (security events always go to the audit table)."
         ),
     ] = False,
+    root_path: Annotated[
+        str,
+        typer.Option(
+            help="The path prefix a reverse proxy strips before passing requests on, e.g. /auth.",
+            callback=_root_path,
+        ),
+    ] = "",
 ) -> None:
     """Run the authdb service (SQLite is migrated first; other databases must be current)."""
     import uvicorn
@@ -51,10 +97,29 @@ def serve(
         asyncio.run(_prepare_database(config.database_url, config.database_pgbouncer))
     except Exception as exc:
         fail(f"cannot start: {str(exc).splitlines()[0]}")
-    if "public_url" not in config.model_fields_set:
+    public_url_derived = "public_url" not in config.model_fields_set
+    if public_url_derived:
         # Links in emails and pages must reach this server: without AUTHDB_PUBLIC_URL, the
         # address it listens on (the workers read the variable from this environment).
         os.environ["AUTHDB_PUBLIC_URL"] = listening_url(host, port)
+    lines, warnings = summary.serve_summary(
+        config,
+        host=host,
+        port=port,
+        workers=workers,
+        public_url=listening_url(host, port) if public_url_derived else None,
+        root_path=root_path,
+    )
+    if config.log_format == "json":  # a log shipper reads these lines too
+        typer.echo(json_line("INFO", "\n".join(line.strip() for line in lines)))
+        for warning in warnings:
+            typer.echo(json_line("WARNING", warning), err=True)
+    else:
+        typer.echo("\n".join(lines))
+        for warning in warnings:
+            typer.echo(f"warning: {warning}", err=True)
+    if config.metrics_enabled:
+        _share_metrics(workers)
     uvicorn.run(
         "authdb.cli.main:_service_app",
         factory=True,
@@ -69,7 +134,22 @@ def serve(
         log_config=uvicorn_log_config(config.log_format),
         # Off by default: a line per request costs about a quarter of /users/me's throughput.
         access_log=access_log,
+        root_path=root_path,
+        # uvicorn's 5 s default kills a worker still importing on a busy host, then starts
+        # another: a slow start, not a fault.
+        timeout_worker_healthcheck=30,
     )
+
+
+def _share_metrics(workers: int) -> None:
+    """Metrics that add up across ``workers``: their files go to a fresh private directory,
+    made before uvicorn starts them and removed when this process exits."""
+    try:
+        metrics.require()
+    except MissingExtra as exc:
+        fail(str(exc))
+    if workers > 1:  # one process keeps its metrics in memory
+        atexit.register(metrics.remove_multiprocess_dir, metrics.create_multiprocess_dir())
 
 
 def listening_url(host: str, port: int) -> str:
@@ -87,6 +167,8 @@ def listening_url(host: str, port: int) -> str:
 def _service_app():  # type: ignore[no-untyped-def]
     from authdb.app import create_app
 
+    # `serve` reported unknown variables already; each worker need not log them again.
+    settings_env.mark_reported(settings_env.unknown_settings())
     return create_app(auth=Auth(auto_migrate=False))
 
 
@@ -138,6 +220,7 @@ def createuser(
     ] = False,
 ) -> None:
     """Create a verified user."""
+    existing_database_settings()
     password = read_password(password_stdin)
     user = run(
         lambda auth: provisioning.create_user(
@@ -162,6 +245,7 @@ def changepassword(
     ] = False,
 ) -> None:
     """Set a user's password; all of their sessions end."""
+    existing_database_settings()
     password = read_password(password_stdin)
     run(lambda auth: provisioning.set_password(auth.core, username, password, CLI_CLIENT))
     typer.echo(f"password changed for {username}")

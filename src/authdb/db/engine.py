@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from sqlalchemy import event
@@ -13,6 +14,8 @@ from sqlalchemy.ext.asyncio import (
     async_sessionmaker,
     create_async_engine,
 )
+
+from authdb.extras import require_postgres
 
 _ASYNC_DRIVERS = {"sqlite": "sqlite+aiosqlite", "postgresql": "postgresql+asyncpg"}
 
@@ -31,6 +34,22 @@ def async_url(database_url: str) -> URL:
 
 def is_sqlite(url: URL) -> bool:
     return url.get_backend_name() == "sqlite"
+
+
+def sqlite_path(database_url: str) -> Path | None:
+    """The absolute path of a SQLite database's file (a relative one is from the current
+    directory, as SQLite opens it); None for PostgreSQL or a ``file:`` URI filename."""
+    url = async_url(database_url)
+    if not is_sqlite(url) or not url.database or url.database.startswith("file:"):
+        return None
+    return Path(url.database).resolve()
+
+
+def sqlite_file_missing(database_url: str) -> Path | None:
+    """The path of a SQLite database whose file does not exist yet, which connecting would
+    create empty; None when the file exists or the database is not a SQLite file."""
+    path = sqlite_path(database_url)
+    return path if path is not None and not path.exists() else None
 
 
 # How long a request waits for a pooled connection; past it the pool raises TimeoutError, which
@@ -77,6 +96,8 @@ def create_engine(
     next transaction another server connection).
     """
     url = async_url(database_url)
+    if not is_sqlite(url):
+        require_postgres()  # a clear MissingExtra now, not SQLAlchemy's bare ImportError
     bounded: dict[str, Any] = {
         "pool_size": pool_size,
         "max_overflow": 0,

@@ -173,6 +173,12 @@ class AuditEvent(Base):
     ip_address: Mapped[str | None] = mapped_column(String(64))
     user_agent: Mapped[str | None] = mapped_column(String(512))
     detail: Mapped[dict[str, object] | None] = mapped_column(JSON)
+    # The hash chain (authdb.services.audit_chain): the row's place in the chain (1, 2, ...,
+    # given out under the chain lock at commit), the hash of the row before it (64 zeros for
+    # the first) and the SHA-256 of this row's fields and ``prev_hash``, all hex.
+    chain_seq: Mapped[int] = mapped_column(BigInteger, index=True, unique=True)
+    prev_hash: Mapped[str] = mapped_column(String(64))
+    row_hash: Mapped[str] = mapped_column(String(64))
 
 
 class TOTPSecret(Base):

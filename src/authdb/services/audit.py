@@ -21,6 +21,10 @@ from sqlalchemy.orm import Session
 
 from authdb.db.models import MAX_ID, AuditEvent, User
 from authdb.errors import NotFound
+
+# Imported for its session hooks: they give each recorded event its place in the hash chain
+# when the transaction commits.
+from authdb.services import audit_chain  # noqa: F401
 from authdb.services.core import ClientInfo, Core
 from authdb.services.users import find_by_login
 
@@ -116,7 +120,11 @@ def record(
     actor_id: int | None = None,
     **detail: object,
 ) -> None:
-    """Add an event to the caller's transaction. ``detail`` must never hold a secret."""
+    """Add an event to the caller's transaction. ``detail`` must never hold a secret.
+
+    The row is inserted, chained to the trail's head, when the transaction commits
+    (authdb.services.audit_chain); until then queries in the transaction do not see it.
+    """
     client = client or ClientInfo()
     user_agent = (client.user_agent or "")[:512] or None
     db.add(

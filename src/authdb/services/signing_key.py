@@ -15,18 +15,22 @@ log = logging.getLogger("authdb")
 _KEY = "secret_key"
 
 
-async def load_signing_key(core: Core) -> str:
-    """The configured key, else the stored one, else a new random one that every worker shares."""
+async def load_signing_key(core: Core, *, warn: bool = True) -> str:
+    """The configured key, else the stored one, else a new random one that every worker shares.
+
+    ``warn=False`` (CLI commands) skips the warning about the generated key: the service warns.
+    """
     if core.settings.secret_key is not None:
         return core.settings.secret_key.get_secret_value()
     async with core.sessionmaker() as db:
         stored = await db.scalar(select(Meta.value).where(Meta.key == _KEY))
     if stored is None:
         stored = await _generate(core)
-    log.warning(
-        "AUTHDB_SECRET_KEY is not set: using the signing key generated and stored in the "
-        "database. Set AUTHDB_SECRET_KEY to manage it yourself."
-    )
+    if warn:
+        log.warning(
+            "AUTHDB_SECRET_KEY is not set: using the signing key generated and stored in the "
+            "database. Set AUTHDB_SECRET_KEY to manage it yourself."
+        )
     return stored
 
 

@@ -33,6 +33,7 @@ from authdb.http.pages.render import Pages, PageState, text
 from authdb.http.redirects import safe_next
 from authdb.http.routers.accounts import RESET_ACCEPTED, VERIFY_ACCEPTED
 from authdb.http.schemas import EmailRequest, PasswordReset, TokenRequest, UserCreate
+from authdb.http.signin_alerts import checked_later
 from authdb.services import accounts, sessions
 from authdb.services.core import Core
 from authdb.services.login import login_browser
@@ -185,7 +186,8 @@ def add_routes(router: APIRouter, form_router: APIRouter, deps: AuthDeps, pages:
             )
         except (errors.InactiveUser, errors.EmailNotVerified) as exc:
             return refused_account(pages, request, state, exc, values=values, next=next_)
-        return await signed_in(core, pages, request, browser, next_)
+        response = await signed_in(core, pages, request, browser, next_)
+        return checked_later(response, deps, browser.session_id)
 
     @form_router.post("/logout", name="authdb_page_logout")
     async def logout_submit(request: Request) -> Response:

@@ -23,6 +23,7 @@ from authdb.http.errors import retry_after
 from authdb.http.pages.forms import REQUIRED, TOO_LONG, waiting_message
 from authdb.http.pages.render import Pages, PageState, text
 from authdb.http.pages.signin import refused_account, safe_landing, signed_in
+from authdb.http.signin_alerts import checked_later
 from authdb.services import passkey_login
 from authdb.services.login import login_mfa_browser
 from authdb.services.mfa import METHOD_RECOVERY_CODE, METHOD_TOTP
@@ -134,4 +135,5 @@ def add_routes(router: APIRouter, deps: AuthDeps, pages: Pages) -> None:
             response = refused_account(pages, request, state, exc, next=next_)
             clear_mfa_cookie(response, settings)
             return response
-        return await signed_in(core, pages, request, browser, next_)
+        response = await signed_in(core, pages, request, browser, next_)
+        return checked_later(response, deps, browser.session_id)

@@ -25,6 +25,7 @@ from authdb.http.pages.forms import waiting_message
 from authdb.http.pages.render import Pages, PageState
 from authdb.http.pages.signin import safe_landing, signed_in, to_second_factor
 from authdb.http.schemas import Text
+from authdb.http.signin_alerts import checked_later
 from authdb.services import passkey_login
 
 # The page's words for a failed passkey: the common case is one removed from the account (the
@@ -105,7 +106,8 @@ def add_routes(router: APIRouter, deps: AuthDeps, pages: Pages) -> None:
             return as_json(to_second_factor(pages, request, state, exc.mfa_token, answer.next))
         except _REFUSALS as exc:
             return refused(exc)
-        return as_json(await signed_in(core, pages, request, browser, answer.next))
+        response = as_json(await signed_in(core, pages, request, browser, answer.next))
+        return checked_later(response, deps, browser.session_id)
 
     @router.post("/login/mfa/passkey", name="authdb_page_login_mfa_passkey")
     async def second_factor(request: Request) -> Response:
@@ -126,4 +128,5 @@ def add_routes(router: APIRouter, deps: AuthDeps, pages: Pages) -> None:
             return start_over(request, state, answer.next)
         except _REFUSALS as exc:
             return refused(exc)
-        return as_json(await signed_in(core, pages, request, browser, answer.next))
+        response = as_json(await signed_in(core, pages, request, browser, answer.next))
+        return checked_later(response, deps, browser.session_id)

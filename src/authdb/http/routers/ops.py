@@ -1,9 +1,11 @@
-"""Liveness and readiness probes."""
+"""Liveness and readiness probes, and the Prometheus metrics when enabled."""
 
 from fastapi import APIRouter
-from fastapi.responses import JSONResponse
-from sqlalchemy import text
+from fastapi.responses import JSONResponse, Response
+from sqlalchemy import func, select, text
 
+from authdb import metrics
+from authdb.db.models import AuthSession
 from authdb.http.openapi import ProbeStatus
 from authdb.services.core import Core
 
@@ -32,4 +34,21 @@ def build(core: Core) -> APIRouter:
             return JSONResponse({"status": "unavailable"}, status_code=503)
         return JSONResponse({"status": "ok"})
 
+    if core.settings.metrics_enabled:
+        _add_metrics(router, core)
     return router
+
+
+def _add_metrics(router: APIRouter, core: Core) -> None:
+    """``GET /metrics``: unauthenticated, for scrapers; the reverse proxy must not expose it.
+    Without the setting the path does not exist (404). Raises MissingExtra."""
+    metrics.enable()
+
+    @router.get("/metrics", include_in_schema=False)
+    async def prometheus_metrics() -> Response:
+        """Every worker's metrics added up, in the Prometheus text format."""
+        # Counted here rather than kept in a gauge: right across workers and restarts alike.
+        query = select(func.count()).select_from(AuthSession)
+        async with core.sessionmaker() as db:
+            live = await db.scalar(query.where(AuthSession.live_at(core.clock())))
+        return Response(metrics.render(live or 0), media_type=metrics.CONTENT_TYPE)

@@ -27,6 +27,7 @@ from authdb.http.schemas import (
     PasskeyRead,
     Token,
 )
+from authdb.http.signin_alerts import check_later
 from authdb.services import passkey_login, passkeys
 from authdb.services.core import ClientInfo
 from authdb.services.sessions import Authenticated
@@ -158,7 +159,9 @@ def build(deps: AuthDeps) -> APIRouter:
             },
         },
     )
-    async def login(body: PasskeyLogin, client: Client) -> Response | Token:
+    async def login(
+        body: PasskeyLogin, client: Client, background: BackgroundTasks
+    ) -> Response | Token:
         """Sign in with a passkey: the answer of ``navigator.credentials.get()`` to the options
         of ``flow_id`` gives the usual token pair.
 
@@ -178,6 +181,7 @@ def build(deps: AuthDeps) -> APIRouter:
             )
         except MFARequired as exc:
             return mfa_required_response(exc)
+        check_later(background, deps, pair.session_id)
         return Token(
             access_token=pair.access_token,
             refresh_token=pair.refresh_token,

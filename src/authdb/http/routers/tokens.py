@@ -2,7 +2,7 @@
 
 from typing import Annotated
 
-from fastapi import APIRouter, Body, Depends, Form, Response, status
+from fastapi import APIRouter, BackgroundTasks, Body, Depends, Form, Response, status
 from fastapi.exceptions import RequestValidationError
 
 from authdb.errors import MFARequired
@@ -11,6 +11,7 @@ from authdb.http.errors import AuthRoute
 from authdb.http.oauth_errors import OAuthError, TokenRoute
 from authdb.http.openapi import error_responses, token_errors
 from authdb.http.schemas import LogoutRequest, Token
+from authdb.http.signin_alerts import check_later
 from authdb.services import sessions
 from authdb.services.core import ClientInfo
 from authdb.services.login import login, login_mfa
@@ -68,6 +69,7 @@ def build(deps: AuthDeps) -> APIRouter:
     )
     async def token(
         client: Client,
+        background: BackgroundTasks,
         grant_type: Annotated[
             str,
             Form(
@@ -103,9 +105,11 @@ def build(deps: AuthDeps) -> APIRouter:
             name = _required(username, "username")
             secret = _required(password, "password")
             try:
-                return _token(await login(deps.core, deps.limits, name, secret, client))
+                pair = await login(deps.core, deps.limits, name, secret, client)
             except MFARequired as exc:
                 raise _mfa_required(exc) from None
+            check_later(background, deps, pair.session_id)
+            return _token(pair)
         if grant_type == "refresh_token":
             presented = _required(refresh_token, "refresh_token")
             return _token(await sessions.refresh(deps.core, presented, client))
@@ -115,6 +119,7 @@ def build(deps: AuthDeps) -> APIRouter:
             pair = await login_mfa(
                 deps.core, deps.limits, challenge, client, otp=otp, recovery_code=recovery_code
             )
+            check_later(background, deps, pair.session_id)
             return _token(pair)
         raise OAuthError(400, "unsupported_grant_type", f"Unsupported grant_type: use {_GRANTS}")
 

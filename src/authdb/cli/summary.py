@@ -1,0 +1,131 @@
+"""What ``authdb serve`` tells its operator before it starts: the settings that matter, and a
+warning for each choice that is probably a mistake in this deployment."""
+
+from __future__ import annotations
+
+import ipaddress
+from urllib.parse import urlsplit
+
+from sqlalchemy.engine import make_url
+
+from authdb.cli.config import version
+from authdb.db.engine import async_url, is_sqlite, sqlite_path
+from authdb.settings import Settings
+from authdb.settings_env import mask_url
+
+_LABEL_WIDTH = 13
+# Listening on every interface: links derived from it name the loopback address instead.
+_ALL_INTERFACES = ("0.0.0.0", "::", "")  # noqa: S104 - compared with, not bound
+
+
+def is_loopback(host: str | None) -> bool:
+    """Whether ``host`` (a name or an address, IPv6 with or without brackets) is this machine."""
+    if not host:
+        return False
+    host = host.strip("[]").lower()
+    if host == "localhost" or host.endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def describe_database(database_url: str, *, pgbouncer: bool = False) -> str:
+    """``SQLite file /abs/path/authdb.db`` or ``PostgreSQL user@host:5432/db`` (no password)."""
+    url = async_url(database_url)
+    if is_sqlite(url):
+        path = sqlite_path(database_url)
+        return f"SQLite file {path if path is not None else url.database}"
+    parsed = make_url(database_url.replace("postgres://", "postgresql://", 1))
+    user = f"{parsed.username}@" if parsed.username else ""
+    password_note = " (password set)" if parsed.password else ""
+    bouncer = ", PgBouncer mode" if pgbouncer else ""
+    where = f"{parsed.host or 'localhost'}:{parsed.port or 5432}/{parsed.database or ''}"
+    return f"PostgreSQL {user}{where}{password_note}{bouncer}"
+
+
+def describe_mail(settings: Settings) -> str:
+    """``SMTP host:port with STARTTLS`` or where mail goes without a server."""
+    if settings.smtp_host is None:
+        return "written to the log (AUTHDB_SMTP_HOST unset)"
+    tls = " with STARTTLS" if settings.smtp_starttls else ""
+    login = f", as {settings.smtp_username}" if settings.smtp_username else ""
+    return f"SMTP {settings.smtp_host}:{settings.smtp_port}{tls}{login}"
+
+
+def describe_rate_limits(settings: Settings) -> str:
+    """Where the per-address and per-email counters live."""
+    if settings.redis_url is None:
+        return "in memory, per worker process"
+    return (
+        f"Redis {mask_url(settings.redis_url)} (shared), key prefix {settings.redis_key_prefix!r}"
+    )
+
+
+def serve_summary(
+    settings: Settings,
+    *,
+    host: str,
+    port: int,
+    workers: int,
+    public_url: str | None = None,
+    root_path: str = "",
+) -> tuple[list[str], list[str]]:
+    """The summary lines and the warnings (without ``warning:``) for ``serve``.
+
+    ``public_url``: the URL ``serve`` derived from ``--host``/``--port`` when
+    AUTHDB_PUBLIC_URL is unset (None when it is set).
+    """
+    links = public_url or settings.public_url
+    origin = "from --host/--port; AUTHDB_PUBLIC_URL unset" if public_url else "AUTHDB_PUBLIC_URL"
+    rows = [
+        (
+            "database",
+            describe_database(settings.database_url, pgbouncer=settings.database_pgbouncer),
+        ),
+        ("mail", describe_mail(settings)),
+        ("public URL", f"{links} ({origin})"),
+        ("rate limits", describe_rate_limits(settings)),
+        ("workers", str(workers)),
+        ("pages", "on" if settings.pages_enabled else "off (AUTHDB_PAGES_ENABLED=false)"),
+        ("metrics", "on, at /metrics" if settings.metrics_enabled else "off"),
+        ("log format", settings.log_format),
+    ]
+    lines = [f"authdb {version()} on http://{_host(host)}:{port}{root_path}"]
+    lines += [f"  {label + ':':<{_LABEL_WIDTH}}{value}" for label, value in rows]
+    return lines, serve_warnings(settings, host=host, workers=workers, public_url=public_url)
+
+
+def serve_warnings(
+    settings: Settings, *, host: str, workers: int, public_url: str | None = None
+) -> list[str]:
+    """Warnings for the choices that only suit development, each saying what to set."""
+    warnings = []
+    if settings.secret_key is None:
+        warnings.append(
+            "AUTHDB_SECRET_KEY is not set: tokens are signed with a key generated once and kept "
+            "in the database; set AUTHDB_SECRET_KEY to manage the key yourself"
+        )
+    if workers > 1 and settings.redis_url is None:
+        warnings.append(
+            f"--workers {workers} without AUTHDB_REDIS_URL: each worker has its own rate-limit "
+            f"budget, so a client may get up to {workers} times each limit; set "
+            "AUTHDB_REDIS_URL to share them"
+        )
+    links = urlsplit(public_url or settings.public_url)
+    if public_url is not None and host in _ALL_INTERFACES:
+        warnings.append(
+            f"AUTHDB_PUBLIC_URL is not set: links in emails point at {public_url}, which only "
+            "this machine reaches; set AUTHDB_PUBLIC_URL to the address users open"
+        )
+    if links.scheme == "http" and not is_loopback(links.hostname):
+        warnings.append(
+            f"AUTHDB_PUBLIC_URL {links.scheme}://{links.netloc} is not https: passwords, tokens "
+            "and session cookies would cross the network unencrypted"
+        )
+    return warnings
+
+
+def _host(host: str) -> str:
+    return f"[{host}]" if ":" in host else host

@@ -1,0 +1,86 @@
+"""The checks in the order ``authdb doctor`` shows them, and running them all."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
+from urllib.parse import unquote, urlsplit
+
+from authdb.doctor.configuration import (
+    check_cookies,
+    check_metrics,
+    check_passkeys,
+    check_public_url,
+    check_secret_key,
+    check_trusted_proxies,
+)
+from authdb.doctor.database import check_clock, check_database, check_schema, open_database
+from authdb.doctor.findings import TIMEOUT_SECONDS, Deployment, Result, Verdict, error, reason
+from authdb.doctor.network import check_redis, check_smtp
+from authdb.settings import Settings
+
+Check = Callable[[Deployment], Awaitable[Verdict]]
+
+CHECKS: tuple[tuple[str, Check], ...] = (
+    ("secret key", check_secret_key),
+    ("database", check_database),
+    ("schema", check_schema),
+    ("clock", check_clock),
+    ("redis", check_redis),
+    ("smtp", check_smtp),
+    ("public URL", check_public_url),
+    ("cookies", check_cookies),
+    ("trusted proxies", check_trusted_proxies),
+    ("passkeys", check_passkeys),
+    ("metrics", check_metrics),
+)
+
+
+def _utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+async def examine(settings: Settings, *, clock: Callable[[], datetime] = _utcnow) -> list[Result]:
+    """Run every check on the deployment ``settings`` describe; one Result each, in order.
+
+    Nothing is written: the database is opened read-only (a missing SQLite file stays
+    missing). A check that fails unexpectedly or hangs is an error of its own, not a crash.
+    """
+    hidden = _secrets(settings)
+    results = []
+    async with open_database(settings) as database:
+        deployment = Deployment(settings, database, clock)
+        for name, check in CHECKS:
+            verdict = await _bounded(check, deployment)
+            results.append(Result(verdict.status, name, _redact(verdict.message, hidden)))
+    return results
+
+
+async def _bounded(check: Check, deployment: Deployment) -> Verdict:
+    try:
+        async with asyncio.timeout(2 * TIMEOUT_SECONDS):
+            return await check(deployment)
+    except TimeoutError:
+        return error(f"no answer within {2 * TIMEOUT_SECONDS:g} s")
+    except Exception as exc:
+        why = reason(exc)
+        name = type(exc).__name__
+        return error(why if why == name else f"{name}: {why}")
+
+
+def _secrets(settings: Settings) -> list[str]:
+    """Every secret the settings hold, to be kept out of messages whatever a library says."""
+    found = [settings.secret_key, settings.smtp_password, *settings.secret_key_fallbacks]
+    values = [secret.get_secret_value() for secret in found if secret is not None]
+    for url in (settings.database_url, settings.redis_url):
+        password = urlsplit(url).password if url else None
+        if password:
+            values += [password, unquote(password)]
+    return [value for value in values if value]
+
+
+def _redact(message: str, hidden: list[str]) -> str:
+    for value in hidden:
+        message = message.replace(value, "***")
+    return message

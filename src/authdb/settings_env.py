@@ -1,0 +1,173 @@
+"""Where settings come from: the environment, ``.env`` files, defaults; which ``AUTHDB_*``
+variables are no setting at all (a typo is otherwise ignored without a word); and each
+setting's value fit to show, secrets masked."""
+
+from __future__ import annotations
+
+import difflib
+import logging
+import os
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+from dotenv import dotenv_values
+from pydantic import SecretStr
+from pydantic_settings.sources import DotenvType
+
+from authdb.settings import Settings
+from authdb.settings_checks import variable
+
+log = logging.getLogger("authdb")
+
+PREFIX = "AUTHDB_"
+# Variables that start with AUTHDB_ without being settings: the test suite's own
+# (AUTHDB_TEST_PG_DSN, AUTHDB_TEST_ARTIFACTS).
+NOT_SETTINGS_PREFIXES = ("AUTHDB_TEST_",)
+# Shown as this when set; never the value, nor its length.
+MASK = "********"
+SECRET_SETTINGS = frozenset({"secret_key", "secret_key_fallbacks", "smtp_password"})
+_QUERY_PASSWORD = re.compile(r"(?i)((?:^|[?&])password=)[^&]*")
+
+
+def known_variables() -> frozenset[str]:
+    """Every ``AUTHDB_*`` variable that is a setting."""
+    return frozenset(variable(field) for field in Settings.model_fields)
+
+
+def _env_paths(env_file: DotenvType | None) -> list[Path]:
+    if env_file is None:
+        return []
+    files = [env_file] if isinstance(env_file, str | os.PathLike) else list(env_file)
+    return [Path(file).expanduser() for file in files]
+
+
+def dotenv_variables(env_file: DotenvType | None) -> dict[str, str]:
+    """``AUTHDB_*`` names in the .env file(s), upper-cased, each to the file that sets it last
+    (pydantic-settings lets a later file win)."""
+    found: dict[str, str] = {}
+    for path in _env_paths(env_file):
+        if path.is_file():
+            for name in dotenv_values(path):
+                if name.upper().startswith(PREFIX):
+                    found[name.upper()] = path.name
+    return found
+
+
+def environment_variables() -> dict[str, str]:
+    """``AUTHDB_*`` names in the environment, upper-cased (settings ignore case), to the name
+    as written."""
+    return {name.upper(): name for name in os.environ if name.upper().startswith(PREFIX)}
+
+
+@dataclass(frozen=True, slots=True)
+class UnknownSetting:
+    """An ``AUTHDB_*`` variable that no setting reads: ``where`` is "environment" or the .env
+    file's name, ``suggestion`` the closest known variable (or None)."""
+
+    name: str
+    where: str
+    suggestion: str | None
+
+    @property
+    def message(self) -> str:
+        """``unknown setting AUTHDB_SMTP_HOSTNAME (did you mean AUTHDB_SMTP_HOST?)``."""
+        place = "" if self.where == "environment" else f" in {self.where}"
+        hint = f"did you mean {self.suggestion}?" if self.suggestion else "ignored"
+        return f"unknown setting {self.name}{place} ({hint})"
+
+
+def unknown_settings(env_file: DotenvType | None = ".env") -> list[UnknownSetting]:
+    """The ``AUTHDB_*`` variables of the environment and of ``env_file`` that are no setting."""
+    known = known_variables()
+    named = [(name, "environment") for name in environment_variables().values()]
+    named += list(dotenv_variables(env_file).items())
+    unknown: list[UnknownSetting] = []
+    for name, where in named:
+        upper = name.upper()
+        if upper in known or upper.startswith(NOT_SETTINGS_PREFIXES):
+            continue
+        unknown.append(UnknownSetting(name, where, _closest(upper, known)))
+    return unknown
+
+
+def _closest(name: str, known: Iterable[str]) -> str | None:
+    # Compared without the shared prefix, which would make every name look alike.
+    stems = {item.removeprefix(PREFIX): item for item in known}
+    match = difflib.get_close_matches(name.removeprefix(PREFIX), list(stems), n=1, cutoff=0.6)
+    return stems[match[0]] if match else None
+
+
+# Names already reported by this process (the CLI prints them, and Auth then stays quiet).
+_reported: set[tuple[str, str]] = set()
+
+
+def mark_reported(unknown: Iterable[UnknownSetting]) -> None:
+    """Note ``unknown`` as reported, so ``log_unknown`` does not repeat it."""
+    _reported.update((item.name, item.where) for item in unknown)
+
+
+def log_unknown(settings: Settings) -> None:
+    """Log a warning (logger "authdb") for each unknown variable not yet reported."""
+    fresh = [
+        item
+        for item in unknown_settings(settings.env_file)
+        if (item.name, item.where) not in _reported
+    ]
+    for item in fresh:
+        log.warning("%s", item.message)
+    mark_reported(fresh)
+
+
+def source(settings: Settings, field: str) -> str:
+    """Where ``field`` came from: "environment", the .env file's name, "argument" (given to
+    ``Settings()`` in code or by a command-line option) or "default"."""
+    if field in settings.arguments:
+        return "argument"
+    name = variable(field)
+    if name in environment_variables():
+        return "environment"
+    from_file = dotenv_variables(settings.env_file).get(name)
+    if from_file is not None:
+        return from_file
+    return "default"
+
+
+def mask_url(url: str) -> str:
+    """``url`` with any password in it (``user:PASSWORD@`` or ``?password=``) masked."""
+    parts = urlsplit(url)
+    userinfo, at, host = parts.netloc.rpartition("@")
+    masked = parts
+    if at and ":" in userinfo:
+        masked = masked._replace(netloc=f"{userinfo.split(':', 1)[0]}:***@{host}")
+    masked = masked._replace(query=_QUERY_PASSWORD.sub(r"\1***", parts.query))
+    # Rebuilt only when something was masked: urlunsplit would mangle "sqlite:///./x.db".
+    return url if masked == parts else urlunsplit(masked)
+
+
+def shown(settings: Settings, field: str) -> Any:
+    """The value of ``field`` fit to print: JSON types, secrets masked, URLs without passwords."""
+    value = getattr(settings, field)
+    if field in SECRET_SETTINGS:
+        if isinstance(value, list):
+            return [MASK for _ in value]
+        return None if value is None else MASK
+    if isinstance(value, SecretStr):  # a secret setting added later, masked all the same
+        return MASK
+    if field in ("database_url", "redis_url") and value is not None:
+        return mask_url(value)
+    return value
+
+
+def as_text(value: Any) -> str:
+    """A shown value as in a .env file: lists comma-separated, booleans lower case, None empty."""
+    if value is None:
+        return ""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, list):
+        return ",".join(as_text(item) for item in value)
+    return str(value)
