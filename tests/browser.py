@@ -12,7 +12,6 @@ its own Content-Security-Policy logs one).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import email
 import email.policy
 import os
@@ -43,7 +42,7 @@ from playwright.sync_api import (
     sync_playwright,
 )
 
-from tests.cli import AUTHDB, run_cli, subprocess_env
+from tests.cli import AUTHDB, run_cli, subprocess_env, wait_healthy
 from tests.conftest import PASSWORD, free_port, pg_database
 
 CHROMIUM = "/usr/bin/chromium"  # Debian's; never `playwright install`
@@ -321,7 +320,7 @@ def site(
             stderr=subprocess.STDOUT,
         )
         stack.callback(_stop, process)
-        _wait_healthy(base, process, log_path)
+        wait_healthy(base, process, log_path)
         yield Site(base=base, backend=backend, inbox=page_mail, log=log_path)
 
 
@@ -332,20 +331,6 @@ def _stop(process: subprocess.Popen[bytes]) -> None:
     except subprocess.TimeoutExpired:
         process.kill()
         process.wait()
-
-
-def _wait_healthy(base: str, process: subprocess.Popen[bytes], log: Path) -> None:
-    """Poll /healthz until it answers (each try waits for the connection, not a clock)."""
-    for _ in range(300):
-        if process.poll() is not None:
-            raise AssertionError(f"authdb serve exited: {log.read_text()[-2000:]}")
-        try:
-            if httpx.get(f"{base}/healthz", timeout=1).status_code == 200:
-                return
-        except httpx.TransportError:
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                process.wait(timeout=0.1)  # not up yet: pause, unless it exits meanwhile
-    raise AssertionError(f"authdb serve did not become healthy: {log.read_text()[-2000:]}")
 
 
 @pytest.fixture

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 AUTHDB = str(Path(sys.executable).with_name("authdb"))
@@ -39,3 +41,24 @@ def run_cli(
         cwd=cwd,
         check=False,
     )
+
+
+def wait_healthy(base: str, process: subprocess.Popen[bytes], log: Path | None = None) -> None:
+    """Poll ``base``/healthz until the server answers; fail (with the log's tail) if the
+    process exits first or takes over a minute, generous for a loaded machine."""
+    import httpx  # here, so that tests that only run the CLI need not import it
+
+    def tail() -> str:
+        return log.read_text()[-2000:] if log is not None and log.exists() else ""
+
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise AssertionError(f"authdb serve exited with {process.returncode}: {tail()}")
+        try:
+            if httpx.get(f"{base}/healthz", timeout=1).status_code == 200:
+                return
+        except httpx.TransportError:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                process.wait(timeout=0.1)  # not up yet: pause, unless it exits meanwhile
+    raise AssertionError(f"authdb serve did not become healthy: {tail()}")

@@ -14,7 +14,6 @@ import json
 import logging
 import subprocess
 import sys
-import time
 from importlib.metadata import version
 from pathlib import Path
 from typing import Any
@@ -32,7 +31,7 @@ from authdb.cli.summary import serve_summary
 from authdb.extras import MissingExtra
 from authdb.ratelimit import RateLimits
 from authdb.settings_checks import InvalidSettings
-from tests.cli import AUTHDB, FAST_HASHING, subprocess_env
+from tests.cli import AUTHDB, FAST_HASHING, subprocess_env, wait_healthy
 from tests.conftest import PASSWORD, Mailbox, free_port
 
 KEY = "operations-test-secret-key-0123456789-abcdef"
@@ -400,7 +399,7 @@ def test_serve_says_what_it_runs_with_and_emailed_links_follow_its_port(
     )
     base = f"http://127.0.0.1:{port}"
     try:
-        _wait_healthy(base, process)
+        wait_healthy(base, process)
         registered = httpx.post(
             f"{base}/register",
             json={"username": "alice", "email": "alice@example.com", "password": PASSWORD},
@@ -425,16 +424,3 @@ def test_serve_says_what_it_runs_with_and_emailed_links_follow_its_port(
     stderr = (tmp_path / "serve.err").read_text().splitlines()
     assert stderr[0].startswith("warning: AUTHDB_SECRET_KEY is not set: tokens are signed")
     assert not [line for line in stderr if line.startswith("warning:")][1:]
-
-
-def _wait_healthy(base: str, process: subprocess.Popen[bytes]) -> None:
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise AssertionError(f"authdb serve exited with {process.returncode}")
-        try:
-            if httpx.get(f"{base}/healthz", timeout=1).status_code == 200:
-                return
-        except httpx.TransportError:
-            time.sleep(0.1)
-    raise AssertionError("authdb serve did not become healthy")

@@ -226,3 +226,18 @@ def test_a_servers_json_log_has_one_object_a_line_and_no_secret(
     assert not [secret for secret in secrets if secret in log]
     # The secret key never shows either, nor the password hashes' salt-free parts.
     assert env["AUTHDB_SECRET_KEY"] not in log and "$argon2" not in log
+
+
+async def test_events_of_a_session_closed_without_commit_are_forgotten(harness: Harness) -> None:
+    seen: list[audit.SecurityEvent] = []
+    unsubscribe = audit.subscribe(seen.append)
+    try:
+        async with harness.auth.core.sessionmaker() as db:
+            audit.record(db, "abandoned", client=ClientInfo(), now=harness.auth.core.clock())
+            await db.close()
+            # The same Session object, used again after close: nothing left over from before.
+            audit.record(db, "after_close", client=ClientInfo(), now=harness.auth.core.clock())
+            await db.commit()
+    finally:
+        unsubscribe()
+    assert [event.name for event in seen] == ["after_close"]

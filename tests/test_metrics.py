@@ -27,7 +27,7 @@ from authdb.db import migrate
 from authdb.http.metrics_middleware import MetricsMiddleware
 from authdb.services import provisioning
 from authdb.services.core import CLI_CLIENT
-from tests.cli import AUTHDB, FAST_HASHING, subprocess_env
+from tests.cli import AUTHDB, FAST_HASHING, subprocess_env, wait_healthy
 from tests.conftest import PASSWORD, Harness, free_port
 
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
@@ -178,19 +178,6 @@ async def _prepare(database_url: str) -> None:
         await auth.shutdown()
 
 
-def _wait_healthy(base: str, process: subprocess.Popen[bytes], log: Path) -> None:
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise AssertionError(f"authdb serve exited: {log.read_text()}")
-        try:
-            if httpx.get(f"{base}/healthz", timeout=1).status_code == 200:
-                return
-        except httpx.TransportError:
-            time.sleep(0.1)
-    raise AssertionError(f"authdb serve did not become healthy: {log.read_text()}")
-
-
 def _worker_pids(metrics_dir: Path, count: int) -> list[int]:
     """The workers' process ids, from the files each writes once its metrics exist."""
     deadline = time.monotonic() + 30
@@ -253,7 +240,7 @@ def test_two_workers_report_one_truth(tmp_path: Path) -> None:
         )
     clients: list[httpx.Client] = []
     try:
-        _wait_healthy(base, process, log)
+        wait_healthy(base, process, log)
         [metrics_dir] = list(temp.glob("authdb-metrics-*"))
         assert stat.S_IMODE(metrics_dir.stat().st_mode) == 0o700
         workers = _worker_pids(metrics_dir, 2)

@@ -149,6 +149,7 @@ async def test_rate_limits_class_with_redis_storage(redis_prefix: str) -> None:
         _env_file=None,
         redis_url=REDIS_URL,
         redis_key_prefix=redis_prefix,
+        redis_timeout_seconds=5,  # a loaded machine must not look like an outage
         rate_limit_register="2/minute",
         rate_limit_email_requests="1/hour",
     )

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import httpx
 
-from tests.cli import AUTHDB, run_cli, subprocess_env
+from tests.cli import AUTHDB, run_cli, subprocess_env, wait_healthy
 from tests.conftest import PASSWORD, free_port, pg_database
 
 
@@ -31,25 +31,12 @@ def serving(cwd: Path, env: dict[str, str], *extra: str) -> Iterator[str]:
     )
     base = f"http://127.0.0.1:{port}"
     try:
-        _wait_healthy(base, process)
+        wait_healthy(base, process, cwd / f"serve-{port}.log")
         yield base
     finally:
         process.terminate()
         process.wait(timeout=15)
         log.close()
-
-
-def _wait_healthy(base: str, process: subprocess.Popen[bytes]) -> None:
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise AssertionError(f"authdb serve exited with {process.returncode}")
-        try:
-            if httpx.get(f"{base}/healthz", timeout=1).status_code == 200:
-                return
-        except httpx.TransportError:
-            time.sleep(0.1)
-    raise AssertionError("authdb serve did not become healthy")
 
 
 def test_serve_with_zero_configuration(tmp_path: Path) -> None:

@@ -17,7 +17,7 @@ from typing import Any
 from sqlalchemy import event as orm_event
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, SessionTransaction
 
 from authdb.db.models import MAX_ID, AuditEvent, User
 from authdb.errors import NotFound
@@ -105,9 +105,12 @@ def _announce(session: Session) -> None:
                 log.exception("a subscriber to security events failed on %s", item.name)
 
 
-@orm_event.listens_for(Session, "after_rollback")
-def _forget(session: Session) -> None:
-    session.info.pop(_PENDING, None)
+@orm_event.listens_for(Session, "after_transaction_end")
+def _forget(session: Session, transaction: SessionTransaction) -> None:
+    # Runs after after_commit; a rollback or a close without commit ends here with events
+    # still pending: they never happened.
+    if transaction.parent is None:
+        session.info.pop(_PENDING, None)
 
 
 def record(
