@@ -14,7 +14,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from authdb.http.redirects import origin_of, safe_next
+from authdb.http.redirects import safe_next
+from authdb.origins import origin_of
 from tests import test_pages
 from tests.test_pages import Site, assert_page_headers, set_cookies
 

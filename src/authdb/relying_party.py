@@ -29,6 +29,7 @@ from authdb.errors import (
     InvalidPasskeyRegistration,
     PasskeysUnavailable,
 )
+from authdb.origins import origin_of
 from authdb.sealing import Sealer, Unsealable
 from authdb.settings import Settings
 
@@ -90,10 +91,9 @@ def relying_party(settings: Settings) -> RelyingParty:
         pass
     else:
         raise PasskeysUnavailable
-    default_port = 443 if parts.scheme == "https" else 80
-    port = parts.port
-    suffix = f":{port}" if port is not None and port != default_port else ""
-    return RelyingParty(id=host, origin=f"{parts.scheme}://{host}{suffix}", name=settings.site_name)
+    origin = origin_of(settings.public_url)
+    assert origin is not None  # AUTHDB_PUBLIC_URL is checked to be an absolute http(s) URL
+    return RelyingParty(id=host, origin=origin, name=settings.site_name)
 
 
 def available(settings: Settings) -> bool:

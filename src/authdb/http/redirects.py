@@ -13,6 +13,8 @@ from __future__ import annotations
 import re
 from urllib.parse import urlsplit
 
+from authdb.origins import origin_of
+
 # A path: one slash, then no second slash or backslash, then URL characters only (RFC 3986
 # unreserved, sub-delims, ":", "@", "/", "?", "#", "%"). No backslash, space or control anywhere.
 _LOCAL_PATH = re.compile(r"/(?![/\\])[A-Za-z0-9\-._~!$&'()*+,;=:@%/?#]*")
@@ -26,20 +28,6 @@ def _climbs(path: str) -> bool:
     route = re.split(r"[?#]", path, maxsplit=1)[0]
     segments = route.lower().replace("%2e", ".").split("/")
     return any(segment in (".", "..") for segment in segments)
-
-
-def origin_of(url: str) -> str | None:
-    """``scheme://host[:port]`` of an absolute http(s) URL, lower-cased, default port dropped."""
-    try:
-        parts = urlsplit(url)
-        port = parts.port
-    except ValueError:
-        return None
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        return None
-    default = 443 if parts.scheme == "https" else 80
-    suffix = f":{port}" if port is not None and port != default else ""
-    return f"{parts.scheme}://{parts.hostname.lower()}{suffix}"
 
 
 def safe_next(value: str | None, *, public_url: str, allowed_origins: list[str]) -> str | None:

@@ -133,15 +133,30 @@ async def _succeed(
                 audit.record(db, "login_mfa_required", client=client, now=now, user_id=user.id)
             else:
                 pair = await open_session(core, db, user, client, opener, now)
-    # Raised after the commit, so that the audit rows (and the forgiven failures) are kept.
+    session = await settle(core, limits, client, refusal, (mfa_token, methods), pair)
+    await maybe_prune(core)
+    return session
+
+
+async def settle(
+    core: Core,
+    limits: RateLimits,
+    client: ClientInfo,
+    refusal: AuthError | None,
+    challenge: tuple[str | None, list[str]],
+    pair: SessionT | None,
+) -> SessionT:
+    """A sign-in transaction's verdict, given after its commit so that its audit rows (and the
+    forgiven failures) are kept: raises ``refusal`` (a lock also spends the address's budget)
+    or MFARequired for ``challenge`` (mfa_token, methods); else returns the session."""
     if refusal is not None:
         if isinstance(refusal, TooManyRequests):
             await spend_failure(core, limits, client)
         raise refusal
+    mfa_token, methods = challenge
     if mfa_token is not None:
         raise MFARequired(mfa_token, methods)
     assert pair is not None
-    await maybe_prune(core)
     return pair
 
 

@@ -28,7 +28,6 @@ from authdb.errors import (
     InvalidInput,
     InvalidMFAToken,
     InvalidPasskey,
-    MFARequired,
     TooManyRequests,
 )
 from authdb.names import has_control_characters
@@ -45,6 +44,7 @@ from authdb.services.login import (
     mfa_challenge,
     open_session,
     refusal_or_lock,
+    settle,
 )
 from authdb.services.passkeys import challenge_sealer
 from authdb.services.sessions import BrowserSession, TokenPair, start_browser_session, start_session
@@ -299,14 +299,7 @@ async def _open(
             pair = await open_session(
                 core, db, user, client, opener, now, mfa_method=method, passkey_id=passkey_id
             )
-    if refusal is not None:
-        if isinstance(refusal, TooManyRequests):
-            await spend_failure(core, limits, client)
-        raise refusal
-    if mfa_token is not None:
-        raise MFARequired(mfa_token, methods)
-    assert pair is not None
-    return pair
+    return await settle(core, limits, client, refusal, (mfa_token, methods), pair)
 
 
 # --- the passkey as the second factor --------------------------------------------------------

@@ -1,0 +1,20 @@
+"""Web origins (RFC 6454) of URLs: what browsers compare for redirects, CSRF and WebAuthn."""
+
+from __future__ import annotations
+
+from urllib.parse import urlsplit
+
+
+def origin_of(url: str) -> str | None:
+    """``scheme://host[:port]`` of an absolute http(s) URL, lower-cased, default port dropped;
+    None for anything else (another scheme, no host, a bad port)."""
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError:
+        return None
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        return None
+    default = 443 if parts.scheme == "https" else 80
+    suffix = f":{port}" if port is not None and port != default else ""
+    return f"{parts.scheme}://{parts.hostname.lower()}{suffix}"
