@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import sqlite3
 import subprocess
 import sys
 from importlib.metadata import version
@@ -234,6 +235,28 @@ def test_commands_refuse_a_database_that_does_not_exist(
         assert _pg_tables(database_url) == []
 
 
+def test_commands_never_create_tables_in_an_existing_file(cli: Any, tmp_path: Path) -> None:
+    """An existing SQLite file without authdb's tables (another application's, or an empty
+    one) is refused like an old schema, not migrated; a file that is no database is named."""
+    other = tmp_path / "other.db"
+    with sqlite3.connect(other) as db:
+        db.execute("CREATE TABLE foo (id INTEGER PRIMARY KEY)")
+    env = {"AUTHDB_DATABASE_URL": f"sqlite+aiosqlite:///{other}"}
+    for args in (["users", "list"], ["audit", "verify"], ["sessions", "prune"]):
+        line = _error_line(cli(args, **env))
+        assert line == "error: the database schema is out of date: run `authdb migrate`", args
+    with sqlite3.connect(other) as db:
+        tables = [row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type='table'")]
+    assert tables == ["foo"]
+    junk = tmp_path / "junk.db"
+    junk.write_text("not a database\n" * 100)
+    line = _error_line(cli(["users", "list"], AUTHDB_DATABASE_URL=f"sqlite+aiosqlite:///{junk}"))
+    assert line == (
+        f"error: cannot use the database (SQLite file {junk}, AUTHDB_DATABASE_URL): "
+        "file is not a database"
+    )
+
+
 def test_commands_on_a_migrated_database_do_not_warn_about_the_generated_key(
     cli: Any, database_url: str, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -370,9 +393,16 @@ def test_the_summary_warns_where_a_setting_suits_only_development() -> None:
         "AUTHDB_PUBLIC_URL is not set: links in emails point at http://127.0.0.1:8000, which "
         "only this machine reaches; set AUTHDB_PUBLIC_URL to the address users open"
     ]
-    for loopback in ("http://localhost:8000", "http://127.0.0.1:9000", "http://[::1]:8000"):
+    for loopback in ("http://localhost:8000", "http://127.0.0.1:8000", "http://[::1]:8000"):
         local = Settings(_env_file=None, secret_key=KEY, public_url=loopback)
         assert serve_summary(local, host="127.0.0.1", port=8000, workers=1)[1] == []
+    # A local AUTHDB_PUBLIC_URL on another port: links lead elsewhere.
+    for elsewhere in ("http://127.0.0.1:9000", "http://localhost", "https://localhost"):
+        local = Settings(_env_file=None, secret_key=KEY, public_url=elsewhere)
+        warnings = serve_summary(local, host="127.0.0.1", port=8000, workers=1)[1]
+        assert len(warnings) == 1 and "not on --port 8000" in warnings[0], elsewhere
+    remote = Settings(_env_file=None, secret_key=KEY, public_url="https://auth.example.com")
+    assert serve_summary(remote, host="127.0.0.1", port=8000, workers=1)[1] == []
 
 
 def test_serve_says_what_it_runs_with_and_emailed_links_follow_its_port(

@@ -22,6 +22,7 @@ import yaml
 import authdb
 from authdb.cli.main import app as cli_app
 from authdb.settings import Settings
+from tests.conftest import Harness
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -65,7 +66,7 @@ def test_every_compose_command_parses_and_every_variable_is_a_setting() -> None:
     known = {f"AUTHDB_{name.upper()}" for name in Settings.model_fields}
     commands = []
     for name, service in _compose().items():
-        if "build" not in service:
+        if "build" not in service and service.get("image") != "authdb:local":
             continue
         commands.append(_parse(list(service["command"])))  # type: ignore[call-overload]
         environment = service.get("environment") or {}
@@ -111,7 +112,8 @@ def test_behind_a_proxy_that_strips_a_prefix_links_keep_it(tmp_path: Path) -> No
         docs = httpx.get(f"{base}/docs").text
         assert "/auth/openapi.json" in docs
     log = next(tmp_path.glob("serve-*.log")).read_text()
-    assert "/auth" in log  # the summary says where it is served
+    assert "  root path:   /auth (the proxy in front strips it)" in log
+    assert "warning: --root-path /auth without AUTHDB_PUBLIC_URL: emailed links" in log
 
 
 def test_a_root_path_must_be_a_path(tmp_path: Path) -> None:
@@ -120,3 +122,15 @@ def test_a_root_path_must_be_a_path(tmp_path: Path) -> None:
     refused = run_cli(["serve", "--root-path", "auth?x"], env={}, cwd=tmp_path)
     assert refused.returncode == 2 and "not a path such as /auth" in refused.stderr
     assert not (tmp_path / "authdb.db").exists()
+
+
+async def test_no_redirect_takes_its_host_from_the_request(harness: Harness) -> None:
+    """Starlette's trailing-slash redirect would answer ``Location: http://<Host>/login``;
+    the service does not redirect there at all (a 404), so a forged Host goes nowhere."""
+    hostile = {"Host": "evil.example"}
+    for path in ("/login/", "/account/", "/register/", "/token/", "/docs/", "/users/me/sessions/"):
+        response = await harness.client.get(path, headers=hostile)
+        assert response.status_code in (404, 405), (path, response.status_code)
+        assert "evil.example" not in response.headers.get("location", ""), path
+    # The tutorial's own trailing-slash route is a route, not a redirect.
+    assert (await harness.client.get("/users/me/")).status_code == 401

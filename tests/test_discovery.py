@@ -222,6 +222,38 @@ async def test_prefixed_router_behind_a_root_path(host_app: tuple[Auth, FastAPI]
         assert issued.status_code == 200, issued.text
 
 
+async def test_a_public_url_naming_the_root_path_gets_it_once(
+    make_settings: Callable[..., Settings],
+) -> None:
+    """Served under an ASGI ``root_path`` (``serve --root-path /api`` behind a proxy that
+    strips it), ``PUBLIC_URL`` names where the app's root is served (``.../api``, as the
+    emailed links need it) and the endpoints add the router's prefix, not /api again."""
+    auth = Auth(make_settings(public_url=f"{PUBLIC_URL}/api"))
+    app = FastAPI(lifespan=auth.lifespan)
+    app.include_router(auth.router, prefix="/auth")
+    await migrate.upgrade(auth.core.engine)
+    async with (
+        app.router.lifespan_context(app),
+        _client_for(app, base_url=PUBLIC_URL, root_path="/api") as client,
+    ):
+        await provisioning.create_user(
+            auth.core,
+            username="alice",
+            email="alice@example.com",
+            password=PASSWORD,
+            client=CLI_CLIENT,
+            is_verified=True,
+        )
+        metadata = await _metadata(client, f"/api/auth{METADATA}")
+        assert metadata["token_endpoint"] == f"{PUBLIC_URL}/api/auth/token"
+        assert metadata["jwks_uri"] == f"{PUBLIC_URL}/api/auth{JWKS}"
+        assert metadata["revocation_endpoint"] == f"{PUBLIC_URL}/api/auth/revoke"
+        issued = await client.post(
+            metadata["token_endpoint"], data={"username": "alice", "password": PASSWORD}
+        )
+        assert issued.status_code == 200, issued.text
+
+
 async def test_one_router_under_two_prefixes_names_its_own_endpoints(
     make_settings: Callable[..., Settings],
 ) -> None:

@@ -202,7 +202,7 @@ def test_messages_say_what_is_wrong(
     env = healthy(databases["sqlite"], smtp_server[0])
     http = Run({**env, "AUTHDB_PUBLIC_URL": "http://auth.example.com"})
     assert http.line("public URL").startswith(
-        "error  public URL: http://auth.example.com is not https outside loopback"
+        "error  public URL: AUTHDB_PUBLIC_URL http://auth.example.com is not https outside loopback"
     )
     assert "without Secure" in http.line("cookies")
     ip = Run({**env, "AUTHDB_PUBLIC_URL": "https://203.0.113.5"})
@@ -210,7 +210,7 @@ def test_messages_say_what_is_wrong(
     everyone = Run({**env, "AUTHDB_TRUSTED_PROXIES": "0.0.0.0/0"})
     assert "forge X-Forwarded-For" in everyone.line("trusted proxies")
     redis = Run({**env, "AUTHDB_REDIS_URL": f"redis://127.0.0.1:{free_port()}/0"})
-    assert "not reachable" in redis.line("redis")
+    assert "(AUTHDB_REDIS_URL) not reachable" in redis.line("redis")
     assert redis.lines[-1] == f"{len(NAMES)} checks: 1 error, {len(NAMES) - 1} ok"
 
 
@@ -271,7 +271,9 @@ def test_smtp_login(databases: dict[str, str], smtp_with_login: int) -> None:
     wrong = Run({**env, "AUTHDB_SMTP_PASSWORD": "wrong-password"})
     assert wrong.problems() == {"smtp": "error"}
     assert wrong.exit_code == 1
-    assert "535" in wrong.line("smtp")
+    assert "535" in wrong.line("smtp") and "(AUTHDB_SMTP_HOST, AUTHDB_SMTP_PORT)" in wrong.line(
+        "smtp"
+    )
     assert "wrong-password" not in wrong.stdout
 
 
@@ -281,7 +283,7 @@ def test_unreachable_database_port(smtp_server: tuple[int, Mailbox]) -> None:
     assert run.exit_code == 1
     assert run.problems() == {"database": "error", "schema": "skip", "clock": "skip"}
     assert run.line("database").startswith("error  database: 127.0.0.1:")
-    assert "not reachable" in run.line("database")
+    assert "(AUTHDB_DATABASE_URL) not reachable" in run.line("database")
     assert "hunter2pass" not in run.stdout
 
 

@@ -241,3 +241,12 @@ async def test_events_of_a_session_closed_without_commit_are_forgotten(harness: 
     finally:
         unsubscribe()
     assert [event.name for event in seen] == ["after_close"]
+
+
+def test_the_development_mail_keeps_its_lines_in_text_and_one_line_in_json() -> None:
+    record = _record("email:\nTo: a@example.com\n\nhttp://x/verify?token=t\x1b[2J\n")
+    record.authdb_verbatim = True
+    text = TextFormatter().format(record)
+    assert "\nhttp://x/verify?token=t\\x1b[2J\n" in text  # lines kept, escapes still escaped
+    line = JsonFormatter().format(record)
+    assert "\n" not in line and "authdb_verbatim" not in line

@@ -19,8 +19,15 @@ def create_app(settings: Settings | None = None, *, auth: Auth | None = None) ->
     """Build the authdb service application."""
     auth = auth or Auth(settings)
     # FastAPI's own /docs and /redoc load their assets from a CDN: ours are served locally.
+    # No trailing-slash redirects: Starlette builds their Location from the Host header (and
+    # plain http behind a TLS proxy); authdb never builds a URL from a request's Host.
     app = FastAPI(
-        title="authdb", version=__version__, lifespan=auth.lifespan, docs_url=None, redoc_url=None
+        title="authdb",
+        version=__version__,
+        lifespan=auth.lifespan,
+        docs_url=None,
+        redoc_url=None,
+        redirect_slashes=False,
     )
     app.state.auth = auth
     install_error_handlers(app)

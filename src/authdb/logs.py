@@ -20,11 +20,17 @@ LogFormat = Literal["text", "json"]
 _STANDARD = set(vars(logging.makeLogRecord({}))) | {"message", "asctime", "color_message"}
 
 
-def one_line(text: str) -> str:
-    """``text`` with line breaks and other control characters escaped (``\\n``, ``\\x1b``)."""
+# A record may ask to keep its line breaks in text logs (the development mailer's message,
+# whose link must stay clickable); JSON logs keep every record on one line regardless.
+VERBATIM = "authdb_verbatim"
+
+
+def one_line(text: str, *, keep: str = "") -> str:
+    """``text`` with line breaks and other control characters escaped (``\\n``, ``\\x1b``),
+    except the characters in ``keep``."""
     if text.isprintable():
         return text
-    return "".join(ch if ch.isprintable() else ascii(ch)[1:-1] for ch in text)
+    return "".join(ch if ch.isprintable() or ch in keep else ascii(ch)[1:-1] for ch in text)
 
 
 def _time(record: logging.LogRecord) -> str:
@@ -41,7 +47,7 @@ class TextFormatter(logging.Formatter):
             line += "\n" + self.formatException(record.exc_info)
         elif record.exc_text:
             line += "\n" + record.exc_text
-        return one_line(line)
+        return one_line(line, keep="\n" if getattr(record, VERBATIM, False) else "")
 
 
 class JsonFormatter(logging.Formatter):
@@ -56,7 +62,7 @@ class JsonFormatter(logging.Formatter):
             "message": record.getMessage(),
         }
         for key, value in vars(record).items():
-            if key not in _STANDARD and not key.startswith("_"):
+            if key not in _STANDARD and not key.startswith("_") and key != VERBATIM:
                 entry[key] = value
         if record.exc_info:
             entry["exception"] = self.formatException(record.exc_info)

@@ -125,6 +125,9 @@ class Mailer:
             message["To"],
             message["Subject"],
             text.rstrip(),
+            # authdb's text log lines escape line breaks; this message keeps them, so that a
+            # developer can read it and click its link (JSON logs still get one line).
+            extra={"authdb_verbatim": True},
         )
 
 

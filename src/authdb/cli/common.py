@@ -11,6 +11,7 @@ import typer
 from pydantic import ValidationError
 from pydantic_core import ErrorDetails
 from pydantic_settings import SettingsError
+from sqlalchemy.exc import DBAPIError
 
 from authdb import extras as authdb_extras
 from authdb import settings_checks as checks
@@ -96,13 +97,14 @@ def existing_database_settings(database_url: str | None = None) -> Settings:
 def run(work: Callable[[Auth], Awaitable[T]], database_url: str | None = None) -> T:
     """Start authdb (checking the schema), run ``work``, and turn any failure into one line.
 
-    A SQLite file that does not exist is refused rather than created (see missing_database);
-    a PostgreSQL database must be migrated already (nothing is created in it either).
+    A SQLite file that does not exist is refused rather than created (see missing_database),
+    and any database must be migrated already: a command never creates or upgrades tables
+    (not in another application's SQLite file, not before the operator's backup).
     """
     config = existing_database_settings(database_url)
 
     async def _main() -> T:
-        auth = Auth(config)
+        auth = Auth(config, auto_migrate=False)
         try:
             await auth.startup(issue_tokens=False)
             return await work(auth)
@@ -117,8 +119,19 @@ def run(work: Callable[[Auth], Awaitable[T]], database_url: str | None = None) -
         fail(exc.detail)
     except (SchemaOutOfDate, MissingExtra) as exc:
         fail(str(exc))
+    except (DBAPIError, OSError) as exc:  # not a database, unreachable, refused login ...
+        from authdb.cli.summary import describe_database  # summary imports this module
+
+        where = describe_database(config.database_url)
+        reason = _first_line(exc.orig if isinstance(exc, DBAPIError) else exc)
+        fail(f"cannot use the database ({where}, AUTHDB_DATABASE_URL): {reason}")
     except Exception as exc:
-        fail(f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}")
+        fail(f"{type(exc).__name__}: {_first_line(exc)}")
+
+
+def _first_line(exc: BaseException | None) -> str:
+    text = str(exc) if exc is not None else ""
+    return text.splitlines()[0] if text else type(exc).__name__
 
 
 def read_password(password_stdin: bool, *, confirm: bool = True) -> str:

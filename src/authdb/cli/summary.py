@@ -92,13 +92,28 @@ def serve_summary(
         ("metrics", "on, at /metrics" if settings.metrics_enabled else "off"),
         ("log format", settings.log_format),
     ]
-    lines = [f"authdb {version()} on http://{_host(host)}:{port}{root_path}"]
+    if root_path:
+        rows.insert(3, ("root path", f"{root_path} (the proxy in front strips it)"))
+    lines = [f"authdb {version()} on http://{_host(host)}:{port}"]
     lines += [f"  {label + ':':<{_LABEL_WIDTH}}{value}" for label, value in rows]
-    return lines, serve_warnings(settings, host=host, workers=workers, public_url=public_url)
+    warnings = serve_warnings(
+        settings, host=host, workers=workers, public_url=public_url, port=port
+    )
+    if root_path and public_url is not None:
+        warnings.append(
+            f"--root-path {root_path} without AUTHDB_PUBLIC_URL: emailed links will lack the "
+            f"prefix; set AUTHDB_PUBLIC_URL to the proxy's address, ending in {root_path}"
+        )
+    return lines, warnings
 
 
 def serve_warnings(
-    settings: Settings, *, host: str, workers: int, public_url: str | None = None
+    settings: Settings,
+    *,
+    host: str,
+    workers: int,
+    public_url: str | None = None,
+    port: int | None = None,
 ) -> list[str]:
     """Warnings for the choices that only suit development, each saying what to set."""
     warnings = []
@@ -119,6 +134,15 @@ def serve_warnings(
             f"AUTHDB_PUBLIC_URL is not set: links in emails point at {public_url}, which only "
             "this machine reaches; set AUTHDB_PUBLIC_URL to the address users open"
         )
+    if public_url is None and port is not None and is_loopback(links.hostname):
+        # A local PUBLIC_URL (set for development) on another port than this server's: the
+        # links in emails and the passkeys' origin would lead to nothing, or to another server.
+        linked = links.port or (443 if links.scheme == "https" else 80)
+        if linked != port:
+            warnings.append(
+                f"AUTHDB_PUBLIC_URL {links.scheme}://{links.netloc} is on this machine but "
+                f"not on --port {port}: emailed links and passkeys will not reach this server"
+            )
     if links.scheme == "http" and not is_loopback(links.hostname):
         warnings.append(
             f"AUTHDB_PUBLIC_URL {links.scheme}://{links.netloc} is not https: passwords, tokens "

@@ -96,7 +96,10 @@ async def check_public_url(deployment: Deployment) -> Verdict:
         return ok(f"{url} (https)")
     if is_loopback_host(public_host(deployment.settings)):
         return ok(f"{url}: http on loopback, for development only")
-    return error(f"{url} is not https outside loopback: passwords and tokens cross in clear")
+    return error(
+        f"AUTHDB_PUBLIC_URL {url} is not https outside loopback: passwords and tokens cross "
+        "in clear"
+    )
 
 
 async def check_cookies(deployment: Deployment) -> Verdict:

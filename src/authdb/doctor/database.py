@@ -133,7 +133,9 @@ async def _open_postgresql(url: URL, pgbouncer: bool) -> Database:
     except Exception as exc:
         await engine.dispose()
         return Database(
-            f"PostgreSQL at {where}", sqlite=False, problem=f"{where} not reachable: {reason(exc)}"
+            f"PostgreSQL at {where}",
+            sqlite=False,
+            problem=f"{where} (AUTHDB_DATABASE_URL) not reachable: {reason(exc)}",
         )
     shown_version = ".".join(str(part) for part in version)
     return Database(f"PostgreSQL {shown_version} at {where}", sqlite=False, engine=engine)

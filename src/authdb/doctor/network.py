@@ -48,7 +48,7 @@ async def check_redis(deployment: Deployment) -> Verdict:
         limits = RateLimits(settings)
         if await limits.storage.check():
             return ok(f"{shown} answers PING")
-        return error(f"{shown} does not answer PING")
+        return error(f"{shown} (AUTHDB_REDIS_URL) does not answer PING")
     from redis.asyncio import Redis
     from redis.asyncio.retry import Retry
     from redis.backoff import NoBackoff
@@ -62,7 +62,7 @@ async def check_redis(deployment: Deployment) -> Verdict:
     try:
         await client.ping()
     except Exception as exc:
-        return error(f"{shown} not reachable: {reason(exc)}")
+        return error(f"{shown} (AUTHDB_REDIS_URL) not reachable: {reason(exc)}")
     finally:
         await client.aclose()
     return ok(f"{shown} answers PING")
@@ -97,7 +97,7 @@ async def check_smtp(deployment: Deployment) -> Verdict:
         message = reason(exc)
         if password:
             message = message.replace(password, "***")
-        return error(f"{where}: {message}")
+        return error(f"{where} (AUTHDB_SMTP_HOST, AUTHDB_SMTP_PORT): {message}")
     finally:
         smtp.close()
     return ok(f"{where} answers ({', '.join(done)})")

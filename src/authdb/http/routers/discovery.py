@@ -1,6 +1,8 @@
 """``/.well-known/jwks.json`` (RFC 7517) and ``/.well-known/oauth-authorization-server``
 (RFC 8414): what another service needs to verify authdb's tokens without its database."""
 
+from urllib.parse import urlsplit
+
 from fastapi import APIRouter, Request, Response
 
 from authdb.http.dependencies import AuthDeps
@@ -19,12 +21,21 @@ _METADATA_PATH = "/.well-known/oauth-authorization-server"
 def _base_url(deps: AuthDeps, request: Request) -> str:
     """``PUBLIC_URL`` + the path this document was asked at, less its own name: the mount
     point and router prefix, so each of several mounts names its own endpoints. Never the
-    Host header."""
+    Host header.
+
+    ``PUBLIC_URL`` may already end with the app's root path (``serve --root-path /auth``
+    with ``PUBLIC_URL=https://example.com/auth``, as the emailed links need): that part is
+    not added twice.
+    """
     root = str(request.scope.get("root_path", "")).rstrip("/")
     path = str(request.scope.get("path", _METADATA_PATH))
     if root and not path.startswith(root + "/"):
         path = root + path  # an ASGI server that reports the path below its root_path
-    return deps.core.settings.public_url.rstrip("/") + path.removesuffix(_METADATA_PATH)
+    public_url = deps.core.settings.public_url.rstrip("/")
+    public_path = urlsplit(public_url).path
+    if public_path and path.startswith(public_path + "/"):
+        path = path.removeprefix(public_path)
+    return public_url + path.removesuffix(_METADATA_PATH)
 
 
 def build(deps: AuthDeps) -> APIRouter:
