@@ -307,3 +307,22 @@ async def test_parallel_writers_keep_one_unbroken_chain(make_harness: MakeHarnes
         if e.event == "burst"
     ]
     assert bursts == [0, 1, 2] * 30
+
+
+# PostgreSQL refuses such values itself (timestamptz, json): SQLite only.
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+async def test_a_field_edited_into_garbage_is_named_not_a_crash(make_harness: MakeHarness) -> None:
+    """SQLite stores whatever it is given: a time or a JSON detail edited into text that no
+    longer converts is named as the broken event, after any earlier break in its batch."""
+    harness = await make_harness()
+    for column in ("detail", "created_at"):
+        rows = await _fresh_chain(harness)
+        garbage = f"UPDATE audit_events SET {column} = 'garbage' WHERE id = :id"  # noqa: S608
+        await _sql(harness, garbage, id=rows[3].id)
+        report = await audit_chain.verify(harness.auth.core)
+        assert report.broken_at == rows[3].id and report.reason is not None, column
+        assert report.reason.startswith("unreadable"), report.reason
+        # An earlier break in the same batch is still the one named.
+        await _sql(harness, "UPDATE audit_events SET event = 'x' WHERE id = :id", id=rows[1].id)
+        report = await audit_chain.verify(harness.auth.core)
+        assert (report.broken_at, report.reason) == (rows[1].id, "hash mismatch")

@@ -26,7 +26,7 @@ from pydantic import ValidationError
 from typer.testing import CliRunner, Result
 
 import authdb
-from authdb import Auth, Settings
+from authdb import Auth, Settings, settings_env
 from authdb.cli import app
 from authdb.cli.summary import serve_summary
 from authdb.extras import MissingExtra
@@ -137,6 +137,29 @@ def test_config_prints_each_setting_with_its_source_and_masks_secrets(
         assert secret not in text.output + as_json.output
     # Nothing was connected to or created: config only reads settings.
     assert sorted(p.name for p in tmp_path.iterdir()) == [".env"]
+
+
+@pytest.mark.parametrize(
+    ("url", "shown"),
+    [
+        (
+            "postgresql+asyncpg://u@127.0.0.1:5432/db?pass%77ord=Hunter2Pw&sslmode=require",
+            "postgresql+asyncpg://u@127.0.0.1:5432/db?pass%77ord=***&sslmode=require",
+        ),
+        (
+            "postgresql+asyncpg:///db?host=/tmp&PassWord=Hunter2Pw",
+            "postgresql+asyncpg:///db?host=/tmp&PassWord=***",
+        ),
+        ("redis://127.0.0.1:6379/0?password=Hunter2Pw", "redis://127.0.0.1:6379/0?password=***"),
+        ("postgresql+asyncpg://u:Hunter2%40Pw@h/db", "postgresql+asyncpg://u:***@h/db"),
+        ("sqlite+aiosqlite:///./x.db", "sqlite+aiosqlite:///./x.db"),
+    ],
+)
+def test_a_password_anywhere_in_a_url_is_masked(url: str, shown: str) -> None:
+    """Drivers read query keys percent-decoded: ``pass%77ord`` is a password too."""
+    assert settings_env.mask_url(url) == shown
+    secrets = settings_env.url_secrets(url)
+    assert ("Hunter2Pw" in secrets or "Hunter2@Pw" in secrets) == ("Hunter2" in url)
 
 
 # --- unknown variables ----------------------------------------------------------------------

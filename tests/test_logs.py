@@ -13,6 +13,8 @@ import pyotp
 import pytest
 from sqlalchemy import select
 
+from authdb.db import migrate
+from authdb.db.engine import create_engine
 from authdb.db.models import User
 from authdb.logs import JsonFormatter, RedactQuery, TextFormatter, redact_query
 from authdb.services import audit
@@ -64,6 +66,7 @@ def test_json_lines_carry_the_callers_fields() -> None:
         ("/verify?token=abc.def", "/verify?token=[redacted]"),
         ("/reset-password?token=x&next=%2F", "/reset-password?token=[redacted]&next=[redacted]"),
         ("/users/me", "/users/me"),
+        ("/token?SECRETBARE&a=1", "/token?[redacted]&a=[redacted]"),
         ("/login?", "/login?"),
     ],
 )
@@ -204,12 +207,17 @@ def _exercise(base: str, mailbox: Mailbox) -> list[str]:
     return secrets
 
 
-def test_a_servers_json_log_has_one_object_a_line_and_no_secret(
-    tmp_path: Path, smtp_server: tuple[int, Mailbox]
+async def test_a_servers_json_log_has_one_object_a_line_and_no_secret(
+    tmp_path: Path, smtp_server: tuple[int, Mailbox], database_url: str
 ) -> None:
     port, mailbox = smtp_server
+    engine = create_engine(database_url)
+    try:
+        await migrate.upgrade(engine)  # `authdb migrate`: serve refuses an empty PostgreSQL
+    finally:
+        await engine.dispose()
     env = {
-        "AUTHDB_DATABASE_URL": f"sqlite+aiosqlite:///{tmp_path / 'authdb.db'}",
+        "AUTHDB_DATABASE_URL": database_url,
         "AUTHDB_SECRET_KEY": "log-test-secret-key-that-is-long-enough-0123456789",
         "AUTHDB_SMTP_HOST": "127.0.0.1",
         "AUTHDB_SMTP_PORT": str(port),

@@ -6,7 +6,6 @@ The metrics are global to a process, so the in-process tests compare a scrape be
 
 from __future__ import annotations
 
-import asyncio
 import os
 import signal
 import stat
@@ -20,6 +19,7 @@ import httpx
 import pytest
 from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.parser import text_string_to_metric_families
+from sqlalchemy import text
 
 from authdb import Auth, Settings
 from authdb.app import create_app
@@ -157,6 +157,22 @@ def test_metrics_without_the_extra_are_refused_naming_it(tmp_path: Path) -> None
     assert "Traceback" not in result.stderr
 
 
+async def test_a_database_failure_leaves_out_the_gauge_not_the_scrape(metered: Harness) -> None:
+    """The live-session count needs the database; the counters do not, and matter most
+    during an outage: the scrape answers without the gauge instead of failing."""
+    await metered.create_user("alice")
+    await metered.login("alice")
+    async with metered.auth.core.engine.begin() as connection:
+        await connection.execute(text("ALTER TABLE auth_sessions RENAME TO auth_sessions_away"))
+    try:
+        samples = await scrape(metered)
+        assert not [name for name, _ in samples if name == "authdb_live_sessions"]
+        assert value(samples, "authdb_logins_total", outcome="ok") >= 1
+    finally:
+        async with metered.auth.core.engine.begin() as connection:
+            await connection.execute(text("ALTER TABLE auth_sessions_away RENAME TO auth_sessions"))
+
+
 # --- the real server, two workers -----------------------------------------------------------------
 
 
@@ -214,11 +230,10 @@ def _logins_counted_by(metrics_dir: Path, pid: int) -> float:
     )
 
 
-def test_two_workers_report_one_truth(tmp_path: Path) -> None:
+async def test_two_workers_report_one_truth(tmp_path: Path, database_url: str) -> None:
     """20 sign-ins, 10 on each of two workers, count 20 whichever worker answers the scrape;
     the serve process removes its private metrics directory when it stops."""
-    database_url = f"sqlite+aiosqlite:///{tmp_path / 'authdb.db'}"
-    asyncio.run(_prepare(database_url))
+    await _prepare(database_url)
     temp = tmp_path / "tmp"
     temp.mkdir()
     env = {

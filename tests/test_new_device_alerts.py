@@ -257,3 +257,23 @@ def test_networks_are_ipv4_slash_24_and_ipv6_slash_64(
     address: str | None, network: str | None
 ) -> None:
     assert network_of(address) == network
+
+
+async def test_unverified_addresses_get_no_alert_and_alerts_are_capped(
+    make_harness: MakeHarness, mailbox: Mailbox
+) -> None:
+    """Anyone can register a stranger's address: no alert goes to an unverified one. And a
+    verified account gets at most AUTHDB_RATE_LIMIT_EMAIL_REQUESTS alerts, however many new
+    User-Agents a holder of the password signs in with."""
+    harness = await make_harness(**ALERTING, rate_limit_email_requests="2/hour")
+    await harness.create_user("mallory", is_verified=False)
+    await sign_in(harness, FIREFOX, "198.51.100.7", "mallory")
+    for number in range(3):
+        await sign_in(harness, f"URGENT call +1-800-555-01{number:02d}", "198.51.100.7", "mallory")
+    await harness.create_user("alice")
+    await sign_in(harness, FIREFOX, "198.51.100.7")
+    for number in range(4):
+        await sign_in(harness, f"Agent/{number}", f"203.0.{number}.1")
+    # The in-process transport answers once the background tasks (the alerts) have run.
+    assert len(alerts(mailbox)) == 2
+    assert alerts(mailbox, "mallory") == []

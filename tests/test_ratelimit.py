@@ -328,6 +328,27 @@ def test_parse_address() -> None:
     assert str(parse_address(" 192.0.2.1 ")) == "192.0.2.1"
     assert parse_address("unknown") is None
     assert parse_address("[2001:db8::1") is None
+    # A zone is the sender's interface, any text a forwarder wrote: never kept.
+    assert str(parse_address("fe80::1%" + "A" * 80)) == "fe80::1"
+    assert str(parse_address("[fe80::1%eth0]:443")) == "fe80::1"
+    assert str(parse_address("::ffff:192.0.2.1%x")) == "192.0.2.1"
+
+
+async def test_a_forwarded_zone_never_reaches_the_database(
+    make_harness: Callable[..., Awaitable[Harness]],
+) -> None:
+    """A long zone on a forwarded IPv6 address was stored as the client's address (a 500 on
+    PostgreSQL past 64 characters)."""
+    harness = await make_harness(trusted_proxies="127.0.0.1")
+    await harness.create_user()
+    response = await harness.client.post(
+        "/token",
+        data={"username": "alice", "password": PASSWORD},
+        headers={"X-Forwarded-For": "fe80::1%" + "A" * 80},
+    )
+    assert response.status_code == 200, response.text
+    events = await list_events(harness.auth.core)
+    assert [e.ip_address for e in events if e.event == "login_ok"] == ["fe80::1"]
 
 
 def test_trusted_proxies_setting_is_validated_at_start() -> None:

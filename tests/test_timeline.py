@@ -170,6 +170,10 @@ async def test_entries_show_whitelisted_fields_only(harness: Harness) -> None:
     for secret in (tokens["access_token"], tokens["refresh_token"], "must never show", "k1"):
         assert secret not in response.text
     assert set(by_admin) == ENTRY_FIELDS  # no actor id either
+    # Made with the CLI (createuser, changepassword, users disable ...): an operator's doing.
+    by_operator = entries["user_created"]
+    assert by_operator["detail"].get("by_administrator") is True
+    assert by_operator["ip_address"] is None and by_operator["device"] is None
 
 
 async def test_cookie_sessions_read_the_timeline_and_no_credentials_get_401(

@@ -88,8 +88,13 @@ def redact_query(path: str) -> str:
     base, mark, query = path.partition("?")
     if not mark:
         return path
-    names = (part.partition("=")[0] for part in query.split("&") if part)
-    return base + "?" + "&".join(f"{name}=[redacted]" for name in names)
+    # A part without "=" is a bare value (``?SECRET``): it goes too, name and all.
+    shown = (
+        f"{part.partition('=')[0]}=[redacted]" if "=" in part else "[redacted]"
+        for part in query.split("&")
+        if part
+    )
+    return base + "?" + "&".join(shown)
 
 
 def json_line(level: str, message: str, logger: str = "authdb.serve") -> str:

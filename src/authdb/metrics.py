@@ -49,7 +49,7 @@ LOGIN_OUTCOMES: dict[str, str] = {
 }
 LOCKOUT_EVENT = "lockout"
 # The budgets of authdb.ratelimit.RateLimits, shown at 0 before their first refusal.
-RATE_LIMITS = ("login_failures", "register", "email", "email_address")
+RATE_LIMITS = ("login_failures", "register", "email", "email_address", "new_device_alert")
 # Argon2id at the default cost takes 50-100 ms; bcrypt and cheap test settings far less.
 _HASH_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.25, 0.5, 1.0, 2.5)
 
@@ -196,9 +196,10 @@ def password_hashed(op: str, seconds: float) -> None:
 # --- exposition -----------------------------------------------------------------------------------
 
 
-def render(live_sessions: int) -> bytes:
+def render(live_sessions: int | None) -> bytes:
     """Every metric in the Prometheus text format, all workers added up, with the
-    ``authdb_live_sessions`` gauge set to ``live_sessions`` (counted by the caller)."""
+    ``authdb_live_sessions`` gauge set to ``live_sessions`` (counted by the caller; None
+    when the database could not count them: the gauge is left out)."""
     from prometheus_client import CollectorRegistry, generate_latest
     from prometheus_client.core import GaugeMetricFamily
     from prometheus_client.multiprocess import MultiProcessCollector
@@ -209,6 +210,8 @@ def render(live_sessions: int) -> bytes:
     else:
         registry = CollectorRegistry()
         MultiProcessCollector(registry, path=metrics.multiprocess_dir)  # type: ignore[no-untyped-call]
+    if live_sessions is None:
+        return generate_latest(registry)
     gauge = GaugeMetricFamily(
         "authdb_live_sessions",
         "Sessions neither revoked nor expired (counted in the database at scrape time).",

@@ -117,6 +117,8 @@ _BUDGET_SETTINGS = {
     "register": "rate_limit_register",
     "email": "rate_limit_email_requests",
     "email_address": "rate_limit_email_requests_per_address",
+    # New-device alerts per account: a stolen password must not turn into a mail flood.
+    "new_device_alert": "rate_limit_email_requests",
 }
 
 
@@ -136,7 +138,8 @@ class RateLimits:
     """The named budgets of the spec, checked with ``check`` and spent with ``hit``.
 
     Budgets: ``login_failures`` and ``register`` (per client address), ``email`` (per email
-    address) and ``email_address`` (verify/forgot requests per client address).
+    address), ``email_address`` (verify/forgot requests per client address) and
+    ``new_device_alert`` (alert emails per account, sized as ``email``).
     """
 
     def __init__(self, settings: Settings, *, clock: Callable[[], float] = time.monotonic) -> None:

@@ -7,12 +7,11 @@ from __future__ import annotations
 import difflib
 import logging
 import os
-import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import unquote_plus, urlsplit, urlunsplit
 
 from dotenv import dotenv_values
 from pydantic import SecretStr
@@ -30,7 +29,19 @@ NOT_SETTINGS_PREFIXES = ("AUTHDB_TEST_",)
 # Shown as this when set; never the value, nor its length.
 MASK = "********"
 SECRET_SETTINGS = frozenset({"secret_key", "secret_key_fallbacks", "smtp_password"})
-_QUERY_PASSWORD = re.compile(r"(?i)((?:^|[?&])password=)[^&]*")
+# Query parameters whose value is masked: drivers read the key percent-decoded, so it is
+# decoded before the test (``pass%77ord`` is a password to asyncpg and redis-py).
+_SECRET_WORDS = ("pass", "pwd", "secret", "token", "key", "auth", "cred")
+
+
+def _mask_query(query: str) -> str:
+    """``a=1&password=x&pass%77ord=y`` → ``a=1&password=***&pass%77ord=***``."""
+    shown = []
+    for part in query.split("&"):
+        name, equals, _value = part.partition("=")
+        secret = any(word in unquote_plus(name).lower() for word in _SECRET_WORDS)
+        shown.append(f"{name}=***" if equals and secret else part)
+    return "&".join(shown)
 
 
 def known_variables() -> frozenset[str]:
@@ -143,9 +154,30 @@ def mask_url(url: str) -> str:
     masked = parts
     if at and ":" in userinfo:
         masked = masked._replace(netloc=f"{userinfo.split(':', 1)[0]}:***@{host}")
-    masked = masked._replace(query=_QUERY_PASSWORD.sub(r"\1***", parts.query))
-    # Rebuilt only when something was masked: urlunsplit would mangle "sqlite:///./x.db".
-    return url if masked == parts else urlunsplit(masked)
+    masked = masked._replace(query=_mask_query(parts.query))
+    # Rebuilt only when something was masked: urlunsplit would mangle "sqlite:///./x.db"
+    # (and "postgresql:///db?..."), so a masked query goes back into the text as it was.
+    if masked == parts:
+        return url
+    if masked.netloc == parts.netloc:
+        base, mark, rest = url.partition("?")
+        _query, hash_mark, fragment = rest.partition("#")
+        return base + mark + masked.query + hash_mark + fragment
+    return urlunsplit(masked)
+
+
+def url_secrets(url: str | None) -> list[str]:
+    """The secrets inside a URL (its password, secret-looking query values), as written and
+    percent-decoded, for scrubbing messages that a library may have built from them."""
+    if not url:
+        return []
+    parts = urlsplit(url)
+    found = [parts.password] if parts.password else []
+    for part in parts.query.split("&"):
+        name, equals, value = part.partition("=")
+        if equals and value and any(w in unquote_plus(name).lower() for w in _SECRET_WORDS):
+            found.append(value)
+    return [text for secret in found for text in dict.fromkeys((secret, unquote_plus(secret)))]
 
 
 def shown(settings: Settings, field: str) -> Any:

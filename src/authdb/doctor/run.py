@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
-from urllib.parse import unquote, urlsplit
 
 from authdb.doctor.configuration import (
     check_cookies,
@@ -19,6 +18,7 @@ from authdb.doctor.database import check_clock, check_database, check_schema, op
 from authdb.doctor.findings import TIMEOUT_SECONDS, Deployment, Result, Verdict, error, reason
 from authdb.doctor.network import check_redis, check_smtp
 from authdb.settings import Settings
+from authdb.settings_env import url_secrets
 
 Check = Callable[[Deployment], Awaitable[Verdict]]
 
@@ -74,9 +74,7 @@ def _secrets(settings: Settings) -> list[str]:
     found = [settings.secret_key, settings.smtp_password, *settings.secret_key_fallbacks]
     values = [secret.get_secret_value() for secret in found if secret is not None]
     for url in (settings.database_url, settings.redis_url):
-        password = urlsplit(url).password if url else None
-        if password:
-            values += [password, unquote(password)]
+        values += url_secrets(url)
     return [value for value in values if value]
 
 

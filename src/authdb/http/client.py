@@ -29,9 +29,14 @@ def parse_address(value: str) -> _Address | None:
         address = ipaddress.ip_address(value)
     except ValueError:
         return None
-    # A dual-stack socket reports IPv4 peers as ::ffff:a.b.c.d; compare them as IPv4.
-    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-        return address.ipv4_mapped
+    if isinstance(address, ipaddress.IPv6Address):
+        # A zone ("fe80::1%eth0") names an interface of the sender, not the client, and its
+        # text is anything a forwarder wrote: dropped, so it never reaches a stored address.
+        if address.scope_id is not None:
+            address = ipaddress.IPv6Address(value.split("%", 1)[0])
+        # A dual-stack socket reports IPv4 peers as ::ffff:a.b.c.d; compare them as IPv4.
+        if address.ipv4_mapped is not None:
+            return address.ipv4_mapped
     return address
 
 

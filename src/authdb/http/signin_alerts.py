@@ -12,8 +12,10 @@ import logging
 from starlette.background import BackgroundTask, BackgroundTasks
 from starlette.responses import Response
 
+from authdb.errors import TooManyRequests
 from authdb.http.dependencies import AuthDeps
 from authdb.mail import Mailer
+from authdb.ratelimit import RateLimits
 from authdb.services import new_device
 from authdb.services.core import Core
 
@@ -23,7 +25,7 @@ log = logging.getLogger("authdb.accounts")
 def check_later(background: BackgroundTasks, deps: AuthDeps, session_id: int) -> None:
     """Queue the new-device check of the sign-in that opened ``session_id``, if alerts are on."""
     if deps.core.settings.new_device_alerts:
-        background.add_task(_check_and_send, deps.core, deps.mailer, session_id)
+        background.add_task(_check_and_send, deps.core, deps.limits, deps.mailer, session_id)
 
 
 def checked_later(response: Response, deps: AuthDeps, session_id: int) -> Response:
@@ -37,12 +39,17 @@ def checked_later(response: Response, deps: AuthDeps, session_id: int) -> Respon
     return response
 
 
-async def _check_and_send(core: Core, mailer: Mailer, session_id: int) -> None:
+async def _check_and_send(core: Core, limits: RateLimits, mailer: Mailer, session_id: int) -> None:
     # After the answer has gone out a failure can only be logged.
     try:
         mail = await new_device.alert_for(core, session_id)
+        if mail is None:
+            return
+        await limits.hit("new_device_alert", mail.to.lower())
+    except TooManyRequests:
+        log.warning("new-device alerts for an account are over AUTHDB_RATE_LIMIT_EMAIL_REQUESTS")
+        return
     except Exception:
         log.exception("could not check a sign-in for a new device")
         return
-    if mail is not None:
-        await mailer.send(mail.to, mail.template, **mail.context)
+    await mailer.send(mail.to, mail.template, **mail.context)

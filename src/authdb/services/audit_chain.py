@@ -198,17 +198,49 @@ async def verify(
         query = select(table).order_by(table.c.chain_seq).limit(batch)
         if after is not None:
             query = query.where(table.c.chain_seq > after)
-        async with core.sessionmaker() as db:
-            rows = (await db.execute(query)).all()
+        rows = await _read_batch(core, query, after, batch)
         for row in rows:
-            reason = _fault(row, count + 1, prev)
-            if reason is not None:
-                return ChainReport(count, prev, broken_at=row.id, reason=reason)
+            reason = _fault(row, count + 1, prev) if not isinstance(row, _Unreadable) else None
+            if isinstance(row, _Unreadable) or reason is not None:
+                why = reason or "unreadable: a field no longer holds a valid value"
+                return ChainReport(count, prev, broken_at=row.id, reason=why)
             count, prev = count + 1, row.row_hash
             seen = seen or row.row_hash == passes_through
         if len(rows) < batch:
             return ChainReport(count, prev, passed_through=seen)
         after = rows[-1].chain_seq
+
+
+@dataclass(frozen=True)
+class _Unreadable:
+    """A row whose stored values no longer convert (a time or JSON edited into garbage)."""
+
+    id: int
+    chain_seq: int
+
+
+async def _read_batch(core: Core, query: Any, after: int | None, batch: int) -> list[Any]:
+    """The batch's rows; when one of them cannot even be converted, each row alone, the
+    first that fails as :class:`_Unreadable` (the walk stops there)."""
+    try:
+        async with core.sessionmaker() as db:
+            return list((await db.execute(query)).all())
+    except (ValueError, TypeError):  # json.JSONDecodeError is a ValueError
+        pass
+    table = AuditEvent.__table__
+    positions = select(table.c.id, table.c.chain_seq).order_by(table.c.chain_seq).limit(batch)
+    if after is not None:
+        positions = positions.where(table.c.chain_seq > after)
+    rows: list[Any] = []
+    async with core.sessionmaker() as db:
+        for row_id, chain_seq in (await db.execute(positions)).all():
+            try:
+                one = select(table).where(table.c.id == row_id)
+                rows.append((await db.execute(one)).one())
+            except (ValueError, TypeError):
+                rows.append(_Unreadable(row_id, chain_seq))
+                break
+    return rows
 
 
 def _fault(row: Any, expected_seq: int, prev: str) -> str | None:

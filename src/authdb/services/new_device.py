@@ -70,14 +70,17 @@ def is_new(current: AuditEvent, earlier: list[AuditEvent]) -> bool:
 
 async def alert_for(core: Core, session_id: int) -> Mail | None:
     """The alert email for the sign-in that opened ``session_id``, or None when it is from a
-    known device and network, is the account's first, or the account has no email address.
+    known device and network, is the account's first, or the account has no verified email
+    address.
 
     Call it after the sign-in has committed (its ``login_ok`` row is what it compares).
     """
     async with core.sessionmaker() as db:
         user_id = await db.scalar(select(AuthSession.user_id).where(AuthSession.id == session_id))
         user = await db.get(User, user_id) if user_id is not None else None
-        if user is None or not user.email:
+        # Only a verified address: else anyone could register a stranger's address and mail
+        # it alerts (with a User-Agent of their choosing) at will.
+        if user is None or not user.email or not user.is_verified:
             return None
         rows = (
             await db.scalars(

@@ -14,7 +14,7 @@ from sqlalchemy import select
 
 from authdb.db.models import AuditEvent
 from authdb.devices import device_name
-from authdb.services.core import Core
+from authdb.services.core import CLI_CLIENT, Core
 
 DEFAULT_LIMIT = 50
 MAX_LIMIT = 200
@@ -98,7 +98,8 @@ async def list_own(
 def shape(row: AuditEvent) -> TimelineEntry:
     """The person-facing form of an audit row (of a shown event)."""
     detail = _safe_detail(row.event, row.detail or {})
-    by_administrator = row.actor_id is not None and row.actor_id != row.user_id
+    by_someone_else = row.actor_id is not None and row.actor_id != row.user_id
+    by_administrator = by_someone_else or _by_operator(row)
     if by_administrator:
         detail["by_administrator"] = True
     return TimelineEntry(
@@ -109,6 +110,12 @@ def shape(row: AuditEvent) -> TimelineEntry:
         device=None if by_administrator else device_name(row.user_agent),
         detail=detail,
     )
+
+
+def _by_operator(row: AuditEvent) -> bool:
+    """A change made with the ``authdb`` CLI: no address (every HTTP request has one) and
+    the CLI's own client name."""
+    return row.ip_address is None and row.user_agent == CLI_CLIENT.user_agent
 
 
 def _safe_detail(event: str, detail: dict[str, object]) -> dict[str, DetailValue]:

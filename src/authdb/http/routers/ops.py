@@ -1,13 +1,21 @@
 """Liveness and readiness probes, and the Prometheus metrics when enabled."""
 
+import asyncio
+import logging
+
 from fastapi import APIRouter
 from fastapi.responses import JSONResponse, Response
 from sqlalchemy import func, select, text
+from sqlalchemy.exc import SQLAlchemyError
 
 from authdb import metrics
 from authdb.db.models import AuthSession
 from authdb.http.openapi import ProbeStatus
 from authdb.services.core import Core
+
+log = logging.getLogger("authdb.metrics")
+# A scrape does not wait longer than this for the live-session count.
+_COUNT_SECONDS = 5
 
 
 def build(core: Core) -> APIRouter:
@@ -49,6 +57,11 @@ def _add_metrics(router: APIRouter, core: Core) -> None:
         """Every worker's metrics added up, in the Prometheus text format."""
         # Counted here rather than kept in a gauge: right across workers and restarts alike.
         query = select(func.count()).select_from(AuthSession)
-        async with core.sessionmaker() as db:
-            live = await db.scalar(query.where(AuthSession.live_at(core.clock())))
-        return Response(metrics.render(live or 0), media_type=metrics.CONTENT_TYPE)
+        live: int | None = None
+        try:
+            async with asyncio.timeout(_COUNT_SECONDS), core.sessionmaker() as db:
+                live = await db.scalar(query.where(AuthSession.live_at(core.clock()))) or 0
+        except (SQLAlchemyError, OSError, TimeoutError) as exc:
+            # During an outage the counters matter most: serve them, without the gauge.
+            log.warning("metrics: live sessions not counted: %s", type(exc).__name__)
+        return Response(metrics.render(live), media_type=metrics.CONTENT_TYPE)
