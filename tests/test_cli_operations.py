@@ -477,3 +477,5 @@ def test_serve_says_what_it_runs_with_and_emailed_links_follow_its_port(
     stderr = (tmp_path / "serve.err").read_text().splitlines()
     assert stderr[0].startswith("warning: AUTHDB_SECRET_KEY is not set: tokens are signed")
     assert not [line for line in stderr if line.startswith("warning:")][1:]
+    # Said once by serve, not again by the worker (nor by each of N workers).
+    assert "using the signing key generated" not in "\n".join(stderr)

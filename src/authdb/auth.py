@@ -57,6 +57,8 @@ class Auth:
         )
         # SQLite is embedded, so it is ours to migrate; a shared server is the operator's.
         self.auto_migrate = sqlite if auto_migrate is None else auto_migrate
+        # Log that the secret key is a generated one; `authdb serve` said so once already.
+        self.warn_generated_key = True
         self.limits = RateLimits(self.settings)
         self.mailer = Mailer(self.settings)
         self.deps = AuthDeps(self.core, self.limits, self.mailer)
@@ -90,7 +92,8 @@ class Auth:
             await migrate.upgrade(self.core.engine)
         elif not await migrate.is_up_to_date(self.core.engine):
             raise SchemaOutOfDate("the database schema is out of date: run `authdb migrate`")
-        self.core.secret = await load_signing_key(self.core, warn=issue_tokens)
+        warn = issue_tokens and self.warn_generated_key
+        self.core.secret = await load_signing_key(self.core, warn=warn)
         self.core.secret_fallbacks = await load_fallback_keys(self.core)
         if not issue_tokens:
             return

@@ -169,7 +169,9 @@ def _service_app():  # type: ignore[no-untyped-def]
 
     # `serve` reported unknown variables already; each worker need not log them again.
     settings_env.mark_reported(settings_env.unknown_settings())
-    return create_app(auth=Auth(auto_migrate=False))
+    auth = Auth(auto_migrate=False)
+    auth.warn_generated_key = False  # serve's summary said it, once rather than per worker
+    return create_app(auth=auth)
 
 
 async def _prepare_database(database_url: str, pgbouncer: bool) -> None:
