@@ -8,6 +8,7 @@ Every test runs on SQLite and PostgreSQL, under HS256 and under key-pair algorit
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from typing import Any
 
 import httpx
@@ -160,12 +161,11 @@ async def test_metadata_and_jwks_tell_shared_caches_to_revalidate(discovery: Har
 # --- mounted in an application of one's own ----------------------------------------------------
 
 
-@pytest.fixture
-async def host_app(
-    make_settings: Callable[..., Settings], algorithm: str
-) -> AsyncIterator[tuple[Auth, FastAPI]]:
-    """``auth.router`` included under ``/auth`` in a host FastAPI application, started."""
-    auth = Auth(make_settings(jwt_algorithm=algorithm, public_url=PUBLIC_URL))
+@asynccontextmanager
+async def _started_host_app(settings: Settings) -> AsyncIterator[tuple[Auth, FastAPI]]:
+    """``auth.router`` included under ``/auth`` in a host FastAPI application, started, with
+    the user alice."""
+    auth = Auth(settings)
     app = FastAPI(lifespan=auth.lifespan)
     app.include_router(auth.router, prefix="/auth")
     await migrate.upgrade(auth.core.engine)
@@ -179,6 +179,16 @@ async def host_app(
             is_verified=True,
         )
         yield auth, app
+
+
+@pytest.fixture
+async def host_app(
+    make_settings: Callable[..., Settings], algorithm: str
+) -> AsyncIterator[tuple[Auth, FastAPI]]:
+    """``auth.router`` included under ``/auth`` in a host FastAPI application, started."""
+    settings = make_settings(jwt_algorithm=algorithm, public_url=PUBLIC_URL)
+    async with _started_host_app(settings) as started:
+        yield started
 
 
 async def test_router_under_a_prefix_advertises_prefixed_endpoints(
@@ -207,43 +217,19 @@ async def test_router_under_a_prefix_advertises_prefixed_endpoints(
         assert (await client.get("/auth/users/me", headers=bearer)).status_code == 401
 
 
-async def test_prefixed_router_behind_a_root_path(host_app: tuple[Auth, FastAPI]) -> None:
-    """Served under an ASGI ``root_path`` (uvicorn --root-path /api, behind a proxy), the
-    endpoints carry both the root path and the router's prefix."""
-    _, app = host_app
-    async with _client_for(app, base_url=PUBLIC_URL, root_path="/api") as client:
-        metadata = await _metadata(client, f"/api/auth{METADATA}")
-        assert metadata["token_endpoint"] == f"{PUBLIC_URL}/api/auth/token"
-        assert metadata["jwks_uri"] == f"{PUBLIC_URL}/api/auth{JWKS}"
-        assert metadata["revocation_endpoint"] == f"{PUBLIC_URL}/api/auth/revoke"
-        issued = await client.post(
-            metadata["token_endpoint"], data={"username": "alice", "password": PASSWORD}
-        )
-        assert issued.status_code == 200, issued.text
-
-
-async def test_a_public_url_naming_the_root_path_gets_it_once(
-    make_settings: Callable[..., Settings],
+@pytest.mark.parametrize("public_path", ["", "/api"])
+async def test_prefixed_router_behind_a_root_path(
+    make_settings: Callable[..., Settings], public_path: str
 ) -> None:
     """Served under an ASGI ``root_path`` (``serve --root-path /api`` behind a proxy that
-    strips it), ``PUBLIC_URL`` names where the app's root is served (``.../api``, as the
-    emailed links need it) and the endpoints add the router's prefix, not /api again."""
-    auth = Auth(make_settings(public_url=f"{PUBLIC_URL}/api"))
-    app = FastAPI(lifespan=auth.lifespan)
-    app.include_router(auth.router, prefix="/auth")
-    await migrate.upgrade(auth.core.engine)
+    strips it), the endpoints carry the root path and the router's prefix, once: whether
+    ``PUBLIC_URL`` is the bare origin or names the root path too (``.../api``, as the
+    emailed links need it)."""
+    settings = make_settings(public_url=f"{PUBLIC_URL}{public_path}")
     async with (
-        app.router.lifespan_context(app),
+        _started_host_app(settings) as (_, app),
         _client_for(app, base_url=PUBLIC_URL, root_path="/api") as client,
     ):
-        await provisioning.create_user(
-            auth.core,
-            username="alice",
-            email="alice@example.com",
-            password=PASSWORD,
-            client=CLI_CLIENT,
-            is_verified=True,
-        )
         metadata = await _metadata(client, f"/api/auth{METADATA}")
         assert metadata["token_endpoint"] == f"{PUBLIC_URL}/api/auth/token"
         assert metadata["jwks_uri"] == f"{PUBLIC_URL}/api/auth{JWKS}"
