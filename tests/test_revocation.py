@@ -454,8 +454,9 @@ def server(
         env["AUTHDB_DATABASE_URL"] = f"sqlite+aiosqlite:///{directory / 'authdb.db'}"
     else:
         env["AUTHDB_DATABASE_URL"] = asyncio.run(database.__aenter__())
-        migrated = run_cli(["migrate"], env=env, cwd=directory)
-        assert migrated.returncode == 0, migrated.stderr
+    # Only serve and migrate create a database: createuser needs it made first.
+    migrated = run_cli(["migrate"], env=env, cwd=directory)
+    assert migrated.returncode == 0, migrated.stderr
     try:
         created = run_cli(
             ["createuser", "--username", "alice", "--email", "alice@example.com",

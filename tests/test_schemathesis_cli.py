@@ -67,6 +67,8 @@ def _provision(folder: Path) -> None:
         for n in range(1, 31)
     ]
     (folder / "users.jsonl").write_text("\n".join(lines) + "\n")
+    migrated = run_cli(["migrate"], env=SERVER_ENV, cwd=folder)  # only serve/migrate create it
+    assert migrated.returncode == 0, migrated.stderr
     imported = run_cli(["users", "import", "users.jsonl"], env=SERVER_ENV, cwd=folder)
     assert imported.returncode == 0, imported.stderr
     root = ["--username", "root", "--email", "root@example.com", "--superuser"]

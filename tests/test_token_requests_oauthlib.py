@@ -37,6 +37,8 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         "AUTHDB_RATE_LIMIT_LOGIN_FAILURES": "1000/minute",
         "AUTHDB_REFRESH_REUSE_INTERVAL_SECONDS": "0",
     }
+    migrated = run_cli(["migrate"], env=env, cwd=directory)  # only serve/migrate create it
+    assert migrated.returncode == 0, migrated.stderr
     for name in ("alice", "locky", "dora"):
         created = run_cli(
             [
