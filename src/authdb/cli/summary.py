@@ -3,32 +3,19 @@ warning for each choice that is probably a mistake in this deployment."""
 
 from __future__ import annotations
 
-import ipaddress
 from urllib.parse import urlsplit
 
 from sqlalchemy.engine import make_url
 
 from authdb.cli.config import version
 from authdb.db.engine import async_url, is_sqlite, sqlite_path
+from authdb.origins import is_loopback_host
 from authdb.settings import Settings
 from authdb.settings_env import mask_url
 
 _LABEL_WIDTH = 13
 # Listening on every interface: links derived from it name the loopback address instead.
 _ALL_INTERFACES = ("0.0.0.0", "::", "")  # noqa: S104 - compared with, not bound
-
-
-def is_loopback(host: str | None) -> bool:
-    """Whether ``host`` (a name or an address, IPv6 with or without brackets) is this machine."""
-    if not host:
-        return False
-    host = host.strip("[]").lower()
-    if host == "localhost" or host.endswith(".localhost"):
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 def describe_database(database_url: str, *, pgbouncer: bool = False) -> str:
@@ -134,7 +121,7 @@ def serve_warnings(
             f"AUTHDB_PUBLIC_URL is not set: links in emails point at {public_url}, which only "
             "this machine reaches; set AUTHDB_PUBLIC_URL to the address users open"
         )
-    if public_url is None and port is not None and is_loopback(links.hostname):
+    if public_url is None and port is not None and is_loopback_host(links.hostname):
         # A local PUBLIC_URL (set for development) on another port than this server's: the
         # links in emails and the passkeys' origin would lead to nothing, or to another server.
         linked = links.port or (443 if links.scheme == "https" else 80)
@@ -143,7 +130,7 @@ def serve_warnings(
                 f"AUTHDB_PUBLIC_URL {links.scheme}://{links.netloc} is on this machine but "
                 f"not on --port {port}: emailed links and passkeys will not reach this server"
             )
-    if links.scheme == "http" and not is_loopback(links.hostname):
+    if links.scheme == "http" and not is_loopback_host(links.hostname):
         warnings.append(
             f"AUTHDB_PUBLIC_URL {links.scheme}://{links.netloc} is not https: passwords, tokens "
             "and session cookies would cross the network unencrypted"

@@ -10,7 +10,6 @@ from authdb.doctor.findings import (
     Deployment,
     Verdict,
     error,
-    is_loopback_host,
     ok,
     public_host,
     warn,
@@ -18,6 +17,7 @@ from authdb.doctor.findings import (
 from authdb.errors import PasskeysUnavailable
 from authdb.extras import MissingExtra
 from authdb.http.cookies import is_https, session_cookie_name
+from authdb.origins import is_loopback_host
 
 # A random key of 32 characters or more uses far more distinct characters than this; fewer
 # means a pattern typed by hand ("aaaa...", "abab...").

@@ -22,7 +22,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlalchemy.pool import NullPool
 
 from authdb.db import migrate
-from authdb.db.engine import async_url, create_engine, is_sqlite
+from authdb.db.engine import async_url, create_engine, is_sqlite, sqlite_path
 from authdb.db.models import Meta
 from authdb.doctor.findings import (
     TIMEOUT_SECONDS,
@@ -67,8 +67,9 @@ async def open_database(settings: Settings) -> AsyncIterator[Database]:
     """The database of ``settings``, read-only, disposed of on exit."""
     url = async_url(settings.database_url)
     if is_sqlite(url):
-        # Absolute, so the message says where: a relative path is from the current directory.
-        path = Path(os.path.abspath(url.database or ""))  # noqa: ASYNC240 - no disk access
+        # Absolute, so the message says where (as every command names it); a ``file:`` URI
+        # filename has no path of its own and is shown as written.
+        path = sqlite_path(settings.database_url) or Path(url.database or "")
         database = await _open_sqlite(path)
     else:
         database = await _open_postgresql(url, settings.database_pgbouncer)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import ipaddress
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
@@ -87,17 +86,6 @@ def reason(exc: BaseException) -> str:
     if isinstance(cause, TimeoutError) and not text:
         return f"no answer within {TIMEOUT_SECONDS:g} s"
     return text[0] if text else type(cause).__name__
-
-
-def is_loopback_host(host: str) -> bool:
-    """``localhost``, a ``.localhost`` name (RFC 6761) or a loopback address."""
-    host = host.lower().rstrip(".")
-    if host == "localhost" or host.endswith(".localhost"):
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False
 
 
 def public_host(settings: Settings) -> str:
