@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 from email.message import EmailMessage
 from email.utils import formatdate, make_msgid, parseaddr
+from typing import Protocol
 
 import aiosmtplib
 from jinja2 import (
@@ -45,11 +46,23 @@ def template_environment(templates_dir: str | None = None) -> Environment:
     )
 
 
+class EmailSender(Protocol):
+    """Delivers rendered messages: ``Auth(..., email_sender=...)`` replaces SMTP with it.
+
+    ``send`` may raise; authdb logs the failure (without the message, which holds a live
+    token) and carries on.
+    """
+
+    async def send(self, message: EmailMessage) -> None: ...
+
+
 class Mailer:
     """Renders a template and sends it; failures are logged, never raised to the caller."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, *, sender: EmailSender | None = None) -> None:
         self.settings = settings
+        # The application's sender, if it gave one; otherwise SMTP or the log (see send).
+        self.sender = sender
         self.templates = template_environment(settings.templates_dir)
 
     def render(self, to: str, template: str, **context: object) -> EmailMessage:

@@ -19,6 +19,7 @@ from sqlalchemy import Boolean, Select, bindparam, select
 from sqlalchemy.dialects.postgresql.asyncpg import dialect as asyncpg_dialect
 from sqlalchemy.dialects.sqlite.pysqlite import dialect as sqlite_dialect
 from sqlalchemy.engine import URL
+from sqlalchemy.orm import make_transient_to_detached
 
 from authdb.db.engine import POOL_TIMEOUT_SECONDS, is_sqlite
 from authdb.db.models import AuthSession, User, UTCDateTime
@@ -81,7 +82,9 @@ class SQLiteReader:
         if row is None:
             return None
         names = User.__table__.columns.keys()
-        return User(**{n: f(v) for n, f, v in zip(names, self._convert, row, strict=True)})
+        return _detached(
+            User(**{n: f(v) for n, f, v in zip(names, self._convert, row, strict=True)})
+        )
 
     async def close(self) -> None:
         if self._connection is not None:
@@ -151,12 +154,19 @@ class AsyncpgReader:
             if not is_outage(exc) or isinstance(exc, TimeoutError | ConnectionRefusedError):
                 raise
             row = await pool.fetchrow(self._sql, *args)
-        return None if row is None else User(**dict(row))
+        return None if row is None else _detached(User(**dict(row)))
 
     async def close(self) -> None:
         if self._pool is not None:
             await self._pool.close()
             self._pool = None
+
+
+def _detached(user: User) -> User:
+    """Mark a user built from a row as loaded from the database (detached, not new), so that
+    an application's ``db.add(Todo(owner=user))`` refers to the row instead of inserting it."""
+    make_transient_to_detached(user)
+    return user
 
 
 async def _keep_as_is(_connection: Any) -> None:

@@ -1,9 +1,11 @@
 """FastAPI dependencies bound to one ``Auth``: the current user and friends."""
 
+from collections.abc import AsyncIterator
 from typing import Annotated
 
 from fastapi import Depends, HTTPException, Request
 from fastapi.security import OAuth2PasswordBearer
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from authdb.db.models import User
 from authdb.db.outage import is_outage
@@ -80,12 +82,19 @@ class AuthDeps:
         async def client(request: Request) -> ClientInfo:
             return self.client_resolver(request)
 
+        async def db_session() -> AsyncIterator[AsyncSession]:
+            """An ``AsyncSession`` on authdb's engine for the application's own queries; the
+            route commits what it wants kept (anything else is rolled back at the end)."""
+            async with core.sessionmaker() as db:
+                yield db
+
         self.current_session = current_session
         self.optional_session = self._optional_session
         self.current_user = current_user
         self.current_active_user = current_active_user
         self.current_superuser = current_superuser
         self.client = client
+        self.db_session = db_session
 
     @property
     def csrf(self) -> CSRFTokens:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
@@ -17,7 +17,17 @@ from authdb.settings import Settings
 from authdb.tokens import JWTCodec
 
 if TYPE_CHECKING:
+    from pydantic import BaseModel
+
+    from authdb.services.hooks import Hooks
     from authdb.services.signing_keys import KeyRing
+
+
+class PasswordValidator(Protocol):
+    """An application's extra password rule, applied after authdb's own: returns the problem
+    as a sentence ("Password must not contain the company name"), or None if it passes."""
+
+    def __call__(self, password: str, *, username: str | None, email: str | None) -> str | None: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,6 +58,12 @@ class Core:
     # the generated key once AUTHDB_SECRET_KEY replaces it).
     secret_fallbacks: tuple[str, ...] = ()
     clock: Callable[[], datetime] = field(default=utcnow)
+    # The application's profile model (``Auth(profile=...)``), or None: no profile fields.
+    profile_model: type[BaseModel] | None = None
+    # The application's callbacks (``@auth.on``); None in processes without an ``Auth``.
+    hooks: Hooks | None = None
+    # The application's extra password rules, applied after authdb's own.
+    password_validators: tuple[PasswordValidator, ...] = ()
 
     def sealer(self, purpose: str) -> Sealer:
         """A Sealer for ``purpose`` under the deployment secret and its fallbacks."""
