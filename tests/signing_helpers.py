@@ -22,7 +22,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from sqlalchemy import select, text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from authdb.db.models import Base
+from authdb.db.models import AUTHDB_TABLES, Base
 from tests.conftest import Harness
 from tests.mfa_helpers import FrozenClock
 
@@ -251,6 +251,8 @@ async def stored_values(engine: AsyncEngine) -> list[object]:
     values: list[object] = []
     async with engine.connect() as conn:
         for table in Base.metadata.sorted_tables:
+            if table.name not in AUTHDB_TABLES:  # an application's model on authdb's Base
+                continue
             rows = (await conn.execute(select(table))).all()
             values.extend(value for row in rows for value in row)
             if conn.dialect.name == "postgresql":

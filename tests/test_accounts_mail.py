@@ -153,7 +153,9 @@ async def test_smtp_settings_reach_the_client(monkeypatch: pytest.MonkeyPatch) -
         "port": 587,
         "username": "mailer",
         "password": "hunter2-but-longer",
+        "use_tls": False,
         "start_tls": True,
+        "tls_context": None,  # aiosmtplib's own: the system's CAs, verified
         "timeout": 3.5,
     }
 

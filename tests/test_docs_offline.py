@@ -137,12 +137,13 @@ async def test_docs_behind_a_path_prefix_point_at_the_prefixed_urls(harness: Har
             assert (await client.get(url)).status_code == 200, url
 
 
-async def test_swagger_authorize_uses_the_password_flow_at_a_relative_token_url(
+async def test_swagger_authorize_uses_the_password_flow_at_the_token_endpoints_path(
     harness: Harness,
 ) -> None:
     doc = (await harness.client.get("/openapi.json")).json()
     schemes = doc["components"]["securitySchemes"]
-    assert schemes["OAuth2PasswordBearer"]["flows"]["password"]["tokenUrl"] == "token"
+    # An absolute path (PUBLIC_URL's path, then the mount point): see tests/test_mounting.py.
+    assert schemes["OAuth2PasswordBearer"]["flows"]["password"]["tokenUrl"] == "/token"
     init = (await harness.client.get("/static/docs/swagger-init.js")).text
     assert 'getAttribute("data-openapi-url")' in init
     assert "validatorUrl: null" in init  # the validator badge is an image from elsewhere

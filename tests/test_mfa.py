@@ -12,7 +12,6 @@ import base64
 import re
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
@@ -21,9 +20,9 @@ import pyotp
 import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
-from sqlalchemy import func, select, text, update
+from sqlalchemy import func, select, update
 
-from authdb.db.models import Base, MFAChallenge, RecoveryCode, TOTPSecret, User
+from authdb.db.models import MFAChallenge, RecoveryCode, TOTPSecret, User
 from authdb.services import audit
 from tests.conftest import PASSWORD, Harness, Mailbox
 from tests.mfa_helpers import (
@@ -35,6 +34,7 @@ from tests.mfa_helpers import (
     password_step,
     totp_code,
 )
+from tests.signing_helpers import sqlite_bytes, stored_values
 
 MakeHarness = Callable[..., Awaitable[Harness]]
 SETUP = "/users/me/mfa/totp/setup"
@@ -691,35 +691,8 @@ async def test_a_new_password_ends_sign_ins_waiting_for_their_code(harness: Harn
 # --- secrets at rest ------------------------------------------------------------------------
 
 
-async def _stored_values(harness: Harness) -> list[object]:
-    """Every value of every row of every table authdb has (through SQLAlchemy), plus on
-    PostgreSQL each row as PostgreSQL renders it in text (bytea as hex)."""
-    values: list[object] = []
-    async with harness.auth.core.engine.connect() as conn:
-        for table in Base.metadata.sorted_tables:
-            rows = (await conn.execute(select(table))).all()
-            values.extend(value for row in rows for value in row)
-            if conn.dialect.name == "postgresql":
-                # Table names come from authdb's own metadata, not from input.
-                query = text(f'SELECT t::text FROM "{table.name}" AS t')  # noqa: S608
-                rendered = await conn.execute(query)
-                values.extend(rendered.scalars())
-    return values
-
-
-def _sqlite_bytes(harness: Harness) -> bytes | None:
-    """The SQLite database file and its -wal and -journal files, or None on PostgreSQL."""
-    url = harness.auth.core.engine.url
-    if url.get_backend_name() != "sqlite":
-        return None
-    assert url.database
-    path = Path(url.database)
-    files = [path, path.with_name(path.name + "-wal"), path.with_name(path.name + "-journal")]
-    return b"".join(f.read_bytes() for f in files if f.exists())
-
-
 async def _assert_stored_nowhere(harness: Harness, needles: list[str | bytes]) -> None:
-    values = await _stored_values(harness)
+    values = await stored_values(harness.auth.core.engine)
     # The scan does see what is stored: alice's email is in it.
     assert any("alice@example.com" in str(value) for value in values)
     for value in values:
@@ -729,7 +702,7 @@ async def _assert_stored_nowhere(harness: Harness, needles: list[str | bytes]) -
                 assert (needle if isinstance(needle, bytes) else needle.encode()) not in raw
             else:
                 assert str(needle) not in str(value)
-    blob = _sqlite_bytes(harness)
+    blob = sqlite_bytes(harness.auth.core.engine)
     if blob is not None:
         assert b"alice@example.com" in blob
         for needle in needles:

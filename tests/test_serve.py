@@ -62,7 +62,7 @@ def test_serve_with_zero_configuration(tmp_path: Path) -> None:
         assert docs.status_code == 200 and "swagger" in docs.text.lower()
         schema = httpx.get(f"{base}/openapi.json").json()
         flows = schema["components"]["securitySchemes"]["OAuth2PasswordBearer"]["flows"]
-        assert flows["password"]["tokenUrl"] == "token"
+        assert flows["password"]["tokenUrl"] == "/token"
         _huge_heads_are_refused_with_431(base)
     log = next(tmp_path.glob("serve-*.log")).read_text()
     assert "AUTHDB_SECRET_KEY is not set" in log

@@ -7,6 +7,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
+import certifi
 import jwt
 import pytest
 from pydantic import ValidationError
@@ -52,6 +53,8 @@ UNUSABLE: list[tuple[str, Any, str]] = [
     ("smtp_port", 0, "greater than or equal to 1"),
     ("smtp_port", 70000, "less than or equal to 65535"),
     ("smtp_timeout_seconds", 0, "greater than 0"),
+    ("smtp_tls", "ssl", "'none', 'starttls' or 'implicit'"),
+    ("smtp_ca_file", "/no/such/ca.pem", "not a readable PEM file of CA certificates"),
     ("mail_from", "not an address", "not a sender address"),
     ("mail_from", "x@", "not a sender address"),
     ("mail_from", "a@example.com, b@example.com", "not a sender address"),
@@ -88,6 +91,10 @@ UNUSABLE: list[tuple[str, Any, str]] = [
     ("password_hash_parallelism", 0, "greater than or equal to 1"),
     ("prune_every_n_logins", 0, "greater than or equal to 1"),
     ("log_format", "xml", "'text' or 'json'"),
+    ("profile_model", "authdb.errors.InvalidInput", "package.module:ClassName"),
+    ("profile_model", "authdb_no_such_module:Profile", "cannot import"),
+    ("profile_model", "authdb.errors:NoSuchModel", "has no 'NoSuchModel'"),
+    ("profile_model", "authdb.errors:InvalidInput", "not a Pydantic model class"),
 ]
 
 # Settings whose every well-typed value works; a wrong type is refused by pydantic.
@@ -142,6 +149,20 @@ def test_smtp_credentials_come_in_pairs() -> None:
         settings(smtp_username="bob")
     with pytest.raises(ValidationError, match="must be set together"):
         settings(smtp_password="pw")
+
+
+def test_smtp_tls_settings_must_agree() -> None:
+    assert settings(smtp_tls="starttls", smtp_starttls=True).smtp_tls_mode == "starttls"
+    assert settings(smtp_tls="implicit", smtp_starttls=False).smtp_tls_mode == "implicit"
+    for tls in ("none", "implicit"):
+        with pytest.raises(
+            ValidationError, match=f"AUTHDB_SMTP_STARTTLS=true contradicts AUTHDB_SMTP_TLS={tls}"
+        ):
+            settings(smtp_tls=tls, smtp_starttls=True)
+    with pytest.raises(ValidationError, match="AUTHDB_SMTP_STARTTLS=false contradicts"):
+        settings(smtp_tls="starttls", smtp_starttls=False)
+    with pytest.raises(ValidationError, match="AUTHDB_SMTP_CA_FILE is set but AUTHDB_SMTP_TLS"):
+        settings(smtp_ca_file=certifi.where())  # a real bundle: refused only for the mode
 
 
 def test_refusals_never_repeat_a_secret() -> None:

@@ -37,7 +37,7 @@ def create_app(settings: Settings | None = None, *, auth: Auth | None = None) ->
         metrics_middleware.install(app)
     # The service's middleware can refuse any request (413, 431): every route says so.
     app.include_router(auth.ops_router, responses=SERVICE_ERRORS)
-    if auth.settings.pages_enabled:
+    if auth.settings.pages_enabled and auth.features.pages:
         # First: its form posts share /register, /verify and /logout with the API.
         app.include_router(auth.pages_router)
 

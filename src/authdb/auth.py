@@ -3,14 +3,19 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from typing import Any, TypeVar
 
 from fastapi import APIRouter, FastAPI
+from fastapi.routing import APIRoute
 from pydantic import BaseModel
+from starlette.applications import Starlette
+from starlette.types import ASGIApp
 
-from authdb import settings_env
+from authdb import links, settings_env
 from authdb.db import migrate
 from authdb.db.engine import PoolBudget, async_url, create_engine, create_sessionmaker, is_sqlite
+from authdb.db.schema import check_user_not_subclassed
 from authdb.db.session_reader import create_reader
 from authdb.features import Features
 from authdb.http import pages
@@ -21,9 +26,14 @@ from authdb.passwords import Hasher
 from authdb.ratelimit import RateLimits
 from authdb.services.core import Core, PasswordValidator
 from authdb.services.hooks import C, Hooks
+from authdb.services.profile import configured_profile_model
 from authdb.services.signing_key import load_fallback_keys, load_signing_key
 from authdb.services.signing_keys import KeyRing
+from authdb.services.user_service import UserService
 from authdb.settings import Settings
+
+_App = TypeVar("_App", bound=Starlette)
+_State = TypeVar("_State", None, Mapping[str, Any])
 
 
 class SchemaOutOfDate(RuntimeError):
@@ -49,6 +59,7 @@ class Auth:
         email_sender: EmailSender | None = None,
         password_validators: Sequence[PasswordValidator] = (),
     ):
+        check_user_not_subclassed()  # again at startup, for models imported after Auth()
         self.settings = settings or Settings()
         self.features = Features.from_mapping(features)
         self.hooks = Hooks()
@@ -60,6 +71,7 @@ class Auth:
         pgbouncer = self.settings.database_pgbouncer
         engine = create_engine(url, pool_size=budget.engine, pgbouncer=pgbouncer)
         sessionmaker = create_sessionmaker(engine)
+        self.hooks.bind(sessionmaker)  # this Auth's sessions call this Auth's callbacks
         self.core = Core(
             settings=self.settings,
             engine=engine,
@@ -68,7 +80,8 @@ class Auth:
             session_reader=create_reader(
                 async_url(url), pool_size=budget.reader, pgbouncer=pgbouncer
             ),
-            profile_model=profile,
+            # AUTHDB_PROFILE_MODEL serves the standalone service; an explicit model wins.
+            profile_model=profile or configured_profile_model(self.settings),
             hooks=self.hooks,
             password_validators=tuple(password_validators),
         )
@@ -78,27 +91,22 @@ class Auth:
         self.warn_generated_key = True
         self.limits = RateLimits(self.settings)
         self.mailer = Mailer(self.settings, sender=email_sender)
-        self.deps = AuthDeps(self.core, self.limits, self.mailer)
+        # The service's layout until the lifespan finds where the app mounted the router.
+        token_url = links.public_path(self.settings.public_url, links.Links().token)
+        self.deps = AuthDeps(self.core, self.limits, self.mailer, token_url)
         self.current_session = self.deps.current_session
         self.current_user = self.deps.current_user
         self.current_active_user = self.deps.current_active_user
         self.current_superuser = self.deps.current_superuser
         self.db_session = self.deps.db_session
-        self.router = APIRouter()
-        # Order matters: /users/me must be matched before /users/{id}.
-        for build in (
-            tokens.build,
-            discovery.build,
-            me.build,
-            events.build,
-            mfa.build,
-            passkeys.build,
-            accounts.build,
-            admin.build,
-        ):
-            self.router.include_router(build(self.deps))
+        self.router = _api_router(self.deps, self.features)
         self.ops_router = ops.build(self.core)
-        self.pages_router = pages.build(self.deps)
+        # The account services for application code: the API's and the CLI's functions.
+        self.users = UserService(self.core)
+        # Left out: an empty router, so that including it still works.
+        self.pages_router = (
+            pages.build(self.deps, self.features) if self.features.pages else APIRouter()
+        )
 
     def on(self, event: str) -> Callable[[C], C]:
         """Decorator: ``@auth.on("user_registered")`` registers ``async def f(user, client)``,
@@ -111,7 +119,12 @@ class Auth:
 
         ``issue_tokens=False`` (the CLI) loads no signing key: such a process neither signs
         nor verifies tokens, and must not make keys just by starting.
+
+        Raises ``authdb.mail.TemplateProblem`` first if an email template cannot be rendered
+        (a typo in AUTHDB_TEMPLATES_DIR), naming the file and the reason.
         """
+        self.mailer.check_templates()
+        check_user_not_subclassed()
         if self.auto_migrate:
             await migrate.upgrade(self.core.engine)
         elif not await migrate.is_up_to_date(self.core.engine):
@@ -126,6 +139,8 @@ class Auth:
         self.core.keyring = keyring
 
     async def shutdown(self) -> None:
+        """Wait for event callbacks still running (cancelled after 10 s), then close."""
+        await self.hooks.drain()
         if self.core.keyring is not None:
             await self.core.keyring.stop()
             self.core.keyring = None
@@ -133,10 +148,83 @@ class Auth:
         await self.core.engine.dispose()
 
     @asynccontextmanager
-    async def lifespan(self, _app: FastAPI | None = None) -> AsyncIterator[None]:
-        """Pass as ``FastAPI(lifespan=auth.lifespan)``."""
+    async def lifespan(self, app: Starlette | None = None) -> AsyncIterator[None]:
+        """Pass as ``FastAPI(lifespan=auth.lifespan)``; an app with a lifespan of its own uses
+        ``lifespan_with``. Starts authdb (see ``startup``) and, given the app, points the
+        OpenAPI token URL and emailed links at where it mounted authdb (``follow_mounts``)."""
+        if app is not None:
+            self.follow_mounts(app)
         await self.startup()
         try:
             yield
         finally:
             await self.shutdown()
+
+    def lifespan_with(
+        self, app_lifespan: Callable[[_App], AbstractAsyncContextManager[_State]]
+    ) -> Callable[[_App], AbstractAsyncContextManager[_State]]:
+        """``FastAPI(lifespan=auth.lifespan_with(my_lifespan))`` for an app with its own lifespan.
+
+        authdb starts first, so ``my_lifespan`` can already use ``auth.users`` and the
+        database; it stops after ``my_lifespan`` has finished. What ``my_lifespan`` yields
+        (None, or a state mapping for ``request.state``) is the app's lifespan state. An
+        exception from either start-up stops the app from starting, as usual.
+        """
+
+        @asynccontextmanager
+        async def lifespan(app: _App) -> AsyncIterator[_State]:
+            async with self.lifespan(app), app_lifespan(app) as state:
+                yield state
+
+        return lifespan
+
+    def follow_mounts(self, app: ASGIApp) -> None:
+        """Point the OpenAPI security scheme's token URL and the emailed links (verify, reset,
+        account) at the paths where ``app`` serves authdb's routes and pages, under any
+        ``include_router`` prefix or unnamed mount; ``PUBLIC_URL``'s path (the root path a
+        proxy strips) goes in front.
+
+        ``lifespan`` calls it; call it yourself only if you start authdb another way
+        (``await auth.startup()``), once the routers are included. If ``auth.router`` is
+        included twice, the first place counts.
+        """
+        found = links.discover(app)
+        self.core.links = found
+        if links.route_path(app, links.TOKEN_ROUTE) is None:
+            return  # the app serves no token endpoint of ours: nothing to point at
+        # An absolute path: Swagger UI resolves a relative one against the OpenAPI "servers"
+        # entry, and FastAPI's (the root path) has no trailing slash.
+        self.deps.token_url = links.public_path(self.settings.public_url, found.token)
+        if isinstance(app, FastAPI):
+            app.openapi_schema = None  # generated before start-up: it has the old URL
+
+
+def _api_router(deps: AuthDeps, features: Features) -> APIRouter:
+    """``auth.router``: the API, less the parts ``features`` leaves out.
+
+    ``mfa`` off removes the routes that manage MFA (``/users/me/mfa/...``), not its check:
+    an account that has MFA on still needs its second factor to sign in, and an admin can
+    still turn it off (``DELETE /users/{id}/mfa``, with ``admin``).
+    """
+    router = APIRouter()
+    builds = [tokens.build, discovery.build, me.build, events.build]
+    if features.mfa:
+        builds.append(mfa.build)
+    if features.passkeys:
+        builds.append(passkeys.build)
+    builds.append(accounts.build)
+    if features.admin:
+        builds.append(admin.build)  # last: /users/me must be matched before /users/{id}
+    for build in builds:
+        part = build(deps)
+        if build is accounts.build and not features.register:
+            _drop(part, "/register")
+        router.include_router(part)
+    return router
+
+
+def _drop(router: APIRouter, path: str) -> None:
+    """Remove ``router``'s API routes at ``path`` (before it is included anywhere)."""
+    router.routes[:] = [
+        r for r in router.routes if not (isinstance(r, APIRoute) and r.path == path)
+    ]

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import gzip
+import inspect
+import logging
 import secrets
 import time
+import traceback
 import unicodedata
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from functools import cache, wraps
 from importlib import resources
-from typing import ParamSpec, TypeVar
+from typing import TYPE_CHECKING, ParamSpec, TypeVar
 
 import anyio
 from pwdlib import PasswordHash
@@ -20,7 +23,15 @@ from authdb import metrics
 from authdb.names import control_character
 from authdb.settings import Settings
 
+if TYPE_CHECKING:
+    from authdb.services.core import PasswordValidator
+
+log = logging.getLogger("authdb.passwords")
+
 MIN_LENGTH = 8
+# What the person is told when an application's validator fails rather than answers: the
+# password is refused (a broken rule must not let every password through), without a 500.
+VALIDATOR_FAILED = "Password could not be checked against this site's rules; try again later"
 MAX_LENGTH = 1024
 _BCRYPT_MAX_BYTES = 72
 _P = ParamSpec("_P")
@@ -153,12 +164,33 @@ def common_passwords() -> frozenset[str]:
     return frozenset(gzip.decompress(data).decode().split())
 
 
-def password_problem(password: str, *, username: str | None, email: str | None) -> str | None:
+def password_problem(
+    password: str,
+    *,
+    username: str | None,
+    email: str | None,
+    validators: Sequence[PasswordValidator] = (),
+) -> str | None:
     """Why ``password`` is not acceptable for this user, or None. One policy for every path.
 
     Rules apply to the normalized form, the one that is hashed; lengths count characters.
+    The application's ``validators`` run after authdb's own rules pass, in order, on that
+    normalized form; the first problem wins. A validator that raises (or returns anything but
+    None or a sentence) is logged with its traceback, the password redacted, and the password
+    is refused with VALIDATOR_FAILED.
     """
-    password = normalize_password(password)
+    normalized = normalize_password(password)
+    problem = _own_problem(normalized, username=username, email=email)
+    if problem is not None:
+        return problem
+    for validator in validators:
+        problem = _ask(validator, normalized, username=username, email=email, typed=password)
+        if problem is not None:
+            return problem
+    return None
+
+
+def _own_problem(password: str, *, username: str | None, email: str | None) -> str | None:
     if control_character(password) is not None:
         return "Password must not contain control characters"
     if len(password) < MIN_LENGTH:
@@ -173,3 +205,40 @@ def password_problem(password: str, *, username: str | None, email: str | None) 
     if email and folded in (email.casefold(), email.split("@", 1)[0].casefold()):
         return "Password must not be the same as the email address"
     return None
+
+
+def _ask(
+    validator: PasswordValidator,
+    password: str,
+    *,
+    username: str | None,
+    email: str | None,
+    typed: str,
+) -> str | None:
+    """One validator's answer; a failure of the validator itself refuses the password."""
+    name = _name(validator)
+    try:
+        answer: object = validator(password, username=username, email=email)
+    except Exception as exc:
+        text = "".join(traceback.format_exception(exc))
+        for secret in {password, typed}:
+            text = text.replace(secret, "[redacted]")
+        log.error("password validator %s raised, so the password was refused:\n%s", name, text)
+        return VALIDATOR_FAILED
+    if answer is None:
+        return None
+    if isinstance(answer, str) and answer.strip():
+        return answer
+    if inspect.iscoroutine(answer):
+        answer.close()  # never awaited: no "coroutine was never awaited" warning
+        why = "is async; validators must be plain functions"
+    else:
+        why = f"returned a {type(answer).__name__}, not None or a sentence"
+    log.error("password validator %s %s, so the password was refused", name, why)
+    return VALIDATOR_FAILED
+
+
+def _name(validator: object) -> str:
+    qualname = getattr(validator, "__qualname__", None) or type(validator).__qualname__
+    module = getattr(validator, "__module__", None) or type(validator).__module__
+    return f"{module}.{qualname}"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
+import ssl
 from typing import Annotated, Any, Literal, Self
 
 from pydantic import (
@@ -82,7 +83,13 @@ class Settings(BaseSettings):
     smtp_port: int = Field(25, ge=1, le=65535)
     smtp_username: str | None = None
     smtp_password: SecretStr | None = None
+    # TLS to the SMTP server: none, starttls (upgrade after connecting, usually port 587) or
+    # implicit (TLS from the first byte, port 465). Unset: implicit on port 465, else
+    # AUTHDB_SMTP_STARTTLS (the older spelling of starttls) decides. See smtp_tls_mode.
+    smtp_tls: Literal["none", "starttls", "implicit"] | None = None
     smtp_starttls: bool = False
+    # A PEM file of CA certificates for a server with a private CA, instead of the system's.
+    smtp_ca_file: str | None = None
     smtp_timeout_seconds: float = Field(10.0, gt=0, le=600)
     mail_from: str = "authdb <no-reply@localhost>"
     templates_dir: str | None = None
@@ -138,6 +145,10 @@ class Settings(BaseSettings):
     log_format: Literal["text", "json"] = "text"
     new_device_alerts: bool = False
 
+    # The application's profile fields for the standalone service: "package.module:ClassName"
+    # of a Pydantic model, imported at start (``Auth(profile=...)`` in library use wins).
+    profile_model: str | None = None
+
     @field_validator(
         "trusted_proxies",
         "cors_origins",
@@ -171,7 +182,14 @@ class Settings(BaseSettings):
         return value
 
     @field_validator(
-        "smtp_host", "smtp_username", "smtp_password", "redis_url", "templates_dir", mode="before"
+        "smtp_host",
+        "smtp_username",
+        "smtp_password",
+        "redis_url",
+        "templates_dir",
+        "smtp_tls",
+        "smtp_ca_file",
+        mode="before",
     )
     @classmethod
     def _blank_is_unset(cls, value: object) -> object:
@@ -197,6 +215,37 @@ class Settings(BaseSettings):
     @classmethod
     def _smtp_host(cls, value: str | None) -> str | None:
         return None if value is None else checks.host(value)
+
+    @field_validator("smtp_tls", mode="before")
+    @classmethod
+    def _smtp_tls_case(cls, value: object) -> object:
+        # STARTTLS, Implicit: the words as providers' docs write them.
+        return value.strip().lower() if isinstance(value, str) else value
+
+    @field_validator("smtp_ca_file")
+    @classmethod
+    def _smtp_ca_file(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        # Loaded now, so that a wrong path or a file of no certificates stops the start.
+        try:
+            ssl.create_default_context(cafile=value)
+        except (OSError, ssl.SSLError) as exc:
+            reason = str(exc.strerror or exc).split(" (_ssl.c")[0]
+            raise ValueError(
+                f"{value!r} is not a readable PEM file of CA certificates: {reason}"
+            ) from None
+        return value
+
+    @property
+    def smtp_tls_mode(self) -> Literal["none", "starttls", "implicit"]:
+        """The TLS mode in effect: AUTHDB_SMTP_TLS, else implicit on port 465, else starttls
+        if AUTHDB_SMTP_STARTTLS, else none."""
+        if self.smtp_tls is not None:
+            return self.smtp_tls
+        if self.smtp_starttls:
+            return "starttls"
+        return "implicit" if self.smtp_port == 465 else "none"
 
     @field_validator("mail_from")
     @classmethod
@@ -238,6 +287,18 @@ class Settings(BaseSettings):
     def _site_name(cls, value: str) -> str:
         return checks.site_name(value)
 
+    @field_validator("profile_model", mode="before")
+    @classmethod
+    def _profile_model(cls, value: object) -> object:
+        if value is None or (isinstance(value, str) and not value.strip()):
+            return None  # `AUTHDB_PROFILE_MODEL=` means "no profile fields"
+        if isinstance(value, str):
+            from authdb.services.profile import load_profile_model  # imports the app's code
+
+            load_profile_model(value)
+            return value.strip()
+        return value
+
     @field_validator("mfa_issuer")
     @classmethod
     def _mfa_issuer(cls, value: str) -> str:
@@ -261,6 +322,7 @@ class Settings(BaseSettings):
             raise ValueError(
                 "AUTHDB_SMTP_USERNAME and AUTHDB_SMTP_PASSWORD must be set together or not at all"
             )
+        self._check_smtp_tls()
         # argon2 needs at least 8 KiB per lane; fewer fails every hash (every login).
         if self.password_hash_memory_kib < 8 * self.password_hash_parallelism:
             raise ValueError(
@@ -268,3 +330,19 @@ class Settings(BaseSettings):
                 "AUTHDB_PASSWORD_HASH_PARALLELISM"
             )
         return self
+
+    def _check_smtp_tls(self) -> None:
+        """AUTHDB_SMTP_STARTTLS (the older setting) must agree with AUTHDB_SMTP_TLS; a CA
+        file needs TLS to be used at all."""
+        tls = self.smtp_tls
+        said_starttls = "smtp_starttls" in self.model_fields_set
+        if tls is not None and said_starttls and self.smtp_starttls != (tls == "starttls"):
+            raise ValueError(
+                f"AUTHDB_SMTP_STARTTLS={str(self.smtp_starttls).lower()} contradicts "
+                f"AUTHDB_SMTP_TLS={tls}: set only AUTHDB_SMTP_TLS"
+            )
+        if self.smtp_ca_file is not None and self.smtp_tls_mode == "none":
+            raise ValueError(
+                "AUTHDB_SMTP_CA_FILE is set but AUTHDB_SMTP_TLS is none: set AUTHDB_SMTP_TLS "
+                "to starttls or implicit"
+            )

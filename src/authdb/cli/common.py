@@ -20,6 +20,7 @@ from authdb.auth import Auth, SchemaOutOfDate
 from authdb.db.engine import sqlite_file_missing
 from authdb.errors import AuthError
 from authdb.extras import MissingExtra
+from authdb.mail import TemplateProblem
 from authdb.settings import Settings
 
 T = TypeVar("T")
@@ -117,7 +118,7 @@ def run(work: Callable[[Auth], Awaitable[T]], database_url: str | None = None) -
         raise
     except AuthError as exc:
         fail(exc.detail)
-    except (SchemaOutOfDate, MissingExtra) as exc:
+    except (SchemaOutOfDate, MissingExtra, TemplateProblem) as exc:
         fail(str(exc))
     except (DBAPIError, OSError) as exc:  # not a database, unreachable, refused login ...
         from authdb.cli.summary import describe_database  # summary imports this module

@@ -30,6 +30,7 @@ from authdb.db import migrate as migrations
 from authdb.db.engine import async_url, create_engine, is_sqlite
 from authdb.extras import MissingExtra
 from authdb.logs import json_line, uvicorn_log_config
+from authdb.mail import TemplateProblem, check_templates
 from authdb.services import provisioning, sessions
 from authdb.services.core import CLI_CLIENT
 
@@ -93,6 +94,10 @@ def serve(
     import uvicorn
 
     config = settings()
+    try:  # before any database work: a template typo must not cost a migration first
+        check_templates(config)
+    except TemplateProblem as exc:
+        fail(f"cannot start: {exc}")
     try:
         asyncio.run(_prepare_database(config.database_url, config.database_pgbouncer))
     except Exception as exc:

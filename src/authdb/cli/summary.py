@@ -36,7 +36,7 @@ def describe_mail(settings: Settings) -> str:
     """``SMTP host:port with STARTTLS`` or where mail goes without a server."""
     if settings.smtp_host is None:
         return "written to the log (AUTHDB_SMTP_HOST unset)"
-    tls = " with STARTTLS" if settings.smtp_starttls else ""
+    tls = {"starttls": " with STARTTLS", "implicit": " over TLS"}.get(settings.smtp_tls_mode, "")
     login = f", as {settings.smtp_username}" if settings.smtp_username else ""
     return f"SMTP {settings.smtp_host}:{settings.smtp_port}{tls}{login}"
 

@@ -79,7 +79,9 @@ def import_users(
         seen: dict[str, int] = {}
         for number, record in records:
             try:
-                new = await provisioning.prepare_user(auth.core.hasher, **record)
+                new = await provisioning.prepare_user(
+                    auth.core.hasher, validators=auth.core.password_validators, **record
+                )
             except (AuthError, TypeError) as exc:
                 fail(f"line {number}: {getattr(exc, 'detail', exc)}")
             for key in (new.username.casefold(), new.email.casefold()):

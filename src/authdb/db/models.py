@@ -12,6 +12,7 @@ from sqlalchemy import (
     ColumnElement,
     DateTime,
     ForeignKey,
+    Index,
     Integer,
     LargeBinary,
     String,
@@ -20,6 +21,7 @@ from sqlalchemy import (
     and_,
     false,
 )
+from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
@@ -58,6 +60,10 @@ Id = BigInteger().with_variant(Integer(), "sqlite")
 # The largest id any table can hand out; a larger number names nothing.
 MAX_ID = 2**63 - 1
 
+# JSONB on PostgreSQL: it has an equality operator (DISTINCT over users works) and can be
+# indexed. SQL NULL, not JSON null, for "no profile", so that ``IS NULL`` means what it says.
+PROFILE_JSON = JSON(none_as_null=True).with_variant(JSONB(none_as_null=True), "postgresql")
+
 # SQLite reuses the highest deleted rowid unless AUTOINCREMENT is asked for; a reused user or
 # session id would let a deleted account's unexpired token speak for the next account.
 _NEVER_REUSE_IDS = {"sqlite_autoincrement": True}
@@ -65,15 +71,21 @@ _NEVER_REUSE_IDS = {"sqlite_autoincrement": True}
 
 class User(Base):
     __tablename__ = "users"
-    __table_args__ = _NEVER_REUSE_IDS
+    # Unique indexes (not constraints), named as migration 0001 creates them, so that the
+    # models and a migrated database agree (an app's autogenerate then proposes nothing here).
+    __table_args__ = (
+        Index("uq_users_username_key", "username_key", unique=True),
+        Index("uq_users_email_key", "email_key", unique=True),
+        _NEVER_REUSE_IDS,
+    )
 
     id: Mapped[int] = mapped_column(Id, primary_key=True)
     username: Mapped[str] = mapped_column(String(64))
-    # Case-folded copies carry the unique constraints, so the database itself refuses
+    # Case-folded copies carry the unique indexes, so the database itself refuses
     # "Alice" next to "alice" on every backend (SQLite's lower() is ASCII-only).
-    username_key: Mapped[str] = mapped_column(String(64), unique=True)
+    username_key: Mapped[str] = mapped_column(String(64))
     email: Mapped[str | None] = mapped_column(String(320))
-    email_key: Mapped[str | None] = mapped_column(String(320), unique=True)
+    email_key: Mapped[str | None] = mapped_column(String(320))
     # An address the user asked to change to; it replaces ``email`` once its link is followed.
     pending_email: Mapped[str | None] = mapped_column(String(320))
     full_name: Mapped[str | None] = mapped_column(String(256))
@@ -88,6 +100,9 @@ class User(Base):
     # True once a TOTP authenticator is confirmed (a row of ``mfa_totp`` with confirmed_at);
     # kept on the user so that every lookup of a user knows it without a join.
     mfa_enabled: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
+    # The application's own fields (``Auth(profile=Model)``), as the model dumped them to
+    # JSON; None for an account that never had any (see authdb.services.profile).
+    profile: Mapped[dict[str, Any] | None] = mapped_column(PROFILE_JSON)
 
 
 class AuthSession(Base):
@@ -305,3 +320,8 @@ class Meta(Base):
 
     key: Mapped[str] = mapped_column(String(64), primary_key=True)
     value: Mapped[str] = mapped_column(Text)
+
+
+# Keep this last. An application may declare its own models on ``Base`` (so that its foreign
+# keys can name "users.id"); these are authdb's tables, taken before any of the app's join.
+AUTHDB_TABLES: frozenset[str] = frozenset(Base.metadata.tables)

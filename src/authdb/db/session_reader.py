@@ -10,12 +10,13 @@ and never waits for writers) or an ``asyncpg`` pool with a prepared statement.
 from __future__ import annotations
 
 import asyncio
+import json
 import sqlite3
 from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
-from sqlalchemy import Boolean, Select, bindparam, select
+from sqlalchemy import JSON, Boolean, Select, bindparam, select
 from sqlalchemy.dialects.postgresql.asyncpg import dialect as asyncpg_dialect
 from sqlalchemy.dialects.sqlite.pysqlite import dialect as sqlite_dialect
 from sqlalchemy.engine import URL
@@ -102,7 +103,15 @@ def _sqlite_converter(column: Any) -> Callable[[Any], Any]:
         return lambda v: None if v is None else datetime.fromisoformat(v).replace(tzinfo=UTC)
     if isinstance(column.type, Boolean):
         return lambda v: None if v is None else bool(v)
+    if isinstance(column.type, JSON):
+        return _json_value
     return lambda v: v
+
+
+def _json_value(value: str | None) -> Any:
+    """A JSON column as the ORM reads it: SQLite stores text, and asyncpg hands json and
+    jsonb over as text unless a codec is set (one more round trip per new connection)."""
+    return None if value is None else json.loads(value)
 
 
 class AsyncpgReader:
@@ -119,6 +128,7 @@ class AsyncpgReader:
         compiled = _native_statement().compile(dialect=asyncpg_dialect())  # type: ignore[no-untyped-call]
         self._sql = str(compiled)  # "$1"-style, the asyncpg dialect's paramstyle
         self._order = list(compiled.positiontup or [])
+        self._json_columns = [c.name for c in User.__table__.columns if isinstance(c.type, JSON)]
         self._pool: Any = None
         self._lock = asyncio.Lock()
 
@@ -154,7 +164,12 @@ class AsyncpgReader:
             if not is_outage(exc) or isinstance(exc, TimeoutError | ConnectionRefusedError):
                 raise
             row = await pool.fetchrow(self._sql, *args)
-        return None if row is None else _detached(User(**dict(row)))
+        if row is None:
+            return None
+        values = dict(row)
+        for name in self._json_columns:
+            values[name] = _json_value(values[name])
+        return _detached(User(**values))
 
     async def close(self) -> None:
         if self._pool is not None:

@@ -17,6 +17,7 @@ from authdb.doctor.findings import (
 from authdb.errors import PasskeysUnavailable
 from authdb.extras import MissingExtra
 from authdb.http.cookies import is_https, session_cookie_name
+from authdb.mail import TemplateProblem, check_templates, unused_overrides
 from authdb.origins import is_loopback_host
 
 # A random key of 32 characters or more uses far more distinct characters than this; fewer
@@ -173,3 +174,22 @@ async def check_metrics(deployment: Deployment) -> Verdict:
     except MissingExtra as exc:
         return error(str(exc))
     return ok("on: GET /metrics")
+
+
+async def check_email_templates(deployment: Deployment) -> Verdict:
+    """Every email template renders with its variables and every file of AUTHDB_TEMPLATES_DIR
+    compiles (as ``Auth.startup`` checks); files that override nothing are a warning."""
+    settings = deployment.settings
+    try:
+        check_templates(settings)
+    except TemplateProblem as exc:
+        return error(str(exc))
+    if settings.templates_dir is None:
+        return ok("authdb's own")
+    unused = unused_overrides(settings)
+    if unused:
+        return warn(
+            f"{', '.join(unused)} in AUTHDB_TEMPLATES_DIR override none of authdb's templates, "
+            "so are never used"
+        )
+    return ok(f"{settings.templates_dir}: every override renders")

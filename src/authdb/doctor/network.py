@@ -17,6 +17,7 @@ from authdb.doctor.findings import (
     warn,
 )
 from authdb.extras import MissingExtra, require_redis
+from authdb.mail import smtp_tls_context
 from authdb.ratelimit import RateLimits
 
 # Schemes redis-py opens itself; sentinel and cluster URLs go through the rate limiter's own
@@ -69,25 +70,29 @@ async def check_redis(deployment: Deployment) -> Verdict:
 
 
 async def check_smtp(deployment: Deployment) -> Verdict:
-    """When ``AUTHDB_SMTP_HOST`` is set: connect, EHLO, STARTTLS if configured, log in if
-    credentials are given, and quit (nothing is sent)."""
+    """When ``AUTHDB_SMTP_HOST`` is set: connect (over TLS with AUTHDB_SMTP_TLS=implicit),
+    EHLO, STARTTLS if configured, log in if credentials are given, and quit (nothing is
+    sent). Certificates are verified as when sending (AUTHDB_SMTP_CA_FILE, else the system's)."""
     settings = deployment.settings
     if settings.smtp_host is None:
         return warn("AUTHDB_SMTP_HOST unset: emails are written to the log, not sent")
     where = f"{settings.smtp_host}:{settings.smtp_port}"
     password = settings.smtp_password.get_secret_value() if settings.smtp_password else None
+    mode = settings.smtp_tls_mode
     smtp = aiosmtplib.SMTP(
         hostname=settings.smtp_host,
         port=settings.smtp_port,
-        # As authdb.mail sends: STARTTLS exactly when configured, never "if offered".
-        start_tls=settings.smtp_starttls,
+        # As authdb.mail sends: TLS exactly as configured, never STARTTLS "if offered".
+        use_tls=mode == "implicit",
+        start_tls=mode == "starttls",
+        tls_context=smtp_tls_context(settings),
         timeout=min(settings.smtp_timeout_seconds, TIMEOUT_SECONDS),
     )
-    done = ["EHLO"]
+    done = ["TLS", "EHLO"] if mode == "implicit" else ["EHLO"]
     try:
         await smtp.connect()
         await smtp.ehlo()
-        if settings.smtp_starttls:
+        if mode == "starttls":
             done.append("STARTTLS")
         if settings.smtp_username and password is not None:
             await smtp.login(settings.smtp_username, password)
@@ -97,7 +102,10 @@ async def check_smtp(deployment: Deployment) -> Verdict:
         message = reason(exc)
         if password:
             message = message.replace(password, "***")
-        return error(f"{where} (AUTHDB_SMTP_HOST, AUTHDB_SMTP_PORT): {message}")
+        names = "AUTHDB_SMTP_HOST, AUTHDB_SMTP_PORT"
+        if mode != "none":
+            names += ", AUTHDB_SMTP_TLS"
+        return error(f"{where} ({names}): {message}")
     finally:
         smtp.close()
     return ok(f"{where} answers ({', '.join(done)})")

@@ -8,6 +8,7 @@ from datetime import UTC, datetime
 
 from authdb.doctor.configuration import (
     check_cookies,
+    check_email_templates,
     check_metrics,
     check_passkeys,
     check_public_url,
@@ -29,6 +30,7 @@ CHECKS: tuple[tuple[str, Check], ...] = (
     ("clock", check_clock),
     ("redis", check_redis),
     ("smtp", check_smtp),
+    ("templates", check_email_templates),
     ("public URL", check_public_url),
     ("cookies", check_cookies),
     ("trusted proxies", check_trusted_proxies),

@@ -1,10 +1,12 @@
 """FastAPI dependencies bound to one ``Auth``: the current user and friends."""
 
-from collections.abc import AsyncIterator
-from typing import Annotated
+from collections.abc import AsyncIterator, MutableMapping
+from typing import Annotated, Any
 
 from fastapi import Depends, HTTPException, Request
+from fastapi.openapi.models import OAuth2, OAuthFlowPassword
 from fastapi.security import OAuth2PasswordBearer
+from sqlalchemy import inspect
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from authdb.db.models import User
@@ -41,6 +43,10 @@ class AuthDeps:
         self._csrf: CSRFTokens | None = None
         # auto_error off: without a bearer token, a browser's session cookie may stand in.
         bearer = OAuth2PasswordBearer(tokenUrl=token_url, auto_error=False)
+        scheme = bearer.model
+        assert isinstance(scheme, OAuth2) and scheme.flows.password is not None
+        # What the OpenAPI security scheme shows; ``token_url`` moves it to the mount point.
+        self._password_flow: OAuthFlowPassword = scheme.flows.password
 
         # One level of dependencies on top of current_session (not a chain): FastAPI's cost
         # grows with depth, and a route asking for two of them still authenticates once.
@@ -51,11 +57,14 @@ class AuthDeps:
                 if token is not None:
                     if len(token) > MAX_TOKEN_CHARS:  # refused unread: a parse costs its length
                         raise NotAuthenticated
-                    return await sessions.authenticate(core, token)
-                cookie = read_session_cookie(request, core.settings)
-                if cookie is None or "authorization" in request.headers:
-                    raise _not_authenticated()
-                return await self._cookie_session(request, cookie)
+                    auth = await sessions.authenticate(core, token)
+                else:
+                    cookie = read_session_cookie(request, core.settings)
+                    if cookie is None or "authorization" in request.headers:
+                        raise _not_authenticated()
+                    auth = await self._cookie_session(request, cookie)
+                _share_user(request.scope, user=auth.user)
+                return auth
             except AuthError as exc:
                 raise to_http_exception(exc) from None
             except Exception as exc:
@@ -82,10 +91,15 @@ class AuthDeps:
         async def client(request: Request) -> ClientInfo:
             return self.client_resolver(request)
 
-        async def db_session() -> AsyncIterator[AsyncSession]:
+        async def db_session(request: Request) -> AsyncIterator[AsyncSession]:
             """An ``AsyncSession`` on authdb's engine for the application's own queries; the
-            route commits what it wants kept (anything else is rolled back at the end)."""
+            route commits what it wants kept (anything else is rolled back at the end).
+
+            The request's authenticated user (``current_user`` and friends) belongs to this
+            session, so ``Todo(owner=user)`` and ``db.get(User, user.id)`` agree.
+            """
             async with core.sessionmaker() as db:
+                _share_user(request.scope, db=db)
                 yield db
 
         self.current_session = current_session
@@ -95,6 +109,17 @@ class AuthDeps:
         self.current_superuser = current_superuser
         self.client = client
         self.db_session = db_session
+
+    @property
+    def token_url(self) -> str:
+        """The ``tokenUrl`` of the OAuth2 password flow in the OpenAPI security scheme."""
+        return self._password_flow.tokenUrl
+
+    @token_url.setter
+    def token_url(self, url: str) -> None:
+        # The scheme's model is read whenever an OpenAPI document is generated: the app's
+        # cached document must be dropped too (Auth.lifespan does).
+        self._password_flow.tokenUrl = url
 
     @property
     def csrf(self) -> CSRFTokens:
@@ -129,6 +154,30 @@ class AuthDeps:
         except NotAuthenticated:
             return None
         return None if auth.user.disabled else auth
+
+
+# Request-scope keys of the authenticated user and of the route's db_session, whichever
+# dependency FastAPI resolves first; the second one puts the user into the session.
+_USER_KEY = "authdb.user"
+_DB_KEY = "authdb.db_session"
+
+
+def _share_user(
+    scope: MutableMapping[str, Any], *, user: User | None = None, db: AsyncSession | None = None
+) -> None:
+    """Make the request's user a member of the request's ``db_session`` (no query: the user
+    is a detached row, and adding it makes it the session's copy of that row)."""
+    if user is not None:
+        scope[_USER_KEY] = user
+        db = scope.get(_DB_KEY)
+    else:
+        scope[_DB_KEY] = db
+        user = scope.get(_USER_KEY)
+    if user is None or db is None:
+        return
+    key = inspect(user).key
+    if inspect(user).detached and key is not None and key not in db.sync_session.identity_map:
+        db.add(user)
 
 
 def _not_authenticated() -> HTTPException:

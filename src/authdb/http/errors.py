@@ -70,7 +70,8 @@ def retry_after(exc: errors.AuthError) -> dict[str, str]:
 def error_detail(exc: errors.AuthError) -> str | list[dict[str, Any]]:
     """The ``detail`` of an error's answer; invalid input gets FastAPI's list shape (422)."""
     if isinstance(exc, errors.InvalidInput):
-        loc = ["body", exc.field] if exc.field else ["body"]
+        # A dotted field ("profile.company") is a path into the body, as FastAPI's loc is.
+        loc = ["body", *exc.field.split(".")] if exc.field else ["body"]
         return [{"type": "value_error", "loc": loc, "msg": exc.detail}]
     return exc.detail
 

@@ -2,12 +2,30 @@
 
 from __future__ import annotations
 
+import inspect
+from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import datetime
-from typing import Annotated, Any
+from functools import cache
+from typing import Annotated, Any, TypeVar
 
-from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, EmailStr, Field
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    EmailStr,
+    Field,
+    GetJsonSchemaHandler,
+    PlainValidator,
+    create_model,
+)
+from pydantic.json_schema import JsonSchemaValue, SkipJsonSchema
+from pydantic_core import CoreSchema
 
 from authdb.names import control_character
+
+_Route = TypeVar("_Route", bound=Callable[..., Any])
 
 
 def _no_control_characters(value: object) -> object:
@@ -26,6 +44,17 @@ def _no_control_characters(value: object) -> object:
 # Every text field of every request body is one of these.
 Text = Annotated[str, AfterValidator(_no_control_characters)]
 Email = Annotated[EmailStr, BeforeValidator(_no_control_characters)]
+
+
+def _json_object(value: object) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        raise ValueError("must be an object")
+    return value
+
+
+# A profile in a request without a profile model: not in the OpenAPI schema, and refused by
+# the service with "This service has no profile fields" rather than dropped or called extra.
+NoProfile = SkipJsonSchema[dict[str, Any] | None]
 
 
 class UserRead(BaseModel):
@@ -72,10 +101,14 @@ class LogoutRequest(BaseModel):
 
 
 class UserCreate(BaseModel):
+    # A field the service does not know is refused (422 naming it), never silently dropped.
+    model_config = ConfigDict(extra="forbid")
+
     username: Text = Field(max_length=256)
     email: Email
     password: Text = Field(max_length=4096)
     full_name: Text | None = Field(None, max_length=256)
+    profile: NoProfile = None
 
 
 class UserUpdate(BaseModel):
@@ -87,6 +120,7 @@ class UserUpdate(BaseModel):
     email: Email | None = None
     full_name: Text | None = Field(None, max_length=256)
     current_password: Text | None = Field(None, max_length=4096)
+    profile: NoProfile = None
 
 
 class EmailRequest(BaseModel):
@@ -121,11 +155,97 @@ class AdminUserUpdate(BaseModel):
     disabled: bool | None = None
     is_verified: bool | None = None
     is_superuser: bool | None = None
+    profile: NoProfile = None
 
 
 class UserPage(BaseModel):
     items: list[UserRead]
     total: int
+
+
+# --- profile fields (``Auth(profile=Model)``) ---------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _ShownAs:
+    """Shows a stored profile (a plain dict, not validated again on the way out, so that a
+    model changed since never fails a read) as the application's model in OpenAPI."""
+
+    model: type[BaseModel]
+
+    def __get_pydantic_json_schema__(
+        self, _schema: CoreSchema, handler: GetJsonSchemaHandler
+    ) -> JsonSchemaValue:
+        return handler(self.model.__pydantic_core_schema__)
+
+
+@dataclass(frozen=True)
+class UserSchemas:
+    """The user bodies of one ``Auth``: with its profile model's fields, or authdb's own."""
+
+    read: type[UserRead]
+    create: type[UserCreate]
+    update: type[UserUpdate]
+    admin_update: type[AdminUserUpdate]
+    page: type[UserPage]
+
+
+@cache
+def user_schemas(profile_model: type[BaseModel] | None) -> UserSchemas:
+    """The bodies for ``profile_model`` (the same classes for the same model, so that the
+    routers of one Auth share them and OpenAPI names each once).
+
+    In requests ``profile`` is a JSON object shown as the model; the service validates it
+    (``authdb.services.profile``), so that the API and the library share one set of rules and
+    a ``PATCH`` can send only the keys that change. On ``/register`` it is required when the
+    model has required fields.
+    """
+    if profile_model is None:
+        return UserSchemas(UserRead, UserCreate, UserUpdate, AdminUserUpdate, UserPage)
+    given = Annotated[
+        dict[str, Any], PlainValidator(_json_object, json_schema_input_type=profile_model)
+    ]
+    stored = Annotated[dict[str, Any], _ShownAs(profile_model)]
+    required = any(field.is_required() for field in profile_model.model_fields.values())
+    changes = Field(None, description="Only the fields to change; the others keep their values.")
+    read: Any = create_model(
+        "UserRead", __base__=UserRead, __module__=__name__, profile=(stored | None, None)
+    )
+    create: Any = create_model(
+        "UserCreate",
+        __base__=UserCreate,
+        __module__=__name__,
+        profile=(given, ...) if required else (given | None, None),
+    )
+    update: Any = create_model(
+        "UserUpdate", __base__=UserUpdate, __module__=__name__, profile=(given | None, changes)
+    )
+    admin_update: Any = create_model(
+        "AdminUserUpdate",
+        __base__=AdminUserUpdate,
+        __module__=__name__,
+        profile=(given | None, changes),
+    )
+    page: Any = create_model(
+        "UserPage", __base__=UserPage, __module__=__name__, items=(list[read], ...)
+    )
+    return UserSchemas(read, create, update, admin_update, page)
+
+
+def body_as(schema: type[BaseModel]) -> Callable[[_Route], _Route]:
+    """Under a route decorator: FastAPI reads the route's ``body`` parameter as ``schema``,
+    one Auth's subclass of the class it is declared with (``user_schemas``)."""
+
+    def apply(route: _Route) -> _Route:
+        signature = inspect.signature(route)
+        parameters = [
+            p.replace(annotation=schema) if p.name == "body" else p
+            for p in signature.parameters.values()
+        ]
+        route.__signature__ = signature.replace(parameters=parameters)  # type: ignore[attr-defined]
+        return route
+
+    return apply
 
 
 class MFACode(BaseModel):

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from datetime import datetime
+from typing import Any
 
+from pydantic import BaseModel
 from sqlalchemy import delete, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -20,15 +22,17 @@ from authdb.errors import (
     InvalidEmailToken,
     InvalidInput,
     NotAuthenticated,
+    NotFound,
     RegistrationClosed,
 )
 from authdb.names import email_key
 from authdb.ratelimit import RateLimits, client_key
 from authdb.services import audit, email_tokens, lockout, sessions
-from authdb.services.admin import LAST_SUPERUSER_SELF, lock_active_superusers
+from authdb.services.admin import LAST_SUPERUSER_SELF, remove_user
 from authdb.services.core import ClientInfo, Core
 from authdb.services.email_tokens import RESET, VERIFY, Mail
 from authdb.services.guard import confirm_password
+from authdb.services.profile import check_profile_change, clean_profile, merge_profile
 from authdb.services.provisioning import clean_email, prepare_user
 from authdb.services.sessions import Authenticated
 from authdb.services.users import (
@@ -53,17 +57,25 @@ async def register(
     password: str,
     full_name: str | None,
     client: ClientInfo,
+    profile: Mapping[str, Any] | BaseModel | None = None,
 ) -> tuple[User, Mail]:
     """Create an unverified account and the verification email for it.
 
-    Conflict (409) on a taken username or email: the database's unique constraints decide, so
-    of many racing registrations of one name exactly one succeeds.
+    ``profile``: the application's fields (``authdb.services.profile``), validated whole;
+    None stores none. Conflict (409) on a taken username or email: the database's unique
+    constraints decide, so of many racing registrations of one name exactly one succeeds.
     """
     if not core.settings.registration_enabled:
         raise RegistrationClosed
     await limits.hit("register", client_key(client, core.settings))
+    cleaned_profile = clean_profile(core, profile)  # before the hash: argon2 is the slow part
     new = await prepare_user(
-        core.hasher, username=username, email=email, password=password, full_name=full_name
+        core.hasher,
+        validators=core.password_validators,
+        username=username,
+        email=email,
+        password=password,
+        full_name=full_name,
     )
     now = core.clock()
     async with core.sessionmaker.begin() as db:
@@ -75,6 +87,7 @@ async def register(
             disabled=False,
             created_at=now,
             updated_at=now,
+            profile=cleaned_profile,
         )
         set_identity(user, username=new.username, email=new.email)
         db.add(user)
@@ -182,7 +195,12 @@ async def reset_password(core: Core, token: str, password: str, client: ClientIn
         ).one_or_none()
     if found is None or not email_tokens.bound(found[0], found[1], RESET):
         raise InvalidEmailToken
-    check_password(password, username=found[0].username, email=found[0].email)
+    check_password(
+        password,
+        username=found[0].username,
+        email=found[0].email,
+        validators=core.password_validators,
+    )
     hashed = await core.hasher.hash(password)
     now = core.clock()
     async with core.sessionmaker.begin() as db:
@@ -205,19 +223,24 @@ async def update_account(
     core: Core,
     limits: RateLimits,
     user: User,
-    changes: Mapping[str, str | None],
+    changes: Mapping[str, Any],
     client: ClientInfo,
 ) -> tuple[User, list[Mail]]:
-    """Apply ``username`` / ``email`` / ``full_name`` changes (only the keys given).
+    """Apply ``username`` / ``email`` / ``full_name`` / ``profile`` changes (only the keys given).
 
     A new email address needs ``current_password`` in ``changes`` (a stolen access token must
     not be enough to take the account over through a password reset), spends the mail budgets,
     and takes effect only once the link mailed to it is followed; until then it is
-    ``pending_email``, and the old address is told of the request.
+    ``pending_email``, and the old address is told of the request. ``profile`` is merged into
+    the stored one key by key and the result validated whole (``merge_profile``); InvalidInput
+    naming the profile field otherwise.
     """
-    unknown = set(changes) - {"username", "email", "full_name", "current_password"}
+    unknown = set(changes) - {"username", "email", "full_name", "current_password", "profile"}
     if unknown:
         raise InvalidInput(f"Unknown field: {sorted(unknown)[0]}", field=sorted(unknown)[0])
+    if "profile" in changes:
+        # Early, before any password check or budget: what can be refused from the input alone.
+        check_profile_change(core, changes["profile"])
     username = email = None
     if "username" in changes:
         username = clean_username(_required(changes["username"], "username"))
@@ -249,6 +272,11 @@ async def update_account(
             row.pending_email = email
             changed.append("pending_email")
         changed += _apply_profile(row, username, changes, full_name)
+        if "profile" in changes:
+            merged = merge_profile(core, row.profile, changes["profile"])
+            if merged != row.profile:
+                row.profile = merged
+                changed.append("profile")  # the name only: the values may be personal data
         await flush_unique(db, row)
         mails = await _email_change_mails(core, db, row, email, now) if email else []
         if changed:
@@ -305,7 +333,13 @@ async def change_password(
     """Replace the password after checking the current one; other sessions end, this one stays."""
     user = auth.user
     await confirm_password(core, limits, user, current_password, client)
-    check_password(new_password, username=user.username, email=user.email, field="new_password")
+    check_password(
+        new_password,
+        username=user.username,
+        email=user.email,
+        validators=core.password_validators,
+        field="new_password",
+    )
     hashed = await core.hasher.hash(new_password)
     now = core.clock()
     async with core.sessionmaker.begin() as db:
@@ -327,20 +361,24 @@ async def change_password(
 async def delete_account(
     core: Core, limits: RateLimits, user: User, password: str, client: ClientInfo
 ) -> None:
-    """Delete the account after checking its password; sessions and tokens go with it.
+    """Delete the account after checking its password; sessions and tokens go with it
+    (the one deletion path: ``authdb.services.admin.remove_user``).
 
-    Conflict (409) for the last active superuser, who would leave nobody to administer.
+    Raises IncorrectPassword (400); Conflict (409) for the last active superuser, who would
+    leave nobody to administer, or when the application's rows still reference the account
+    without ON DELETE CASCADE (the detail names their table; nothing is deleted).
     """
     await confirm_password(core, limits, user, password, client)
-    now = core.clock()
-    async with core.sessionmaker.begin() as db:
-        if await lock_active_superusers(db) == {user.id}:
-            raise Conflict(LAST_SUPERUSER_SELF)
-        # Sessions, refresh and email tokens go by ON DELETE CASCADE. The lockout row is keyed
-        # by user id, which SQLite may hand out again: drop it so no newcomer inherits a lock.
-        await _forget_failures(db, user)
-        await db.execute(delete(User).where(User.id == user.id))
-        audit.record(db, "account_deleted", client=client, now=now, user_id=user.id)
+    try:
+        await remove_user(
+            core,
+            user.id,
+            event="account_deleted",
+            client=client,
+            last_superuser=LAST_SUPERUSER_SELF,
+        )
+    except NotFound:
+        raise NotAuthenticated from None  # deleted meanwhile: as if its token were stale
 
 
 # --- helpers ------------------------------------------------------------------------------------

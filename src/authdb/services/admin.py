@@ -5,18 +5,21 @@ The HTTP admin routes and the ``authdb users`` commands call the same functions 
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import TypedDict, cast
+from typing import Any, TypedDict, cast
 
 from sqlalchemy import ColumnElement, delete, func, or_, select
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from authdb.db.models import MAX_ID, EmailToken, User
 from authdb.errors import Conflict, InvalidInput, NotFound
 from authdb.names import email_key, fold, has_control_characters, login_key
-from authdb.services import audit, sessions
+from authdb.services import audit, lockout, sessions
 from authdb.services.core import ClientInfo, Core
+from authdb.services.profile import check_profile_change, merge_profile
 from authdb.services.provisioning import clean_email
 from authdb.services.users import (
     cancel_pending_email,
@@ -53,6 +56,8 @@ class UserChanges(TypedDict, total=False):
     disabled: bool
     is_verified: bool
     is_superuser: bool
+    # The application's profile fields to change, merged into the stored profile key by key.
+    profile: Mapping[str, Any]
 
 
 _FLAGS = ("disabled", "is_verified", "is_superuser")
@@ -162,7 +167,8 @@ async def update_user(
     """Apply an administrator's changes and audit them.
 
     Disabling the user or setting their password ends all of their sessions; a changed email
-    address becomes unverified unless ``is_verified`` is given too.
+    address becomes unverified unless ``is_verified`` is given too. ``profile`` is merged into
+    the stored profile and validated whole (``authdb.services.profile.merge_profile``).
     """
     given = cast(Mapping[str, object], changes)
     nulls = [name for name in _NOT_NULL if name in given and given[name] is None]
@@ -172,6 +178,8 @@ async def update_user(
         clean_full_name(changes["full_name"])
     username = clean_username(changes["username"]) if "username" in changes else None
     email = clean_email(changes["email"]) if "email" in changes else None
+    if "profile" in changes:
+        check_profile_change(core, changes["profile"])
     hashed = None
     if "password" in changes:
         # Hash before the write transaction: argon2 is slow and SQLite's write lock is global.
@@ -180,6 +188,7 @@ async def update_user(
             changes["password"],
             username=username or current.username,
             email=email or current.email,
+            validators=core.password_validators,
         )
         hashed = await core.hasher.hash(changes["password"])
     now = core.clock()
@@ -189,6 +198,11 @@ async def update_user(
         user = await _load(db, user_id, lock=True)
         old_email_key = user.email_key
         fields = _apply(user, changes, username=username, email=email)
+        if "profile" in changes:
+            merged = merge_profile(core, user.profile, changes["profile"])
+            if merged != user.profile:
+                user.profile = merged
+                fields.append("profile")  # the name only: the values may be personal data
         if hashed is not None:
             fields.append("password")
         _keep_a_superuser(active, user, deleting=False)
@@ -256,23 +270,131 @@ def _apply(
 async def delete_user(
     core: Core, user_id: int, *, client: ClientInfo, actor_id: int | None = None
 ) -> None:
-    """Delete a user; their sessions and email tokens go with them (ON DELETE CASCADE)."""
+    """An administrator deletes a user (admin API, ``authdb users delete``, ``auth.users``).
+
+    See ``remove_user`` for what goes and the errors: NotFound, Conflict (409).
+    """
+    await remove_user(
+        core,
+        user_id,
+        event="admin_user_deleted",
+        client=client,
+        actor_id=actor_id,
+        last_superuser=LAST_SUPERUSER,
+        keep_name=True,
+    )
+
+
+# SQLSTATE foreign_key_violation (PostgreSQL); SQLite only says "FOREIGN KEY constraint failed".
+_FK_VIOLATION = "23503"
+
+
+async def remove_user(
+    core: Core,
+    user_id: int,
+    *,
+    event: str,
+    client: ClientInfo,
+    actor_id: int | None = None,
+    last_superuser: str = LAST_SUPERUSER,
+    keep_name: bool = False,
+) -> None:
+    """Delete a user: the one path of every deletion (self-service, admin, CLI, app code).
+
+    Sessions, tokens, MFA and passkeys go with the row (ON DELETE CASCADE), and so do the
+    application's rows whose foreign key to ``users.id`` declares it. Audited as ``event``.
+    ``keep_name`` records the username in the event's detail (the account's own deletion
+    leaves nothing of it). Raises NotFound ("User not found"); Conflict (409) with
+    ``last_superuser`` for the last active superuser; Conflict naming the application's table
+    when its rows still reference the user without ON DELETE CASCADE (nothing is deleted).
+    """
     now = core.clock()
-    async with core.sessionmaker.begin() as db:
-        active = await lock_active_superusers(db)
-        user = await _load(db, user_id, lock=True)
-        _keep_a_superuser(active, user, deleting=True)
-        await db.delete(user)
-        # The trail outlives the account, so it keeps the name it had.
-        audit.record(
-            db,
-            "admin_user_deleted",
-            client=client,
-            now=now,
-            user_id=user.id,
-            actor_id=actor_id,
-            username=user.username,
-        )
+    try:
+        async with core.sessionmaker.begin() as db:
+            active = await lock_active_superusers(db)
+            user = await _load(db, user_id, lock=True)
+            if active == {user.id}:
+                raise Conflict(last_superuser)
+            # Recorded before the row goes, while the session still holds it: the callbacks
+            # of ``user_deleted`` get the user as they were. The trail outlives the account,
+            # so an administrator's deletion keeps the name it had.
+            detail = {"username": user.username} if keep_name else {}
+            audit.record(
+                db, event, client=client, now=now, user_id=user.id, actor_id=actor_id, **detail
+            )
+            # The lockout row is keyed by user id, not a foreign key: no newcomer inherits it.
+            await lockout.forgive(db, lockout.lock_key(user, ""))
+            await db.delete(user)
+            await db.flush()  # the foreign keys answer here (or, if deferred, at commit)
+    except IntegrityError as exc:
+        if not _is_foreign_key_violation(exc):
+            raise
+        raise Conflict(await _still_referenced_detail(core, user_id, exc)) from None
+
+
+def _is_foreign_key_violation(exc: IntegrityError) -> bool:
+    code = getattr(exc.orig, "sqlstate", None) or getattr(exc.orig, "pgcode", None)
+    return code == _FK_VIOLATION or "FOREIGN KEY constraint failed" in str(exc.orig)
+
+
+async def _still_referenced_detail(core: Core, user_id: int, exc: IntegrityError) -> str:
+    """The 409 detail of a deletion the application's foreign keys refused, naming the
+    tables: PostgreSQL names the table in its error; on SQLite we look for the rows."""
+    tables = _tables_named_in(exc)
+    if not tables:
+        try:
+            tables = await _sqlite_referencing_tables(core, user_id)
+        except Exception:  # only a nicer message is lost
+            tables = []
+    where = (
+        "rows in " + " and ".join(f"'{name}'" for name in tables)
+        if tables
+        else "rows of another table"
+    )
+    return (
+        f"This user is still referenced by {where}; delete them first or declare ON DELETE CASCADE"
+    )
+
+
+def _tables_named_in(exc: IntegrityError) -> list[str]:
+    # asyncpg's error (the cause of SQLAlchemy's adapted one) carries the referencing table.
+    for error in (exc.orig, getattr(exc.orig, "__cause__", None)):
+        name = getattr(error, "table_name", None)
+        if isinstance(name, str) and name and name != "users":
+            return [name]
+    # 'update or delete on table "users" violates foreign key constraint "x" on table "todos"'
+    found = re.findall(r'on table "([^"]+)"', str(exc.orig))
+    return [found[-1]] if len(found) > 1 else []
+
+
+# Foreign-key actions that let the user's row go.
+_LETS_GO = frozenset({"CASCADE", "SET NULL", "SET DEFAULT"})
+
+
+async def _sqlite_referencing_tables(core: Core, user_id: int) -> list[str]:
+    """Tables holding rows that reference the user through a foreign key that neither
+    cascades nor nulls: the rows that made SQLite refuse. Empty on other databases."""
+    async with core.engine.connect() as conn:
+        if conn.dialect.name != "sqlite":
+            return []
+        names = (
+            await conn.exec_driver_sql("SELECT name FROM sqlite_master WHERE type = 'table'")
+        ).scalars()
+        found = []
+        for table in list(names):
+            quoted = '"' + str(table).replace('"', '""') + '"'
+            pragma = await conn.exec_driver_sql(f"PRAGMA foreign_key_list({quoted})")
+            for key in pragma.mappings().all():
+                target = str(key["table"]).strip('"').lower()
+                if target != "users" or str(key["on_delete"]).upper() in _LETS_GO:
+                    continue
+                column = '"' + str(key["from"]).replace('"', '""') + '"'
+                # Identifiers from the schema itself, quoted; the id is a bound parameter.
+                probe = f"SELECT 1 FROM {quoted} WHERE {column} = ? LIMIT 1"  # noqa: S608
+                hit = await conn.exec_driver_sql(probe, (user_id,))
+                if hit.first() is not None and table not in found:
+                    found.append(str(table))
+        return found
 
 
 async def _get(db: AsyncSession, user_id: int, *, lock: bool = False) -> User | None:

@@ -1,8 +1,9 @@
 """The audit trail of security events, and the subscribers told of them once committed.
 
 ``record`` adds an event to the caller's transaction. When that transaction commits, each
-subscriber (log lines, metrics, the application's hooks) gets a :class:`SecurityEvent`; a
-transaction that rolls back tells nobody, so no one hears of an event the trail does not hold.
+subscriber (log lines, metrics) gets a :class:`SecurityEvent`, and the application's callbacks
+of the session's ``Auth`` (authdb.services.hooks) are scheduled; a transaction that rolls back
+tells nobody, so no one hears of an event the trail does not hold.
 """
 
 from __future__ import annotations
@@ -22,9 +23,12 @@ from sqlalchemy.orm import Session, SessionTransaction
 from authdb.db.models import MAX_ID, AuditEvent, User
 from authdb.errors import NotFound
 
-# Imported for its session hooks: they give each recorded event its place in the hash chain
-# when the transaction commits.
-from authdb.services import audit_chain  # noqa: F401
+# audit_chain is imported for its session hooks: they give each recorded event its place in
+# the hash chain when the transaction commits.
+from authdb.services import (
+    audit_chain,  # noqa: F401
+    hooks,
+)
 from authdb.services.core import ClientInfo, Core
 from authdb.services.users import find_by_login
 
@@ -103,6 +107,8 @@ def _announce(session: Session) -> None:
                 subscriber(item)
             except Exception:
                 log.exception("a subscriber to security events failed on %s", item.name)
+    # The application's callbacks (@auth.on), as tasks: nothing here waits for them.
+    hooks.announce(session)
 
 
 @orm_event.listens_for(Session, "after_transaction_end")
@@ -111,6 +117,7 @@ def _forget(session: Session, transaction: SessionTransaction) -> None:
     # still pending: they never happened.
     if transaction.parent is None:
         session.info.pop(_PENDING, None)
+        hooks.forget(session)
 
 
 def record(
@@ -145,6 +152,7 @@ def record(
         event, now, user_id, actor_id, client.ip_address, user_agent, dict(detail)
     )
     db.sync_session.info.setdefault(_PENDING, []).append(announced)
+    hooks.note(db.sync_session, event, user_id, client, detail)
 
 
 async def list_events(

@@ -11,6 +11,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from authdb.db.models import utcnow
 from authdb.db.session_reader import SessionReader
+from authdb.links import Links
 from authdb.passwords import Hasher
 from authdb.sealing import Sealer
 from authdb.settings import Settings
@@ -64,6 +65,8 @@ class Core:
     hooks: Hooks | None = None
     # The application's extra password rules, applied after authdb's own.
     password_validators: tuple[PasswordValidator, ...] = ()
+    # Where the app mounted authdb's routes, for emailed links (``Auth.lifespan`` finds them).
+    links: Links = field(default_factory=Links)
 
     def sealer(self, purpose: str) -> Sealer:
         """A Sealer for ``purpose`` under the deployment secret and its fallbacks."""

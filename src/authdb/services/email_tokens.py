@@ -10,6 +10,7 @@ from typing import Literal
 from sqlalchemy import ColumnElement, delete, or_, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from authdb import links
 from authdb.db.models import EmailToken, User
 from authdb.errors import InvalidEmailToken
 from authdb.names import email_key
@@ -31,10 +32,6 @@ class Mail:
     context: dict[str, str] = field(default_factory=dict)
 
 
-# The front-end page each link opens, and the template of its email.
-_LINK_PATHS: dict[Purpose, str] = {VERIFY: "/verify", RESET: "/reset-password"}
-
-
 def lifetime(settings: Settings, purpose: Purpose) -> timedelta:
     if purpose == VERIFY:
         return timedelta(hours=settings.verify_token_expire_hours)
@@ -44,19 +41,21 @@ def lifetime(settings: Settings, purpose: Purpose) -> timedelta:
 def link_mail(
     core: Core, user: User, purpose: Purpose, token: str, *, to: str | None = None
 ) -> Mail:
-    """The email carrying ``token`` as a link to ``PUBLIC_URL`` (never the request's Host).
+    """The email carrying ``token`` as a link to ``PUBLIC_URL`` (never the request's Host), at
+    the path where the app mounted the page it opens (``core.links``).
 
     It goes to the account's address, or to ``to`` (a pending new address to confirm).
     """
     address = to or user.email
     assert address is not None  # only accounts with an address are sent links
+    page = core.links.verify if purpose == VERIFY else core.links.reset
     return Mail(
         to=address,
         template=purpose,
         context={
             "username": user.username,
             "token": token,
-            "link": f"{core.settings.public_url}{_LINK_PATHS[purpose]}?token={token}",
+            "link": f"{links.url(core.settings.public_url, page)}?token={token}",
             "expires": duration(lifetime(core.settings, purpose)),
         },
     )

@@ -17,6 +17,7 @@ from datetime import datetime, timedelta
 
 from sqlalchemy import select
 
+from authdb import links
 from authdb.db.models import AuditEvent, AuthSession, User
 from authdb.devices import device_name
 from authdb.services.core import Core
@@ -102,7 +103,8 @@ async def alert_for(core: Core, session_id: int) -> Mail | None:
 def _mail(core: Core, user: User, row: AuditEvent) -> Mail:
     assert user.email is not None
     settings = core.settings
-    account = f"{settings.public_url}/account" if settings.pages_enabled else settings.public_url
+    page = core.links.account if settings.pages_enabled else None
+    account = links.url(settings.public_url, page) if page else settings.public_url
     return Mail(
         to=user.email,
         template=TEMPLATE,

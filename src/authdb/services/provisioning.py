@@ -5,20 +5,26 @@ Every path validates with the same rules as registration and hashes with the con
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, replace
+from typing import Any
+
+from pydantic import BaseModel
 
 from authdb.db.models import User
 from authdb.errors import InvalidInput, NotFound
 from authdb.names import EMAIL_KEY_MAX, control_character, email_key
 from authdb.passwords import Hasher
 from authdb.services import audit, sessions
-from authdb.services.core import ClientInfo, Core
+from authdb.services.core import ClientInfo, Core, PasswordValidator
+from authdb.services.profile import clean_profile
 from authdb.services.users import (
     check_password,
     clean_full_name,
     clean_username,
     find_by_login,
     flush_unique,
+    get_user,
     set_identity,
     set_password_hash,
 )
@@ -35,6 +41,8 @@ class NewUser:
     is_superuser: bool = False
     is_verified: bool = False
     disabled: bool = False
+    # The application's profile fields, already validated (authdb.services.profile).
+    profile: dict[str, Any] | None = None
 
 
 def clean_email(raw: str) -> str:
@@ -58,6 +66,7 @@ def clean_email(raw: str) -> str:
 async def prepare_user(
     hasher: Hasher,
     *,
+    validators: Sequence[PasswordValidator],
     username: str,
     email: str,
     password: str | None = None,
@@ -67,14 +76,17 @@ async def prepare_user(
     is_verified: bool = False,
     disabled: bool = False,
 ) -> NewUser:
-    """Check every rule and hash the password; raises InvalidInput naming the broken rule."""
+    """Check every rule and hash the password; raises InvalidInput naming the broken rule.
+
+    ``validators``: the application's password rules (``core.password_validators``).
+    """
     username = clean_username(username)
     email = clean_email(email)
     full_name = clean_full_name(full_name)
     if (password is None) == (hashed_password is None):
         raise InvalidInput("Give exactly one of password and hashed_password")
     if password is not None:
-        check_password(password, username=username, email=email)
+        check_password(password, username=username, email=email, validators=validators)
         hashed_password = await hasher.hash(password)
     elif hashed_password is None or not Hasher.is_supported_hash(hashed_password):
         raise InvalidInput("hashed_password must be an argon2 or bcrypt hash")
@@ -88,6 +100,7 @@ def _row(new: NewUser, now: object) -> User:
         is_superuser=new.is_superuser,
         is_verified=new.is_verified,
         disabled=new.disabled,
+        profile=new.profile,
         created_at=now,
         updated_at=now,
     )
@@ -96,10 +109,41 @@ def _row(new: NewUser, now: object) -> User:
 
 
 async def create_user(
-    core: Core, *, client: ClientInfo, actor_id: int | None = None, **fields: object
+    core: Core,
+    *,
+    username: str,
+    email: str,
+    password: str | None = None,
+    hashed_password: str | None = None,
+    full_name: str | None = None,
+    is_superuser: bool = False,
+    is_verified: bool = False,
+    disabled: bool = False,
+    profile: Mapping[str, Any] | BaseModel | None = None,
+    client: ClientInfo,
+    actor_id: int | None = None,
 ) -> User:
-    """Create one user (CLI ``createuser``); 409-style Conflict on a taken name or email."""
-    new = await prepare_user(core.hasher, **fields)  # type: ignore[arg-type]
+    """Create one user: ``auth.users.create``, CLI ``createuser``, tests.
+
+    The rules of registration apply (``prepare_user``), and ``profile`` is validated by the
+    application's profile model. Raises InvalidInput naming the field, Conflict (409) on a
+    taken username or email. Audited as ``user_created`` (the ``user_registered`` event).
+    """
+    cleaned = clean_profile(core, profile)
+    new = await prepare_user(
+        core.hasher,
+        validators=core.password_validators,
+        username=username,
+        email=email,
+        password=password,
+        hashed_password=hashed_password,
+        full_name=full_name,
+        is_superuser=is_superuser,
+        is_verified=is_verified,
+        disabled=disabled,
+    )
+    if cleaned is not None:
+        new = replace(new, profile=cleaned)
     return (await insert_users(core, [new], client=client, actor_id=actor_id))[0]
 
 
@@ -122,16 +166,37 @@ async def insert_users(
 
 
 async def set_password(core: Core, login: str, password: str, client: ClientInfo) -> None:
-    """Set a password by username or email (CLI ``changepassword``); ends every session."""
+    """Set a password by username or email (CLI ``changepassword``); see ``set_user_password``.
+
+    Raises NotFound naming ``login``.
+    """
     async with core.sessionmaker() as db:
         user = await find_by_login(db, login)
     if user is None:
         raise NotFound(f"no user {login!r}")
-    check_password(password, username=user.username, email=user.email)
+    await set_user_password(core, user.id, password, client, known=user)
+
+
+async def set_user_password(
+    core: Core, user_id: int, password: str, client: ClientInfo, *, known: User | None = None
+) -> None:
+    """Set a user's password (``auth.users.set_password``, CLI ``changepassword``).
+
+    Every session of theirs ends, and outstanding reset links and a pending email change die.
+    Raises NotFound ("User not found"), InvalidInput (field ``password``) for a password the
+    policy refuses. Audited as ``password_changed``.
+    """
+    if known is None:
+        async with core.sessionmaker() as db:
+            known = await get_user(db, user_id)
+    check_password(
+        password, username=known.username, email=known.email, validators=core.password_validators
+    )
+    # Hashed before the write transaction: argon2 is slow and SQLite's write lock is global.
     hashed = await core.hasher.hash(password)
     now = core.clock()
     async with core.sessionmaker.begin() as db:
-        user = await db.merge(user)
+        user = await get_user(db, user_id)  # NotFound if deleted meanwhile
         await set_password_hash(db, user, hashed, now)
         await sessions.revoke_all(db, user.id, now)
         audit.record(db, "password_changed", client=client, now=now, user_id=user.id)

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import datetime
+from typing import TYPE_CHECKING
 
 from sqlalchemy import delete, or_, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from authdb.db.models import EmailToken, User
+from authdb.db.models import MAX_ID, EmailToken, User
 from authdb.errors import Conflict, InvalidInput, NotFound
 from authdb.names import (
     control_character,
@@ -20,6 +22,9 @@ from authdb.names import (
 )
 from authdb.passwords import password_problem
 
+if TYPE_CHECKING:
+    from authdb.services.core import PasswordValidator
+
 
 async def find_by_login(db: AsyncSession, login: str) -> User | None:
     """The user whose username or email matches ``login``, case-insensitively."""
@@ -30,8 +35,10 @@ async def find_by_login(db: AsyncSession, login: str) -> User | None:
     return next((u for u in users if u.username_key == key), users[0] if users else None)
 
 
-async def get_user(db: AsyncSession, user_id: int) -> User:
-    user = await db.get(User, user_id)
+async def get_user(db: AsyncSession, user_id: int, *, lock: bool = False) -> User:
+    """The user with this id (locked until commit with ``lock``), or NotFound."""
+    # An id past the column's range names nobody (and would overflow PostgreSQL's query).
+    user = await db.get(User, user_id, with_for_update=lock) if 0 < user_id <= MAX_ID else None
     if user is None:
         raise NotFound("User not found")
     return user
@@ -64,10 +71,19 @@ def clean_full_name(raw: str | None) -> str | None:
 
 
 def check_password(
-    password: str, *, username: str | None, email: str | None, field: str = "password"
+    password: str,
+    *,
+    username: str | None,
+    email: str | None,
+    validators: Sequence[PasswordValidator],
+    field: str = "password",
 ) -> None:
-    """Apply the password policy, raising InvalidInput with the broken rule."""
-    problem = password_problem(password, username=username, email=email)
+    """Apply the password policy, authdb's rules then the application's ``validators``
+    (``core.password_validators``: required, so that no path forgets them).
+
+    Raises InvalidInput naming ``field`` with the broken rule's sentence.
+    """
+    problem = password_problem(password, username=username, email=email, validators=validators)
     if problem:
         raise InvalidInput(problem, field=field)
 

@@ -52,8 +52,16 @@ def _session_view(session: AuthSession, current_id: int) -> dict[str, Any]:
     }
 
 
-def add_routes(router: APIRouter, deps: AuthDeps, pages: Pages) -> None:
-    """Add ``/account`` and its section forms to ``router``."""
+def add_routes(
+    router: APIRouter,
+    deps: AuthDeps,
+    pages: Pages,
+    *,
+    with_mfa: bool = True,
+    with_passkeys: bool = True,
+) -> None:
+    """Add ``/account`` and its section forms to ``router``; without ``with_mfa`` or
+    ``with_passkeys``, the page has no such section."""
     core = deps.core
 
     async def show(
@@ -65,7 +73,7 @@ def add_routes(router: APIRouter, deps: AuthDeps, pages: Pages) -> None:
         **context: Any,
     ) -> Response:
         live = await sessions.list_live(core, auth.user.id)
-        own_passkeys = await passkeys.list_for(core, auth.user.id)
+        own_passkeys = await passkeys.list_for(core, auth.user.id) if with_passkeys else []
         return pages.render(
             request,
             state,
@@ -201,10 +209,12 @@ def add_routes(router: APIRouter, deps: AuthDeps, pages: Pages) -> None:
     section("/account/email", "authdb_page_account_email", "email", email)
     section("/account/password", "authdb_page_account_password", "password", password)
     section("/account/delete", "authdb_page_account_delete", "delete", delete)
-    for path, name, form_name, run in account_mfa.sections(deps, pages):
-        section(path, name, form_name, run)
-    for path, name, form_name, run in account_passkeys.sections(deps, pages):
-        section(path, name, form_name, run)
+    if with_mfa:
+        for path, name, form_name, run in account_mfa.sections(deps, pages):
+            section(path, name, form_name, run)
+    if with_passkeys:
+        for path, name, form_name, run in account_passkeys.sections(deps, pages):
+            section(path, name, form_name, run)
 
     async def revoke(request: Request, form: FormData, auth: Authenticated) -> Response | None:
         try:
@@ -231,9 +241,17 @@ def add_routes(router: APIRouter, deps: AuthDeps, pages: Pages) -> None:
     )
 
     # Only for ``paths.account_passkeys`` in templates: the prefix the remove forms extend.
-    @router.get("/account/passkeys", name="authdb_page_account_passkeys", include_in_schema=False)
     async def passkeys_prefix(request: Request) -> Response:
         return pages.redirect(pages.url(request, "account"))
+
+    if with_passkeys:
+        router.add_api_route(
+            "/account/passkeys",
+            passkeys_prefix,
+            methods=["GET"],
+            name="authdb_page_account_passkeys",
+            include_in_schema=False,
+        )
 
     # Only for ``paths.account_sessions`` in templates: the prefix the revoke forms extend.
     @router.get("/account/sessions", name="authdb_page_account_sessions", include_in_schema=False)

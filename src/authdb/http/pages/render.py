@@ -112,11 +112,20 @@ class Pages:
     """Templates and per-request page plumbing, bound to one deployment's settings.
 
     ``csrf`` gives the token mint, which exists once the deployment secret is loaded.
+    ``mail_logged``: whether mails go to the log (default: when AUTHDB_SMTP_HOST is unset;
+    ``Auth`` says, since an application's email sender delivers without SMTP).
     """
 
-    def __init__(self, settings: Settings, csrf: Callable[[], CSRFTokens]) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        csrf: Callable[[], CSRFTokens],
+        *,
+        mail_logged: bool | None = None,
+    ) -> None:
         self.settings = settings
         self._csrf = csrf
+        self.mail_logged = not settings.smtp_host if mail_logged is None else mail_logged
         self.templates = template_environment(settings.templates_dir)
         origins = " ".join(settings.allowed_redirect_origins)
         self.csp = _CSP.format(extra=f" {origins}" if origins else "")
@@ -177,7 +186,7 @@ class Pages:
 
     def mail_notice(self, text: str) -> str:
         """``text`` about a mail sent, plus where it went when no mail server is configured."""
-        if self.settings.smtp_host:
+        if not self.mail_logged:
             return text
         return f"{text} {_LOGGED_MAIL}"
 
@@ -211,6 +220,16 @@ class Pages:
         """A page's path, under the mount point and prefix the router was included with."""
         return self._path(request, f"authdb_page_{name}")
 
+    def paths(self, request: Request) -> dict[str, str]:
+        """The paths of the pages this app serves, by ``PATH_NAMES`` key."""
+        found = {}
+        for name in PATH_NAMES:
+            try:
+                found[name] = self.url(request, name)
+            except NoMatchFound:
+                continue  # left out by Auth(features=...)
+        return found
+
     @staticmethod
     def _path(request: Request, route_name: str) -> str:
         root = str(request.scope.get("root_path", "")).rstrip("/")
@@ -224,6 +243,7 @@ class Pages:
             return None
         try:
             paths = {key: self._path(request, name) for key, name in _PASSKEY_API.items()}
+            self._path(request, "authdb_page_passkeys_js")  # the pages' half is there too
         except NoMatchFound:
             return None
         # Passkeys work only at this origin: the script says so on a page opened at another.
@@ -240,18 +260,24 @@ class Pages:
         headers: Mapping[str, str] | None = None,
         **context: Any,
     ) -> Response:
-        """``pages/<template>.html`` with the shared context (see the pages contract)."""
+        """``pages/<template>.html`` with the shared context (see the pages contract).
+
+        ``paths`` holds only the pages the app serves: a section whose feature is off
+        (``Auth(features=...)``) is left out by its template.
+        """
+        paths = self.paths(request)
         values = {
             "site_name": self.settings.site_name,
             "title": title,
             "csrf_token": state.csrf_token,
-            "paths": {name: self.url(request, name) for name in PATH_NAMES},
+            "paths": paths,
             "notice": None,
             "error": None,
             "errors": {},
             "values": {},
             "form": None,
-            "registration_enabled": self.settings.registration_enabled,
+            # Open, and the page there (``Auth(features={"register": False})`` leaves it out).
+            "registration_enabled": self.settings.registration_enabled and "register" in paths,
             "signed_in": False,
             "passkey_api": self.passkey_api(request),
             **context,

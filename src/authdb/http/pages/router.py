@@ -7,6 +7,7 @@ from importlib.resources import files
 from fastapi import APIRouter
 from starlette.responses import Response
 
+from authdb.features import Features
 from authdb.http.dependencies import AuthDeps
 from authdb.http.errors import AuthRoute
 from authdb.http.pages import account, signin, signin_mfa, signin_passkey
@@ -16,21 +17,27 @@ from authdb.http.pages.routing import route_classes
 _STATIC = files("authdb").joinpath("static/pages")
 
 
-def build(deps: AuthDeps) -> APIRouter:
+def build(deps: AuthDeps, features: Features | None = None) -> APIRouter:
     """The hosted pages. Include it before the API router: its form posts to ``/register``,
-    ``/verify`` and ``/logout`` step aside for JSON and bearer requests to the same paths."""
-    pages = Pages(deps.core.settings, lambda: deps.csrf)
+    ``/verify`` and ``/logout`` step aside for JSON and bearer requests to the same paths.
+
+    ``features`` leaves out the register page (``register``), the MFA and passkey sections of
+    ``/account`` (``mfa``, ``passkeys``) and the passkey sign-in; ``/login/mfa`` stays, since
+    accounts with MFA on still need it to sign in."""
+    features = features or Features()
+    pages = Pages(deps.core.settings, lambda: deps.csrf, mail_logged=deps.mailer.logs_instead)
     page_route, form_only_route = route_classes(pages)
     router = APIRouter(route_class=page_route, include_in_schema=False)
     form_router = APIRouter(route_class=form_only_route, include_in_schema=False)
-    signin.add_routes(router, form_router, deps, pages)
+    signin.add_routes(router, form_router, deps, pages, register=features.register)
     signin_mfa.add_routes(router, deps, pages)
-    account.add_routes(router, deps, pages)
+    account.add_routes(router, deps, pages, with_mfa=features.mfa, with_passkeys=features.passkeys)
     # The script's JSON endpoints answer JSON errors, not error pages.
     script_router = APIRouter(route_class=AuthRoute, include_in_schema=False)
-    signin_passkey.add_routes(script_router, deps, pages)
     _asset(router, "authdb.css", "text/css", "authdb_page_css")
-    _asset(router, "authdb-passkeys.js", "text/javascript", "authdb_page_passkeys_js")
+    if features.passkeys:
+        signin_passkey.add_routes(script_router, deps, pages)
+        _asset(router, "authdb-passkeys.js", "text/javascript", "authdb_page_passkeys_js")
     router.include_router(form_router)
     router.include_router(script_router)
     return router

@@ -137,8 +137,16 @@ def to_second_factor(
     return response
 
 
-def add_routes(router: APIRouter, form_router: APIRouter, deps: AuthDeps, pages: Pages) -> None:
-    """Add the sign-in pages to ``router``; POSTs sharing an API path go on ``form_router``."""
+def add_routes(
+    router: APIRouter,
+    form_router: APIRouter,
+    deps: AuthDeps,
+    pages: Pages,
+    *,
+    register: bool = True,
+) -> None:
+    """Add the sign-in pages to ``router``; POSTs sharing an API path go on ``form_router``.
+    Without ``register``, no ``/register`` page."""
     core, settings = deps.core, deps.core.settings
 
     @router.get("/login", name="authdb_page_login")
@@ -219,11 +227,9 @@ def add_routes(router: APIRouter, form_router: APIRouter, deps: AuthDeps, pages:
             request, state, "register", title="Create an account", status=status, **context
         )
 
-    @router.get("/register", name="authdb_page_register")
     async def register_page(request: Request) -> Response:
         return register_form(request, pages.state(request))
 
-    @form_router.post("/register")
     async def register_submit(request: Request) -> Response:
         state, form = await pages.posted(request)
         if not settings.registration_enabled:
@@ -266,6 +272,12 @@ def add_routes(router: APIRouter, form_router: APIRouter, deps: AuthDeps, pages:
         response.background = BackgroundTasks()
         send_later(response.background, deps.mailer, [mail])
         return response
+
+    if register:
+        router.add_api_route(
+            "/register", register_page, methods=["GET"], name="authdb_page_register"
+        )
+        form_router.add_api_route("/register", register_submit, methods=["POST"])
 
     @router.get("/forgot-password", name="authdb_page_forgot_password")
     async def forgot_page(request: Request) -> Response:

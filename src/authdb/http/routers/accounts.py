@@ -21,8 +21,9 @@ from authdb.http.schemas import (
     PasswordReset,
     TokenRequest,
     UserCreate,
-    UserRead,
     UserUpdate,
+    body_as,
+    user_schemas,
 )
 from authdb.services import accounts
 from authdb.services.core import ClientInfo
@@ -49,6 +50,9 @@ def build(deps: AuthDeps) -> APIRouter:
     ActiveUser = Annotated[User, Depends(deps.current_active_user)]
     # Shares the request's cached current_session with ActiveUser: one lookup, not two.
     Session = Annotated[Authenticated, Depends(deps.current_session)]
+    # With the application's profile model in them (``Auth(profile=...)``), if it has one.
+    schemas = user_schemas(deps.core.profile_model)
+    UserRead = schemas.read
 
     def post(background: BackgroundTasks, mails: Iterable[Mail | None]) -> None:
         send_later(background, deps.mailer, mails)
@@ -64,8 +68,15 @@ def build(deps: AuthDeps) -> APIRouter:
         response_model=UserRead,
         responses=error_responses(403, 409, 429),
     )
+    @body_as(schemas.create)
     async def register(body: UserCreate, client: Client, background: BackgroundTasks) -> User:
-        """Create an account; a verification email goes to its address."""
+        """Create an account; a verification email goes to its address.
+
+        ``profile`` holds the application's own fields, when it has any.
+        """
+        profile = body.profile
+        if profile is None and deps.core.profile_model is not None:
+            profile = {}  # the model's defaults, or 422 naming each required field
         user, mail = await accounts.register(
             deps.core,
             deps.limits,
@@ -73,6 +84,7 @@ def build(deps: AuthDeps) -> APIRouter:
             email=str(body.email),
             password=body.password,
             full_name=body.full_name,
+            profile=profile,
             client=client,
         )
         post(background, [mail])
@@ -116,13 +128,15 @@ def build(deps: AuthDeps) -> APIRouter:
     @router.patch(
         "/users/me", response_model=UserRead, responses=error_responses(400, 401, 409, 429)
     )
+    @body_as(schemas.update)
     async def update_me(
         body: UserUpdate, user: ActiveUser, client: Client, background: BackgroundTasks
     ) -> User:
-        """Change username, email or full name.
+        """Change username, email, full name or profile fields.
 
         A new email needs ``current_password`` and becomes ``pending_email`` until the link
-        mailed to it is followed; the old address is told.
+        mailed to it is followed; the old address is told. ``profile`` changes only the keys
+        it gives; the result must satisfy the application's profile model.
         """
         changes = body.model_dump(exclude_unset=True)
         updated, mails = await accounts.update_account(

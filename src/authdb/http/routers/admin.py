@@ -3,7 +3,7 @@
 from typing import Annotated, cast
 
 from fastapi import APIRouter, BackgroundTasks, Depends, Query, Response, status
-from pydantic import PlainValidator
+from pydantic import BaseModel, PlainValidator
 
 from authdb.db.models import User
 from authdb.http.dependencies import AuthDeps
@@ -11,7 +11,7 @@ from authdb.http.errors import AuthRoute
 from authdb.http.mailing import send_later
 from authdb.http.openapi import error_responses
 from authdb.http.params import Offset, UserId, bounded_parser, int_schema
-from authdb.http.schemas import AdminUserUpdate, Text, UserPage, UserRead
+from authdb.http.schemas import AdminUserUpdate, Text, body_as, user_schemas
 from authdb.services import admin, mfa
 from authdb.services.core import ClientInfo
 
@@ -31,13 +31,15 @@ def build(deps: AuthDeps) -> APIRouter:
     )
     Superuser = Annotated[User, Depends(deps.current_superuser)]
     Client = Annotated[ClientInfo, Depends(deps.client)]
+    schemas = user_schemas(deps.core.profile_model)
+    UserRead, UserPage = schemas.read, schemas.page
 
     @router.get("", response_model=UserPage)
     async def list_users(
         offset: Annotated[Offset, Query()] = 0,
         limit: Annotated[PageSize, Query()] = 50,
         search: Annotated[Text | None, Query(max_length=320)] = None,
-    ) -> UserPage:
+    ) -> BaseModel:
         """Users ordered by id; ``search`` matches username, email or full name, any case."""
         page = await admin.list_users(deps.core, offset=offset, limit=limit, search=search)
         return UserPage(
@@ -50,10 +52,14 @@ def build(deps: AuthDeps) -> APIRouter:
         return await admin.get_user(deps.core, user_id)
 
     @router.patch("/{user_id}", response_model=UserRead, responses=error_responses(404, 409))
+    @body_as(schemas.admin_update)
     async def update_user(
         user_id: UserId, body: AdminUserUpdate, actor: Superuser, client: Client
     ) -> User:
-        """Change any of a user's fields; disabling or a new password ends their sessions."""
+        """Change any of a user's fields; disabling or a new password ends their sessions.
+
+        ``profile`` changes only the keys it gives, as ``PATCH /users/me`` does.
+        """
         # The schema's fields are UserChanges' keys; the service rejects nulls where not allowed.
         changes = cast(admin.UserChanges, body.model_dump(exclude_unset=True))
         return await admin.update_user(

@@ -9,7 +9,7 @@ from authdb.http.dependencies import AuthDeps
 from authdb.http.errors import AuthRoute
 from authdb.http.openapi import error_responses
 from authdb.http.params import SessionId
-from authdb.http.schemas import SessionRead, UserRead
+from authdb.http.schemas import SessionRead, user_schemas
 from authdb.services import sessions
 from authdb.services.core import ClientInfo
 from authdb.services.sessions import Authenticated
@@ -23,6 +23,7 @@ def build(deps: AuthDeps) -> APIRouter:
         responses=error_responses(401, 503),
     )
     Session = Annotated[Authenticated, Depends(deps.current_session)]
+    UserRead = user_schemas(deps.core.profile_model).read
 
     @router.get("", response_model=UserRead, responses=error_responses(400))
     @router.get("/", response_model=UserRead, include_in_schema=False)

@@ -1,0 +1,182 @@
+"""authdb keeps its revision in ``authdb_alembic_version``, on SQLite and PostgreSQL.
+
+A database that an earlier authdb migrated (its revision in Alembic's default
+``alembic_version``) reads as "needs authdb migrate", and moves to the new table on
+``authdb migrate`` or on auto-migrate, in the same transaction as the rest of the upgrade.
+An application's own revision in ``alembic_version`` stays where it is.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from typing import Any, NoReturn
+
+import pytest
+from alembic import command
+from sqlalchemy import inspect, text
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from authdb import Auth, SchemaOutOfDate, Settings
+from authdb.db import migrate
+from authdb.db.engine import create_engine
+from tests.cli import run_cli
+from tests.migration_helpers import USERS, database_at
+from tests.test_doctor import Run
+
+ROUND_1 = "0007"  # the last revision an authdb with the shared version table shipped
+APP_REVISION = "3f2a9c1d7b4e"  # an application's own Alembic revision
+
+
+async def legacy_database(url: str, *, app_revision: str | None = None) -> None:
+    """A database as an earlier authdb left it: authdb's tables at ``ROUND_1``, the revision
+    in ``alembic_version`` exactly as Alembic creates it (and optionally an app's as well)."""
+    await database_at(url, ROUND_1, "SELECT 1")
+    engine = create_engine(url)
+    try:
+        async with engine.begin() as connection:
+            await connection.execute(
+                text(
+                    "CREATE TABLE alembic_version (version_num VARCHAR(32) NOT NULL,"
+                    " CONSTRAINT alembic_version_pkc PRIMARY KEY (version_num))"
+                )
+            )
+            for revision in filter(None, (ROUND_1, app_revision)):
+                await connection.execute(
+                    text("INSERT INTO alembic_version (version_num) VALUES (:r)"), {"r": revision}
+                )
+            await connection.execute(text(f"DROP TABLE {migrate.VERSION_TABLE}"))
+    finally:
+        await engine.dispose()
+
+
+async def _state(engine: AsyncEngine) -> dict[str, Any]:
+    """Which version tables exist and what they hold, and the users."""
+
+    def tables(connection: Any) -> set[str]:
+        return set(inspect(connection).get_table_names())
+
+    async with engine.connect() as connection:
+        names = await connection.run_sync(tables)
+        state: dict[str, Any] = {"tables": {migrate.VERSION_TABLE, "alembic_version"} & names}
+        for table in sorted(state["tables"]):
+            rows = await connection.execute(text(f"SELECT version_num FROM {table}"))  # noqa: S608
+            state[table] = sorted(rows.scalars())
+        users = await connection.execute(text("SELECT username FROM users ORDER BY id"))
+        state["users"] = list(users.scalars())
+    return state
+
+
+async def test_a_legacy_database_needs_migrate_and_moves_on_authdb_migrate(
+    database_url: str, make_settings: Callable[..., Settings]
+) -> None:
+    await legacy_database(database_url)
+    engine = create_engine(database_url)
+    try:
+        assert await migrate.current_revision(engine) is None
+        assert await migrate.legacy_revision(engine) == ROUND_1
+        assert not await migrate.is_up_to_date(engine)
+    finally:
+        await engine.dispose()
+    # A server that does not migrate refuses it, as any out-of-date schema.
+    auth = Auth(make_settings(), auto_migrate=False)
+    with pytest.raises(SchemaOutOfDate, match="authdb migrate"):
+        await auth.startup()
+    await auth.shutdown()
+    env = {"AUTHDB_DATABASE_URL": database_url}
+    doctor = await asyncio.to_thread(Run, env)
+    assert doctor.line("schema") == (
+        f"error  schema: at revision {ROUND_1}, this authdb needs {migrate.head_revision()}:"
+        " run `authdb migrate`"
+    )
+
+    result = await asyncio.to_thread(run_cli, ["migrate"], env=env)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == f"database is at revision {migrate.head_revision()}\n"
+
+    engine = create_engine(database_url)
+    try:
+        assert await _state(engine) == {
+            "tables": {migrate.VERSION_TABLE},  # alembic_version was authdb's alone: dropped
+            migrate.VERSION_TABLE: [migrate.head_revision()],
+            "users": list(USERS),
+        }
+        assert await migrate.is_up_to_date(engine)
+        assert await migrate.legacy_revision(engine) is None
+    finally:
+        await engine.dispose()
+    again = await asyncio.to_thread(run_cli, ["migrate"], env=env)  # nothing left to do
+    assert again.returncode == 0, again.stderr
+
+
+async def test_a_legacy_database_moves_on_auto_migrate(
+    database_url: str, make_settings: Callable[..., Settings]
+) -> None:
+    await legacy_database(database_url)
+    auth = Auth(make_settings(), auto_migrate=True)
+    await auth.startup()
+    try:
+        assert await migrate.is_up_to_date(auth.core.engine)
+        state = await _state(auth.core.engine)
+        assert state["tables"] == {migrate.VERSION_TABLE}
+        assert state["users"] == list(USERS)
+    finally:
+        await auth.shutdown()
+
+
+async def test_an_apps_own_revision_in_alembic_version_is_left_alone(database_url: str) -> None:
+    await legacy_database(database_url, app_revision=APP_REVISION)
+    engine = create_engine(database_url)
+    try:
+        assert await migrate.legacy_revision(engine) == ROUND_1
+        await migrate.upgrade(engine)
+        assert await _state(engine) == {
+            "tables": {migrate.VERSION_TABLE, "alembic_version"},
+            migrate.VERSION_TABLE: [migrate.head_revision()],
+            "alembic_version": [APP_REVISION],
+            "users": list(USERS),
+        }
+    finally:
+        await engine.dispose()
+
+
+async def test_a_failed_upgrade_leaves_the_revision_where_it_was(
+    database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The move and the migrations are one transaction: a failure undoes the move too."""
+    await legacy_database(database_url, app_revision=APP_REVISION)
+
+    def broken_upgrade(*args: object) -> NoReturn:
+        raise RuntimeError("a migration failed")
+
+    monkeypatch.setattr(command, "upgrade", broken_upgrade)  # the one authdb's upgrade calls
+    engine = create_engine(database_url)
+    try:
+        with pytest.raises(RuntimeError, match="a migration failed"):
+            await migrate.upgrade(engine)
+        assert await _state(engine) == {
+            "tables": {"alembic_version"},
+            "alembic_version": sorted([ROUND_1, APP_REVISION]),
+            "users": list(USERS),
+        }
+    finally:
+        await engine.dispose()
+
+
+async def test_an_apps_own_database_is_not_taken_for_authdbs(database_url: str) -> None:
+    """An app whose own revision ids look like authdb's ("0001"), in a database without
+    authdb's tables: nothing is moved, and authdb's migrations create its tables as usual."""
+    engine = create_engine(database_url)
+    try:
+        async with engine.begin() as connection:
+            await connection.execute(
+                text("CREATE TABLE alembic_version (version_num VARCHAR(32) NOT NULL)")
+            )
+            await connection.execute(text("INSERT INTO alembic_version VALUES ('0001')"))
+        assert await migrate.legacy_revision(engine) is None
+        await migrate.upgrade(engine)
+        state = await _state(engine)
+        assert state["alembic_version"] == ["0001"]
+        assert state[migrate.VERSION_TABLE] == [migrate.head_revision()]
+    finally:
+        await engine.dispose()
