@@ -18,6 +18,7 @@ from fastapi.routing import APIRoute
 
 from authdb import Auth, Settings
 from authdb.app import create_app
+from authdb.db.models import Passkey
 from authdb.services import mfa, provisioning
 from authdb.services.core import CLI_CLIENT
 from tests.conftest import PASSWORD, Mailbox
@@ -299,6 +300,34 @@ async def test_with_mfa_left_out_an_account_with_mfa_on_still_needs_its_second_f
     assert posted.status_code == 303
     assert posted.headers["location"].startswith("/auth/login/mfa")
     assert (await m.client.get(posted.headers["location"])).status_code == 200
+
+
+@pytest.mark.parametrize("passkeys", [True, False])
+async def test_the_second_factor_offers_a_passkey_only_where_passkeys_are_mounted(
+    mount: MountApp, passkeys: bool
+) -> None:
+    """An MFA account that owns a passkey: the MFA step lists ``webauthn`` only when the app
+    mounts passkeys (with them left out, no route could complete that method)."""
+    m: Mounted = await mount(features={"passkeys": passkeys})
+    alice = await _user(m.auth)
+    setup = await mfa.begin_setup(m.auth.core, m.auth.limits, alice, PASSWORD, CLI_CLIENT)
+    code = pyotp.TOTP(setup.secret).at(m.auth.core.clock())
+    await mfa.confirm_setup(m.auth.core, m.auth.limits, alice, code, CLI_CLIENT)
+    async with m.auth.core.sessionmaker() as db:
+        db.add(
+            Passkey(
+                user_id=alice.id,
+                credential_id=b"credential",
+                user_handle=b"handle",
+                public_key=b"key",
+                name="laptop",
+            )
+        )
+        await db.commit()
+    step = await _token(m)
+    assert step.status_code == 403, step.text
+    expected = ["totp", "recovery_code", *(["webauthn"] if passkeys else [])]
+    assert step.json()["mfa_methods"] == expected
 
 
 async def test_pages_without_their_features_leave_those_sections_out(mount: MountApp) -> None:

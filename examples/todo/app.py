@@ -80,7 +80,7 @@ def _app_revision(connection: Connection) -> str | None:
 async def check_app_schema() -> None:
     """Refuse to start until ``alembic upgrade head`` has created the app's tables."""
     head = ScriptDirectory.from_config(_alembic_config()).get_current_head()
-    async with auth.core.engine.connect() as connection:  # authdb's engine: one pool
+    async with auth.engine.connect() as connection:  # authdb's engine: one pool
         current = await connection.run_sync(_app_revision)
     if current != head:
         raise RuntimeError(

@@ -9,6 +9,7 @@ from typing import Any, TypeVar
 from fastapi import APIRouter, FastAPI
 from fastapi.routing import APIRoute
 from pydantic import BaseModel
+from sqlalchemy.ext.asyncio import AsyncEngine
 from starlette.applications import Starlette
 from starlette.types import ASGIApp
 
@@ -84,6 +85,7 @@ class Auth:
             profile_model=profile or configured_profile_model(self.settings),
             hooks=self.hooks,
             password_validators=tuple(password_validators),
+            features=self.features,
         )
         # SQLite is embedded, so it is ours to migrate; a shared server is the operator's.
         self.auto_migrate = sqlite if auto_migrate is None else auto_migrate
@@ -107,6 +109,12 @@ class Auth:
         self.pages_router = (
             pages.build(self.deps, self.features) if self.features.pages else APIRouter()
         )
+
+    @property
+    def engine(self) -> AsyncEngine:
+        """authdb's SQLAlchemy engine (its pool and SQLite settings), for the application's
+        own start-up checks and scripts; routes use the ``db_session`` dependency."""
+        return self.core.engine
 
     def on(self, event: str) -> Callable[[C], C]:
         """Decorator: ``@auth.on("user_registered")`` registers ``async def f(user, client)``,

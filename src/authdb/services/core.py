@@ -11,6 +11,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from authdb.db.models import utcnow
 from authdb.db.session_reader import SessionReader
+from authdb.features import Features
 from authdb.links import Links
 from authdb.passwords import Hasher
 from authdb.sealing import Sealer
@@ -67,6 +68,8 @@ class Core:
     password_validators: tuple[PasswordValidator, ...] = ()
     # Where the app mounted authdb's routes, for emailed links (``Auth.lifespan`` finds them).
     links: Links = field(default_factory=Links)
+    # Which parts the app mounts (``Auth(features=...)``): a service offers nothing left out.
+    features: Features = field(default_factory=Features)
 
     def sealer(self, purpose: str) -> Sealer:
         """A Sealer for ``purpose`` under the deployment secret and its fallbacks."""

@@ -129,7 +129,7 @@ async def _succeed(
                 )
             if user.mfa_enabled:
                 mfa_token = await mfa.start_challenge(db, user.id, now)
-                methods = await mfa.methods(db, user)
+                methods = await mfa.methods(db, user, passkeys=core.features.passkeys)
                 audit.record(db, "login_mfa_required", client=client, now=now, user_id=user.id)
             else:
                 pair = await open_session(core, db, user, client, opener, now)

@@ -63,14 +63,19 @@ class TOTPSetup:
 
 
 async def methods(
-    db: AsyncSession, user: User, first_factor: str = FIRST_FACTOR_PASSWORD
+    db: AsyncSession,
+    user: User,
+    first_factor: str = FIRST_FACTOR_PASSWORD,
+    *,
+    passkeys: bool = True,
 ) -> list[str]:
     """What completes a sign-in for ``user`` beyond the first factor: a TOTP or recovery code,
-    and a passkey when the user has one and the first factor was not already a passkey."""
+    and a passkey when the user has one, the first factor was not already a passkey and the
+    app mounts passkeys (``passkeys``: ``Auth(features=...)``)."""
     if not user.mfa_enabled:
         return []
     found = [METHOD_TOTP, METHOD_RECOVERY_CODE]
-    if first_factor == FIRST_FACTOR_PASSWORD:
+    if first_factor == FIRST_FACTOR_PASSWORD and passkeys:
         passkey = await db.scalar(select(Passkey.id).where(Passkey.user_id == user.id).limit(1))
         if passkey is not None:
             found.append(METHOD_WEBAUTHN)

@@ -313,7 +313,8 @@ async def can_complete(core: Core, mfa_token: str) -> bool:
         user = await db.get(User, challenge.user_id) if challenge is not None else None
         if challenge is None or user is None:
             return False
-        return mfa.METHOD_WEBAUTHN in await mfa.methods(db, user, challenge.first_factor)
+        found = await mfa.methods(db, user, challenge.first_factor, passkeys=core.features.passkeys)
+        return mfa.METHOD_WEBAUTHN in found
 
 
 async def _second_factor(
