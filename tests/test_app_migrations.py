@@ -66,31 +66,48 @@ class Todo(Base):
 # The README's env.py ("Your tables and migrations"), the app's package being todo_app.
 ENV = """\
 import asyncio
-import os
+from logging.config import fileConfig
+from typing import Any
 
 from alembic import context
 from sqlalchemy import Connection
 
 import todo_app.models  # noqa: F401  (the app's models join Base.metadata)
-from authdb.db.engine import create_engine
-from authdb.db.schema import Base, include_name, include_object, upgrade_authdb
+from authdb import Settings
+from authdb.db.engine import async_url, create_engine
+from authdb.db.schema import (
+    Base,
+    include_name,
+    include_object,
+    is_alembic_upgrade,
+    upgrade_authdb,
+)
+
+if context.config.config_file_name is not None:
+    fileConfig(context.config.config_file_name)  # alembic's usual log lines
+url = Settings().database_url  # AUTHDB_DATABASE_URL, or .env, as authdb reads it
 
 
-def run_migrations(connection: Connection) -> None:
-    upgrade_authdb(connection)  # authdb's tables first: the app's refer to users.id
+def configure(**options: Any) -> None:
     context.configure(
-        connection=connection,
         target_metadata=Base.metadata,
         include_object=include_object,  # leave authdb's tables to `authdb migrate`
         include_name=include_name,
         render_as_batch=True,  # SQLite alters tables by copying them
+        **options,
     )
+
+
+def run_migrations(connection: Connection) -> None:
+    if is_alembic_upgrade():  # not for current, check, revision, downgrade, stamp
+        upgrade_authdb(connection)  # authdb's tables first: the app's refer to users.id
+    configure(connection=connection)
     with context.begin_transaction():
         context.run_migrations()
 
 
 async def main() -> None:
-    engine = create_engine(os.environ["AUTHDB_DATABASE_URL"])
+    engine = create_engine(url)
     try:
         async with engine.connect() as connection:
             await connection.run_sync(run_migrations)
@@ -98,7 +115,13 @@ async def main() -> None:
         await engine.dispose()
 
 
-asyncio.run(main())
+if context.is_offline_mode():
+    # `alembic upgrade head --sql`: the app's SQL only (authdb's is `authdb migrate`'s).
+    configure(dialect_name=async_url(url).get_backend_name(), literal_binds=True)
+    with context.begin_transaction():
+        context.run_migrations()
+else:
+    asyncio.run(main())
 """
 
 APP = '''\

@@ -12,6 +12,7 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from authdb.errors import Conflict, NotFound
+from authdb.services.accounts import ACCOUNT_STILL_IN_USE
 from authdb.services.core import ClientInfo
 from authdb.services.hooks import UserSnapshot
 from tests import test_pages
@@ -73,7 +74,9 @@ async def exists(harness: Harness, user_id: int) -> bool:
     return True
 
 
-async def test_delete_me_is_409_naming_the_table_and_deletes_nothing(harness: Harness) -> None:
+async def test_delete_me_is_409_and_deletes_nothing(
+    harness: Harness, caplog: pytest.LogCaptureFixture
+) -> None:
     alice = await harness.create_user("alice")
     await add(harness, "todos", alice.id)
     await add(harness, "notes", alice.id)
@@ -89,7 +92,9 @@ async def test_delete_me_is_409_naming_the_table_and_deletes_nothing(harness: Ha
     )
     assert response.status_code == 409
     assert response.headers["content-type"].startswith("application/json")
-    assert response.json() == {"detail": REFERENCED}
+    # The account holder is not told the application's table names; the log is.
+    assert response.json() == {"detail": ACCOUNT_STILL_IN_USE}
+    assert REFERENCED in caplog.text  # the developer learns which table
     # Nothing went: the user, their session, their rows in both tables.
     assert await exists(harness, alice.id)
     assert (await harness.client.get("/users/me", headers=headers)).status_code == 200
@@ -164,5 +169,6 @@ async def test_the_account_page_refuses_with_409(make_site: MakeSite) -> None:
     browser = await (await site.browser()).signed_in()
     refused = await browser.submit("/account", {"password": PASSWORD}, action="/account/delete")
     assert refused.status_code == 409
-    assert "still referenced by rows in &#39;todos&#39;" in refused.text
+    assert "still owns data in this application" in refused.text
+    assert "todos" not in refused.text
     assert (await browser.client.get("/users/me")).status_code == 200

@@ -345,6 +345,21 @@ def test_callbacks_must_be_async_and_events_known() -> None:
     with pytest.raises(TypeError, match="async def"):
         hooks.on("login")(lambda user, client: None)  # type: ignore[arg-type,return-value]
 
+    async def one_argument(user: UserSnapshot) -> None:
+        return None
+
+    async def keyword_only(user: UserSnapshot, *, client: ClientInfo) -> None:
+        return None
+
+    for wrong in (one_argument, keyword_only):
+        with pytest.raises(TypeError, match="two arguments, \\(user, client\\)"):
+            hooks.on("login")(wrong)  # type: ignore[arg-type]
+
+    async def with_extras(user: UserSnapshot, client: ClientInfo, *rest: object) -> None:
+        return None
+
+    assert hooks.on("logout")(with_extras) is with_extras
+
     class Callable_:
         async def __call__(self, user: UserSnapshot, client: ClientInfo) -> None:
             return None

@@ -535,3 +535,20 @@ def test_only_stray_files_are_unused_overrides(tmp_path: Path) -> None:
     (tmp_path / "promo.txt").write_text("x\n")  # no subject, no html: not an email of its own
     settings = Settings(templates_dir=str(tmp_path))
     assert unused_overrides(settings) == ["promo.txt", "verfy.txt"]
+
+
+async def test_an_incomplete_email_of_the_apps_own_is_named_with_its_missing_part(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Two of three parts: the start-up warning names all three, and a send says which
+    template is missing (not just a file name)."""
+    (tmp_path / "welcome.subject.txt").write_text("Welcome\n")
+    (tmp_path / "welcome.txt").write_text("Hello {{ to }}\n")
+    mailer = Mailer(Settings(templates_dir=str(tmp_path)))
+    with caplog.at_level(logging.WARNING, logger="authdb.mail"):
+        mailer.check_templates()
+    assert "needs all of welcome.subject.txt, welcome.txt, welcome.html" in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.ERROR, logger="authdb.mail"):
+        await mailer.send("someone@example.com", "welcome")
+    assert "could not render the 'welcome' email: no template welcome.html" in caplog.text

@@ -28,10 +28,17 @@ ROUND_1 = "0007"  # the last revision an authdb with the shared version table sh
 APP_REVISION = "3f2a9c1d7b4e"  # an application's own Alembic revision
 
 
-async def legacy_database(url: str, *, app_revision: str | None = None) -> None:
-    """A database as an earlier authdb left it: authdb's tables at ``ROUND_1``, the revision
-    in ``alembic_version`` exactly as Alembic creates it (and optionally an app's as well)."""
-    await database_at(url, ROUND_1, "SELECT 1")
+async def legacy_database(
+    url: str,
+    *,
+    app_revision: str | None = None,
+    at: str = ROUND_1,
+    authdb_row: bool = True,
+) -> None:
+    """A database as an earlier authdb left it: authdb's tables at ``at``, that revision in
+    ``alembic_version`` exactly as Alembic creates it (unless not ``authdb_row``), and
+    optionally an app's revision as well."""
+    await database_at(url, at, "SELECT 1")
     engine = create_engine(url)
     try:
         async with engine.begin() as connection:
@@ -41,7 +48,7 @@ async def legacy_database(url: str, *, app_revision: str | None = None) -> None:
                     " CONSTRAINT alembic_version_pkc PRIMARY KEY (version_num))"
                 )
             )
-            for revision in filter(None, (ROUND_1, app_revision)):
+            for revision in filter(None, (at if authdb_row else None, app_revision)):
                 await connection.execute(
                     text("INSERT INTO alembic_version (version_num) VALUES (:r)"), {"r": revision}
                 )
@@ -178,5 +185,109 @@ async def test_an_apps_own_database_is_not_taken_for_authdbs(database_url: str) 
         state = await _state(engine)
         assert state["alembic_version"] == ["0001"]
         assert state[migrate.VERSION_TABLE] == [migrate.head_revision()]
+    finally:
+        await engine.dispose()
+
+
+async def test_the_shape_of_authdbs_tables_tells_each_revision(database_url: str) -> None:
+    """The rule that picks authdb's row out of alembic_version: at every revision authdb's
+    tables have that revision's shape, and only that one's."""
+    engine = create_engine(database_url)
+    try:
+        async with engine.connect() as connection:
+            assert await connection.run_sync(migrate._shape_revision) is None  # empty database
+        for revision in sorted(migrate.authdb_revisions()):
+            await migrate.upgrade(engine, revision)
+            async with engine.connect() as connection:
+                assert await connection.run_sync(migrate._shape_revision) == revision
+    finally:
+        await engine.dispose()
+
+
+async def test_an_apps_revision_id_equal_to_one_of_authdbs_is_told_apart(
+    database_url: str,
+) -> None:
+    """alembic_version holds authdb's 0008 and the app's own 0003 (ids that collide): the row
+    matching the shape of authdb's tables moves, the app's stays, on ``authdb migrate``; the
+    doctor reads it the same way."""
+    head = migrate.head_revision()
+    await legacy_database(database_url, at=head, app_revision="0003")
+    env = {"AUTHDB_DATABASE_URL": database_url}
+    engine = create_engine(database_url)
+    try:
+        assert await migrate.legacy_revision(engine) == head
+        doctor = await asyncio.to_thread(Run, env)
+        assert doctor.line("schema") == (
+            f"error  schema: at revision {head}, this authdb needs {head}: run `authdb migrate`"
+        )
+        result = await asyncio.to_thread(run_cli, ["migrate"], env=env)
+        assert result.returncode == 0, result.stderr
+        assert await _state(engine) == {
+            "tables": {migrate.VERSION_TABLE, "alembic_version"},
+            migrate.VERSION_TABLE: [head],
+            "alembic_version": ["0003"],
+            "users": list(USERS),
+        }
+    finally:
+        await engine.dispose()
+
+
+@pytest.mark.parametrize(
+    ("rows", "held"),
+    [
+        (["0003"], "alembic_version holds 0003"),  # an app's id, authdb's own row missing
+        (["0003", "0005"], "alembic_version holds 0003, 0005"),
+        ([], "alembic_version is missing or empty"),
+    ],
+)
+async def test_an_ambiguous_legacy_revision_stops_with_what_to_do(
+    database_url: str, rows: list[str], held: str
+) -> None:
+    """authdb's tables (at ROUND_1) without authdb_alembic_version, and no row of
+    alembic_version naming their revision: ``authdb migrate`` changes nothing and says why in
+    one line, as does the doctor, rather than guessing (and running the wrong migrations)."""
+    await legacy_database(database_url, authdb_row=False)
+    engine = create_engine(database_url)
+    try:
+        async with engine.begin() as connection:
+            await connection.execute(text("DELETE FROM alembic_version"))
+            for row in rows:
+                await connection.execute(
+                    text("INSERT INTO alembic_version (version_num) VALUES (:r)"), {"r": row}
+                )
+        before = await _state(engine)
+        expected = (
+            f"cannot tell authdb's revision: authdb_alembic_version is missing, {held}, and"
+            f" authdb's tables are at revision {ROUND_1}; create authdb_alembic_version"
+            " (version_num VARCHAR(32) PRIMARY KEY) holding the revision authdb's tables are"
+            " at, remove that row from alembic_version, and run `authdb migrate` again"
+        )
+        env = {"AUTHDB_DATABASE_URL": database_url}
+        result = await asyncio.to_thread(run_cli, ["migrate"], env=env)
+        assert result.returncode != 0
+        assert result.stdout == ""
+        assert result.stderr.strip().splitlines() == [f"migration failed: {expected}"]
+        assert await _state(engine) == before
+        with pytest.raises(migrate.LegacyRevisionError):
+            await migrate.legacy_revision(engine)
+        doctor = await asyncio.to_thread(Run, env)
+        assert doctor.line("schema") == f"error  schema: {expected}"
+
+        # What the message says to do, done: then authdb migrate goes on.
+        async with engine.begin() as connection:
+            await connection.execute(
+                text(
+                    "CREATE TABLE authdb_alembic_version"
+                    " (version_num VARCHAR(32) NOT NULL PRIMARY KEY)"
+                )
+            )
+            await connection.execute(
+                text("INSERT INTO authdb_alembic_version VALUES (:r)"), {"r": ROUND_1}
+            )
+        again = await asyncio.to_thread(run_cli, ["migrate"], env=env)
+        assert again.returncode == 0, again.stderr
+        state = await _state(engine)
+        assert state[migrate.VERSION_TABLE] == [migrate.head_revision()]
+        assert state["users"] == list(USERS)
     finally:
         await engine.dispose()

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Any, TypeVar
 
-from fastapi import APIRouter, FastAPI
+from fastapi import APIRouter, FastAPI, Request, Response
 from fastapi.routing import APIRoute
 from pydantic import BaseModel
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -21,6 +21,7 @@ from authdb.db.session_reader import create_reader
 from authdb.features import Features
 from authdb.http import pages
 from authdb.http.dependencies import AuthDeps
+from authdb.http.errors import APP_EXCEPTION_HANDLERS
 from authdb.http.routers import accounts, admin, discovery, events, me, mfa, ops, passkeys, tokens
 from authdb.mail import EmailSender, Mailer
 from authdb.passwords import Hasher
@@ -109,6 +110,14 @@ class Auth:
         self.pages_router = (
             pages.build(self.deps, self.features) if self.features.pages else APIRouter()
         )
+
+    @property
+    def exception_handlers(self) -> dict[Any, Callable[[Request, Exception], Awaitable[Response]]]:
+        """``FastAPI(exception_handlers=auth.exception_handlers)``: authdb's errors raised in
+        the application's own routes (``auth.users``: NotFound, Conflict, InvalidInput...)
+        answer as in authdb's routes (404, 409, 422 with ``detail``) instead of 500. Handlers
+        must be given before the app starts: Starlette fixes them at its first request."""
+        return dict(APP_EXCEPTION_HANDLERS)
 
     @property
     def engine(self) -> AsyncEngine:

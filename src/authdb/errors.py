@@ -119,6 +119,11 @@ class Conflict(AuthError):
     detail = "Conflict"
 
 
+class StillReferenced(Conflict):
+    """A user the application's rows still reference (a foreign key without ON DELETE
+    CASCADE): nothing was deleted. ``detail`` names the tables, for developers and admins."""
+
+
 class NotFound(AuthError):
     detail = "Not found"
 

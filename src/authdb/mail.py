@@ -26,6 +26,7 @@ from jinja2 import (
     PackageLoader,
     StrictUndefined,
     TemplateError,
+    TemplateNotFound,
     TemplateSyntaxError,
     select_autoescape,
 )
@@ -128,13 +129,18 @@ def unused_overrides(settings: Settings) -> list[str]:
     )
 
 
-def _complete_email(name: str, names: set[str]) -> bool:
-    """Whether ``name`` is one part of an email whose every part is in ``names``."""
+def _email_stem(name: str) -> str | None:
+    """``welcome`` for ``welcome.subject.txt``, ``welcome.txt`` or ``welcome.html``."""
     for part in EMAIL_PARTS:
         if name.endswith(f".{part}"):
-            stem = name.removesuffix(f".{part}")
-            return all(f"{stem}.{other}" in names for other in EMAIL_PARTS)
-    return False
+            return name.removesuffix(f".{part}")
+    return None
+
+
+def _complete_email(name: str, names: set[str]) -> bool:
+    """Whether ``name`` is one part of an email whose every part is in ``names``."""
+    stem = _email_stem(name)
+    return stem is not None and all(f"{stem}.{part}" in names for part in EMAIL_PARTS)
 
 
 def sample_context(settings: Settings, keys: tuple[str, ...]) -> dict[str, object]:
@@ -220,10 +226,21 @@ class Mailer:
             return
         check_templates(self.settings, self.templates)
         for name in unused_overrides(self.settings):
-            log.warning(
-                "AUTHDB_TEMPLATES_DIR: %s overrides none of authdb's templates, so is never used",
-                name,
-            )
+            stem = _email_stem(name)
+            if stem is None or "/" in name:  # pages/...: a page template, not an email
+                log.warning(
+                    "AUTHDB_TEMPLATES_DIR: %s overrides none of authdb's templates, so is never "
+                    "used",
+                    name,
+                )
+            else:  # one part of an email of the app's own: the others are missing
+                parts = ", ".join(f"{stem}.{part}" for part in EMAIL_PARTS)
+                log.warning(
+                    "AUTHDB_TEMPLATES_DIR: %s overrides none of authdb's templates (a typo?); an "
+                    "email of your own (auth.mailer.send) needs all of %s",
+                    name,
+                    parts,
+                )
 
     def render(self, to: str, template: str, **context: object) -> EmailMessage:
         """Build the multipart/alternative message (text/plain, then text/html) for ``to``."""
@@ -255,7 +272,8 @@ class Mailer:
         try:
             message = self.render(to, template, **context)
         except Exception as exc:
-            log.error("could not render the %r email: %s", template, _redact(str(exc), secrets))
+            reason = f"no template {exc.name}" if isinstance(exc, TemplateNotFound) else str(exc)
+            log.error("could not render the %r email: %s", template, _redact(reason, secrets))
             return
         if self.sender is None and not self.settings.smtp_host:
             self._log_instead(message)

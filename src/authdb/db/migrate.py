@@ -63,15 +63,84 @@ def _read_revision(connection: Connection) -> str | None:
     return context.get_current_revision()
 
 
-def _read_legacy_revision(connection: Connection) -> str | None:
+class LegacyRevisionError(RuntimeError):
+    """authdb's tables exist, without ``authdb_alembic_version``, and ``alembic_version`` (where
+    an earlier authdb kept its revision) does not say unambiguously which revision they are at.
+    The message is one line: the rows found, and what to do."""
+
+
+# What each revision an earlier authdb may have recorded in alembic_version added, and that a
+# later one kept: the shape of authdb's tables tells their revision. authdb_meta is the
+# first revision's; a table alone is (table, None).
+_SHAPES: tuple[tuple[str, str, str | None], ...] = (
+    ("0001", "authdb_meta", None),
+    ("0002", "users", "pending_email"),
+    ("0003", "auth_sessions", "cookie_hash"),
+    ("0004", "users", "mfa_enabled"),
+    ("0005", "signing_keys", None),
+    ("0006", "passkeys", None),
+    ("0007", "audit_events", "chain_seq"),
+    ("0008", "users", "profile"),
+)
+
+
+def _shape_revision(connection: Connection) -> str | None:
+    """The revision whose shape authdb's tables have (everything up to it, nothing after);
+    None when they match none (a part missing, or a later part without an earlier one)."""
     inspector = sa.inspect(connection)
-    # authdb_meta exists from authdb's first revision on: an app's own "0001" in
-    # alembic_version, in a database without authdb's tables, is not ours.
-    if not inspector.has_table(LEGACY_VERSION_TABLE) or not inspector.has_table("authdb_meta"):
+    tables = set(inspector.get_table_names())
+    columns: dict[str, set[str]] = {}
+
+    def present(table: str, column: str | None) -> bool:
+        if table not in tables:
+            return False
+        if column is None:
+            return True
+        if table not in columns:
+            columns[table] = {c["name"] for c in inspector.get_columns(table)}
+        return column in columns[table]
+
+    found = [present(table, column) for _, table, column in _SHAPES]
+    count = found.index(False) if False in found else len(found)
+    if count == 0 or any(found[count:]):
         return None
-    rows = connection.execute(sa.select(_LEGACY.c.version_num)).scalars()
-    ours = sorted(set(rows) & authdb_revisions())
-    return ours[0] if len(ours) == 1 else None
+    return _SHAPES[count - 1][0]
+
+
+def _legacy_rows(connection: Connection) -> list[str]:
+    if not sa.inspect(connection).has_table(LEGACY_VERSION_TABLE):
+        return []
+    return sorted(connection.execute(sa.select(_LEGACY.c.version_num)).scalars())
+
+
+def _read_legacy_revision(connection: Connection) -> str | None:
+    """authdb's revision in ``alembic_version``, for a database whose authdb tables have no
+    ``authdb_alembic_version``: the row naming the revision those tables' shape is at. None
+    when authdb has no tables here (an app's own "0001" then is not ours) or its version
+    table exists.
+
+    Raises ``LegacyRevisionError`` when no row is that revision (an app's revision id that
+    equals one of authdb's, or authdb's row missing): moving a guess would make authdb run
+    the wrong migrations on its tables.
+    """
+    inspector = sa.inspect(connection)
+    # authdb_meta exists from authdb's first revision on.
+    if inspector.has_table(VERSION_TABLE) or not inspector.has_table("authdb_meta"):
+        return None
+    rows = _legacy_rows(connection)
+    shape = _shape_revision(connection)
+    if shape is not None and shape in rows:
+        # Any other row is the app's, even one that looks like an authdb revision: rows are
+        # unique, and authdb's tables can be at one revision only.
+        return shape
+    held = f"holds {', '.join(rows)}" if rows else "is missing or empty"
+    at = f"are at revision {shape}" if shape else "match no revision of authdb's"
+    raise LegacyRevisionError(
+        f"cannot tell authdb's revision: {VERSION_TABLE} is missing, {LEGACY_VERSION_TABLE} "
+        f"{held}, and authdb's tables {at}; create {VERSION_TABLE} (version_num VARCHAR(32) "
+        "PRIMARY KEY) holding the revision authdb's tables are at, remove that row from "
+        f"{LEGACY_VERSION_TABLE}, and run `authdb migrate` again"
+    )
 
 
 async def current_revision(engine: AsyncEngine) -> str | None:
@@ -84,7 +153,10 @@ async def current_revision(engine: AsyncEngine) -> str | None:
 
 async def legacy_revision(engine: AsyncEngine) -> str | None:
     """authdb's revision as earlier releases of authdb recorded it, in ``alembic_version``, if the
-    database has not been upgraded since; None otherwise."""
+    database has not been upgraded since; None otherwise.
+
+    Raises ``LegacyRevisionError`` when authdb's tables exist but that revision cannot be told
+    (see ``upgrade_connection``)."""
     async with engine.connect() as connection:
         if await connection.run_sync(_read_revision) is not None:
             return None
@@ -99,8 +171,6 @@ async def is_up_to_date(engine: AsyncEngine) -> bool:
 def _move_legacy_revision(connection: Connection) -> None:
     """Move authdb's revision from ``alembic_version`` to its own table; drop
     ``alembic_version`` only if nothing else (an app's revision) is left in it."""
-    if sa.inspect(connection).has_table(VERSION_TABLE):
-        return
     revision = _read_legacy_revision(connection)
     if revision is None:
         return
@@ -129,10 +199,12 @@ def _outer_alembic_run_kept() -> Iterator[None]:
 def upgrade_connection(connection: Connection, revision: str = "head") -> None:
     """Bring authdb's schema to ``revision`` on a synchronous connection, inside the
     transaction the caller holds (nothing is committed here). Moves a revision left in
-    ``alembic_version`` by an earlier authdb to ``authdb_alembic_version`` first.
+    ``alembic_version`` by an earlier authdb to ``authdb_alembic_version`` first: the row
+    naming the revision whose shape authdb's tables have.
 
-    Raises whatever Alembic or the database raise; the caller's transaction then rolls back
-    as a whole.
+    Raises ``LegacyRevisionError`` (nothing changed) when authdb's tables exist without
+    ``authdb_alembic_version`` and no row of ``alembic_version`` is their revision. Raises
+    whatever Alembic or the database raise; the caller's transaction then rolls back as a whole.
     """
     _move_legacy_revision(connection)
     with _outer_alembic_run_kept():

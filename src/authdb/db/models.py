@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, ClassVar
 
 from sqlalchemy import (
     JSON,
@@ -103,6 +104,29 @@ class User(Base):
     # The application's own fields (``Auth(profile=Model)``), as the model dumped them to
     # JSON; None for an account that never had any (see authdb.services.profile).
     profile: Mapped[dict[str, Any] | None] = mapped_column(PROFILE_JSON)
+
+    # What a client may see of a user (the API's ``User``), never the hash or the keys.
+    PUBLIC_FIELDS: ClassVar[tuple[str, ...]] = (
+        "id",
+        "username",
+        "email",
+        "pending_email",
+        "full_name",
+        "disabled",
+        "is_verified",
+        "is_superuser",
+        "mfa_enabled",
+        "created_at",
+        "last_login_at",
+        "profile",
+    )
+
+    def __iter__(self) -> Iterator[tuple[str, Any]]:
+        """``dict(user)``: the public fields only. FastAPI encodes a returned object with
+        ``dict(obj)``, so an application route that returns the user itself, without a
+        ``response_model``, sends these and never ``hashed_password``."""
+        for name in self.PUBLIC_FIELDS:
+            yield name, getattr(self, name)
 
 
 class AuthSession(Base):

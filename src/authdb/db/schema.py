@@ -6,7 +6,10 @@
   Alembic ``env.py`` so that autogenerate never proposes anything about authdb's tables or its
   version table (``authdb_alembic_version``); ``AUTHDB_TABLES`` names those tables.
 - ``upgrade_authdb(connection)``: what ``authdb migrate`` does, on the app's own Alembic
-  connection, so that the app's migrations (whose tables reference ``users.id``) can run first.
+  connection, so that the app's migrations (whose tables reference ``users.id``) can run first;
+  ``is_alembic_upgrade()`` says whether the running Alembic command is an online ``upgrade``
+  (the only one that should change authdb's tables).
+- ``UTCDateTime``: the column type of authdb's own times, timezone-aware (UTC) on SQLite too.
 
 authdb keeps its revision in ``authdb_alembic_version``; the app's Alembic keeps the default
 ``alembic_version``, and neither ever sees the other's revisions.
@@ -14,19 +17,23 @@ authdb keeps its revision in ``authdb_alembic_version``; the app's Alembic keeps
 
 from __future__ import annotations
 
+import alembic.command
+import alembic.context
 from sqlalchemy import Connection
 
 from authdb.db.migrate import VERSION_TABLE, upgrade_connection
-from authdb.db.models import AUTHDB_TABLES, Base, User
+from authdb.db.models import AUTHDB_TABLES, Base, User, UTCDateTime
 
 __all__ = [
     "AUTHDB_TABLES",
     "VERSION_TABLE",
     "Base",
+    "UTCDateTime",
     "User",
     "check_user_not_subclassed",
     "include_name",
     "include_object",
+    "is_alembic_upgrade",
     "is_authdb_table",
     "upgrade_authdb",
 ]
@@ -60,12 +67,40 @@ def include_name(name: str | None, type_: str, parent_names: object) -> bool:
     return type_ != "table" or not is_authdb_table(name)
 
 
+def is_alembic_upgrade() -> bool:
+    """In an app's Alembic ``env.py``: True when the running command is ``alembic upgrade``
+    (or ``alembic.command.upgrade(...)``) online, so that ``upgrade_authdb`` runs then and
+    only then: never for ``current``, ``check``, ``revision --autogenerate``, ``downgrade``,
+    ``stamp``, nor for ``upgrade --sql`` (offline mode, where nothing is executed).
+
+    Reads ``context.config.cmd_opts`` (the ``alembic`` command line); for a command called
+    from Python, which has none, the function the command handed to Alembic's environment.
+    Raises nothing; outside an Alembic run, False.
+    """
+    try:
+        if alembic.context.is_offline_mode():
+            return False
+        options = alembic.context.config.cmd_opts
+    except NameError:  # no Alembic environment is running
+        return False
+    command = getattr(options, "cmd", None)
+    if command is not None:
+        return bool(command[0] is alembic.command.upgrade)
+    environment = getattr(alembic.context, "_proxy", None)
+    function = getattr(environment, "context_opts", {}).get("fn")
+    # alembic.command.upgrade hands Alembic a local function of its own, named upgrade.
+    return getattr(function, "__qualname__", None) == "upgrade.<locals>.upgrade"
+
+
 def upgrade_authdb(connection: Connection) -> None:
     """Bring authdb's tables to this authdb's newest revision, as ``authdb migrate`` does,
-    on a synchronous connection (in an app's ``env.py``, before ``context.configure``).
+    on a synchronous connection (in an app's ``env.py``, before ``context.configure``, under
+    ``if is_alembic_upgrade():``).
 
     Commits its own transaction, unless ``connection`` is already in one (then the caller
-    commits). Raises what Alembic or the database raise, with nothing of authdb's changed.
+    commits). Raises what Alembic or the database raise, with nothing of authdb's changed
+    (``authdb.db.migrate.LegacyRevisionError`` for an earlier authdb's revision it cannot
+    tell).
     """
     if connection.in_transaction():
         upgrade_connection(connection)

@@ -162,7 +162,10 @@ async def check_schema(deployment: Deployment) -> Verdict:
     if current == head:
         return ok(f"up to date (revision {head})")
     if current is None:
-        legacy = await migrate.legacy_revision(engine)
+        try:
+            legacy = await migrate.legacy_revision(engine)
+        except migrate.LegacyRevisionError as exc:  # what `authdb migrate` would stop with
+            return error(str(exc))
         if legacy is not None:  # an earlier authdb kept its revision in alembic_version
             return error(f"at revision {legacy}, this authdb needs {head}: run `authdb migrate`")
         return error("no authdb tables yet: run `authdb migrate`")

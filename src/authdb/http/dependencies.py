@@ -6,8 +6,9 @@ from typing import Annotated, Any
 from fastapi import Depends, HTTPException, Request
 from fastapi.openapi.models import OAuth2, OAuthFlowPassword
 from fastapi.security import OAuth2PasswordBearer
-from sqlalchemy import inspect
+from sqlalchemy import event, inspect
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import Session as OrmSession
 
 from authdb.db.models import User
 from authdb.db.outage import is_outage
@@ -99,6 +100,7 @@ class AuthDeps:
             session, so ``Todo(owner=user)`` and ``db.get(User, user.id)`` agree.
             """
             async with core.sessionmaker() as db:
+                event.listen(db.sync_session, "before_flush", _refuse_user_changes)
                 _share_user(request.scope, db=db)
                 yield db
 
@@ -178,6 +180,24 @@ def _share_user(
     key = inspect(user).key
     if inspect(user).detached and key is not None and key not in db.sync_session.identity_map:
         db.add(user)
+
+
+class UserChangedOutsideAuthdb(RuntimeError):
+    """An application's ``db_session`` tried to write a row of ``users`` itself."""
+
+
+def _refuse_user_changes(session: OrmSession, _context: object, _instances: object) -> None:
+    """Users change through ``auth.users`` (its rules, audit trail and events), never by
+    setting attributes on the injected user and committing the application's session."""
+    for user in (*session.new, *session.deleted, *session.dirty):
+        if not isinstance(user, User):
+            continue
+        if user in session.dirty and not session.is_modified(user, include_collections=False):
+            continue  # only attached (the request's user), or a relationship of the app's
+        raise UserChangedOutsideAuthdb(
+            f"the application's session would write user {user.id} itself; change users "
+            "through auth.users (update, set_password, disable, delete)"
+        )
 
 
 def _not_authenticated() -> HTTPException:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
 
 from fastapi import FastAPI, HTTPException, Request, Response
@@ -177,6 +177,13 @@ async def _on_unexpected(request: Request, exc: Exception) -> JSONResponse:
     # Logged for operators; the client learns nothing about the internals.
     log.error("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
     return JSONResponse({"detail": "Internal server error"}, status_code=500)
+
+
+# For an application's own routes (``Auth.exception_handlers``): authdb's errors raised there,
+# e.g. by ``auth.users``, answer as in authdb's routes; everything else stays the app's.
+APP_EXCEPTION_HANDLERS: dict[Any, Callable[[Request, Exception], Awaitable[Response]]] = {
+    errors.AuthError: _on_auth_error,
+}
 
 
 def install_error_handlers(app: FastAPI) -> None:

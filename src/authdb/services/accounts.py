@@ -7,6 +7,7 @@ mail server that is slow or down never holds a transaction open or fails a reque
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping
 from datetime import datetime
 from typing import Any
@@ -24,6 +25,7 @@ from authdb.errors import (
     NotAuthenticated,
     NotFound,
     RegistrationClosed,
+    StillReferenced,
 )
 from authdb.names import email_key
 from authdb.ratelimit import RateLimits, client_key
@@ -46,6 +48,8 @@ from authdb.services.users import (
 )
 
 # --- registration -------------------------------------------------------------------------------
+
+log = logging.getLogger("authdb.accounts")
 
 
 async def register(
@@ -358,6 +362,13 @@ async def change_password(
         )
 
 
+# What the account holder reads when the application's data still needs their account.
+ACCOUNT_STILL_IN_USE = (
+    "This account still owns data in this application and cannot be deleted yet; "
+    "contact the site's administrator"
+)
+
+
 async def delete_account(
     core: Core, limits: RateLimits, user: User, password: str, client: ClientInfo
 ) -> None:
@@ -379,6 +390,10 @@ async def delete_account(
         )
     except NotFound:
         raise NotAuthenticated from None  # deleted meanwhile: as if its token were stale
+    except StillReferenced as exc:
+        # The table names are the developer's business, not the account holder's.
+        log.warning("account %s not deleted: %s", user.id, exc.detail)
+        raise Conflict(ACCOUNT_STILL_IN_USE) from None
 
 
 # --- helpers ------------------------------------------------------------------------------------

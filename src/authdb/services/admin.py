@@ -15,7 +15,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from authdb.db.models import MAX_ID, EmailToken, User
-from authdb.errors import Conflict, InvalidInput, NotFound
+from authdb.errors import Conflict, InvalidInput, NotFound, StillReferenced
 from authdb.names import email_key, fold, has_control_characters, login_key
 from authdb.services import audit, lockout, sessions
 from authdb.services.core import ClientInfo, Core
@@ -329,7 +329,7 @@ async def remove_user(
     except IntegrityError as exc:
         if not _is_foreign_key_violation(exc):
             raise
-        raise Conflict(await _still_referenced_detail(core, user_id, exc)) from None
+        raise StillReferenced(await _still_referenced_detail(core, user_id, exc)) from None
 
 
 def _is_foreign_key_violation(exc: IntegrityError) -> bool:

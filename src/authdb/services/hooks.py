@@ -193,7 +193,7 @@ class Hooks:
         """Decorator registering ``async def callback(user, client)`` for ``event``.
 
         Raises ValueError for a name not in :data:`EVENTS`, TypeError (at decoration) for a
-        callback that is not an ``async def``.
+        callback that is not an ``async def`` or cannot be called with ``(user, client)``.
         """
         if event not in self._callbacks:
             raise ValueError(f"unknown authdb event {event!r}; known: {', '.join(EVENTS)}")
@@ -205,6 +205,15 @@ class Hooks:
                     f"@auth.on({event!r}) needs an async def callback(user, client), "
                     f"not {callback!r}"
                 )
+            try:
+                inspect.signature(callback).bind(None, None)
+            except TypeError:
+                raise TypeError(
+                    f"@auth.on({event!r}) calls its callback with two arguments, (user, "
+                    f"client); {getattr(callback, '__qualname__', callback)!r} cannot take them"
+                ) from None
+            except ValueError:
+                pass  # no signature to read (a builtin): it will be called all the same
             self._callbacks[event].append(callback)
             return callback
 

@@ -7,14 +7,22 @@ functions, so the rules are one set:
 
 - The whole profile is validated against the model, and stored as the model dumps it (JSON
   mode, by alias, defaults included). A change (``PATCH``) is merged into the stored profile
-  key by key, and the merged result is validated again: a change can never leave a profile
-  the model would refuse.
-- Unknown keys are refused unless the model says otherwise: a model without an ``extra``
-  setting forbids them here (Pydantic would drop them silently); ``extra="ignore"`` drops
-  them, ``extra="allow"`` keeps them.
+  key by key (top-level keys only: a nested object given is replaced whole), its keys turned
+  into the stored form first (a field's name becomes its alias, when the model accepts
+  both), and the merged result is validated again: a change can never leave a profile the
+  model would refuse.
+- Unknown keys are refused unless the model says otherwise, at every level: a model (the
+  profile model or a model nested in it) without an ``extra`` setting forbids them here
+  (Pydantic would drop them silently); ``extra="ignore"`` drops them, ``extra="allow"``
+  keeps them.
 - Text may not hold NUL, other control characters except tab and line breaks, bidi overrides
   or lone surrogates (PostgreSQL cannot store some, and the others forge what is shown), and
-  numbers must be finite: the same value must store on SQLite and PostgreSQL alike.
+  numbers must be finite anywhere in the input, checked before validation (Pydantic would
+  turn an infinity in an ``Any`` or extra field into null).
+- What is stored reads back the same on SQLite and PostgreSQL (whose jsonb keeps numbers as
+  decimals and sorts keys): a float of magnitude 1e16 or more is stored as the integer its
+  JSON spelling means (``1e+30`` -> ``10**30``), ``-0.0`` as ``0.0``, and object keys in
+  jsonb's order (shorter first, then by UTF-8 bytes).
 - Errors are ``InvalidInput`` with ``field="profile.<name>"`` (nested: ``profile.a.b``), which
   the HTTP layer answers as FastAPI's 422 with ``loc`` ``["body", "profile", "<name>"]``.
 
@@ -51,38 +59,24 @@ def clean_profile(
 ) -> dict[str, Any] | None:
     """Validate a profile against ``core.profile_model``; returns what to store, or None.
 
-    ``value``: a mapping (JSON-like, keys by alias) or an instance of the model. None means
-    "no profile given" and returns None. ``partial=True`` checks only the keys given (unknown
-    names, wrong types), ignoring required fields that are absent, and returns those keys as
-    given; merge them with :func:`merge_profile` to get what to store.
+    ``value``: a mapping (JSON-like, keys by alias, or by name where the model accepts
+    names) or an instance of the model. None means "no profile given" and returns None.
+    ``partial=True`` checks only the keys given (unknown names, wrong types), ignoring
+    required fields that are absent, and returns those keys in the stored form (by alias)
+    with their values as given; merge them with :func:`merge_profile` to get what to store.
 
     Raises ``InvalidInput`` (field ``"profile"`` or ``"profile.<name>"``): no profile model
-    (``NO_PROFILE_FIELDS``), not a mapping, or refused by the model.
+    (``NO_PROFILE_FIELDS``), not a mapping, a non-finite number anywhere, or refused by the
+    model.
     """
     if value is None:
         return None
     model = core.profile_model
     if model is None:
         raise InvalidInput(NO_PROFILE_FIELDS, field="profile")
-    if isinstance(value, model):
-        # Built by the application itself, hence validated already.
-        dumped = value.model_dump(mode="json", by_alias=True, exclude_unset=partial)
-        return _storable(dumped)
-    if not isinstance(value, Mapping) or not all(isinstance(key, str) for key in value):
-        raise InvalidInput(
-            f"profile must be an object with the fields of {model.__name__}", field="profile"
-        )
-    try:
-        validated = _validating(model).model_validate(dict(value))
-    except ValidationError as exc:
-        problem = _first_problem(exc, given=set(value) if partial else None)
-        if problem is not None:
-            raise problem from None
-        # Partial, and only fields absent from the change are missing: the keys given pass.
-        return _storable(dict(value))
     if partial:
-        return _storable(dict(value))
-    return _storable(validated.model_dump(mode="json", by_alias=True))
+        return _storable(_partial(model, value))
+    return _validated(model, value)
 
 
 def merge_profile(
@@ -91,20 +85,53 @@ def merge_profile(
     """The stored profile ``current`` with the keys of ``changes`` replaced, validated whole.
 
     This is ``PATCH``'s meaning: keys not given keep their values; a key given as null becomes
-    null (if the model allows it). Stored keys the model no longer has are dropped (unless it
-    keeps extra keys), so that a field removed from the model never blocks later changes.
-    Raises ``InvalidInput`` as :func:`clean_profile` does, for instance when a required field
-    is absent from both.
+    null (if the model allows it); the merge is shallow (a nested object given replaces the
+    stored one whole). A key of ``changes`` that names a field by its name is turned into the
+    field's alias first, as the profile is stored. Stored keys the model no longer has are
+    dropped (unless it keeps extra keys), so that a field removed from the model never blocks
+    later changes. Raises ``InvalidInput`` as :func:`clean_profile` does, for instance when a
+    required field is absent from both.
     """
-    given = clean_profile(core, changes, partial=True)
-    kept = dict(current or {})
     model = core.profile_model
-    if model is not None and model.model_config.get("extra") != "allow":
-        known = _known_keys(model)
-        kept = {key: value for key, value in kept.items() if key in known}
-    merged = clean_profile(core, {**kept, **(given or {})})
-    assert merged is not None  # a mapping was given
-    return merged
+    if model is None:
+        raise InvalidInput(NO_PROFILE_FIELDS, field="profile")
+    given = _partial(model, changes)
+    keys = _keys(model)
+    kept = dict(current or {})
+    if model.model_config.get("extra") != "allow":
+        kept = {key: value for key, value in kept.items() if key in keys.to_input}
+    merged = {**kept, **given}
+    raw = {keys.to_input.get(key, key): value for key, value in merged.items()}
+    # Unknown nested keys are the change's fault only where the change put them: a stored
+    # object from an older model is revalidated (and trimmed) without blocking the change.
+    return _validated(model, raw, checked={keys.to_input.get(key, key) for key in given})
+
+
+def _validated(
+    model: type[BaseModel],
+    value: Mapping[str, Any] | BaseModel,
+    *,
+    checked: set[str] | None = None,
+) -> dict[str, Any]:
+    """``value`` validated whole by ``model``, as stored. ``checked``: the top-level keys
+    whose nested objects may not hold unknown keys (default: all)."""
+    refuse_non_finite(value)
+    if isinstance(value, model):
+        # Built by the application itself, hence validated already.
+        return _storable(value.model_dump(mode="json", by_alias=True))
+    raw = _mapping(model, value)
+    try:
+        validated = _validator(model, strict_nested=False).validate_python(raw)
+        nested = {key: item for key, item in raw.items() if checked is None or key in checked}
+        _validator(model, strict_nested=True).validate_python(
+            {**raw, **nested} if checked is None else _with_only(raw, nested)
+        )
+    except ValidationError as exc:
+        problem = _first_problem(exc, given=None)
+        assert problem is not None  # not partial: every error is a problem
+        raise problem from None
+    refuse_non_finite(validated)  # what the model's own validators made of the input
+    return _storable(validated.model_dump(mode="json", by_alias=True))
 
 
 def check_profile_change(core: Core, value: object) -> None:
