@@ -348,7 +348,8 @@ async def test_doctor_reports_a_broken_template(tmp_path: Path) -> None:
     (folder / "verify.txt").write_text("{{ link }}\n")
     results = await examine(_settings(tmp_path, templates_dir=str(folder)))
     [found] = [r for r in results if r.name == "templates"]
-    assert found.status == "warn" and "verfy.html" in found.message
+    assert found.status == "warn"
+    assert "verfy.html in AUTHDB_TEMPLATES_DIR overrides none" in found.message
 
 
 # --- SMTP over TLS against a real server ------------------------------------------------------

@@ -4,6 +4,7 @@ helper for an app with a lifespan of its own. Every test runs on SQLite and Post
 
 from __future__ import annotations
 
+import logging
 import re
 from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import AsyncExitStack, asynccontextmanager
@@ -438,3 +439,45 @@ def _csrf(html: str) -> dict[str, str]:
     found = re.search(r'name="csrf_token" value="([^"]+)"', html)
     assert found is not None
     return {"csrf_token": found.group(1)}
+
+
+@pytest.mark.parametrize("name", ["auth", None])
+async def test_a_mounted_sub_app_named_or_not_is_followed(
+    make_settings: Callable[..., Settings], name: str | None, caplog: pytest.LogCaptureFixture
+) -> None:
+    """``app.mount("/auth", sub, name="auth")``: Starlette reaches routes inside a named
+    mount only as ``auth:route``; the token URL and links follow it all the same."""
+    auth = Auth(make_settings(public_url=PUBLIC_URL), auto_migrate=True)
+    sub = FastAPI()
+    sub.include_router(auth.pages_router)
+    sub.include_router(auth.router)
+    app = FastAPI(lifespan=auth.lifespan)
+    app.mount("/auth", sub, name=name)
+    async with app.router.lifespan_context(app):
+        assert auth.core.links.token == "/auth/token"
+        assert auth.core.links.verify == "/auth/verify"
+        assert auth.core.links.reset == "/auth/reset-password"
+        schemes = sub.openapi()["components"]["securitySchemes"]
+        [scheme] = schemes.values()
+        assert scheme["flows"]["password"]["tokenUrl"] == "/auth/token"
+    assert "not found in the app" not in caplog.text
+
+
+async def test_routes_authdb_cannot_find_are_named_in_a_warning(
+    make_settings: Callable[..., Settings], caplog: pytest.LogCaptureFixture
+) -> None:
+    """Behind a mount that is no Starlette app, the routes cannot be found: a warning says
+    the standalone paths stay, instead of links silently pointing elsewhere."""
+    auth = Auth(make_settings(public_url=PUBLIC_URL), auto_migrate=True)
+    sub = FastAPI()
+    sub.include_router(auth.router)
+
+    async def opaque(scope: Any, receive: Any, send: Any) -> None:
+        await sub(scope, receive, send)
+
+    app = FastAPI(lifespan=auth.lifespan)
+    app.mount("/auth", opaque)
+    with caplog.at_level(logging.WARNING, logger="authdb"):
+        async with app.router.lifespan_context(app):
+            assert auth.core.links.token == "/token"
+    assert "token route is not found in the app" in caplog.text

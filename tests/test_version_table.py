@@ -266,7 +266,7 @@ async def test_an_ambiguous_legacy_revision_stops_with_what_to_do(
         result = await asyncio.to_thread(run_cli, ["migrate"], env=env)
         assert result.returncode != 0
         assert result.stdout == ""
-        assert result.stderr.strip().splitlines() == [f"migration failed: {expected}"]
+        assert result.stderr.strip().splitlines() == [f"error: migration failed: {expected}"]
         assert await _state(engine) == before
         with pytest.raises(migrate.LegacyRevisionError):
             await migrate.legacy_revision(engine)

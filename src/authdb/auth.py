@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Any, TypeVar
@@ -36,6 +37,8 @@ from authdb.settings import Settings
 
 _App = TypeVar("_App", bound=Starlette)
 _State = TypeVar("_State", None, Mapping[str, Any])
+
+log = logging.getLogger("authdb")
 
 
 class SchemaOutOfDate(RuntimeError):
@@ -208,6 +211,12 @@ class Auth:
         found = links.discover(app)
         self.core.links = found
         if links.route_path(app, links.TOKEN_ROUTE) is None:
+            if links.has_mounts(app):
+                log.warning(
+                    "auth.router's token route is not found in the app (mounted where authdb "
+                    "cannot see it?): the OpenAPI token URL and emailed links keep the "
+                    "standalone service's paths (/token, /verify, /reset-password)"
+                )
             return  # the app serves no token endpoint of ours: nothing to point at
         # An absolute path: Swagger UI resolves a relative one against the OpenAPI "servers"
         # entry, and FastAPI's (the root path) has no trailing slash.

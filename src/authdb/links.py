@@ -8,10 +8,11 @@ OpenAPI security scheme must point where the app included ``auth.router`` and
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
-from starlette.routing import NoMatchFound
+from starlette.routing import BaseRoute, Mount, NoMatchFound
 from starlette.types import ASGIApp
 
 # Route names looked up in the app (see the routers and pages).
@@ -36,15 +37,34 @@ class Links:
 
 
 def route_path(app: ASGIApp, name: str) -> str | None:
-    """The path ``app`` serves route ``name`` at (prefixes and unnamed mounts included), or
-    None when it has no such route (or cannot say: not a Starlette app)."""
+    """The path ``app`` serves route ``name`` at (prefixes and mounts, named or not,
+    included), or None when it has no such route (or cannot say: not a Starlette app)."""
     url_path_for = getattr(app, "url_path_for", None)
     if url_path_for is None:
         return None
-    try:
-        return str(url_path_for(name))
-    except NoMatchFound:
-        return None
+    for qualified in _qualified_names(getattr(app, "routes", []), name):
+        try:
+            return str(url_path_for(qualified))
+        except NoMatchFound:
+            continue
+    return None
+
+
+def _qualified_names(routes: list[BaseRoute], name: str, depth: int = 0) -> Iterator[str]:
+    """``name``, then ``mount:name`` for each named mount (Starlette needs the mount's name
+    to reach a route inside it), nested mounts included."""
+    yield name
+    if depth > 8:  # mounts nest a few levels at most; a cycle must not recurse forever
+        return
+    for route in routes:
+        if isinstance(route, Mount) and route.name:
+            for inner in _qualified_names(route.routes, name, depth + 1):
+                yield f"{route.name}:{inner}"
+
+
+def has_mounts(app: ASGIApp) -> bool:
+    """Whether ``app`` has sub-applications mounted (where authdb's routes may hide)."""
+    return any(isinstance(route, Mount) for route in getattr(app, "routes", []))
 
 
 def discover(app: ASGIApp) -> Links:

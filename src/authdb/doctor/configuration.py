@@ -188,8 +188,9 @@ async def check_email_templates(deployment: Deployment) -> Verdict:
         return ok("authdb's own")
     unused = unused_overrides(settings)
     if unused:
+        verb = "overrides" if len(unused) == 1 else "override"
         return warn(
-            f"{', '.join(unused)} in AUTHDB_TEMPLATES_DIR override none of authdb's templates, "
-            "so are never used"
+            f"{', '.join(unused)} in AUTHDB_TEMPLATES_DIR {verb} none of authdb's templates "
+            "and make no complete email of your own (NAME.subject.txt, NAME.txt, NAME.html)"
         )
     return ok(f"{settings.templates_dir}: every override renders")

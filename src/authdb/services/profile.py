@@ -36,10 +36,13 @@ import importlib
 import math
 import unicodedata
 from collections.abc import Mapping
+from dataclasses import dataclass
+from decimal import Decimal
 from functools import cache
 from typing import TYPE_CHECKING, Any, cast
 
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import AliasChoices, BaseModel, ValidationError
+from pydantic_core import SchemaValidator
 
 from authdb.errors import InvalidInput
 
@@ -89,49 +92,64 @@ def merge_profile(
     stored one whole). A key of ``changes`` that names a field by its name is turned into the
     field's alias first, as the profile is stored. Stored keys the model no longer has are
     dropped (unless it keeps extra keys), so that a field removed from the model never blocks
-    later changes. Raises ``InvalidInput`` as :func:`clean_profile` does, for instance when a
+    later changes; so are unknown keys inside stored nested objects (the change itself may
+    hold none). Raises ``InvalidInput`` as :func:`clean_profile` does, for instance when a
     required field is absent from both.
     """
     model = core.profile_model
     if model is None:
         raise InvalidInput(NO_PROFILE_FIELDS, field="profile")
-    given = _partial(model, changes)
+    given = _partial(model, changes)  # checked whole, nested objects included
     keys = _keys(model)
     kept = dict(current or {})
     if model.model_config.get("extra") != "allow":
         kept = {key: value for key, value in kept.items() if key in keys.to_input}
     merged = {**kept, **given}
     raw = {keys.to_input.get(key, key): value for key, value in merged.items()}
-    # Unknown nested keys are the change's fault only where the change put them: a stored
-    # object from an older model is revalidated (and trimmed) without blocking the change.
-    return _validated(model, raw, checked={keys.to_input.get(key, key) for key in given})
+    return _validated(model, raw, nested_forbid=False)
+
+
+def _partial(model: type[BaseModel], value: Mapping[str, Any] | BaseModel) -> dict[str, Any]:
+    """The keys of ``value`` in the stored form, with their values as given, once they pass
+    the model (absent required fields aside)."""
+    _refuse_non_finite(value)
+    if isinstance(value, model):
+        return value.model_dump(mode="json", by_alias=True, exclude_unset=True)
+    raw = _mapping(model, value)
+    try:
+        _validator(model, nested_forbid=True).validate_python(raw)
+    except ValidationError as exc:
+        problem = _first_problem(exc, given=set(raw))
+        if problem is not None:
+            raise problem from None
+    to_stored = _keys(model).to_stored
+    return {to_stored.get(key, key): item for key, item in raw.items()}
 
 
 def _validated(
-    model: type[BaseModel],
-    value: Mapping[str, Any] | BaseModel,
-    *,
-    checked: set[str] | None = None,
+    model: type[BaseModel], value: Mapping[str, Any] | BaseModel, *, nested_forbid: bool = True
 ) -> dict[str, Any]:
-    """``value`` validated whole by ``model``, as stored. ``checked``: the top-level keys
-    whose nested objects may not hold unknown keys (default: all)."""
-    refuse_non_finite(value)
+    """``value`` validated whole by ``model``, as stored. ``nested_forbid=False`` lets nested
+    models without an ``extra`` setting drop unknown keys (stored ones, from an older model)."""
+    _refuse_non_finite(value)
     if isinstance(value, model):
         # Built by the application itself, hence validated already.
         return _storable(value.model_dump(mode="json", by_alias=True))
     raw = _mapping(model, value)
     try:
-        validated = _validator(model, strict_nested=False).validate_python(raw)
-        nested = {key: item for key, item in raw.items() if checked is None or key in checked}
-        _validator(model, strict_nested=True).validate_python(
-            {**raw, **nested} if checked is None else _with_only(raw, nested)
-        )
+        validated = _validator(model, nested_forbid=nested_forbid).validate_python(raw)
     except ValidationError as exc:
-        problem = _first_problem(exc, given=None)
-        assert problem is not None  # not partial: every error is a problem
-        raise problem from None
-    refuse_non_finite(validated)  # what the model's own validators made of the input
+        raise _first_problem(exc, given=None) or InvalidInput("refused", field="profile") from None
+    _refuse_non_finite(validated)  # what the model's own validators made of the input
     return _storable(validated.model_dump(mode="json", by_alias=True))
+
+
+def _mapping(model: type[BaseModel], value: object) -> dict[str, Any]:
+    if not isinstance(value, Mapping) or not all(isinstance(key, str) for key in value):
+        raise InvalidInput(
+            f"profile must be an object with the fields of {model.__name__}", field="profile"
+        )
+    return dict(value)
 
 
 def check_profile_change(core: Core, value: object) -> None:
@@ -176,23 +194,67 @@ def load_profile_model(path: str) -> type[BaseModel]:
 
 
 @cache
-def _validating(model: type[BaseModel]) -> type[BaseModel]:
-    """``model``, refusing unknown keys when it says nothing about them (Pydantic's default
-    would drop them without a word, as ``/register`` once dropped ``company``)."""
-    if model.model_config.get("extra") is not None:
-        return model
-    config: ConfigDict = {**model.model_config, "extra": "forbid"}
-    return type(model.__name__, (model,), {"model_config": config, "__module__": model.__module__})
+def _validator(model: type[BaseModel], *, nested_forbid: bool) -> SchemaValidator:
+    """``model``'s validator, refusing unknown keys in the model itself and (``nested_forbid``)
+    in every model nested in it, wherever one says nothing about them: Pydantic's default
+    would drop them without a word, as ``/register`` once dropped ``company``.
+
+    Built from the model's own core schema, with ``extra="forbid"`` set where a model has no
+    ``extra``: the model's types, aliases and validators are the ones that run."""
+
+    def forbidding(cls: type[BaseModel]) -> bool:
+        return cls.model_config.get("extra") is None and (nested_forbid or cls is model)
+
+    def rewrite(node: Any) -> Any:
+        if isinstance(node, list):
+            return [rewrite(item) for item in node]
+        if not isinstance(node, dict):
+            return node
+        copied = {key: rewrite(item) for key, item in node.items()}
+        cls = node.get("cls")
+        is_model = isinstance(cls, type) and issubclass(cls, BaseModel)
+        if node.get("type") == "model" and is_model and forbidding(cls):
+            copied["config"] = {**node.get("config", {}), "extra_fields_behavior": "forbid"}
+            if copied["schema"].get("type") == "model-fields":
+                copied["schema"]["extra_behavior"] = "forbid"
+        return copied
+
+    return SchemaValidator(rewrite(model.__pydantic_core_schema__))
+
+
+@dataclass(frozen=True)
+class _Keys:
+    # Each key that validation takes for a field -> the key the model dumps it under.
+    to_stored: dict[str, str]
+    # Each dumped key -> a key that validation takes for the same field.
+    to_input: dict[str, str]
 
 
 @cache
-def _known_keys(model: type[BaseModel]) -> frozenset[str]:
-    """Every key that can name one of ``model``'s fields: names and string aliases."""
-    keys: set[str] = set()
+def _keys(model: type[BaseModel]) -> _Keys:
+    """How ``model`` names its fields going in (names, aliases) and coming out (by alias)."""
+    config = model.model_config
+    by_name = bool(config.get("validate_by_name") or config.get("populate_by_name"))
+    by_alias = config.get("validate_by_alias", True)
+    to_stored: dict[str, str] = {}
+    to_input: dict[str, str] = {}
     for name, field in model.model_fields.items():
-        keys.add(name)
-        keys.update(a for a in (field.alias, field.validation_alias) if isinstance(a, str))
-    return frozenset(keys)
+        stored = field.serialization_alias or field.alias or name
+        aliases: list[str] = []
+        if isinstance(field.validation_alias, str):
+            aliases = [field.validation_alias]
+        elif isinstance(field.validation_alias, AliasChoices):
+            aliases = [a for a in field.validation_alias.choices if isinstance(a, str)]
+        elif field.validation_alias is None and field.alias is not None:
+            aliases = [field.alias]
+        accepted = aliases if by_alias else []
+        if by_name or not by_alias or (field.validation_alias is None and field.alias is None):
+            accepted = [*accepted, name]
+        for key in accepted:
+            to_stored[key] = stored
+        if accepted:
+            to_input[stored] = stored if stored in accepted else accepted[0]
+    return _Keys(to_stored, to_input)
 
 
 def _first_problem(exc: ValidationError, *, given: set[str] | None) -> InvalidInput | None:
@@ -210,26 +272,80 @@ def _first_problem(exc: ValidationError, *, given: set[str] | None) -> InvalidIn
     return None
 
 
-def _storable(value: dict[str, Any]) -> dict[str, Any]:
-    """``value`` if both databases store it as given; InvalidInput naming the place if not."""
-    stack: list[tuple[Any, str]] = [(value, "profile")]
-    while stack:  # iterative: the request body's depth is bounded, but not this function's input
+def _refuse_non_finite(value: object) -> None:
+    """InvalidInput naming the place of the first infinity or NaN in ``value``: raw input
+    (mappings, sequences, sets) or a model instance, at any depth. Every path checks the input
+    before validation: Pydantic dumps a non-finite number in an ``Any`` or extra field as
+    null, which would store something other than what was sent."""
+    stack: list[tuple[object, str]] = [(value, "profile")]
+    while stack:  # iterative: the library's input has no depth bound
         item, path = stack.pop()
+        if isinstance(item, float | Decimal):
+            if not item.is_finite() if isinstance(item, Decimal) else not math.isfinite(item):
+                raise InvalidInput("must be a finite number", field=path)
+        elif isinstance(item, BaseModel):
+            fields = {**vars(item), **(item.__pydantic_extra__ or {})}
+            stack.extend((child, f"{path}.{key}") for key, child in fields.items())
+        elif isinstance(item, Mapping):
+            stack.extend((child, f"{path}.{key}") for key, child in item.items())
+        elif isinstance(item, list | tuple | set | frozenset):
+            stack.extend((child, f"{path}.{n}") for n, child in enumerate(item))
+
+
+def _storable(value: dict[str, Any]) -> dict[str, Any]:
+    """What to store for ``value`` so that SQLite and PostgreSQL read back the same;
+    InvalidInput naming the place if either cannot store it.
+
+    PostgreSQL's jsonb keeps a number as the decimal its JSON text spells, and sorts keys:
+    a float of 1e16 or more (spelled ``1e+16``) comes back an integer, ``-0.0`` as ``0.0``. So
+    such a float becomes that integer here, and keys take jsonb's order, on both databases."""
+    root: list[Any] = [None]
+    stack: list[tuple[Any, Any, Any, str]] = [(value, root, 0, "profile")]
+    while stack:  # iterative: the request body's depth is bounded, but not this function's input
+        item, parent, slot, path = stack.pop()
         if isinstance(item, str):
             _check_text(item, path)
-        elif isinstance(item, float) and not math.isfinite(item):
-            raise InvalidInput("must be a finite number", field=path)
+        elif isinstance(item, bool) or item is None:
+            pass
+        elif isinstance(item, int):
+            item = int(item)
+        elif isinstance(item, float):
+            item = _as_both_read_it(item, path)
         elif isinstance(item, Mapping):
-            for key, child in item.items():
+            for key in item:
                 if not isinstance(key, str):
                     raise InvalidInput("keys must be strings", field=path)
                 _check_text(key, f"{path}.{key}")
-                stack.append((child, f"{path}.{key}"))
+            # Keys in jsonb's order: filled in later, a dict keeps its first order.
+            keys = sorted(item, key=_jsonb_key_order)
+            mapping_copy: dict[str, Any] = dict.fromkeys(keys)
+            stack.extend((item[key], mapping_copy, key, f"{path}.{key}") for key in keys)
+            item = mapping_copy
         elif isinstance(item, list | tuple):
-            stack.extend((child, f"{path}.{n}") for n, child in enumerate(item))
-        elif item is not None and not isinstance(item, bool | int | float):
+            items_copy: list[Any] = [None] * len(item)
+            stack.extend((child, items_copy, n, f"{path}.{n}") for n, child in enumerate(item))
+            item = items_copy
+        else:
             raise InvalidInput(f"cannot be stored as JSON ({type(item).__name__})", field=path)
-    return value
+        parent[slot] = item
+    stored: dict[str, Any] = root[0]
+    return stored
+
+
+def _as_both_read_it(number: float, path: str) -> float | int:
+    if not math.isfinite(number):
+        raise InvalidInput("must be a finite number", field=path)
+    if number == 0:
+        return 0.0  # jsonb's numeric has no negative zero
+    if abs(number) >= 1e16:
+        # json spells it with an exponent (1e+16), which jsonb reads as an exact integer.
+        return int(Decimal(repr(number)))
+    return number
+
+
+def _jsonb_key_order(key: str) -> tuple[int, bytes]:
+    encoded = key.encode("utf-8", "surrogatepass")
+    return len(encoded), encoded
 
 
 def _check_text(text: str, path: str) -> None:
