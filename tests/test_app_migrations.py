@@ -23,7 +23,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import inspect, text
+from alembic import command
+from sqlalchemy import Connection, inspect, text
 
 from authdb.db import migrate
 from authdb.db.engine import create_engine
@@ -252,7 +253,9 @@ def _write_app(folder: Path) -> None:
     (folder / "migrations" / "env.py").write_text(ENV)
 
 
-def _run(args: list[str], folder: Path, url: str | None) -> subprocess.CompletedProcess[str]:
+def _run(
+    args: list[str], folder: Path, url: str | None, *, check: bool = True
+) -> subprocess.CompletedProcess[str]:
     env = {"AUTHDB_DATABASE_URL": url} if url else {}
     env["PYTHONPATH"] = str(folder)
     result = subprocess.run(
@@ -264,12 +267,16 @@ def _run(args: list[str], folder: Path, url: str | None) -> subprocess.Completed
         timeout=120,
         check=False,
     )
-    assert result.returncode == 0, f"{args}: {result.stdout}\n{result.stderr}"
+    if check:
+        assert result.returncode == 0, f"{args}: {result.stdout}\n{result.stderr}"
     return result
 
 
-async def _alembic(folder: Path, url: str, *args: str) -> subprocess.CompletedProcess[str]:
-    return await asyncio.to_thread(_run, [ALEMBIC, *args], folder, url)
+async def _alembic(
+    folder: Path, url: str | None, *args: str, check: bool = True
+) -> subprocess.CompletedProcess[str]:
+    """``alembic ARGS`` in the app's folder; ``url`` None: from the folder's ``.env`` only."""
+    return await asyncio.to_thread(_run, [ALEMBIC, *args], folder, url, check=check)
 
 
 async def _authdb_migrate(url: str) -> None:
@@ -341,7 +348,9 @@ async def test_the_apps_tables_and_migrations_live_beside_authdbs(
     for line in operations:
         assert not any(f"'{name}'" in line for name in AUTHDB_TABLE_NAMES), line
     assert "sa.ForeignKeyConstraint(['owner_id'], ['users.id'], ondelete='CASCADE')" in script
-    await _alembic(folder, after, "upgrade", "head")
+    upgraded = await _alembic(folder, after, "upgrade", "head")
+    # Alembic's usual log lines (the recipe's fileConfig).
+    assert f"Running upgrade  -> {app_revision.group(1)}, todos" in upgraded.stderr
     await _alembic(folder, after, "check")  # nothing left to propose, authdb's tables included
 
     # 2. On a new database the app's migrations go first (they bring authdb's tables along).
@@ -379,6 +388,102 @@ async def test_the_apps_tables_and_migrations_live_beside_authdbs(
     # Deleting a user deletes their rows of the app's table (ondelete="CASCADE").
     assert seen["delete_bob"] == 204
     assert seen["todos_left"] == ["milk", "eggs"]
+
+
+async def _authdb_one_revision_back(url: str) -> None:
+    """authdb's own downgrade by one revision: the database of an app that has just upgraded
+    authdb and not migrated yet."""
+
+    def downgrade(connection: Connection) -> None:
+        command.downgrade(migrate._config(connection), "-1")
+
+    engine = create_engine(url)
+    try:
+        async with engine.begin() as connection:
+            await connection.run_sync(downgrade)
+    finally:
+        await engine.dispose()
+
+
+async def test_only_alembic_upgrade_changes_authdbs_tables(
+    databases: list[str], tmp_path: Path
+) -> None:
+    """The recipe's env.py upgrades authdb's schema for ``alembic upgrade`` alone: ``current``,
+    ``check``, ``revision --autogenerate`` and ``upgrade --sql`` (offline, the app's SQL
+    printed) leave a database behind authdb's head, or an earlier authdb's, as it is. The
+    database URL is in the app's ``.env`` only, as authdb's settings read it."""
+    behind, legacy = databases[:2]
+    head = migrate.head_revision()
+    previous = next(
+        s.down_revision for s in migrate._script().walk_revisions() if s.revision == head
+    )
+    folder = tmp_path / "app"
+    _write_app(folder)
+    dotenv = folder / ".env"
+    dotenv.write_text(f"AUTHDB_DATABASE_URL={behind}\n")
+
+    await _authdb_migrate(behind)
+    await _alembic(folder, None, "revision", "--autogenerate", "-m", "todos")
+    [script_path] = (folder / "migrations" / "versions").glob("*.py")
+    app_revision = re.search(r"^revision: str = '(\w+)'", script_path.read_text(), re.M)
+    assert app_revision is not None
+    app_head = app_revision.group(1)
+    await _alembic(folder, None, "upgrade", "head")
+    await _authdb_one_revision_back(behind)
+    at_previous = {migrate.VERSION_TABLE: [previous], "alembic_version": [app_head]}
+    assert await _versions(behind) == at_previous
+
+    current = await _alembic(folder, None, "current")
+    assert current.stdout.split() == [app_head, "(head)"]
+    assert "Context impl" in current.stderr  # Alembic's log lines
+    check = await _alembic(folder, None, "check")
+    assert "No new upgrade operations detected" in check.stdout + check.stderr
+    offline = await _alembic(folder, None, "upgrade", "head", "--sql")
+    assert "CREATE TABLE todos" in offline.stdout
+    assert "CREATE TABLE users" not in offline.stdout  # authdb's SQL is not the app's
+    await _alembic(folder, None, "revision", "--autogenerate", "-m", "nothing")
+    for script in (folder / "migrations" / "versions").glob("*nothing*.py"):
+        script.unlink()
+    for name in ("current", "check"):  # the same commands called from Python
+        await _from_python(folder, f"command.{name}(Config('alembic.ini'))")
+    await _alembic(folder, None, "downgrade", "base")  # the app's tables only
+    assert await _versions(behind) == {migrate.VERSION_TABLE: [previous], "alembic_version": []}
+
+    upgraded = await _alembic(folder, None, "upgrade", "head")
+    log = upgraded.stderr
+    assert log.index(f"Running upgrade {previous} -> {head}") < log.index(  # authdb's first
+        f"Running upgrade  -> {app_head}"
+    )
+    assert await _versions(behind) == {
+        migrate.VERSION_TABLE: [head],
+        "alembic_version": [app_head],
+    }
+
+    # An earlier authdb's database: its revision stays in alembic_version until an upgrade.
+    await legacy_database(legacy)
+    dotenv.write_text(f"AUTHDB_DATABASE_URL={legacy}\n")
+    for args in (("current",), ("check",), ("upgrade", "head", "--sql")):
+        await _alembic(folder, None, *args, check=False)
+        assert await _versions(legacy) == {"alembic_version": [ROUND_1]}, args
+    await _from_python(folder, "command.upgrade(Config('alembic.ini'), 'head')")
+    assert await _versions(legacy) == {
+        migrate.VERSION_TABLE: [head],
+        "alembic_version": [app_head],
+    }
+
+
+async def _from_python(folder: Path, call: str) -> None:
+    """An Alembic command called from Python (no command line: ``cmd_opts`` is None)."""
+    code = f"from alembic import command\nfrom alembic.config import Config\n{call}\n"
+    await asyncio.to_thread(_run, [sys.executable, "-c", code], folder, None)
+
+
+def test_the_docs_show_this_recipe() -> None:
+    """docs/extending.md's env.py is the one this module runs (the app's package aside)."""
+    docs = (Path(__file__).parent.parent / "docs" / "extending.md").read_text()
+    section = docs.split("## Your tables and migrations", 1)[1].split("\n## ", 1)[0]
+    blocks = re.findall(r"```python\n(.*?)```", section, re.S)
+    assert ENV.replace("todo_app.models", "myapp.models") in blocks
 
 
 SUBCLASS = """\

@@ -16,13 +16,14 @@ import sys
 import textwrap
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AsyncExitStack
+from decimal import Decimal
 from pathlib import Path
 from typing import Any, cast
 
 import httpx
 import pytest
 from fastapi import Depends, FastAPI
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 from sqlalchemy import select, text, update
 
 from authdb import Auth, Settings
@@ -323,8 +324,16 @@ async def test_openapi_shows_the_model(app: Harness) -> None:
     ref = {"$ref": "#/components/schemas/CompanyProfile"}
     assert schemas["UserCreate"]["properties"]["profile"].items() >= ref.items()
     assert "profile" in schemas["UserCreate"]["required"]
+    # A PATCH takes some of the fields, never null: <Model>Update, none required.
+    change = {"$ref": "#/components/schemas/CompanyProfileUpdate"}
     for name in ("UserUpdate", "AdminUserUpdate"):
-        assert ref in schemas[name]["properties"]["profile"]["anyOf"], name
+        profile = schemas[name]["properties"]["profile"]
+        assert profile.items() >= change.items(), name
+        assert "anyOf" not in profile and "default" not in profile, name
+    partial = schemas["CompanyProfileUpdate"]
+    assert set(partial["properties"]) == set(model["properties"])
+    assert "required" not in partial
+    assert partial["additionalProperties"] is False  # unknown keys are refused
     shown = schemas["UserRead"]["properties"]["profile"]["anyOf"][0]
     assert set(shown["properties"]) == {"company", "employees", "newsletter", "address"}
     assert schemas["UserPage"]["properties"]["items"]["items"] == {
@@ -540,3 +549,263 @@ async def test_the_cli_names_the_variable(profile_module: str, tmp_path: Path) -
     shown = await asyncio.to_thread(run_cli, ["config"], env=env, cwd=tmp_path)
     assert shown.returncode == 0, shown.stderr
     assert "authdb_test_profiles:TeamProfile" in shown.stdout
+
+
+# --- numbers, aliases, nested keys (review of issue 10) -----------------------------------------
+
+
+class Tag(BaseModel):
+    name: str
+
+
+class Loose(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    a: int = 0
+
+
+class FreeformProfile(BaseModel):
+    """Fields whose values Pydantic does not check: where an infinity could slip through."""
+
+    model_config = ConfigDict(extra="allow")
+
+    company: str = "Acme"
+    data: Any = None
+    meta: dict[str, Any] = Field(default_factory=dict)
+    tags: list[Tag] = Field(default_factory=list)
+    loose: Loose | None = None
+
+
+class AliasedProfile(BaseModel):
+    model_config = ConfigDict(populate_by_name=True)
+
+    company: str = Field(alias="companyName")
+    seats: int = Field(1, alias="seatCount")
+
+
+async def test_non_finite_numbers_are_refused_on_every_path(make_app: MakeApp) -> None:
+    """Pydantic dumps an infinity in an ``Any``/extra field as null: every path refuses it
+    before validation instead of storing null (POST /register once did)."""
+    app = await make_app(profile=FreeformProfile)
+    spellings = ["1e999", "-1e999", "Infinity", "NaN"]
+    places: list[tuple[str, list[Any]]] = [
+        ('{"data": %s}', ["body", "profile", "data"]),
+        ('{"data": [1, {"x": %s}]}', ["body", "profile", "data", "1", "x"]),
+        ('{"meta": {"k": %s}}', ["body", "profile", "meta", "k"]),
+        ('{"extra_key": %s}', ["body", "profile", "extra_key"]),
+    ]
+    assert (await app.client.post("/register", json=register_body())).status_code == 201
+    headers = {**await app.bearer("alice"), "Content-Type": "application/json"}
+    for spelling in spellings:
+        for template, where in places:
+            profile = template % spelling
+            body = json.dumps(register_body("bob"))[:-1] + f', "profile": {profile}}}'
+            created = await app.client.post(
+                "/register", content=body, headers={"Content-Type": "application/json"}
+            )
+            assert loc(created) == where, (profile, created.text)
+            assert "finite" in created.json()["detail"][0]["msg"]
+            patched = await app.client.patch(
+                "/users/me", content=f'{{"profile": {profile}}}', headers=headers
+            )
+            assert loc(patched) == where, (profile, patched.text)
+    async with app.auth.core.sessionmaker() as db:
+        assert await db.scalar(select(User.id).where(User.username == "bob")) is None
+
+    # The library: a dict or a model instance, through auth.users.create / update.
+    for profile_value in (
+        {"data": [float("inf")]},
+        {"meta": {"k": float("nan")}},
+        FreeformProfile(data={"x": float("-inf")}),
+        {"loose": {"a": 1}, "extra_key": Decimal("Infinity")},
+    ):
+        with pytest.raises(InvalidInput, match="finite") as refused:
+            await app.auth.users.create(
+                username="carol",
+                email="carol@example.com",
+                password=PASSWORD,
+                profile=profile_value,
+            )
+        assert refused.value.field is not None and refused.value.field.startswith("profile.")
+    # Library input nesting deeper than Pydantic can dump (a ValueError once; HTTP bodies
+    # have their own, lower bound), and a cycle, are refused alike.
+    deep: list[Any] = []
+    for _ in range(300):
+        deep = [deep]
+    with pytest.raises(InvalidInput, match="deeper"):
+        await app.auth.users.create(
+            username="dave", email="dave@example.com", password=PASSWORD, profile={"data": deep}
+        )
+    cyclic: dict[str, Any] = {}
+    cyclic["self"] = cyclic
+    with pytest.raises(InvalidInput, match="deeper"):
+        merge_profile(_core(FreeformProfile), None, {"data": cyclic})
+
+    alice = await app.auth.users.get_by_login("alice")
+    with pytest.raises(InvalidInput, match="finite"):
+        await app.auth.users.update(alice.id, profile={"data": float("inf")})
+    assert (await stored_profile(app, "alice"))["data"] is None
+
+
+async def test_numbers_and_key_order_read_back_the_same_on_both_databases(
+    make_app: MakeApp,
+) -> None:
+    """jsonb keeps numbers as decimals (1e30 -> 10**30, -0.0 -> 0.0) and sorts keys; what is
+    stored is normalised so that SQLite reads back exactly what PostgreSQL does."""
+    app = await make_app(profile=FreeformProfile)
+    numbers = [1e30, 1e308, -0.0, 1e16, -1.5e20, 1e15, 0.1, 5e-324, 2.5, 2**70, 7, True]
+    expected_numbers = [
+        10**30,
+        int(Decimal("1e308")),
+        0.0,
+        10**16,
+        -150_000_000_000_000_000_000,
+        1e15,
+        0.1,
+        5e-324,
+        2.5,
+        2**70,
+        7,
+        True,
+    ]
+    meta = {"zebra": 1, "b": 2, "aa": 3, "é": 4, "a": 5}
+    body = register_body(profile={"data": numbers, "meta": meta})
+    created = await app.client.post("/register", json=body)
+    assert created.status_code == 201, created.text
+    profile = created.json()["profile"]
+    assert profile["data"] == expected_numbers
+    assert [type(n) for n in profile["data"]] == [type(n) for n in expected_numbers]
+    # jsonb's order: shorter keys first (in UTF-8 bytes), then by bytes.
+    assert list(profile["meta"]) == ["a", "b", "aa", "é", "zebra"]
+
+    headers = await app.bearer("alice")
+    exact = json.dumps(profile)
+    me = (await app.client.get("/users/me", headers=headers)).json()["profile"]
+    whoami = (await app.client.get("/whoami", headers=headers)).json()["profile"]
+    stored = await stored_profile(app, "alice")
+    for read in (me, whoami, stored):
+        assert json.dumps(read) == exact  # same types, same spelling, same order
+
+    # A PATCH normalises alike.
+    patched = await app.client.patch(
+        "/users/me", json={"profile": {"data": {"big": 1e20}}}, headers=headers
+    )
+    assert patched.status_code == 200, patched.text
+    assert patched.json()["profile"]["data"] == {"big": 10**20}
+    assert json.dumps(await stored_profile(app, "alice")) == json.dumps(patched.json()["profile"])
+
+
+async def test_patch_by_field_name_for_an_aliased_model(make_app: MakeApp) -> None:
+    """populate_by_name: a change may name a field by its name or its alias; it is stored by
+    alias (as the model dumps), never under both."""
+    app = await make_app(profile=AliasedProfile)
+    created = await app.client.post("/register", json=register_body(profile={"company": "A"}))
+    assert created.status_code == 201, created.text
+    assert created.json()["profile"] == {"companyName": "A", "seatCount": 1}
+    headers = await app.bearer("alice")
+
+    by_name = await app.client.patch(
+        "/users/me", json={"profile": {"company": "B", "seats": 3}}, headers=headers
+    )
+    assert by_name.status_code == 200, by_name.text
+    assert by_name.json()["profile"] == {"companyName": "B", "seatCount": 3}
+    by_alias = await app.client.patch(
+        "/users/me", json={"profile": {"companyName": "C"}}, headers=headers
+    )
+    assert by_alias.json()["profile"] == {"companyName": "C", "seatCount": 3}
+    await app.create_user("root", is_superuser=True)
+    alice_id = created.json()["id"]
+    admin = await app.client.patch(
+        f"/users/{alice_id}", json={"profile": {"seats": 9}}, headers=await app.bearer("root")
+    )
+    assert admin.json()["profile"] == {"companyName": "C", "seatCount": 9}
+    assert await stored_profile(app, "alice") == {"companyName": "C", "seatCount": 9}
+    both = await app.client.patch(
+        "/users/me", json={"profile": {"company": "D", "companyName": "E"}}, headers=headers
+    )
+    assert both.status_code == 422, both.text
+
+    # Without populate_by_name a field's name is an unknown key, as Pydantic has it.
+    core = _core(CompanyProfileAliasOnly)
+    with pytest.raises(InvalidInput) as refused:
+        merge_profile(core, {"companyName": "A"}, {"company": "B"})
+    assert refused.value.field == "profile.company"
+    assert merge_profile(core, {"companyName": "A"}, {"companyName": "B"}) == {"companyName": "B"}
+
+
+class CompanyProfileAliasOnly(BaseModel):
+    company: str = Field(alias="companyName")
+
+
+class Renamed(BaseModel):
+    """A nested model whose own validator reshapes its input: its keys are its business."""
+
+    city: str
+
+    @model_validator(mode="before")
+    @classmethod
+    def _old_name(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "town" in data:
+            return {"city": data["town"]}
+        return data
+
+
+class NestedProfile(BaseModel):
+    company: str = "Acme"
+    address: Address | None = None
+    tags: list[Tag] = Field(default_factory=list)
+    loose: Loose | None = None
+    renamed: Renamed | None = None
+
+
+async def test_unknown_keys_are_refused_at_every_level(make_app: MakeApp) -> None:
+    app = await make_app(profile=NestedProfile)
+    address = {"city": "Ulm", "zip": "89073"}
+    refusals: list[tuple[dict[str, Any], list[Any]]] = [
+        ({"address": {**address, "colour": "red"}}, ["body", "profile", "address", "colour"]),
+        ({"tags": [{"name": "a"}, {"name": "b", "x": 1}]}, ["body", "profile", "tags", "1", "x"]),
+    ]
+    for profile, where in refusals:
+        response = await app.client.post("/register", json=register_body(profile=profile))
+        assert loc(response) == where, (profile, response.text)
+        assert response.json()["detail"][0]["msg"] == "Extra inputs are not permitted"
+    # A nested model's own extra setting, or its own before-validator, decides.
+    fine = {"loose": {"a": 1, "dropped": 2}, "renamed": {"town": "Bonn"}, "address": address}
+    created = await app.client.post("/register", json=register_body(profile=fine))
+    assert created.status_code == 201, created.text
+    assert created.json()["profile"]["loose"] == {"a": 1}
+    assert created.json()["profile"]["renamed"] == {"city": "Bonn"}
+
+    headers = await app.bearer("alice")
+    for profile, where in refusals:
+        response = await app.client.patch("/users/me", json={"profile": profile}, headers=headers)
+        assert loc(response) == where, (profile, response.text)
+    # The merge is shallow: a nested object given replaces the stored one whole.
+    partial = await app.client.patch(
+        "/users/me", json={"profile": {"address": {"city": "Bonn"}}}, headers=headers
+    )
+    assert loc(partial) == ["body", "profile", "address", "zip"]
+    # A stored nested object from an older model (a key since removed) never blocks a change
+    # elsewhere: it is trimmed, as Pydantic trims it.
+    user_id = created.json()["id"]
+    stale = {**created.json()["profile"], "address": {**address, "removed": 1}}
+    async with app.auth.core.sessionmaker.begin() as db:
+        await db.execute(update(User).where(User.id == user_id).values(profile=stale))
+    changed = await app.client.patch(
+        "/users/me", json={"profile": {"company": "Initech"}}, headers=headers
+    )
+    assert changed.status_code == 200, changed.text
+    assert changed.json()["profile"]["address"] == address
+    assert changed.json()["profile"]["company"] == "Initech"
+
+
+async def test_openapi_of_a_patch_for_a_model_keeping_extra_keys(make_app: MakeApp) -> None:
+    app = await make_app(profile=OptionalProfile)
+    schemas = (await app.client.get("/openapi.json")).json()["components"]["schemas"]
+    partial = schemas["OptionalProfileUpdate"]
+    assert partial.get("additionalProperties") is not False  # extra="allow": kept, not refused
+    assert "required" not in partial
+    headers_app = await make_app(profile=AliasedProfile)
+    aliased = (await headers_app.client.get("/openapi.json")).json()["components"]["schemas"]
+    assert set(aliased["AliasedProfileUpdate"]["properties"]) == {"companyName", "seatCount"}
+    assert "required" not in aliased["AliasedProfileUpdate"]

@@ -3,6 +3,7 @@
 Run it from the repository root (see README.md beside this file):
 
     export AUTHDB_DATABASE_URL=sqlite+aiosqlite:///./todo.db
+    export AUTHDB_SECRET_KEY=$(python -c "import secrets; print(secrets.token_urlsafe(48))")
     authdb migrate                                     # authdb's tables
     alembic -c examples/todo/alembic.ini upgrade head  # the app's tables (and authdb's)
     uvicorn examples.todo.app:app --reload

@@ -8,10 +8,10 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
-from sqlalchemy import BigInteger, Boolean, DateTime, ForeignKey, Integer, String
+from sqlalchemy import BigInteger, Boolean, ForeignKey, Integer, String
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
-from authdb.db.schema import Base, User
+from authdb.db.schema import Base, User, UTCDateTime
 
 
 def _now() -> datetime:
@@ -33,7 +33,9 @@ class Todo(Base):
     )
     title: Mapped[str] = mapped_column(String(200))
     done: Mapped[bool] = mapped_column(Boolean, default=False)
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=_now)
+    # authdb's type: an aware UTC datetime back on SQLite too (DateTime(timezone=True) gives
+    # naive ones there); in the database the same column as DateTime(timezone=True).
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=_now)
 
     # authdb's User in a relationship: one way only, authdb's model is not touched.
     owner: Mapped[User] = relationship(lazy="raise")

@@ -9,6 +9,7 @@ proposing to create, alter or drop one of authdb's tables. The version table is 
 from __future__ import annotations
 
 import asyncio
+from logging.config import fileConfig
 from typing import Any
 
 from alembic import context
@@ -17,10 +18,18 @@ from sqlalchemy import Connection
 
 from authdb import Settings
 from authdb.db.engine import async_url, create_engine
-from authdb.db.schema import Base, include_name, include_object, upgrade_authdb
+from authdb.db.schema import (
+    Base,
+    include_name,
+    include_object,
+    is_alembic_upgrade,
+    upgrade_authdb,
+)
 
-config = context.config
-url = config.get_main_option("sqlalchemy.url") or Settings().database_url
+if context.config.config_file_name is not None:
+    fileConfig(context.config.config_file_name)  # alembic's usual log lines (alembic.ini)
+# authdb's database, as authdb reads it: AUTHDB_DATABASE_URL, or the .env file.
+url = Settings().database_url
 
 
 def _configure(**options: Any) -> None:
@@ -38,16 +47,19 @@ def _configure(**options: Any) -> None:
 
 
 def run_offline() -> None:
-    """``alembic upgrade head --sql``: print the app's SQL instead of running it."""
+    """``alembic upgrade head --sql``: print the app's SQL instead of running it (authdb's
+    own schema is ``authdb migrate``'s to bring up)."""
     _configure(dialect_name=async_url(url).get_backend_name(), literal_binds=True)
     with context.begin_transaction():
         context.run_migrations()
 
 
 def _run(connection: Connection) -> None:
-    # authdb's tables first (what `authdb migrate` does; nothing if they are current): the
-    # app's migrations refer to users.id.
-    upgrade_authdb(connection)
+    # On `alembic upgrade` only (never current, check, revision, downgrade, stamp): authdb's
+    # tables first (what `authdb migrate` does; nothing if they are current), as the app's
+    # migrations refer to users.id.
+    if is_alembic_upgrade():
+        upgrade_authdb(connection)
     _configure(connection=connection)
     with context.begin_transaction():
         context.run_migrations()

@@ -100,6 +100,14 @@ async def test_authdb_one_revision_behind(shell: Shell, database: Database) -> N
     previous = await _value(url, "SELECT version_num FROM authdb_alembic_version")
     assert previous != head
 
+    # Only `upgrade` brings authdb's tables up: not `current`, nor `upgrade --sql` (which
+    # prints the app's SQL, and Alembic's log lines go to stderr as alembic.ini says).
+    current = shell.alembic("current")
+    assert "INFO  [alembic.runtime.migration] Context impl" in current.stderr
+    offline = shell.alembic("upgrade", "head", "--sql")
+    assert "CREATE TABLE todos" in offline.stdout
+    assert await _value(url, "SELECT version_num FROM authdb_alembic_version") == previous
+
     shell.alembic("upgrade", "head")
     assert await _revisions(url) == (head, "todo_0001")
     _no_changes(shell)

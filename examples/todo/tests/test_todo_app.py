@@ -4,6 +4,7 @@ the OpenAPI document."""
 
 from __future__ import annotations
 
+from datetime import datetime, timedelta
 from email.message import EmailMessage
 from urllib.parse import parse_qs, urlsplit
 
@@ -101,6 +102,12 @@ async def test_todos_belong_to_their_owner(client: Client) -> None:
     assert created.status_code == 201, created.text
     milk = created.json()
     assert milk["title"] == "buy milk" and milk["done"] is False
+    # An aware UTC time, the same from POST (the object written) as from GET (the row read
+    # back): authdb's UTCDateTime, on SQLite too.
+    created_at = datetime.fromisoformat(milk["created_at"])
+    assert created_at.utcoffset() == timedelta(0), milk
+    fetched = (await http.get(f"/todos/{milk['id']}", headers=alice)).json()
+    assert datetime.fromisoformat(fetched["created_at"]) == created_at, (milk, fetched)
     await http.post("/todos", json={"title": "call mum"}, headers=alice)
     await http.post("/todos", json={"title": "bob's own"}, headers=bob)
 

@@ -179,6 +179,52 @@ class _ShownAs:
         return handler(self.model.__pydantic_core_schema__)
 
 
+def _profile_change(value: object) -> dict[str, Any]:
+    if value is None:
+        raise ValueError("cannot be null: send the fields to change")
+    return _json_object(value)
+
+
+@cache
+def profile_update_model(profile_model: type[BaseModel]) -> type[BaseModel]:
+    """``<Model>Update``: how OpenAPI shows a ``PATCH``'s ``profile``. The model's fields,
+    none required (the others keep their values), and ``additionalProperties: false`` when
+    unknown keys are refused (a model without an ``extra`` setting, or ``extra="forbid"``).
+    For the schema only: the service validates (``authdb.services.profile``)."""
+    config = profile_model.model_config
+    own_extra = config.get("json_schema_extra")
+
+    def none_required(schema: dict[str, Any], cls: type[BaseModel]) -> None:
+        if isinstance(own_extra, dict):
+            schema.update(own_extra)
+        elif callable(own_extra):  # the model's own hook: (schema) or (schema, cls)
+            hook: Callable[..., None] = own_extra
+            if len(inspect.signature(hook).parameters) > 1:
+                hook(schema, cls)
+            else:
+                hook(schema)
+        schema.pop("required", None)
+
+    name = f"{profile_model.__name__}Update"
+    update_config: ConfigDict = {
+        **config,
+        "extra": config.get("extra") or "forbid",
+        "title": name,
+        "json_schema_extra": none_required,
+    }
+    namespace = {
+        "model_config": update_config,
+        "__module__": profile_model.__module__,
+        "__doc__": f"Changes to {profile_model.__name__}: only the fields to change.",
+    }
+    return type(name, (profile_model,), namespace)
+
+
+def _no_default(schema: dict[str, Any]) -> None:
+    # Absent means "no change": a default of null would read as "null is sent".
+    schema.pop("default", None)
+
+
 @dataclass(frozen=True)
 class UserSchemas:
     """The user bodies of one ``Auth``: with its profile model's fields, or authdb's own."""
@@ -197,8 +243,8 @@ def user_schemas(profile_model: type[BaseModel] | None) -> UserSchemas:
 
     In requests ``profile`` is a JSON object shown as the model; the service validates it
     (``authdb.services.profile``), so that the API and the library share one set of rules and
-    a ``PATCH`` can send only the keys that change. On ``/register`` it is required when the
-    model has required fields.
+    a ``PATCH`` can send only the keys that change (shown as ``<Model>Update``, never null).
+    On ``/register`` it is required when the model has required fields.
     """
     if profile_model is None:
         return UserSchemas(UserRead, UserCreate, UserUpdate, AdminUserUpdate, UserPage)
@@ -206,8 +252,16 @@ def user_schemas(profile_model: type[BaseModel] | None) -> UserSchemas:
         dict[str, Any], PlainValidator(_json_object, json_schema_input_type=profile_model)
     ]
     stored = Annotated[dict[str, Any], _ShownAs(profile_model)]
+    change = Annotated[
+        dict[str, Any],
+        PlainValidator(_profile_change, json_schema_input_type=profile_update_model(profile_model)),
+    ]
     required = any(field.is_required() for field in profile_model.model_fields.values())
-    changes = Field(None, description="Only the fields to change; the others keep their values.")
+    changes = Field(
+        None,
+        description="Only the fields to change; the others keep their values. Not null.",
+        json_schema_extra=_no_default,
+    )
     read: Any = create_model(
         "UserRead", __base__=UserRead, __module__=__name__, profile=(stored | None, None)
     )
@@ -218,13 +272,13 @@ def user_schemas(profile_model: type[BaseModel] | None) -> UserSchemas:
         profile=(given, ...) if required else (given | None, None),
     )
     update: Any = create_model(
-        "UserUpdate", __base__=UserUpdate, __module__=__name__, profile=(given | None, changes)
+        "UserUpdate", __base__=UserUpdate, __module__=__name__, profile=(change, changes)
     )
     admin_update: Any = create_model(
         "AdminUserUpdate",
         __base__=AdminUserUpdate,
         __module__=__name__,
-        profile=(given | None, changes),
+        profile=(change, changes),
     )
     page: Any = create_model(
         "UserPage", __base__=UserPage, __module__=__name__, items=(list[read], ...)

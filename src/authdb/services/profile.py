@@ -18,7 +18,8 @@ functions, so the rules are one set:
 - Text may not hold NUL, other control characters except tab and line breaks, bidi overrides
   or lone surrogates (PostgreSQL cannot store some, and the others forge what is shown), and
   numbers must be finite anywhere in the input, checked before validation (Pydantic would
-  turn an infinity in an ``Any`` or extra field into null).
+  turn an infinity in an ``Any`` or extra field into null); nor may objects and arrays nest
+  deeper than ``MAX_DEPTH``.
 - What is stored reads back the same on SQLite and PostgreSQL (whose jsonb keeps numbers as
   decimals and sorts keys): a float of magnitude 1e16 or more is stored as the integer its
   JSON spelling means (``1e+30`` -> ``10**30``), ``-0.0`` as ``0.0``, and object keys in
@@ -35,14 +36,21 @@ from __future__ import annotations
 import importlib
 import math
 import unicodedata
-from collections.abc import Mapping
+from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass
 from decimal import Decimal
 from functools import cache
 from typing import TYPE_CHECKING, Any, cast
 
-from pydantic import AliasChoices, BaseModel, ValidationError
-from pydantic_core import SchemaValidator
+from pydantic import (
+    AliasChoices,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    PlainValidator,
+    ValidationError,
+    WrapValidator,
+)
 
 from authdb.errors import InvalidInput
 
@@ -55,6 +63,8 @@ NO_PROFILE_FIELDS = "This service has no profile fields"
 _ALLOWED_CONTROLS = frozenset("\t\n\r")
 _BIDI_CONTROLS = frozenset("\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
 _REFUSED_CATEGORIES = frozenset({"Cc", "Cs", "Zl", "Zp"})
+# Objects and arrays within a profile: far beyond any form, well within what Pydantic dumps.
+MAX_DEPTH = 64
 
 
 def clean_profile(
@@ -99,14 +109,14 @@ def merge_profile(
     model = core.profile_model
     if model is None:
         raise InvalidInput(NO_PROFILE_FIELDS, field="profile")
-    given = _partial(model, changes)  # checked whole, nested objects included
+    given = _partial(model, changes)  # its keys by alias, its values as given
     keys = _keys(model)
     kept = dict(current or {})
     if model.model_config.get("extra") != "allow":
         kept = {key: value for key, value in kept.items() if key in keys.to_input}
     merged = {**kept, **given}
     raw = {keys.to_input.get(key, key): value for key, value in merged.items()}
-    return _validated(model, raw, nested_forbid=False)
+    return _validated(model, raw, checked={keys.to_input.get(key, key) for key in given})
 
 
 def _partial(model: type[BaseModel], value: Mapping[str, Any] | BaseModel) -> dict[str, Any]:
@@ -117,7 +127,7 @@ def _partial(model: type[BaseModel], value: Mapping[str, Any] | BaseModel) -> di
         return value.model_dump(mode="json", by_alias=True, exclude_unset=True)
     raw = _mapping(model, value)
     try:
-        _validator(model, nested_forbid=True).validate_python(raw)
+        _validating(model).model_validate(raw)
     except ValidationError as exc:
         problem = _first_problem(exc, given=set(raw))
         if problem is not None:
@@ -127,19 +137,26 @@ def _partial(model: type[BaseModel], value: Mapping[str, Any] | BaseModel) -> di
 
 
 def _validated(
-    model: type[BaseModel], value: Mapping[str, Any] | BaseModel, *, nested_forbid: bool = True
+    model: type[BaseModel],
+    value: Mapping[str, Any] | BaseModel,
+    *,
+    checked: Collection[str] | None = None,
 ) -> dict[str, Any]:
-    """``value`` validated whole by ``model``, as stored. ``nested_forbid=False`` lets nested
-    models without an ``extra`` setting drop unknown keys (stored ones, from an older model)."""
+    """``value`` validated whole by ``model``, as stored. ``checked``: the top-level keys whose
+    nested objects may not hold unknown keys (default: all); a stored nested object from an
+    older model is trimmed instead, as Pydantic does."""
     _refuse_non_finite(value)
     if isinstance(value, model):
         # Built by the application itself, hence validated already.
         return _storable(value.model_dump(mode="json", by_alias=True))
     raw = _mapping(model, value)
     try:
-        validated = _validator(model, nested_forbid=nested_forbid).validate_python(raw)
+        validated = _validating(model).model_validate(raw)
     except ValidationError as exc:
-        raise _first_problem(exc, given=None) or InvalidInput("refused", field="profile") from None
+        problem = _first_problem(exc, given=None)
+        raise problem or InvalidInput("refused by the profile model", field="profile") from None
+    given = raw if checked is None else {k: v for k, v in raw.items() if k in checked}
+    _refuse_unknown_nested_keys(validated, given)
     _refuse_non_finite(validated)  # what the model's own validators made of the input
     return _storable(validated.model_dump(mode="json", by_alias=True))
 
@@ -158,8 +175,11 @@ def check_profile_change(core: Core, value: object) -> None:
     fields. Raises ``InvalidInput`` as :func:`clean_profile` does."""
     if value is None:
         raise InvalidInput("profile cannot be null: send the fields to change", field="profile")
-    # Anything else that is not a mapping or the model: clean_profile says what it must be.
-    clean_profile(core, cast(Mapping[str, Any], value), partial=True)
+    model = core.profile_model
+    if model is None:
+        raise InvalidInput(NO_PROFILE_FIELDS, field="profile")
+    # Anything else that is not a mapping or the model: _partial says what it must be.
+    _partial(model, cast(Mapping[str, Any], value))
 
 
 def configured_profile_model(settings: Settings) -> type[BaseModel] | None:
@@ -194,32 +214,60 @@ def load_profile_model(path: str) -> type[BaseModel]:
 
 
 @cache
-def _validator(model: type[BaseModel], *, nested_forbid: bool) -> SchemaValidator:
-    """``model``'s validator, refusing unknown keys in the model itself and (``nested_forbid``)
-    in every model nested in it, wherever one says nothing about them: Pydantic's default
-    would drop them without a word, as ``/register`` once dropped ``company``.
+def _validating(model: type[BaseModel]) -> type[BaseModel]:
+    """``model``, refusing unknown keys when it says nothing about them (Pydantic's default
+    would drop them without a word, as ``/register`` once dropped ``company``). Nested models
+    get the same rule from :func:`_refuse_unknown_nested_keys`."""
+    if model.model_config.get("extra") is not None:
+        return model
+    config: ConfigDict = {**model.model_config, "extra": "forbid"}
+    return type(model.__name__, (model,), {"model_config": config, "__module__": model.__module__})
 
-    Built from the model's own core schema, with ``extra="forbid"`` set where a model has no
-    ``extra``: the model's types, aliases and validators are the ones that run."""
 
-    def forbidding(cls: type[BaseModel]) -> bool:
-        return cls.model_config.get("extra") is None and (nested_forbid or cls is model)
+def _refuse_unknown_nested_keys(validated: BaseModel, raw: Mapping[str, Any]) -> None:
+    """InvalidInput naming the first key of ``raw`` (the input ``validated`` was made from)
+    that a nested model without an ``extra`` setting dropped.
 
-    def rewrite(node: Any) -> Any:
-        if isinstance(node, list):
-            return [rewrite(item) for item in node]
-        if not isinstance(node, dict):
-            return node
-        copied = {key: rewrite(item) for key, item in node.items()}
-        cls = node.get("cls")
-        is_model = isinstance(cls, type) and issubclass(cls, BaseModel)
-        if node.get("type") == "model" and is_model and forbidding(cls):
-            copied["config"] = {**node.get("config", {}), "extra_fields_behavior": "forbid"}
-            if copied["schema"].get("type") == "model-fields":
-                copied["schema"]["extra_behavior"] = "forbid"
-        return copied
+    The validated tree says which model each nested object became (whatever the union or
+    container); the raw tree says which keys were sent. Where a model's or a field's own
+    ``before``/``wrap``/``plain`` validator reshapes the input, its keys are its business."""
+    stack: list[tuple[object, object, str]] = [(validated, raw, "profile")]
+    while stack:
+        item, given, path = stack.pop()
+        if isinstance(item, BaseModel):
+            cls = type(item)
+            if not isinstance(given, Mapping) or _reshapes(cls, None):
+                continue  # an instance the application built, or its validator's business
+            names = _keys(cls).to_name
+            refuse = cls.model_config.get("extra") is None
+            for key, child in given.items():
+                name = names.get(key)
+                if name is None and refuse:
+                    raise InvalidInput("Extra inputs are not permitted", field=f"{path}.{key}")
+                if name is not None and not _reshapes(cls, name):
+                    stack.append((getattr(item, name, None), child, f"{path}.{key}"))
+        elif isinstance(item, list | tuple) and isinstance(given, list | tuple):
+            if len(item) == len(given):
+                pairs = zip(item, given, strict=True)
+                stack.extend((a, b, f"{path}.{n}") for n, (a, b) in enumerate(pairs))
+        elif isinstance(item, dict) and isinstance(given, Mapping) and len(item) == len(given):
+            pairs_by_key = zip(item.values(), given.items(), strict=True)
+            stack.extend((a, b, f"{path}.{key}") for a, (key, b) in pairs_by_key)
 
-    return SchemaValidator(rewrite(model.__pydantic_core_schema__))
+
+@cache
+def _reshapes(cls: type[BaseModel], field: str | None) -> bool:
+    """Whether a validator of ``cls`` (``field`` None) or of its ``field`` sees the raw input."""
+    decorators = cls.__pydantic_decorators__
+    if field is None:
+        return any(d.info.mode in ("before", "wrap") for d in decorators.model_validators.values())
+    if any(
+        d.info.mode != "after" and (field in d.info.fields or "*" in d.info.fields)
+        for d in decorators.field_validators.values()
+    ):
+        return True
+    metadata = cls.model_fields[field].metadata
+    return any(isinstance(m, BeforeValidator | WrapValidator | PlainValidator) for m in metadata)
 
 
 @dataclass(frozen=True)
@@ -228,6 +276,8 @@ class _Keys:
     to_stored: dict[str, str]
     # Each dumped key -> a key that validation takes for the same field.
     to_input: dict[str, str]
+    # Each key that validation takes for a field -> the field's name.
+    to_name: dict[str, str]
 
 
 @cache
@@ -238,6 +288,7 @@ def _keys(model: type[BaseModel]) -> _Keys:
     by_alias = config.get("validate_by_alias", True)
     to_stored: dict[str, str] = {}
     to_input: dict[str, str] = {}
+    to_name: dict[str, str] = {}
     for name, field in model.model_fields.items():
         stored = field.serialization_alias or field.alias or name
         aliases: list[str] = []
@@ -252,9 +303,10 @@ def _keys(model: type[BaseModel]) -> _Keys:
             accepted = [*accepted, name]
         for key in accepted:
             to_stored[key] = stored
+            to_name[key] = name
         if accepted:
             to_input[stored] = stored if stored in accepted else accepted[0]
-    return _Keys(to_stored, to_input)
+    return _Keys(to_stored, to_input, to_name)
 
 
 def _first_problem(exc: ValidationError, *, given: set[str] | None) -> InvalidInput | None:
@@ -274,22 +326,31 @@ def _first_problem(exc: ValidationError, *, given: set[str] | None) -> InvalidIn
 
 def _refuse_non_finite(value: object) -> None:
     """InvalidInput naming the place of the first infinity or NaN in ``value``: raw input
-    (mappings, sequences, sets) or a model instance, at any depth. Every path checks the input
-    before validation: Pydantic dumps a non-finite number in an ``Any`` or extra field as
-    null, which would store something other than what was sent."""
-    stack: list[tuple[object, str]] = [(value, "profile")]
+    (mappings, sequences, sets) or a model instance, at any depth; or of nesting deeper than
+    ``MAX_DEPTH`` (Pydantic cannot dump it, and a cycle never ends). Every path checks the
+    input before validation: Pydantic dumps a non-finite number in an ``Any`` or extra field
+    as null, which would store something other than what was sent."""
+    stack: list[tuple[object, str, int]] = [(value, "profile", 0)]
     while stack:  # iterative: the library's input has no depth bound
-        item, path = stack.pop()
+        item, path, depth = stack.pop()
         if isinstance(item, float | Decimal):
             if not item.is_finite() if isinstance(item, Decimal) else not math.isfinite(item):
                 raise InvalidInput("must be a finite number", field=path)
-        elif isinstance(item, BaseModel):
-            fields = {**vars(item), **(item.__pydantic_extra__ or {})}
-            stack.extend((child, f"{path}.{key}") for key, child in fields.items())
+            continue
+        if isinstance(item, BaseModel):
+            children: Iterable[tuple[object, object]] = {
+                **vars(item),
+                **(item.__pydantic_extra__ or {}),
+            }.items()
         elif isinstance(item, Mapping):
-            stack.extend((child, f"{path}.{key}") for key, child in item.items())
+            children = item.items()
         elif isinstance(item, list | tuple | set | frozenset):
-            stack.extend((child, f"{path}.{n}") for n, child in enumerate(item))
+            children = enumerate(item)
+        else:
+            continue
+        if depth >= MAX_DEPTH:
+            raise InvalidInput(f"must not nest deeper than {MAX_DEPTH} levels", field=path)
+        stack.extend((child, f"{path}.{key}", depth + 1) for key, child in children)
 
 
 def _storable(value: dict[str, Any]) -> dict[str, Any]:
