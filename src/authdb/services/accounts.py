@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
+from dataclasses import replace
 from datetime import datetime
 from typing import Any
 
@@ -35,7 +36,7 @@ from authdb.services.core import ClientInfo, Core
 from authdb.services.email_tokens import RESET, VERIFY, Mail
 from authdb.services.guard import confirm_password
 from authdb.services.profile import check_profile_change, clean_profile, merge_profile
-from authdb.services.provisioning import clean_email, prepare_user
+from authdb.services.provisioning import clean_email, new_user_row, prepare_user
 from authdb.services.sessions import Authenticated
 from authdb.services.users import (
     cancel_pending_email,
@@ -83,17 +84,8 @@ async def register(
     )
     now = core.clock()
     async with core.sessionmaker.begin() as db:
-        user = User(
-            full_name=new.full_name,
-            hashed_password=new.hashed_password,
-            is_verified=False,
-            is_superuser=False,
-            disabled=False,
-            created_at=now,
-            updated_at=now,
-            profile=cleaned_profile,
-        )
-        set_identity(user, username=new.username, email=new.email)
+        # prepare_user's defaults: unverified, no superuser, enabled.
+        user = new_user_row(replace(new, profile=cleaned_profile), now)
         db.add(user)
         await flush_unique(db, user)
         token = await email_tokens.issue(core, db, user, VERIFY, now)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
+from datetime import datetime
 from typing import Any
 
 from pydantic import BaseModel
@@ -93,7 +94,8 @@ async def prepare_user(
     return NewUser(username, email, hashed_password, full_name, is_superuser, is_verified, disabled)
 
 
-def _row(new: NewUser, now: object) -> User:
+def new_user_row(new: NewUser, now: datetime) -> User:
+    """The ``users`` row of a validated ``NewUser``, created and updated at ``now``."""
     user = User(
         full_name=new.full_name,
         hashed_password=new.hashed_password,
@@ -155,7 +157,7 @@ async def insert_users(
     async with core.sessionmaker.begin() as db:
         users = []
         for new in batch:
-            user = _row(new, now)
+            user = new_user_row(new, now)
             db.add(user)
             await flush_unique(db, user)
             audit.record(

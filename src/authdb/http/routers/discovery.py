@@ -1,10 +1,9 @@
 """``/.well-known/jwks.json`` (RFC 7517) and ``/.well-known/oauth-authorization-server``
 (RFC 8414): what another service needs to verify authdb's tokens without its database."""
 
-from urllib.parse import urlsplit
-
 from fastapi import APIRouter, Request, Response
 
+from authdb import links
 from authdb.http.dependencies import AuthDeps
 from authdb.http.errors import AuthRoute
 from authdb.http.routers.tokens import GRANT_TYPES
@@ -31,11 +30,7 @@ def _base_url(deps: AuthDeps, request: Request) -> str:
     path = str(request.scope.get("path", _METADATA_PATH))
     if root and not path.startswith(root + "/"):
         path = root + path  # an ASGI server that reports the path below its root_path
-    public_url = deps.core.settings.public_url.rstrip("/")
-    public_path = urlsplit(public_url).path
-    if public_path and path.startswith(public_path + "/"):
-        path = path.removeprefix(public_path)
-    return public_url + path.removesuffix(_METADATA_PATH)
+    return links.url(deps.core.settings.public_url, path).removesuffix(_METADATA_PATH)
 
 
 def build(deps: AuthDeps) -> APIRouter:
