@@ -164,3 +164,41 @@ class TooManyRequests(AuthError):
     def __init__(self, retry_after: int, detail: str | None = None) -> None:
         super().__init__(detail)
         self.retry_after = max(1, retry_after)
+
+
+class OAuthFailed(AuthError):
+    """A sign-in with another provider did not complete: the person declined, the flow was
+    stale or tampered with, or the provider failed (400; the page says which in words)."""
+
+    detail = "Sign-in with the provider failed"
+
+
+class OAuthAccountExists(Conflict):
+    """A provider's identity whose email is an account's, not linked to it (409): it is never
+    linked silently (SPEC, "Sign in with another provider")."""
+
+    detail = (
+        "An account with this email address already exists. Sign in to it, then link the "
+        "provider from your account page."
+    )
+
+
+class OAuthIdentityTaken(Conflict):
+    """The provider's account is already linked to another user (409)."""
+
+    detail = "That account at the provider is already linked to another user."
+
+
+class OAuthEmailMissing(AuthError):
+    """The provider shared no email address, which every account needs (400)."""
+
+    detail = "The provider did not share an email address."
+
+
+class LastSignInMethod(Conflict):
+    """Unlinking would leave no way to sign in (409)."""
+
+    detail = (
+        "This is your only way to sign in. Set a password (through \"Forgot your password?\") "
+        "or add a passkey or another provider first."
+    )

@@ -1,4 +1,4 @@
-"""Optional dependencies (the ``postgres``, ``redis`` and ``metrics`` extras), checked up front.
+"""Optional dependencies (the ``postgres``, ``redis``, ``metrics`` and ``oauth`` extras), checked up front.
 
 A setting that needs an extra fails when authdb starts (``Auth()``, or any CLI command) with a
 message naming the ``pip install`` to run, instead of an ``ImportError`` from deep inside a
@@ -52,3 +52,5 @@ def check(settings: Settings) -> None:
         require_redis()
     if settings.metrics_enabled:
         require("prometheus_client", feature="Metrics (AUTHDB_METRICS_ENABLED)", extra="metrics")
+    if settings.oauth_providers:
+        require("authlib", feature="Sign-in with providers (AUTHDB_OAUTH_PROVIDERS)", extra="oauth")

@@ -64,6 +64,21 @@ def normalize_password(password: str) -> str:
     return unicodedata.normalize("NFKC", password)
 
 
+# The start of a stored hash that no password matches (Django's convention): accounts made
+# through another provider have one until a password is set through a reset link.
+UNUSABLE_PREFIX = "!"
+
+
+def unusable_password() -> str:
+    """A stored hash that matches no password: ``!`` and random text."""
+    return UNUSABLE_PREFIX + secrets.token_urlsafe(30)
+
+
+def is_usable(hashed: str) -> bool:
+    """False for ``unusable_password()``'s hashes (they verify nothing, at a hash's cost)."""
+    return not hashed.startswith(UNUSABLE_PREFIX)
+
+
 class Hasher:
     """Hashes and verifies off the event loop, with bounded CPU use.
 

@@ -18,6 +18,7 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 from pydantic_settings.sources import ENV_FILE_SENTINEL, DotenvType
 
 from authdb import settings_checks as checks
+from authdb import settings_oauth
 
 
 class Settings(BaseSettings):
@@ -33,6 +34,8 @@ class Settings(BaseSettings):
     _env_file: DotenvType | None = PrivateAttr(default=None)
     # The settings given to ``Settings()`` itself, which win over the environment.
     _arguments: frozenset[str] = PrivateAttr(default=frozenset())
+    # Each provider of ``oauth_providers``, read from its own AUTHDB_OAUTH_<NAME>_* variables.
+    _oauth: dict[str, settings_oauth.ProviderSettings] = PrivateAttr(default_factory=dict)
 
     def __init__(self, **values: Any) -> None:
         try:
@@ -45,6 +48,15 @@ class Settings(BaseSettings):
         self._env_file = (
             self.model_config.get("env_file") if env_file is ENV_FILE_SENTINEL else env_file
         )
+        try:
+            self._oauth = settings_oauth.load(self.oauth_providers, values, self._env_file)
+        except ValueError as exc:
+            raise checks.InvalidSettings.naming_one(str(exc)) from None
+
+    @property
+    def oauth(self) -> dict[str, settings_oauth.ProviderSettings]:
+        """The sign-in providers of ``AUTHDB_OAUTH_PROVIDERS`` by name, in its order."""
+        return dict(self._oauth)
 
     @property
     def env_file(self) -> DotenvType | None:
@@ -145,6 +157,12 @@ class Settings(BaseSettings):
     log_format: Literal["text", "json"] = "text"
     new_device_alerts: bool = False
 
+    # Sign-in with other providers: their names (each configured by AUTHDB_OAUTH_<NAME>_*
+    # variables, see settings_oauth), and whether an identity whose verified email is an
+    # account's signs in to it without being linked first.
+    oauth_providers: Annotated[list[str], NoDecode] = []
+    oauth_link_verified_email: bool = False
+
     # The application's profile fields for the standalone service: "package.module:ClassName"
     # of a Pydantic model, imported at start (``Auth(profile=...)`` in library use wins).
     profile_model: str | None = None
@@ -154,6 +172,7 @@ class Settings(BaseSettings):
         "cors_origins",
         "allowed_redirect_origins",
         "secret_key_fallbacks",
+        "oauth_providers",
         mode="before",
     )
     @classmethod
@@ -298,6 +317,11 @@ class Settings(BaseSettings):
             load_profile_model(value)
             return value.strip()
         return value
+
+    @field_validator("oauth_providers")
+    @classmethod
+    def _oauth_providers(cls, value: list[str]) -> list[str]:
+        return settings_oauth.check_names(value)
 
     @field_validator("mfa_issuer")
     @classmethod

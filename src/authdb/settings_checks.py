@@ -16,7 +16,7 @@ from urllib.parse import SplitResult, urlsplit
 
 from limits import parse_many
 from pydantic import ValidationError
-from pydantic_core import ErrorDetails
+from pydantic_core import ErrorDetails, InitErrorDetails, PydanticCustomError
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
@@ -242,6 +242,16 @@ class InvalidSettings(ValidationError):
     def __str__(self) -> str:
         problems = [problem(error, _variable_and_field) for error in self.errors()]
         return f"invalid settings: {'; '.join(problems)}"
+
+    @classmethod
+    def naming_one(cls, message: str) -> InvalidSettings:
+        """A problem that names its variables itself (``AUTHDB_OAUTH_CORP_ISSUER is ...``)."""
+        detail: InitErrorDetails = {
+            "type": PydanticCustomError("value_error", "{message}", {"message": message}),
+            "loc": (),
+            "input": None,
+        }
+        return cls.from_exception_data("Settings", [detail], hide_input=True)
 
     @classmethod
     def naming(cls, error: ValidationError) -> ValidationError:

@@ -17,6 +17,7 @@ from dotenv import dotenv_values
 from pydantic import SecretStr
 from pydantic_settings.sources import DotenvType
 
+from authdb import settings_oauth
 from authdb.settings import Settings
 from authdb.settings_checks import variable
 
@@ -96,13 +97,30 @@ def unknown_settings(env_file: DotenvType | None = ".env") -> list[UnknownSettin
     known = known_variables()
     named = [(name, "environment") for name in environment_variables().values()]
     named += list(dotenv_variables(env_file).items())
+    providers = _listed_providers(env_file)
     unknown: list[UnknownSetting] = []
     for name, where in named:
         upper = name.upper()
         if upper in known or upper.startswith(NOT_SETTINGS_PREFIXES):
             continue
+        if settings_oauth.is_provider_variable(upper, providers):
+            continue
         unknown.append(UnknownSetting(name, where, _closest(upper, known)))
     return unknown
+
+
+def _listed_providers(env_file: DotenvType | None) -> list[str]:
+    """AUTHDB_OAUTH_PROVIDERS as the environment or the .env file(s) give it."""
+    listed = next(
+        (value for name, value in os.environ.items() if name.upper() == "AUTHDB_OAUTH_PROVIDERS"),
+        None,
+    )
+    for path in _env_paths(env_file) if listed is None else []:
+        if path.is_file():
+            for name, value in dotenv_values(path).items():
+                if name.upper() == "AUTHDB_OAUTH_PROVIDERS" and value is not None:
+                    listed = value
+    return [item.strip() for item in (listed or "").split(",") if item.strip()]
 
 
 def _closest(name: str, known: Iterable[str]) -> str | None:

@@ -298,6 +298,30 @@ class Passkey(Base):
     last_used_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
 
 
+class OAuthIdentity(Base):
+    """An account at another provider (``provider``'s name in AUTHDB_OAUTH_PROVIDERS) linked
+    to a user: its stable ``subject`` signs that user in (OIDC's ``sub``, GitHub's numeric id).
+
+    One per provider and subject, and one per user and provider. No provider token is kept.
+    """
+
+    __tablename__ = "oauth_identities"
+    __table_args__ = (
+        Index("uq_oauth_identities_subject", "provider", "subject", unique=True),
+        Index("uq_oauth_identities_user", "user_id", "provider", unique=True),
+        _NEVER_REUSE_IDS,
+    )
+
+    id: Mapped[int] = mapped_column(Id, primary_key=True)
+    user_id: Mapped[int] = mapped_column(Id, ForeignKey("users.id", ondelete="CASCADE"))
+    provider: Mapped[str] = mapped_column(String(32))
+    subject: Mapped[str] = mapped_column(String(255))
+    # The address the provider gave when linked or last used, shown on /account.
+    email: Mapped[str | None] = mapped_column(String(320))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    last_used_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+
 class PasskeyChallenge(Base):
     """A spent WebAuthn challenge (its SHA-256), kept until it expires so it works only once.
 

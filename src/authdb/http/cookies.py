@@ -34,18 +34,20 @@ def is_https(settings: Settings) -> bool:
     return settings.public_url.startswith("https://")
 
 
-def _host_only(name: str, settings: Settings) -> str:
+def host_only(name: str, settings: Settings) -> str:
+    """``name`` with the ``__Host-`` prefix on an https PUBLIC_URL."""
     return f"__Host-{name}" if is_https(settings) else name
 
 
-def _attributes(settings: Settings, *, httponly: bool = True) -> dict[str, Any]:
+def attributes(settings: Settings, *, httponly: bool = True) -> dict[str, Any]:
+    """The attributes of every authdb cookie."""
     # Every authdb cookie: the whole site, Secure on https, not sent on cross-site posts.
     return {"path": "/", "secure": is_https(settings), "httponly": httponly, "samesite": "lax"}
 
 
 def session_cookie_name(settings: Settings) -> str:
     """``__Host-authdb_session`` on https, ``authdb_session`` otherwise."""
-    return _host_only(SESSION_COOKIE, settings)
+    return host_only(SESSION_COOKIE, settings)
 
 
 def read_session_cookie(request: HTTPConnection, settings: Settings) -> str | None:
@@ -53,7 +55,7 @@ def read_session_cookie(request: HTTPConnection, settings: Settings) -> str | No
 
 
 def presession_cookie_name(settings: Settings) -> str:
-    return _host_only(PRESESSION_COOKIE, settings)
+    return host_only(PRESESSION_COOKIE, settings)
 
 
 def read_presession_cookie(request: HTTPConnection, settings: Settings) -> str | None:
@@ -61,12 +63,12 @@ def read_presession_cookie(request: HTTPConnection, settings: Settings) -> str |
 
 
 def set_presession_cookie(response: Response, settings: Settings, value: str) -> None:
-    response.set_cookie(presession_cookie_name(settings), value, **_attributes(settings))
+    response.set_cookie(presession_cookie_name(settings), value, **attributes(settings))
 
 
 def mfa_cookie_name(settings: Settings) -> str:
     """``__Host-authdb_mfa`` on https, ``authdb_mfa`` otherwise."""
-    return _host_only(MFA_COOKIE, settings)
+    return host_only(MFA_COOKIE, settings)
 
 
 def read_mfa_cookie(request: HTTPConnection, settings: Settings) -> str | None:
@@ -76,12 +78,12 @@ def read_mfa_cookie(request: HTTPConnection, settings: Settings) -> str | None:
 def set_mfa_cookie(response: Response, settings: Settings, mfa_token: str) -> None:
     # It lives no longer than the challenge it names (5 minutes).
     response.set_cookie(
-        mfa_cookie_name(settings), mfa_token, max_age=MFA_COOKIE_MAX_AGE, **_attributes(settings)
+        mfa_cookie_name(settings), mfa_token, max_age=MFA_COOKIE_MAX_AGE, **attributes(settings)
     )
 
 
 def clear_mfa_cookie(response: Response, settings: Settings) -> None:
-    response.delete_cookie(mfa_cookie_name(settings), **_attributes(settings))
+    response.delete_cookie(mfa_cookie_name(settings), **attributes(settings))
 
 
 def set_session_cookie(response: Response, settings: Settings, session: BrowserSession) -> None:
@@ -89,15 +91,15 @@ def set_session_cookie(response: Response, settings: Settings, session: BrowserS
         session_cookie_name(settings),
         session.cookie,
         max_age=session.max_age,
-        **_attributes(settings),
+        **attributes(settings),
     )
 
 
 def clear_session_cookie(response: Response, settings: Settings) -> None:
-    response.delete_cookie(session_cookie_name(settings), **_attributes(settings))
+    response.delete_cookie(session_cookie_name(settings), **attributes(settings))
 
 
 def set_csrf_cookie(response: Response, settings: Settings, token: str) -> None:
     # Readable by same-origin JavaScript on purpose: it sends the value back as X-CSRF-Token.
     # A session cookie (no Max-Age): a new one is minted whenever it is missing.
-    response.set_cookie(CSRF_COOKIE, token, **_attributes(settings, httponly=False))
+    response.set_cookie(CSRF_COOKIE, token, **attributes(settings, httponly=False))

@@ -6,7 +6,7 @@ from __future__ import annotations
 import secrets
 from collections.abc import Awaitable, Callable
 from datetime import datetime, timedelta
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from sqlalchemy import update
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -184,9 +184,10 @@ async def open_session(
     now: datetime,
     mfa_method: str | None = None,
     passkey_id: int | None = None,
+    provider: str | None = None,
 ) -> SessionT:
     """The sign-in succeeds: stamp it, open the session, audit ``login_ok`` (with
-    the passkey used, if one was)."""
+    the passkey or the provider used, if one was)."""
     await db.execute(update(User).where(User.id == user.id).values(last_login_at=now))
     pair = await opener(core, db, user, client)
     # The second factor used, if any ("totp" or "recovery_code"); null for a password alone.
@@ -198,9 +199,14 @@ async def open_session(
         user_id=user.id,
         session_id=pair.session_id,
         mfa=mfa_method,
-        **({"passkey_id": passkey_id} if passkey_id is not None else {}),
+        **_used(passkey_id=passkey_id, provider=provider),
     )
     return pair
+
+
+def _used(**means: object) -> dict[str, Any]:
+    """The means of a sign-in worth recording: those given."""
+    return {name: value for name, value in means.items() if value is not None}
 
 
 async def maybe_prune(core: Core) -> None:

@@ -26,6 +26,8 @@ from authdb.http.devices import device_name
 from authdb.http.mailing import send_later
 from authdb.http.pages import account_mfa, account_passkeys
 from authdb.http.pages.forms import Refusal, Section, parse, refusal
+from authdb.http.pages.oauth import OAuthPages, account_view
+from authdb.http.pages.oauth import sections as oauth_sections
 from authdb.http.pages.render import Pages, PageState, text
 from authdb.http.params import id_parser
 from authdb.http.schemas import PasswordChange, PasswordConfirm, UserUpdate
@@ -59,9 +61,11 @@ def add_routes(
     *,
     with_mfa: bool = True,
     with_passkeys: bool = True,
+    oauth: OAuthPages | None = None,
 ) -> None:
     """Add ``/account`` and its section forms to ``router``; without ``with_mfa`` or
-    ``with_passkeys``, the page has no such section."""
+    ``with_passkeys``, the page has no such section; with ``oauth``, it has a section to link
+    and unlink sign-in providers."""
     core = deps.core
 
     async def show(
@@ -74,6 +78,7 @@ def add_routes(
     ) -> Response:
         live = await sessions.list_live(core, auth.user.id)
         own_passkeys = await passkeys.list_for(core, auth.user.id) if with_passkeys else []
+        providers = await account_view(oauth, request, auth.user.id) if oauth else None
         return pages.render(
             request,
             state,
@@ -84,6 +89,7 @@ def add_routes(
             sessions=[_session_view(s, auth.session_id) for s in live],
             passkeys=[account_passkeys.passkey_view(p) for p in own_passkeys],
             removing=account_passkeys.removing(request),
+            oauth=providers,
             signed_in=True,
             **context,
         )
@@ -215,6 +221,14 @@ def add_routes(
     if with_passkeys:
         for path, name, form_name, run in account_passkeys.sections(deps, pages):
             section(path, name, form_name, run)
+    if oauth is not None:
+        for path, name, form_name, run in oauth_sections(deps, oauth):
+            section(path, name, form_name, run)
+
+        # Only for ``paths.account_oauth`` in templates: the prefix the provider forms extend.
+        @router.get("/account/oauth", name="authdb_page_account_oauth", include_in_schema=False)
+        async def oauth_prefix(request: Request) -> Response:
+            return pages.redirect(pages.url(request, "account"))
 
     async def revoke(request: Request, form: FormData, auth: Authenticated) -> Response | None:
         try:

@@ -49,6 +49,7 @@ PATH_NAMES = (
     "passkeys_js",
     "login_passkey",
     "login_mfa_passkey",
+    "account_oauth",
 )
 
 # The API routes the passkey script calls (``authdb.http.routers.passkeys``), by template key.
@@ -73,6 +74,8 @@ NOTICES = {
     "mfa_disabled": "Two-factor authentication is off. Signing in needs only your password now.",
     "passkey_added": "Your passkey has been added.",
     "passkey_removed": "The passkey has been removed.",
+    "oauth_linked": "The provider has been linked: you can sign in with it now.",
+    "oauth_unlinked": "The provider has been unlinked.",
 }
 
 _LOGGED_MAIL = "(No mail server is configured here: the email was written to the server's log.)"
@@ -127,8 +130,24 @@ class Pages:
         self._csrf = csrf
         self.mail_logged = not settings.smtp_host if mail_logged is None else mail_logged
         self.templates = template_environment(settings.templates_dir)
-        origins = " ".join(settings.allowed_redirect_origins)
-        self.csp = _CSP.format(extra=f" {origins}" if origins else "")
+        # Where forms may send the browser besides this origin (CSP form-action also governs
+        # a form's redirects): the allowed ``next`` origins, and the sign-in providers.
+        self._form_targets: list[Callable[[], list[str]]] = [
+            lambda: list(settings.allowed_redirect_origins)
+        ]
+        # ``{name, label, href}`` of each provider's sign-in link, given the page and ``next``
+        # (set when sign-in with providers is mounted).
+        self.sign_in_with: Callable[[Request, str], list[dict[str, str]]] | None = None
+
+    def add_form_targets(self, origins: Callable[[], list[str]]) -> None:
+        """Let forms lead to ``origins()`` too (read at each page, so a late discovery counts)."""
+        self._form_targets.append(origins)
+
+    @property
+    def csp(self) -> str:
+        """The pages' Content-Security-Policy."""
+        targets = dict.fromkeys(o for found in self._form_targets for o in found())
+        return _CSP.format(extra="".join(f" {origin}" for origin in targets))
 
     @property
     def csrf(self) -> CSRFTokens:
@@ -231,9 +250,13 @@ class Pages:
         return found
 
     @staticmethod
-    def _path(request: Request, route_name: str) -> str:
+    def _path(request: Request, route_name: str, **params: str) -> str:
         root = str(request.scope.get("root_path", "")).rstrip("/")
-        return root + str(request.app.url_path_for(route_name))
+        return root + str(request.app.url_path_for(route_name, **params))
+
+    def route_path(self, request: Request, route_name: str, **params: str) -> str:
+        """The path of route ``route_name`` with its path ``params``, under the mount point."""
+        return self._path(request, route_name, **params)
 
     def passkey_api(self, request: Request) -> dict[str, str] | None:
         """The passkey API paths the pages' script calls and the relying party's ``origin``, or
@@ -280,11 +303,20 @@ class Pages:
             "registration_enabled": self.settings.registration_enabled and "register" in paths,
             "signed_in": False,
             "passkey_api": self.passkey_api(request),
+            "sign_in_with": self._sign_in_with(request, template, context),
             **context,
         }
         html = self.templates.get_template(f"pages/{template}.html").render(values)
         response = HTMLResponse(html, status_code=status, headers=dict(headers or {}))
         return self.finish(response, state)
+
+    def _sign_in_with(
+        self, request: Request, template: str, context: Mapping[str, Any]
+    ) -> list[dict[str, str]]:
+        if self.sign_in_with is None or template not in ("login", "register"):
+            return []
+        next_ = context.get("next") or request.query_params.get("next", "")
+        return self.sign_in_with(request, str(next_)[:2048])
 
     def redirect(self, url: str, state: PageState | None = None) -> RedirectResponse:
         """303 See Other: after a POST, the browser GETs ``url``."""

@@ -10,7 +10,7 @@ from starlette.responses import Response
 from authdb.features import Features
 from authdb.http.dependencies import AuthDeps
 from authdb.http.errors import AuthRoute
-from authdb.http.pages import account, signin, signin_mfa, signin_passkey
+from authdb.http.pages import account, oauth, signin, signin_mfa, signin_passkey
 from authdb.http.pages.render import Pages
 from authdb.http.pages.routing import route_classes
 
@@ -22,7 +22,8 @@ def build(deps: AuthDeps, features: Features | None = None) -> APIRouter:
     ``/verify`` and ``/logout`` step aside for JSON and bearer requests to the same paths.
 
     ``features`` leaves out the register page (``register``), the MFA and passkey sections of
-    ``/account`` (``mfa``, ``passkeys``) and the passkey sign-in; ``/login/mfa`` stays, since
+    ``/account`` (``mfa``, ``passkeys``), the passkey sign-in, and sign-in with other providers
+    (``oauth``; also off while AUTHDB_OAUTH_PROVIDERS is empty); ``/login/mfa`` stays, since
     accounts with MFA on still need it to sign in."""
     features = features or Features()
     pages = Pages(deps.core.settings, lambda: deps.csrf, mail_logged=deps.mailer.logs_instead)
@@ -31,7 +32,19 @@ def build(deps: AuthDeps, features: Features | None = None) -> APIRouter:
     form_router = APIRouter(route_class=form_only_route, include_in_schema=False)
     signin.add_routes(router, form_router, deps, pages, register=features.register)
     signin_mfa.add_routes(router, deps, pages)
-    account.add_routes(router, deps, pages, with_mfa=features.mfa, with_passkeys=features.passkeys)
+    providers = None
+    if features.oauth and deps.core.settings.oauth_providers:
+        providers = oauth.OAuthPages(deps, pages)
+        pages.sign_in_with = providers.buttons
+        oauth.add_routes(router, deps, providers)
+    account.add_routes(
+        router,
+        deps,
+        pages,
+        with_mfa=features.mfa,
+        with_passkeys=features.passkeys,
+        oauth=providers,
+    )
     # The script's JSON endpoints answer JSON errors, not error pages.
     script_router = APIRouter(route_class=AuthRoute, include_in_schema=False)
     _asset(router, "authdb.css", "text/css", "authdb_page_css")

@@ -1,0 +1,376 @@
+"""Sign-in with another provider, for browsers: ``GET /oauth/{provider}/authorize`` sends the
+browser to the provider, ``GET /oauth/{provider}/callback`` brings it back signed in; the
+``/account`` section links and unlinks providers (SPEC, "Sign in with another provider").
+
+Every failure lands on a page that says what happened in words (declined, expired, tampered
+with, provider down): 400, 404 for an unknown provider, 409 for an identity that may not
+sign in here as it is, 502 when the provider failed. Never a 500.
+"""
+
+from __future__ import annotations
+
+import hmac
+import logging
+from datetime import datetime
+from typing import Any
+from urllib.parse import urlencode
+
+from fastapi import APIRouter
+from starlette.background import BackgroundTasks
+from starlette.datastructures import FormData
+from starlette.requests import Request
+from starlette.responses import Response
+
+from authdb import errors
+from authdb.http.dependencies import AuthDeps
+from authdb.http.errors import retry_after
+from authdb.http.mailing import send_later
+from authdb.http.pages import oauth_state
+from authdb.http.pages.forms import Refusal, Section, waiting_message
+from authdb.http.pages.oauth_state import Flow
+from authdb.http.pages.render import Pages, PageState
+from authdb.http.pages.signin import (
+    login_form,
+    refused_account,
+    safe_landing,
+    signed_in,
+    to_second_factor,
+)
+from authdb.http.signin_alerts import checked_later
+from authdb.links import url as public_url_of
+from authdb.oauth import Identity, ProviderDenied, ProviderFailed
+from authdb.oauth.providers import Provider
+from authdb.services import audit, oauth_accounts, passkey_challenges
+from authdb.services.core import ClientInfo, Core
+from authdb.services.oauth_accounts import NewAccountUnverified
+from authdb.services.sessions import Authenticated, start_browser_session
+
+log = logging.getLogger("authdb.oauth")
+
+AUTHORIZE_ROUTE = "authdb_page_oauth_authorize"
+CALLBACK_ROUTE = "authdb_page_oauth_callback"
+FORM = "oauth"
+# The page's words for each way a callback fails before the provider is asked anything.
+STALE = (
+    "This sign-in could not be completed: it expired, was already used, or was started in "
+    "another browser. Please start again."
+)
+
+
+class OAuthPages:
+    """The configured providers and the page plumbing they share."""
+
+    def __init__(self, deps: AuthDeps, pages: Pages) -> None:
+        self.deps, self.pages = deps, pages
+        self.core: Core = deps.core
+        self.providers = {
+            name: Provider(config) for name, config in self.core.settings.oauth.items()
+        }
+        pages.add_form_targets(self._origins)
+
+    def _origins(self) -> list[str]:
+        return [origin for p in self.providers.values() for origin in p.origins]
+
+    def buttons(self, request: Request, next_: str) -> list[dict[str, str]]:
+        """``{label, href}`` of each provider's sign-in link, ``next`` passed along."""
+        query = f"?{urlencode({'next': next_})}" if next_ else ""
+        return [
+            {"name": p.name, "label": p.label, "href": self.authorize_path(request, p.name) + query}
+            for p in self.providers.values()
+        ]
+
+    def authorize_path(self, request: Request, name: str) -> str:
+        return self.pages.route_path(request, AUTHORIZE_ROUTE, provider=name)
+
+    def redirect_uri(self, request: Request, name: str) -> str:
+        """The callback's absolute URL on PUBLIC_URL: what the provider must have registered."""
+        path = self.pages.route_path(request, CALLBACK_ROUTE, provider=name)
+        return public_url_of(self.core.settings.public_url, path)
+
+    def provider(self, name: str) -> Provider:
+        found = self.providers.get(name)
+        if found is None:
+            raise errors.NotFound("No such sign-in provider")
+        return found
+
+    async def start(
+        self, request: Request, state: PageState, name: str, next_: str, link_user: int | None
+    ) -> Response:
+        """The redirect to the provider, with the flow's cookie."""
+        provider = self.provider(name)
+        flow = Flow.start(
+            name,
+            self.redirect_uri(request, name),
+            self.core.clock(),
+            next_=safe_landing(self.pages, next_) or "",
+            link_user=link_user,
+        )
+        try:
+            target = await provider.authorization_url(flow, flow.redirect_uri)
+        except ProviderFailed as exc:
+            log.warning("sign-in with %s could not start: %s", name, exc)
+            return self.failure(request, state, provider, "unreachable", status=502)
+        response = self.pages.redirect(target, state)
+        oauth_state.set_cookie(response, self.core.settings, flow.seal(self.sealer))
+        return response
+
+    @property
+    def sealer(self) -> Any:
+        return self.core.sealer(oauth_state.SEAL_PURPOSE)
+
+    def failure(
+        self,
+        request: Request,
+        state: PageState,
+        provider: Provider | None,
+        why: str,
+        *,
+        status: int = 400,
+        clear: bool = True,
+    ) -> Response:
+        """The error page for a failed flow (its cookie cleared unless ``clear`` is off)."""
+        label = provider.label if provider else "the provider"
+        messages = {
+            "stale": STALE,
+            "denied": f"You did not allow {label} to sign you in here. Nothing has changed.",
+            "refused": f"{label} did not confirm the sign-in. Please start again.",
+            "unreachable": f"{label} could not be reached or answered in a way we could not "
+            "trust. Please try again later.",
+            "signed_out": "You were signed out before the provider answered, so nothing was "
+            "linked. Sign in and try again.",
+        }
+        response = self.pages.render(
+            request,
+            state,
+            "error",
+            title="Sign-in failed",
+            status=status,
+            error=messages[why],
+            link={"href": self.pages.url(request, "login"), "text": "Back to sign in"},
+        )
+        if clear:
+            oauth_state.clear_cookie(response, self.core.settings)
+        return response
+
+
+def add_routes(router: APIRouter, deps: AuthDeps, oauth: OAuthPages) -> None:
+    """``/oauth/{provider}/authorize`` and ``/oauth/{provider}/callback`` on ``router``."""
+    pages, core = oauth.pages, oauth.core
+
+    @router.get("/oauth/{provider}/authorize", name=AUTHORIZE_ROUTE)
+    async def authorize(request: Request, provider: str) -> Response:
+        state = pages.state(request)
+        next_ = request.query_params.get("next", "")[:2048]
+        return await oauth.start(request, state, provider, next_, None)
+
+    @router.get("/oauth/{provider}/callback", name=CALLBACK_ROUTE)
+    async def callback(request: Request, provider: str) -> Response:
+        state = pages.state(request)
+        chosen = oauth.provider(provider)
+        client = deps.client_resolver(request)
+        flow, problem = await _flow_of(core, oauth, request, provider)
+        if flow is None:
+            await _audit_failure(core, provider, problem, client)
+            # A wrong state may be an attacker's: the browser's own flow stays usable.
+            return oauth.failure(request, state, chosen, "stale", clear=problem != "state")
+        error = request.query_params.get("error")
+        code = request.query_params.get("code")
+        if error or not code:
+            await _audit_failure(core, provider, f"provider said {error or 'no code'}", client)
+            return oauth.failure(request, state, chosen, "denied" if error else "refused")
+        try:
+            identity = await chosen.identity(flow, code[:4096], flow.redirect_uri)
+        except ProviderDenied as exc:
+            await _audit_failure(core, provider, str(exc), client)
+            return oauth.failure(request, state, chosen, "refused")
+        except ProviderFailed as exc:
+            log.warning("sign-in with %s failed: %s", provider, exc)
+            await _audit_failure(core, provider, str(exc), client)
+            return oauth.failure(request, state, chosen, "unreachable", status=502)
+        if flow.link_user is not None:
+            response = await _finish_link(deps, oauth, request, state, flow, identity)
+        else:
+            response = await _finish_sign_in(deps, oauth, request, state, flow, identity)
+        oauth_state.clear_cookie(response, core.settings)
+        return response
+
+
+async def _flow_of(
+    core: Core, oauth: OAuthPages, request: Request, provider: str
+) -> tuple[Flow | None, str]:
+    """The browser's flow for this callback, spent; or None and why not ("cookie", "state",
+    "replayed")."""
+    value = oauth_state.read(request, core.settings)
+    now = core.clock()
+    flow = Flow.open(oauth.sealer, value, provider, now) if value else None
+    if flow is None:
+        return None, "cookie"
+    presented = request.query_params.get("state", "")
+    if not hmac.compare_digest(presented.encode(), flow.state.encode()):
+        return None, "state"
+    expires = datetime.fromtimestamp(flow.expires_at, tz=now.tzinfo)
+    if not await passkey_challenges.spend(core, b"oauth-state:" + flow.state.encode(), expires):
+        return None, "replayed"
+    return flow, ""
+
+
+async def _audit_failure(core: Core, provider: str, reason: str, client: ClientInfo) -> None:
+    async with core.sessionmaker.begin() as db:
+        audit.record(
+            db, "oauth_failed", client=client, now=core.clock(), provider=provider, reason=reason
+        )
+
+
+async def _finish_sign_in(
+    deps: AuthDeps,
+    oauth: OAuthPages,
+    request: Request,
+    state: PageState,
+    flow: Flow,
+    identity: Identity,
+) -> Response:
+    pages, core = oauth.pages, oauth.core
+    label = oauth.provider(flow.provider).label
+    client = deps.client_resolver(request)
+    try:
+        result = await oauth_accounts.sign_in(
+            core, deps.limits, identity, client, start_browser_session
+        )
+    except errors.MFARequired as exc:
+        return to_second_factor(pages, request, state, exc.mfa_token, flow.next)
+    except errors.TooManyRequests as exc:
+        return login_form(
+            pages, request, state, status=429, error=waiting_message(exc), headers=retry_after(exc)
+        )
+    except (errors.InactiveUser, errors.EmailNotVerified) as exc:
+        response = refused_account(pages, request, state, exc)
+        if isinstance(exc, NewAccountUnverified):
+            response.background = BackgroundTasks()
+            send_later(response.background, deps.mailer, [exc.mail])
+        return response
+    except errors.OAuthAccountExists:
+        message = (
+            f"An account with the email address {label} gave us already exists. Sign in to it "
+            f"here, then link {label} from your account page."
+        )
+        return login_form(pages, request, state, status=409, error=message)
+    except errors.RegistrationClosed:
+        return _page(
+            pages,
+            request,
+            state,
+            403,
+            f"No account here is linked to that {label} account, and registration is closed.",
+        )
+    except errors.OAuthEmailMissing:
+        return _page(
+            pages,
+            request,
+            state,
+            400,
+            f"{label} did not share your email address, "
+            "which an account here needs. Allow it there, or register with a password.",
+        )
+    except (errors.Conflict, errors.InvalidInput) as exc:
+        return _page(
+            pages, request, state, 409 if isinstance(exc, errors.Conflict) else 422, exc.detail
+        )
+    response = await signed_in(core, pages, request, result.session, flow.next)
+    if result.mail is not None:
+        response.background = BackgroundTasks()
+        send_later(response.background, deps.mailer, [result.mail])
+    return checked_later(response, deps, result.session.session_id)
+
+
+async def _finish_link(
+    deps: AuthDeps,
+    oauth: OAuthPages,
+    request: Request,
+    state: PageState,
+    flow: Flow,
+    identity: Identity,
+) -> Response:
+    pages = oauth.pages
+    auth = await deps.optional_session(request)
+    if auth is None or auth.user.id != flow.link_user:
+        return oauth.failure(request, state, oauth.provider(flow.provider), "signed_out")
+    try:
+        await oauth_accounts.link(oauth.core, auth.user.id, identity, deps.client_resolver(request))
+    except (errors.Conflict, errors.NotFound) as exc:
+        return _page(pages, request, state, 409, exc.detail, back="account")
+    return pages.redirect(pages.url(request, "account") + "?notice=oauth_linked", state)
+
+
+def _page(
+    pages: Pages,
+    request: Request,
+    state: PageState,
+    status: int,
+    message: str,
+    *,
+    back: str = "login",
+) -> Response:
+    text = "Back to your account" if back == "account" else "Back to sign in"
+    return pages.render(
+        request,
+        state,
+        "error",
+        title="Sign-in failed" if back == "login" else "Not linked",
+        status=status,
+        error=message,
+        link={"href": pages.url(request, back), "text": text},
+    )
+
+
+# --- the /account section ------------------------------------------------------------------
+
+
+async def account_view(oauth: OAuthPages, request: Request, user_id: int) -> dict[str, Any]:
+    """What ``/account`` shows: each provider (linked or not) and whether the account has a
+    password."""
+    linked = {row.provider: row for row in await oauth_accounts.linked(oauth.core, user_id)}
+    base = oauth.pages.url(request, "account_oauth")
+    shown = []
+    for provider in oauth.providers.values():
+        row = linked.get(provider.name)
+        shown.append(
+            {
+                "name": provider.name,
+                "label": provider.label,
+                "linked": row is not None,
+                "email": row.email if row else None,
+                "action": f"{base}/{provider.name}/{'unlink' if row else 'link'}",
+            }
+        )
+    return {
+        "providers": shown,
+        "has_password": await oauth_accounts.has_usable_password(oauth.core, user_id),
+    }
+
+
+def sections(deps: AuthDeps, oauth: OAuthPages) -> list[tuple[str, str, str, Section]]:
+    """The section's forms as (path, route name, form name, handler) for ``/account``."""
+
+    async def link(request: Request, form: FormData, auth: Authenticated) -> Response | None:
+        name = str(request.path_params.get("provider", ""))
+        if name not in oauth.providers:
+            raise Refusal(404, {}, "No such sign-in provider")
+        return await oauth.start(request, oauth.pages.state(request), name, "", auth.user.id)
+
+    async def unlink(request: Request, form: FormData, auth: Authenticated) -> Response | None:
+        name = str(request.path_params.get("provider", ""))
+        try:
+            await oauth_accounts.unlink(
+                oauth.core, auth.user.id, name, deps.client_resolver(request)
+            )
+        except errors.NotFound as exc:
+            raise Refusal(404, {}, exc.detail) from None
+        except errors.LastSignInMethod as exc:
+            raise Refusal(409, {}, exc.detail) from None
+        target = oauth.pages.url(request, "account") + "?notice=oauth_unlinked"
+        return oauth.pages.redirect(target)
+
+    return [
+        ("/account/oauth/{provider}/link", "authdb_page_account_oauth_link", FORM, link),
+        ("/account/oauth/{provider}/unlink", "authdb_page_account_oauth_unlink", FORM, unlink),
+    ]
