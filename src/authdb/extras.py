@@ -1,4 +1,5 @@
-"""Optional dependencies (the ``postgres``, ``redis``, ``metrics`` and ``oauth`` extras), checked up front.
+"""Optional dependencies (the ``postgres``, ``redis``, ``metrics`` and ``oauth`` extras),
+checked up front.
 
 A setting that needs an extra fails when authdb starts (``Auth()``, or any CLI command) with a
 message naming the ``pip install`` to run, instead of an ``ImportError`` from deep inside a

@@ -35,8 +35,8 @@ class Flow(Protocol):
 
 
 def http_client() -> httpx.AsyncClient:
-    """A client for provider calls: bounded time, no redirects followed, no proxy from the
-    environment's credentials."""
+    """A client for provider calls: bounded time, no redirects followed (an endpoint that
+    moves is a misconfiguration to see, not to follow)."""
     return httpx.AsyncClient(
         timeout=TIMEOUT, follow_redirects=False, headers={"User-Agent": _USER_AGENT}
     )

@@ -40,8 +40,10 @@ from authdb.http.signin_alerts import checked_later
 from authdb.links import url as public_url_of
 from authdb.oauth import Identity, ProviderDenied, ProviderFailed
 from authdb.oauth.providers import Provider
+from authdb.ratelimit import client_key
 from authdb.services import audit, oauth_accounts, passkey_challenges
 from authdb.services.core import ClientInfo, Core
+from authdb.services.guard import spend_failure
 from authdb.services.oauth_accounts import NewAccountUnverified
 from authdb.services.sessions import Authenticated, start_browser_session
 
@@ -168,31 +170,64 @@ def add_routes(router: APIRouter, deps: AuthDeps, oauth: OAuthPages) -> None:
         state = pages.state(request)
         chosen = oauth.provider(provider)
         client = deps.client_resolver(request)
-        flow, problem = await _flow_of(core, oauth, request, provider)
-        if flow is None:
-            await _audit_failure(core, provider, problem, client)
-            # A wrong state may be an attacker's: the browser's own flow stays usable.
-            return oauth.failure(request, state, chosen, "stale", clear=problem != "state")
-        error = request.query_params.get("error")
-        code = request.query_params.get("code")
-        if error or not code:
-            await _audit_failure(core, provider, f"provider said {error or 'no code'}", client)
-            return oauth.failure(request, state, chosen, "denied" if error else "refused")
+        # A callback costs a database write and calls to the provider: under the same failure
+        # budget as a password, so that forged callbacks cannot be sent without end.
         try:
-            identity = await chosen.identity(flow, code[:4096], flow.redirect_uri)
-        except ProviderDenied as exc:
-            await _audit_failure(core, provider, str(exc), client)
-            return oauth.failure(request, state, chosen, "refused")
-        except ProviderFailed as exc:
-            log.warning("sign-in with %s failed: %s", provider, exc)
-            await _audit_failure(core, provider, str(exc), client)
-            return oauth.failure(request, state, chosen, "unreachable", status=502)
-        if flow.link_user is not None:
-            response = await _finish_link(deps, oauth, request, state, flow, identity)
-        else:
-            response = await _finish_sign_in(deps, oauth, request, state, flow, identity)
-        oauth_state.clear_cookie(response, core.settings)
+            async with deps.limits.attempt("login_failures", client_key(client, core.settings)):
+                response = await _callback(deps, oauth, request, state, chosen, client)
+        except errors.TooManyRequests as exc:
+            return login_form(
+                pages,
+                request,
+                state,
+                status=429,
+                error=waiting_message(exc),
+                headers=retry_after(exc),
+            )
         return response
+
+
+async def _callback(
+    deps: AuthDeps,
+    oauth: OAuthPages,
+    request: Request,
+    state: PageState,
+    chosen: Provider,
+    client: ClientInfo,
+) -> Response:
+    core, name = oauth.core, chosen.name
+    flow, problem = await _flow_of(core, oauth, request, name)
+    if flow is None:
+        await _failed(deps, name, problem, client, spend=True)
+        # A wrong state may be an attacker's: the browser's own flow stays usable.
+        return oauth.failure(request, state, chosen, "stale", clear=problem != "state")
+    error = request.query_params.get("error")
+    code = request.query_params.get("code")
+    if error or not code:
+        said = _code_word(error) if error else "no code"
+        await _failed(deps, name, f"provider said {said}", client, spend=not error)
+        return oauth.failure(request, state, chosen, "denied" if error else "refused")
+    try:
+        identity = await chosen.identity(flow, code[:4096], flow.redirect_uri)
+    except ProviderDenied as exc:
+        await _failed(deps, name, str(exc), client, spend=True)
+        return oauth.failure(request, state, chosen, "refused")
+    except ProviderFailed as exc:
+        log.warning("sign-in with %s failed: %s", name, exc)
+        await _failed(deps, name, str(exc), client, spend=False)
+        return oauth.failure(request, state, chosen, "unreachable", status=502)
+    if flow.link_user is not None:
+        response = await _finish_link(deps, oauth, request, state, flow, identity)
+    else:
+        response = await _finish_sign_in(deps, oauth, request, state, flow, identity)
+    oauth_state.clear_cookie(response, core.settings)
+    return response
+
+
+def _code_word(text: str) -> str:
+    """An OAuth error code as the trail keeps it: RFC 6749's characters, 64 at most."""
+    kept = "".join(ch for ch in text[:64] if ch.isascii() and (ch.isalnum() or ch in "_.-"))
+    return kept or "an error"
 
 
 async def _flow_of(
@@ -214,11 +249,18 @@ async def _flow_of(
     return flow, ""
 
 
-async def _audit_failure(core: Core, provider: str, reason: str, client: ClientInfo) -> None:
+async def _failed(
+    deps: AuthDeps, provider: str, reason: str, client: ClientInfo, *, spend: bool
+) -> None:
+    """Audit a failed callback; ``spend`` one failure of the client's budget (a forged or
+    replayed callback: not the person declining, nor the provider being down)."""
+    core = deps.core
     async with core.sessionmaker.begin() as db:
         audit.record(
             db, "oauth_failed", client=client, now=core.clock(), provider=provider, reason=reason
         )
+    if spend:
+        await spend_failure(core, deps.limits, client)
 
 
 async def _finish_sign_in(
