@@ -4,6 +4,7 @@ error declarations, OPTIONS / 405 / CORS answers (issue 9, items 13 and 14)."""
 from __future__ import annotations
 
 import asyncio
+import html
 import json
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -17,7 +18,7 @@ from uvicorn.server import ServerState
 
 from authdb.http.errors import install_error_handlers
 from authdb.http.server import MAX_HEAD_BYTES, HeadLimitedProtocol
-from tests.conftest import PASSWORD, Harness
+from tests.conftest import PASSWORD, Harness, free_port
 
 JSON = {"Content-Type": "application/json"}
 ALL_METHODS = {"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"}
@@ -468,3 +469,51 @@ async def test_a_refused_cors_preflight_answers_json(
     assert plain.status_code == 204
     assert _allow(plain) == {"GET", "PATCH", "DELETE", "OPTIONS"}
     assert plain.headers["access-control-allow-origin"] == "https://app.example"
+
+
+# --- sign-in with other providers: page routes, not API operations ------------------------------
+
+
+async def test_provider_routes_answer_pages_and_stay_out_of_the_openapi_document(
+    make_harness: Callable[..., Any],
+) -> None:
+    # A provider whose issuer does not answer: nothing here needs it to.
+    harness = await make_harness(
+        oauth_providers="corp",
+        oauth_corp_client_id="corp-client",
+        oauth_corp_client_secret="corp-secret-for-the-surface-test",
+        oauth_corp_issuer=f"http://127.0.0.1:{free_port()}",
+    )
+    client = harness.client
+    doc = (await client.get("/openapi.json")).json()
+    operations = {(method, path) for path, ops in doc["paths"].items() for method in ops}
+    assert set(EXPECTED_ERRORS) <= operations
+    assert not [path for path in doc["paths"] if path.startswith(("/oauth/", "/account"))]
+    cases: list[tuple[str, int, str]] = [
+        ("/oauth/nope/authorize", 404, "No such sign-in provider"),
+        ("/oauth/nope/callback?code=c&state=s", 404, "No such sign-in provider"),
+        ("/oauth/" + "x" * 5000 + "/authorize", 404, "No such sign-in provider"),
+        # No flow cookie: this browser started no sign-in.
+        ("/oauth/corp/callback?code=c&state=s", 400, "could not be completed"),
+        ("/oauth/corp/callback", 400, "could not be completed"),
+        # The provider is down: a page that says so, not a 500.
+        ("/oauth/corp/authorize", 502, "could not be reached"),
+    ]
+    for path, status, words in cases:
+        response = await client.get(path)
+        assert response.status_code == status, (path[:40], response.text)
+        assert response.headers["content-type"].startswith("text/html"), path[:40]
+        assert words in html.unescape(response.text), path[:40]
+    for path in ("/oauth/corp/authorize", "/oauth/corp/callback"):
+        options = await client.options(path)
+        assert options.status_code == 204
+        assert _allow(options) == {"GET", "OPTIONS"}
+        for method in ("POST", "PUT", "DELETE"):
+            refused = await client.request(method, path)
+            assert refused.status_code == 405, (method, path)
+            assert refused.json() == {"detail": "Method Not Allowed"}
+    # The account's forms need a session and the CSRF token, known provider or not.
+    for path in ("/account/oauth/corp/link", "/account/oauth/corp/unlink", "/account/oauth/x/link"):
+        assert (await client.post(path)).status_code == 403, path
+    prefix = await client.get("/account/oauth")
+    assert (prefix.status_code, prefix.headers["location"]) == (303, "/account")

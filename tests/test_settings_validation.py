@@ -95,6 +95,8 @@ UNUSABLE: list[tuple[str, Any, str]] = [
     ("profile_model", "authdb_no_such_module:Profile", "cannot import"),
     ("profile_model", "authdb.errors:NoSuchModel", "has no 'NoSuchModel'"),
     ("profile_model", "authdb.errors:InvalidInput", "not a Pydantic model class"),
+    ("oauth_providers", "Google", "not a provider name"),
+    ("oauth_providers", "google,corp,google", "listed twice"),
 ]
 
 # Settings whose every well-typed value works; a wrong type is refused by pydantic.
@@ -109,6 +111,7 @@ ANY_VALUE_WORKS = {
     "smtp_password",
     "metrics_enabled",
     "new_device_alerts",
+    "oauth_link_verified_email",  # and it links only emails verified on both sides
 }
 
 
@@ -132,6 +135,51 @@ def test_an_unusable_value_is_refused_naming_the_setting(
     errors = refused.value.errors()
     assert [error["loc"][0] for error in errors] == [name]
     assert reason in errors[0]["msg"]
+
+
+# A listed provider's own variables (AUTHDB_OAUTH_<NAME>_*, not fields: their names depend on
+# the list), each refused naming the variable. ``None`` leaves a variable out.
+OIDC_PROVIDER = {
+    "oauth_corp_client_id": "corp-client",
+    "oauth_corp_client_secret": "corp-secret-never-shown",
+    "oauth_corp_issuer": "https://sso.example.com",
+}
+GITHUB_PROVIDER = {
+    "oauth_github_client_id": "Iv1.client",
+    "oauth_github_client_secret": "github-secret-never-shown",
+}
+UNUSABLE_PROVIDER: list[tuple[dict[str, Any], str]] = [
+    ({"oauth_corp_issuer": None}, "AUTHDB_OAUTH_CORP_ISSUER is not set: only a provider named"),
+    ({"oauth_corp_client_id": None}, "AUTHDB_OAUTH_CORP_CLIENT_ID is not set"),
+    ({"oauth_corp_client_secret": "  "}, "AUTHDB_OAUTH_CORP_CLIENT_SECRET is not set"),
+    ({"oauth_corp_client_secret": "a\x1bb"}, "AUTHDB_OAUTH_CORP_CLIENT_SECRET contains control"),
+    ({"oauth_corp_issuer": "http://sso.example.com"}, "AUTHDB_OAUTH_CORP_ISSUER: must be an https"),
+    ({"oauth_corp_issuer": "https://sso.example.com/?x=1"}, "query or fragment"),
+    ({"oauth_corp_scopes": "email profile"}, "AUTHDB_OAUTH_CORP_SCOPES must include openid"),
+    ({"oauth_corp_api_url": "https://api.example.com"}, "AUTHDB_OAUTH_CORP_API_URL is for GitHub"),
+    ({"oauth_corp_label": "x" * 65}, "AUTHDB_OAUTH_CORP_LABEL must be printable, at most 64"),
+    (
+        {"oauth_github_api_url": "http://ghe.example.com/api/v3"},
+        "AUTHDB_OAUTH_GITHUB_API_URL: must be an https:// URL",
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("changes", "reason"), UNUSABLE_PROVIDER, ids=[r[:40] for _, r in UNUSABLE_PROVIDER]
+)
+def test_a_provider_s_own_variables_are_checked_naming_the_variable(
+    changes: dict[str, Any], reason: str
+) -> None:
+    values = {**OIDC_PROVIDER, **GITHUB_PROVIDER, **changes}
+    given = {name: value for name, value in values.items() if value is not None}
+    with pytest.raises(ValidationError) as refused:
+        settings(oauth_providers="corp,github", **given)
+    assert reason in str(refused.value)
+    assert "never-shown" not in str(refused.value)
+    # And the same values are fine once the problem is gone.
+    fine = settings(oauth_providers="corp,github", **OIDC_PROVIDER, **GITHUB_PROVIDER)
+    assert list(fine.oauth) == ["corp", "github"]
 
 
 def test_a_short_key_is_refused_for_the_longer_hmac_algorithms() -> None:

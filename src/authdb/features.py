@@ -10,7 +10,8 @@ from dataclasses import dataclass, fields
 class Features:
     """Each flag says whether its routes (and pages) are mounted; all are on by default.
 
-    ``oauth`` is reserved for sign-in with another provider and has no routes yet.
+    ``oauth``: sign-in with other providers (``/oauth/...`` and the ``/account`` section),
+    which also needs AUTHDB_OAUTH_PROVIDERS and the pages.
     """
 
     register: bool = True

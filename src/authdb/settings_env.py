@@ -33,6 +33,8 @@ SECRET_SETTINGS = frozenset({"secret_key", "secret_key_fallbacks", "smtp_passwor
 # Query parameters whose value is masked: drivers read the key percent-decoded, so it is
 # decoded before the test (``pass%77ord`` is a password to asyncpg and redis-py).
 _SECRET_WORDS = ("pass", "pwd", "secret", "token", "key", "auth", "cred")
+# A provider's settings that only GitHub (a provider without an issuer) reads.
+_GITHUB_ONLY = ("github_url", "api_url")
 
 
 def _mask_query(query: str) -> str:
@@ -92,12 +94,19 @@ class UnknownSetting:
         return f"unknown setting {self.name}{place} ({hint})"
 
 
-def unknown_settings(env_file: DotenvType | None = ".env") -> list[UnknownSetting]:
-    """The ``AUTHDB_*`` variables of the environment and of ``env_file`` that are no setting."""
+def unknown_settings(
+    env_file: DotenvType | None = ".env", providers: list[str] | None = None
+) -> list[UnknownSetting]:
+    """The ``AUTHDB_*`` variables of the environment and of ``env_file`` that are no setting.
+
+    ``providers``: the sign-in providers in use (default: AUTHDB_OAUTH_PROVIDERS as the
+    environment or ``env_file`` gives it), whose AUTHDB_OAUTH_<NAME>_* variables are settings.
+    """
     known = known_variables()
     named = [(name, "environment") for name in environment_variables().values()]
     named += list(dotenv_variables(env_file).items())
-    providers = _listed_providers(env_file)
+    if providers is None:
+        providers = _listed_providers(env_file)
     unknown: list[UnknownSetting] = []
     for name, where in named:
         upper = name.upper()
@@ -143,7 +152,7 @@ def log_unknown(settings: Settings) -> None:
     """Log a warning (logger "authdb") for each unknown variable not yet reported."""
     fresh = [
         item
-        for item in unknown_settings(settings.env_file)
+        for item in unknown_settings(settings.env_file, settings.oauth_providers)
         if (item.name, item.where) not in _reported
     ]
     for item in fresh:
@@ -151,9 +160,36 @@ def log_unknown(settings: Settings) -> None:
     mark_reported(fresh)
 
 
+def fields(settings: Settings) -> list[str]:
+    """Every setting of ``settings`` by field name: the declared ones, then each sign-in
+    provider's ``oauth_<name>_<suffix>`` (variable ``AUTHDB_OAUTH_<NAME>_<SUFFIX>``, the name
+    it takes as an argument to ``Settings()``); GitHub's URLs only for a provider without an
+    issuer, which is the only kind that reads them."""
+    names = list(type(settings).model_fields)
+    for name, provider in settings.oauth.items():
+        names += [
+            f"oauth_{name}_{suffix}"
+            for suffix in settings_oauth.FIELDS
+            if provider.kind == "github" or suffix not in _GITHUB_ONLY
+        ]
+    return names
+
+
+def provider_field(
+    settings: Settings, field: str
+) -> tuple[settings_oauth.ProviderSettings, str] | None:
+    """``(provider, suffix)`` when ``field`` is one of a configured provider's settings."""
+    for name, provider in settings.oauth.items():
+        for suffix in settings_oauth.FIELDS:
+            if field == f"oauth_{name}_{suffix}":
+                return provider, suffix
+    return None
+
+
 def source(settings: Settings, field: str) -> str:
     """Where ``field`` came from: "environment", the .env file's name, "argument" (given to
-    ``Settings()`` in code or by a command-line option) or "default"."""
+    ``Settings()`` in code or by a command-line option) or "default". ``field`` may be a
+    provider's (``oauth_corp_client_id``, see ``fields``)."""
     if field in settings.arguments:
         return "argument"
     name = variable(field)
@@ -199,7 +235,16 @@ def url_secrets(url: str | None) -> list[str]:
 
 
 def shown(settings: Settings, field: str) -> Any:
-    """The value of ``field`` fit to print: JSON types, secrets masked, URLs without passwords."""
+    """The value of ``field`` fit to print: JSON types, secrets masked, URLs without passwords.
+    A provider's client secret is masked like every secret; its scopes are a list."""
+    found = provider_field(settings, field)
+    if found is not None:
+        provider, suffix = found
+        if suffix == "client_secret":
+            return MASK
+        if suffix == "scopes":
+            return list(provider.scopes)
+        return getattr(provider, suffix)
     value = getattr(settings, field)
     if field in SECRET_SETTINGS:
         if isinstance(value, list):

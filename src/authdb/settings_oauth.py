@@ -133,7 +133,9 @@ def _provider(name: str, values: Mapping[str, str | None]) -> ProviderSettings:
             f"{variable(name, 'issuer')} is not set: only a provider named github may "
             "go without an OpenID Connect issuer"
         )
-    issuer = url("issuer", "") or None
+    # Kept as written (a trailing slash included: Auth0's has one): the discovery document
+    # must name exactly this issuer (OpenID Connect Discovery 1.0, section 4.3).
+    issuer = issuer_raw if url("issuer", "") else None
     for suffix in ("github_url", "api_url"):
         if issuer is not None and values.get(suffix):
             raise ValueError(f"{variable(name, suffix)} is for GitHub, not an OpenID issuer")

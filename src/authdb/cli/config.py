@@ -34,12 +34,13 @@ def config(
         bool, typer.Option("--json", help="One JSON object: each variable's value and source.")
     ] = False,
 ) -> None:
-    """Print every setting in effect and where it came from; secrets are masked."""
+    """Print every setting in effect and where it came from; secrets are masked. Each sign-in
+    provider's own variables follow (AUTHDB_OAUTH_<NAME>_*), its client secret masked."""
     # Shown even when an extra is missing: seeing the settings is how one finds out why.
     current = settings(extras=False)
     rows = {
         variable(field): (settings_env.shown(current, field), settings_env.source(current, field))
-        for field in type(current).model_fields
+        for field in settings_env.fields(current)
     }
     if as_json:
         document = {

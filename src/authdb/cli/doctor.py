@@ -26,7 +26,8 @@ def doctor(
         bool, typer.Option("--json", help="One JSON object instead of lines of text.")
     ] = False,
 ) -> None:
-    """Check this deployment's settings, database, Redis, SMTP and clock (exit 1 on any error)."""
+    """Check this deployment's settings, database, Redis, SMTP, clock and sign-in providers
+    (exit 1 on any error)."""
     # Missing extras are checks of their own here, not a reason to stop before checking.
     config = settings(extras=False)
     try:

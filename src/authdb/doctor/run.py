@@ -18,6 +18,7 @@ from authdb.doctor.configuration import (
 from authdb.doctor.database import check_clock, check_database, check_schema, open_database
 from authdb.doctor.findings import TIMEOUT_SECONDS, Deployment, Result, Verdict, error, reason
 from authdb.doctor.network import check_redis, check_smtp
+from authdb.doctor.providers import provider_check
 from authdb.settings import Settings
 from authdb.settings_env import url_secrets
 
@@ -39,6 +40,11 @@ CHECKS: tuple[tuple[str, Check], ...] = (
 )
 
 
+def checks(settings: Settings) -> tuple[tuple[str, Check], ...]:
+    """CHECKS, then one ``oauth <name>`` check per sign-in provider of ``settings``."""
+    return CHECKS + tuple((f"oauth {name}", provider_check(name)) for name in settings.oauth)
+
+
 def _utcnow() -> datetime:
     return datetime.now(UTC)
 
@@ -53,7 +59,7 @@ async def examine(settings: Settings, *, clock: Callable[[], datetime] = _utcnow
     results = []
     async with open_database(settings) as database:
         deployment = Deployment(settings, database, clock)
-        for name, check in CHECKS:
+        for name, check in checks(settings):
             verdict = await _bounded(check, deployment)
             results.append(Result(verdict.status, name, _redact(verdict.message, hidden)))
     return results
@@ -74,6 +80,7 @@ async def _bounded(check: Check, deployment: Deployment) -> Verdict:
 def _secrets(settings: Settings) -> list[str]:
     """Every secret the settings hold, to be kept out of messages whatever a library says."""
     found = [settings.secret_key, settings.smtp_password, *settings.secret_key_fallbacks]
+    found += [provider.client_secret for provider in settings.oauth.values()]
     values = [secret.get_secret_value() for secret in found if secret is not None]
     for url in (settings.database_url, settings.redis_url):
         values += url_secrets(url)

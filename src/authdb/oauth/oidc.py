@@ -18,6 +18,7 @@ from urllib.parse import urlsplit
 import httpx
 import jwt
 
+from authdb.names import has_control_characters
 from authdb.oauth.identity import ProviderFailed
 
 # Asymmetric JWS algorithms only (RFC 8725, section 3.1): never "none", never HS* (which
@@ -133,7 +134,8 @@ class Discovery:
         """The discovery document (cached an hour). Raises ProviderFailed."""
         now = self._clock()
         if self._metadata is None or now - self._metadata_at > METADATA_TTL_SECONDS:
-            url = self.issuer + "/.well-known/openid-configuration"
+            # Section 4.1: the issuer without a trailing slash, then the well-known path.
+            url = self.issuer.rstrip("/") + "/.well-known/openid-configuration"
             document = await fetch_json(http, url, "discovery")
             self._metadata, self._metadata_at = Metadata.parse(document, self.issuer), now
         return self._metadata
@@ -243,6 +245,11 @@ async def validate_id_token(
     ):
         raise ProviderFailed("the ID token's nonce is not this sign-in's")
     subject = claims.get("sub")
-    if not isinstance(subject, str) or not subject or len(subject) > 255:
-        raise ProviderFailed("the ID token's sub is not a string of 1 to 255 characters")
+    if (
+        not isinstance(subject, str)
+        or not subject
+        or len(subject) > 255
+        or has_control_characters(subject)
+    ):
+        raise ProviderFailed("the ID token's sub is not 1 to 255 printable characters")
     return claims

@@ -14,6 +14,7 @@ from typing import Any, Protocol
 
 import httpx
 
+from authdb.names import has_control_characters
 from authdb.oauth import oidc
 from authdb.oauth.identity import Identity, ProviderDenied, ProviderFailed
 from authdb.settings_oauth import ProviderSettings
@@ -251,7 +252,14 @@ def _bearer(access_token: str) -> dict[str, str]:
 
 
 def _text(value: object) -> str | None:
-    return value.strip() or None if isinstance(value, str) else None
+    """A claim as text: trimmed, None when absent, empty, over 320 characters or holding a
+    control character (PostgreSQL refuses NUL; escapes would forge page or log text)."""
+    if not isinstance(value, str):
+        return None
+    text = value.strip()
+    if not text or len(text) > 320 or has_control_characters(text):
+        return None
+    return text
 
 
 def _origin(url: str) -> str:

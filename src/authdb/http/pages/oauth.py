@@ -295,7 +295,7 @@ async def _finish_sign_in(
             f"An account with the email address {label} gave us already exists. Sign in to it "
             f"here, then link {label} from your account page."
         )
-        return login_form(pages, request, state, status=409, error=message)
+        return login_form(pages, request, state, status=409, error=message, next=flow.next)
     except errors.RegistrationClosed:
         return _page(
             pages,

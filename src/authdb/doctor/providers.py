@@ -1,0 +1,197 @@
+"""The sign-in providers of ``AUTHDB_OAUTH_PROVIDERS``, one check each (``oauth <name>``).
+
+An OpenID Connect provider: its discovery document is fetched from
+``{issuer}/.well-known/openid-configuration`` and read by the rules sign-in uses (it must name
+the configured issuer exactly, and have https endpoints), and its JWKS must hold a key.
+GitHub (a provider without an issuer): its REST API must answer ``/user`` (401 without a
+token, as GitHub and GitHub Enterprise Server do).
+
+Then, for both, the token endpoint is sent a made-up authorization code with the configured
+client id and secret, exactly as a sign-in sends a real one: a provider refuses the client
+first (``invalid_client``; GitHub's ``incorrect_client_credentials``) when the id or secret is
+wrong, and the code otherwise (``invalid_grant``; ``bad_verification_code``). Nothing is
+created at the provider. The real github.com is checked like any other provider: whether this
+host can reach it (a firewall, a proxy) is exactly what the check is for.
+
+Every message ends with the redirect URI to register at the provider:
+``{AUTHDB_PUBLIC_URL}/oauth/{name}/callback``, the standalone service's. An application that
+mounts authdb's pages under a prefix serves it under that prefix, which the doctor cannot see.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import httpx
+import jwt
+
+from authdb.doctor.findings import (
+    TIMEOUT_SECONDS,
+    Deployment,
+    Verdict,
+    error,
+    ok,
+    reason,
+    shown_url,
+    warn,
+)
+from authdb.extras import MissingExtra, require
+from authdb.links import url as public_url_of
+from authdb.names import has_control_characters
+from authdb.oauth import ProviderDenied, ProviderFailed, oidc
+from authdb.oauth.providers import Provider, http_client
+from authdb.settings_oauth import ProviderSettings, variable
+
+# The token endpoint's answers to a made-up code: the client passed, or it did not.
+_CODE_REFUSED = frozenset({"invalid_grant", "bad_verification_code"})
+_CLIENT_REFUSED = frozenset(
+    {"invalid_client", "incorrect_client_credentials", "unauthorized_client"}
+)
+
+
+class _Problem(Exception):
+    """What is wrong, as the check's message says it."""
+
+
+def redirect_uri(deployment: Deployment, name: str) -> str:
+    """The callback URL of provider ``name`` on AUTHDB_PUBLIC_URL (the standalone service's)."""
+    return public_url_of(deployment.settings.public_url, f"/oauth/{name}/callback")
+
+
+def provider_check(name: str) -> Callable[[Deployment], Awaitable[Verdict]]:
+    """The check of the provider ``name``."""
+
+    async def check(deployment: Deployment) -> Verdict:
+        return await check_provider(deployment, name)
+
+    return check
+
+
+async def check_provider(deployment: Deployment, name: str) -> Verdict:
+    """Reachable, what it claims to be, and the client's id and secret not refused."""
+    provider = deployment.settings.oauth[name]
+    register = f"redirect URI to register: {redirect_uri(deployment, name)}"
+    try:
+        require("authlib", feature="Sign-in with providers (AUTHDB_OAUTH_PROVIDERS)", extra="oauth")
+    except MissingExtra as exc:
+        return error(f"{exc}; {register}")
+    async with http_client() as http:
+        http.timeout = httpx.Timeout(TIMEOUT_SECONDS)
+        try:
+            if provider.kind == "oidc":
+                found = await _oidc(http, provider)
+            else:
+                found = await _github(http, provider)
+            client = await _client(http, provider, redirect_uri(deployment, name))
+        except _Problem as exc:
+            return error(f"{exc}; {register}")
+    if client is not None:
+        return warn(f"{found}, but {client}; {register}")
+    return ok(f"{found}, client id and secret not refused; {register}")
+
+
+async def _oidc(http: httpx.AsyncClient, provider: ProviderSettings) -> str:
+    """``issuer ...: discovery and JWKS (N keys)``, or _Problem."""
+    issuer = provider.issuer or ""
+    where = variable(provider.name, "issuer")
+    url = issuer + "/.well-known/openid-configuration"
+    document = await _get_json(http, url, f"{shown_url(url)} ({where})")
+    if isinstance(document, dict) and document.get("issuer") != issuer:
+        named = document.get("issuer")
+        raise _Problem(
+            f"the discovery document at {shown_url(url)} names the issuer {_quoted(named)}, "
+            f"not {issuer} ({where}); set it to the issuer exactly as the provider writes it"
+        )
+    try:
+        metadata = oidc.Metadata.parse(document, issuer)
+    except ProviderFailed as exc:
+        raise _Problem(f"{shown_url(url)} ({where}): {exc}") from None
+    keys = await _get_json(http, metadata.jwks_uri, f"JWKS {shown_url(metadata.jwks_uri)}")
+    entries = keys.get("keys") if isinstance(keys, dict) else None
+    usable = [entry for entry in entries or [] if _usable_key(entry)]
+    if not usable:
+        raise _Problem(f"JWKS {shown_url(metadata.jwks_uri)} holds no signing key authdb can use")
+    count = f"{len(usable)} key{'' if len(usable) == 1 else 's'}"
+    return f"issuer {issuer}: discovery and JWKS ({count})"
+
+
+def _usable_key(entry: object) -> bool:
+    if not isinstance(entry, dict) or entry.get("use") not in (None, "sig"):
+        return False
+    try:
+        jwt.PyJWK.from_dict(entry)
+    except (jwt.PyJWTError, TypeError, ValueError, KeyError, AttributeError):
+        return False
+    return True
+
+
+async def _github(http: httpx.AsyncClient, provider: ProviderSettings) -> str:
+    """``GitHub at ...: API answers``, or _Problem. ``/user`` without a token is 401 at
+    github.com and at GitHub Enterprise Server (whose API is ``https://HOST/api/v3``)."""
+    url = provider.api_url + "/user"
+    where = variable(provider.name, "api_url")
+    try:
+        response = await http.get(url, headers={"Accept": "application/vnd.github+json"})
+    except httpx.HTTPError as exc:
+        raise _Problem(f"{shown_url(url)} ({where}) not reachable: {reason(exc)}") from None
+    if response.status_code != 401:
+        raise _Problem(
+            f"{shown_url(url)} ({where}) answered HTTP {response.status_code}, not GitHub's "
+            "401 without a token: is it GitHub's REST API (GitHub Enterprise Server: "
+            "https://HOST/api/v3)?"
+        )
+    return f"GitHub at {provider.github_url}: API {provider.api_url} answers"
+
+
+async def _client(http: httpx.AsyncClient, provider: ProviderSettings, callback: str) -> str | None:
+    """Send a made-up code to the token endpoint as a sign-in would: None when the provider
+    refused the code (so not the client), a warning's words when it cannot be told; _Problem
+    when the client was refused or the endpoint cannot be reached."""
+    names = f"{variable(provider.name, 'client_id')}, {variable(provider.name, 'client_secret')}"
+    try:
+        # The sign-in's own exchange (same endpoint, client authentication, encoding).
+        await Provider(provider)._exchange(
+            http, "authdb-doctor-" + secrets.token_urlsafe(16), secrets.token_urlsafe(48), callback
+        )
+    except ProviderDenied as exc:
+        said = _quoted(exc.error)
+        if exc.error in _CODE_REFUSED:
+            return None
+        if exc.error in _CLIENT_REFUSED:
+            raise _Problem(
+                f"the token endpoint refused the client ({said}): check {names}"
+            ) from None
+        return f"the token endpoint answered {said}, so the client id and secret are unconfirmed"
+    except ProviderFailed as exc:
+        raise _Problem(f"token endpoint: {exc}") from None
+    return "the token endpoint accepted a made-up code"
+
+
+async def _get_json(http: httpx.AsyncClient, url: str, what: str) -> Any:
+    """The JSON at ``url`` (at most the size sign-in reads), or _Problem saying why not."""
+    body = b""
+    try:
+        async with http.stream("GET", url, headers={"Accept": "application/json"}) as response:
+            if response.status_code != 200:
+                raise _Problem(f"{what} answered HTTP {response.status_code}")
+            async for chunk in response.aiter_bytes():
+                body += chunk
+                if len(body) > oidc.MAX_DOCUMENT_BYTES:
+                    raise _Problem(f"{what}: larger than {oidc.MAX_DOCUMENT_BYTES} bytes")
+    except httpx.HTTPError as exc:
+        raise _Problem(f"{what} not reachable: {reason(exc)}") from None
+    try:
+        return json.loads(body)
+    except ValueError:
+        raise _Problem(f"{what}: not JSON") from None
+
+
+def _quoted(value: object) -> str:
+    """A provider's word, fit for one line: quoted, printable, at most 80 characters."""
+    text = value if isinstance(value, str) else repr(value)
+    if has_control_characters(text):
+        text = "".join(c if c.isprintable() else "?" for c in text)
+    return repr(text[:80])
