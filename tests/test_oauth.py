@@ -482,10 +482,6 @@ async def test_odd_provider_handles_make_valid_usernames(site: Site) -> None:
     assert len(made[4]) == USERNAME_MAX
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: _free_username adds '-2' without checking the folded length (reported)",
-)
 async def test_handles_that_fold_longer_stay_valid_when_made_unique(site: Site) -> None:
     """ "ß" folds to "ss": a 32-character stem is a valid name, its "-2" must be too."""
     emails = []

@@ -149,7 +149,10 @@ GITHUB_PROVIDER = {
     "oauth_github_client_secret": "github-secret-never-shown",
 }
 UNUSABLE_PROVIDER: list[tuple[dict[str, Any], str]] = [
-    ({"oauth_corp_issuer": None}, "AUTHDB_OAUTH_CORP_ISSUER is not set: only a provider named"),
+    (
+        {"oauth_corp_issuer": None},
+        "AUTHDB_OAUTH_CORP_ISSUER is not set: provider 'corp' is listed (only a provider named github",
+    ),
     ({"oauth_corp_client_id": None}, "AUTHDB_OAUTH_CORP_CLIENT_ID is not set"),
     ({"oauth_corp_client_secret": "  "}, "AUTHDB_OAUTH_CORP_CLIENT_SECRET is not set"),
     ({"oauth_corp_client_secret": "a\x1bb"}, "AUTHDB_OAUTH_CORP_CLIENT_SECRET contains control"),

@@ -128,11 +128,18 @@ def _provider(name: str, values: Mapping[str, str | None]) -> ProviderSettings:
             raise ValueError(f"{variable(name, suffix)}: {exc}") from None
 
     issuer_raw = (values.get("issuer") or "").strip()
+    missing = [s for s in ("client_id", "client_secret") if not (values.get(s) or "").strip()]
     if not issuer_raw and name != GITHUB:
-        raise ValueError(
-            f"{variable(name, 'issuer')} is not set: only a provider named github may "
-            "go without an OpenID Connect issuer"
+        missing.append("issuer")
+    if missing:
+        names = " and ".join(", ".join(variable(name, s) for s in missing).rsplit(", ", 1))
+        why = (
+            " (only a provider named github may go without an issuer)"
+            if ("issuer" in missing)
+            else ""
         )
+        verb = "is" if len(missing) == 1 else "are"
+        raise ValueError(f"{names} {verb} not set: provider {name!r} is listed{why}")
     # Kept as written (a trailing slash included: Auth0's has one): the discovery document
     # must name exactly this issuer (OpenID Connect Discovery 1.0, section 4.3).
     issuer = issuer_raw if url("issuer", "") else None

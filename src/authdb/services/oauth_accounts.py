@@ -324,7 +324,7 @@ async def _free_username(db: AsyncSession, identity: Identity, email: str, attem
     made valid and, if taken, unique with digits."""
     stem = _username_stem(identity.username) or _username_stem(email.split("@", 1)[0]) or "user"
     for tries in range(attempt, attempt + 20):
-        candidate = stem if tries == 0 else f"{stem[: USERNAME_MAX - 7]}-{_digits(tries)}"
+        candidate = stem if tries == 0 else _suffixed(stem, _digits(tries))
         taken = await db.scalar(
             select(func.count())
             .select_from(User)
@@ -332,7 +332,17 @@ async def _free_username(db: AsyncSession, identity: Identity, email: str, attem
         )
         if not taken:
             return candidate
-    return f"{stem[: USERNAME_MAX - 13]}-{secrets.token_hex(6)}"
+    return _suffixed(stem, secrets.token_hex(6))
+
+
+def _suffixed(stem: str, suffix: str) -> str:
+    """``stem-suffix``, the stem cut until the whole is a valid name (its case-folded key,
+    which can be longer than the name, within the limit too)."""
+    for end in range(min(len(stem), USERNAME_MAX - len(suffix) - 1), 0, -1):
+        candidate = f"{stem[:end]}-{suffix}"
+        if username_problem(candidate) is None:
+            return candidate
+    return f"user-{suffix}"
 
 
 def _digits(tries: int) -> str:

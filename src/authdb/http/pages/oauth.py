@@ -129,26 +129,30 @@ class OAuthPages:
         *,
         status: int = 400,
         clear: bool = True,
+        linking: bool = False,
     ) -> Response:
-        """The error page for a failed flow (its cookie cleared unless ``clear`` is off)."""
+        """The error page for a failed flow (its cookie cleared unless ``clear`` is off);
+        ``linking``: the flow was linking a signed-in account, which the page goes back to."""
         label = provider.label if provider else "the provider"
+        goal = "link your account" if linking else "sign you in here"
         messages = {
             "stale": STALE,
-            "denied": f"You did not allow {label} to sign you in here. Nothing has changed.",
-            "refused": f"{label} did not confirm the sign-in. Please start again.",
+            "denied": f"You did not allow {label} to {goal}. Nothing has changed.",
+            "refused": f"{label} did not confirm it was you. Please start again.",
             "unreachable": f"{label} could not be reached or answered in a way we could not "
             "trust. Please try again later.",
             "signed_out": "You were signed out before the provider answered, so nothing was "
             "linked. Sign in and try again.",
         }
+        back = ("account", "Back to your account") if linking else ("login", "Back to sign in")
         response = self.pages.render(
             request,
             state,
             "error",
-            title="Sign-in failed",
+            title="Not linked" if linking else "Sign-in failed",
             status=status,
             error=messages[why],
-            link={"href": self.pages.url(request, "login"), "text": "Back to sign in"},
+            link={"href": self.pages.url(request, back[0]), "text": back[1]},
         )
         if clear:
             oauth_state.clear_cookie(response, self.core.settings)
@@ -199,23 +203,26 @@ async def _callback(
     flow, problem = await _flow_of(core, oauth, request, name)
     if flow is None:
         await _failed(deps, name, problem, client, spend=True)
-        # A wrong state may be an attacker's: the browser's own flow stays usable.
-        return oauth.failure(request, state, chosen, "stale", clear=problem != "state")
+        # A wrong state may be an attacker's, a cookie another provider's flow: the browser's
+        # own flow stays usable. Only a spent flow's cookie is of no more use.
+        return oauth.failure(request, state, chosen, "stale", clear=problem == "replayed")
+    linking = flow.link_user is not None
     error = request.query_params.get("error")
     code = request.query_params.get("code")
     if error or not code:
         said = _code_word(error) if error else "no code"
         await _failed(deps, name, f"provider said {said}", client, spend=not error)
-        return oauth.failure(request, state, chosen, "denied" if error else "refused")
+        why = "denied" if error else "refused"
+        return oauth.failure(request, state, chosen, why, linking=linking)
     try:
         identity = await chosen.identity(flow, code[:4096], flow.redirect_uri)
     except ProviderDenied as exc:
         await _failed(deps, name, str(exc), client, spend=True)
-        return oauth.failure(request, state, chosen, "refused")
+        return oauth.failure(request, state, chosen, "refused", linking=linking)
     except ProviderFailed as exc:
         log.warning("sign-in with %s failed: %s", name, exc)
         await _failed(deps, name, str(exc), client, spend=False)
-        return oauth.failure(request, state, chosen, "unreachable", status=502)
+        return oauth.failure(request, state, chosen, "unreachable", status=502, linking=linking)
     if flow.link_user is not None:
         response = await _finish_link(deps, oauth, request, state, flow, identity)
     else:
@@ -282,10 +289,16 @@ async def _finish_sign_in(
         return to_second_factor(pages, request, state, exc.mfa_token, flow.next)
     except errors.TooManyRequests as exc:
         return login_form(
-            pages, request, state, status=429, error=waiting_message(exc), headers=retry_after(exc)
+            pages,
+            request,
+            state,
+            status=429,
+            error=waiting_message(exc),
+            headers=retry_after(exc),
+            next=flow.next,
         )
     except (errors.InactiveUser, errors.EmailNotVerified) as exc:
-        response = refused_account(pages, request, state, exc)
+        response = refused_account(pages, request, state, exc, next=flow.next)
         if isinstance(exc, NewAccountUnverified):
             response.background = BackgroundTasks()
             send_later(response.background, deps.mailer, [exc.mail])
@@ -335,7 +348,8 @@ async def _finish_link(
     pages = oauth.pages
     auth = await deps.optional_session(request)
     if auth is None or auth.user.id != flow.link_user:
-        return oauth.failure(request, state, oauth.provider(flow.provider), "signed_out")
+        provider = oauth.provider(flow.provider)
+        return oauth.failure(request, state, provider, "signed_out", linking=True)
     try:
         await oauth_accounts.link(oauth.core, auth.user.id, identity, deps.client_resolver(request))
     except (errors.Conflict, errors.NotFound) as exc:
