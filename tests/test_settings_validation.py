@@ -151,7 +151,7 @@ GITHUB_PROVIDER = {
 UNUSABLE_PROVIDER: list[tuple[dict[str, Any], str]] = [
     (
         {"oauth_corp_issuer": None},
-        "AUTHDB_OAUTH_CORP_ISSUER is not set: provider 'corp' is listed (only a provider named github",
+        "AUTHDB_OAUTH_CORP_ISSUER is not set: provider 'corp' is listed (only a provider named",
     ),
     ({"oauth_corp_client_id": None}, "AUTHDB_OAUTH_CORP_CLIENT_ID is not set"),
     ({"oauth_corp_client_secret": "  "}, "AUTHDB_OAUTH_CORP_CLIENT_SECRET is not set"),
