@@ -24,6 +24,8 @@ It speaks the documented endpoints
   ``[{"email","primary","verified","visibility"}]``, only with scope ``user:email`` or ``user``
   (404 ``Not Found`` otherwise, as GitHub answers a token lacking the scope). A missing or unknown
   token gives 401 ``{"message":"Bad credentials",...}``. Responses carry ``X-OAuth-Scopes``.
+  A user added with ``user_json`` has those keys of ``/api/user``'s answer replaced as given
+  (``{"id": True}``, a 30-digit id...), to play a GitHub that answers oddly.
 
 Use :func:`start_github_standin` (or the ``github_standin`` fixture of tests/oauth_servers.py).
 """
@@ -83,6 +85,8 @@ class GitHubUser:
     name: str | None = None
     public_email: str | None = None
     emails: list[dict[str, Any]] = field(default_factory=list)
+    # Keys of /api/user's JSON answer to serve as given, over the ones above.
+    user_json: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -175,12 +179,15 @@ class GitHubStandin:
         name: str | None = None,
         public_email: str | None = None,
         emails: list[dict[str, Any]] | None = None,
+        user_json: dict[str, Any] | None = None,
     ) -> GitHubUser:
         """Add (or replace) a user.
 
         ``emails``: dicts with ``email`` and optionally ``primary`` (default False), ``verified``
         (default True), ``visibility`` (default "public" for the primary, else None). Without
         ``emails``, ``public_email`` (if any) becomes the one primary, verified address.
+        ``user_json``: keys of ``/api/user``'s answer to serve as given (the stand-in still
+        finds the user by ``id`` and ``login`` on its own pages).
         """
         if emails is None:
             emails = [{"email": public_email, "primary": True}] if public_email else []
@@ -194,7 +201,12 @@ class GitHubStandin:
             for e in emails
         ]
         user = GitHubUser(
-            id=id, login=login, name=name, public_email=public_email, emails=normalized
+            id=id,
+            login=login,
+            name=name,
+            public_email=public_email,
+            emails=normalized,
+            user_json=dict(user_json or {}),
         )
         with self._lock:
             self.users[id] = user
@@ -400,6 +412,7 @@ class GitHubStandin:
                 "html_url": f"https://github.com/{user.login}",
                 "name": user.name,
                 "email": user.public_email,
+                **user.user_json,
             },
             headers={"X-OAuth-Scopes": ", ".join(token.scopes)},
         )

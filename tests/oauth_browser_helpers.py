@@ -40,6 +40,9 @@ FLOW_COOKIE = "authdb_oauth"
 STALE = "could not be completed"
 UNREACHABLE = "could not be reached"
 EXISTS = "already exists"
+LINK_PASSWORD_MISSING = "Enter your password to link it."
+WRONG_PASSWORD = "Incorrect password"
+LABELS = {"corp": "Corp", "github": "GitHub", "spare": "Spare"}
 
 # What the browser shows for a callback the test holds back (never sent to the server).
 _HELD_PAGE = (
@@ -138,10 +141,38 @@ class OAuthSite(Site):
     def provider_row(self, page: Page, provider: str) -> Any:
         return page.locator(f"#provider-list li[data-provider={provider}]")
 
-    def expect_error_page(self, page: Page, words: str) -> None:
+    def link_from_account(self, page: Page, provider: str, password: str | None = PASSWORD) -> None:
+        """On /account: "Link <Label>", with the account's password typed first (None: an
+        account without a password, whose form has no such field)."""
+        row = self.provider_row(page, provider)
+        field = row.locator(f"input#oauth-{provider}-password")
+        if password is None:
+            expect(field).to_have_count(0)
+        else:
+            field.fill(password)
+        row.get_by_role("button", name=f"Link {LABELS[provider]}").click()
+
+    def expect_notice(self, page: Page, words: str) -> None:
+        """A success notice saying ``words`` (an account without a password shows another
+        status notice at the top of /account too)."""
+        expect(page.get_by_role("status").filter(has_text=words)).to_be_visible()
+
+    def expect_error_page(self, page: Page, words: str, *, flow: str | None = "sign-in") -> None:
+        """An error page saying ``words``; for a failed flow (``flow``: "sign-in" or "link"), the
+        one its kind has: "Sign-in failed", back to sign in; or "Not linked", back to the account
+        page."""
         alert = page.get_by_role("alert")
         expect(alert).to_contain_text(words)
         assert SITE_NAME in page.title()
+        if flow is None:
+            return
+        title, back, path = {
+            "sign-in": ("Sign-in failed", "Back to sign in", "/login"),
+            "link": ("Not linked", "Back to your account", "/account"),
+        }[flow]
+        expect(page).to_have_title(f"{title} · {SITE_NAME}")
+        link = page.get_by_role("link", name=back, exact=True)
+        expect(link).to_have_attribute("href", re.compile(re.escape(path) + "$"))
 
     def hold_callbacks(self, context: BrowserContext) -> CallbackHold:
         return CallbackHold(context, self)

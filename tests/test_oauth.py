@@ -6,6 +6,7 @@ The browser side (buttons, cookies in Chromium, the account page) is tests/test_
 
 from __future__ import annotations
 
+import asyncio
 import html
 import secrets
 import unicodedata
@@ -270,11 +271,22 @@ async def test_require_verified_email_refuses_the_new_unverified_user_and_mails_
     await mailbox.wait_for(1)
     (message,) = mailbox.to(email)
     token = link_token(message, "verify")
+    (row,) = await site.identities(OAuthIdentity.subject == login)
+    assert row.confirmed is False
     assert (await site.client.post("/verify", json={"token": token})).status_code in (200, 204)
-    # Verified now: the same identity signs in.
+    # The address is verified; the link the provider never vouched for is gone with it (the
+    # browser that followed the link was not signed in to the account: it could not be).
+    user = await site.user(email)
+    assert user is not None and user.is_verified
+    assert await site.identities(OAuthIdentity.subject == login) == []
+    (dropped,) = await site.events("oauth_unlinked")
+    assert dropped.user_id == user.id
+    assert dropped.detail == {"provider": "corp", "by": "email_proven"}
+    # So the identity finds an account of its address it is not linked to.
     again = await site.sign_in("corp", login)
-    assert again.status_code == 303, again.text
-    assert (await site.me()).json()["email"] == email
+    assert again.status_code == 409, again.text
+    assert "already exists" in text_of(again)
+    assert (await site.me()).status_code == 401
 
 
 async def test_an_identity_with_an_accounts_email_is_not_linked(site: Site) -> None:
@@ -425,8 +437,9 @@ async def test_a_user_with_mfa_goes_on_to_the_second_factor(make_site: MakeSite)
     assert (await site.me()).status_code == 401
     assert await site.events("login_mfa_required")
     assert [e for e in await site.events("login_ok") if (e.detail or {}).get("provider")] == []
-    # The identity was linked all the same (both sides verified the address).
-    assert len(await site.identities(OAuthIdentity.subject == login)) == 1
+    # Both sides verified the address, but nothing is linked before the second factor.
+    assert await site.identities() == []
+    assert await site.events("oauth_linked") == []
 
 
 # --- usernames ------------------------------------------------------------------------------
@@ -547,9 +560,9 @@ async def test_a_provider_account_has_no_usable_password_until_reset(
 
 async def link_corp(site: Site, username: str, corp_login: str) -> httpx.Response:
     """Sign ``username`` in with its password through the page, then link corp's
-    ``corp_login`` from /account; the callback's response."""
+    ``corp_login`` from /account (confirmed with the password); the callback's response."""
     await sign_in_with_password(site, username)
-    target = await post_account_form(site, "/account/oauth/corp/link")
+    target = await post_account_form(site, "/account/oauth/corp/link", password=PASSWORD)
     assert target.status_code == 303, target.text
     callback = await site.answer_to(target.headers["location"], corp_login)
     return await site.client.get(callback)
@@ -576,3 +589,264 @@ async def post_account_form(
 
 def csrf_of(page: str) -> str:
     return csrf_field(page)
+
+
+# --- links by email: the same address, never a lookalike ------------------------------------
+
+
+async def test_link_verified_email_needs_the_same_address_not_the_same_key(
+    make_site: MakeSite,
+) -> None:
+    """``straße.de`` and ``strasse.de``, ``gmaıl.com`` (dotless i) and ``gmail.com`` share
+    a case-folded key (one of them may register), but they are different domains: the
+    identity is not linked to the other's account. ASCII case alone is the same address."""
+    site = await make_site(oauth_link_verified_email=True)
+    for account_domain, identity_domain in [
+        ("strasse.de", "straße.de"),
+        ("gmail.com", "gma\u0131l.com"),
+    ]:
+        local = new_login("victim")
+        await site.harness.create_user(local, email=f"{local}@{account_domain}")
+        login, _ = corp_account(site, "look", email=f"{local}@{identity_domain}")
+        response = await site.sign_in("corp", login)
+        assert response.status_code == 409, (identity_domain, response.text)
+        assert "already exists" in text_of(response)
+        assert (await site.me()).status_code == 401
+        assert site.client.cookies.get("authdb_session") is None
+        assert await site.identities() == []
+    assert await site.events("oauth_linked") == []
+    # The same address in another ASCII case is the same mailbox: linked and signed in.
+    local = new_login("victim")
+    await site.harness.create_user(local, email=f"Victim{local}@Example.com")
+    login, _ = corp_account(site, "case", email=f"victim{local}@example.com")
+    response = await site.sign_in("corp", login)
+    assert response.status_code == 303, response.text
+    assert (await site.me()).json()["username"] == local
+    (row,) = await site.identities()
+    assert row.subject == login and row.confirmed is True
+    (linked,) = await site.events("oauth_linked")
+    assert linked.detail is not None and linked.detail["by"] == "verified_email"
+
+
+# --- links made from an address the provider did not verify (pre-hijacking) -----------------
+
+
+async def test_a_sign_up_link_is_confirmed_only_when_the_provider_verified_the_address(
+    site: Site,
+) -> None:
+    verified, _ = corp_account(site, "ver")
+    unverified, _ = corp_account(site, "unv", verified=False)
+    for login in (verified, unverified):
+        assert (await site.sign_in("corp", login)).status_code == 303
+        await site.sign_out()
+    (kept,) = await site.identities(OAuthIdentity.subject == verified)
+    (doubtful,) = await site.identities(OAuthIdentity.subject == unverified)
+    assert kept.confirmed is True
+    assert doubtful.confirmed is False
+
+
+async def test_a_password_reset_drops_a_link_the_provider_never_vouched_for(
+    site: Site, mailbox: Mailbox
+) -> None:
+    """An attacker's provider account claims the victim's address, unverified, and signs up
+    with it; the victim resets the password through the mailbox: the attacker's identity no
+    longer opens the account."""
+    victim = f"{new_login('victim')}@corp.example"
+    attacker, _ = corp_account(site, "attacker", email=victim, verified=False)
+    assert (await site.sign_in("corp", attacker)).status_code == 303
+    (row,) = await site.identities(OAuthIdentity.subject == attacker)
+    assert row.confirmed is False
+    await site.sign_out()
+    # The victim, with "Forgot your password?".
+    forgot = await site.client.post("/password/forgot", json={"email": victim})
+    assert forgot.status_code == 202
+    token = await mailed_token(mailbox, victim, "reset-password")
+    reset = await site.client.post("/password/reset", json={"token": token, "password": PASSWORD})
+    assert reset.status_code == 204, reset.text
+    assert await site.identities(OAuthIdentity.subject == attacker) == []
+    user = await site.user(victim)
+    assert user is not None
+    (dropped,) = await site.events("oauth_unlinked")
+    assert dropped.user_id == user.id
+    assert dropped.detail is not None
+    assert (dropped.detail["provider"], dropped.detail["by"]) == ("corp", "email_proven")
+    # The attacker's identity finds an account it is not linked to.
+    again = await site.sign_in("corp", attacker)
+    assert again.status_code == 409, again.text
+    assert "already exists" in text_of(again)
+    assert (await site.me()).status_code == 401
+    # The victim's password works.
+    assert (await site.harness.login(victim, PASSWORD))["access_token"]
+
+
+async def mailed_token(mailbox: Mailbox, address: str, kind: str, seconds: float = 10) -> str:
+    """The token of the first ``kind`` link ("verify", "reset-password") mailed to
+    ``address``, waiting for it until a deadline."""
+    deadline = asyncio.get_running_loop().time() + seconds
+    while True:
+        for message in mailbox.to(address):
+            body = message.get_body(preferencelist=("plain",))
+            if body is not None and f"/{kind}?token=" in body.get_content():
+                return link_token(message, kind)
+        assert asyncio.get_running_loop().time() < deadline, f"no {kind} link to {address}"
+        await asyncio.sleep(0.02)
+
+
+async def verify_through_the_page(site: Site, token: str) -> httpx.Response:
+    """Follow a verification link in ``site``'s browser: the page, then its form."""
+    page = await site.client.get("/verify", params={"token": token})
+    assert page.status_code == 200, page.text
+    response = await site.client.post(
+        "/verify", data={"csrf_token": csrf_of(page.text), "token": token}
+    )
+    assert response.status_code == 200, response.text
+    assert "Your email address is verified." in text_of(response)
+    return response
+
+
+async def unverified_sign_up(site: Site, mailbox: Mailbox, stem: str) -> tuple[str, str, str]:
+    """A sign-up from an address the provider did not verify, signed in in ``site``'s
+    browser: (the provider login, the address, the token of the mailed verification link)."""
+    login, email = corp_account(site, stem, verified=False)
+    assert (await site.sign_in("corp", login)).status_code == 303
+    assert (await site.me()).json()["email"] == email
+    return login, email, await mailed_token(mailbox, email, "verify")
+
+
+async def test_verifying_in_the_signed_in_browser_confirms_the_link(
+    site: Site, mailbox: Mailbox
+) -> None:
+    login, email, token = await unverified_sign_up(site, mailbox, "mine")
+    page = await verify_through_the_page(site, token)
+    assert "Go to your account" in text_of(page)
+    (row,) = await site.identities(OAuthIdentity.subject == login)
+    assert row.confirmed is True
+    user = await site.user(email)
+    assert user is not None and user.is_verified
+    assert await site.events("oauth_unlinked") == []
+    # It still signs in.
+    await site.sign_out()
+    assert (await site.sign_in("corp", login)).status_code == 303
+    assert (await site.me()).json()["email"] == email
+
+
+async def test_verifying_anywhere_else_drops_the_link(site: Site, mailbox: Mailbox) -> None:
+    """The link followed by a browser not signed in, one signed in to another account, or
+    sent to the JSON API (even with the account's own session cookie): dropped."""
+    other = new_login("other")
+    await site.harness.create_user(other)
+    dropped: list[tuple[str, str]] = []
+
+    async def check_dropped(login: str, email: str) -> None:
+        dropped.append((login, email))
+        assert await site.identities(OAuthIdentity.subject == login) == []
+        user = await site.user(email)
+        assert user is not None and user.is_verified
+        events = await site.events("oauth_unlinked")
+        assert sorted(e.user_id for e in events if e.user_id is not None) == sorted(
+            u.id for u in [await site.user(e) for _, e in dropped] if u is not None
+        )
+        for event in events:
+            assert event.detail is not None and event.detail["by"] == "email_proven"
+        await site.sign_out()
+        again = await site.sign_in("corp", login)
+        assert again.status_code == 409, again.text
+        assert (await site.me()).status_code == 401
+
+    # Another browser (not signed in).
+    login, email, token = await unverified_sign_up(site, mailbox, "away")
+    await site.sign_out()
+    page = await verify_through_the_page(site, token)
+    assert "Sign in" in text_of(page)
+    await check_dropped(login, email)
+    # A browser signed in to another account.
+    login, email, token = await unverified_sign_up(site, mailbox, "elsewhere")
+    await site.sign_out()
+    await sign_in_with_password(site, other)
+    await verify_through_the_page(site, token)
+    assert (await site.me()).json()["username"] == other
+    await check_dropped(login, email)
+    # The JSON API, in the account's own signed-in browser.
+    login, email, token = await unverified_sign_up(site, mailbox, "api")
+    verified = await site.client.post("/verify", json={"token": token})
+    assert verified.status_code in (200, 204), verified.text
+    await check_dropped(login, email)
+
+
+# --- what a provider says, checked ----------------------------------------------------------
+
+
+async def test_email_verified_must_be_true_not_merely_truthy(site: Site) -> None:
+    """``email_verified`` of 1 is no assertion (only ``true``, or the string "true")."""
+    made = {}
+    for stem, claim in [("one", 1), ("string", "true"), ("yes", "yes")]:
+        login = new_login(stem)
+        email = f"{login}@corp.example"
+        site.oidc.add_account(login, email, email_verified=claim, preferred_username=login)  # type: ignore[arg-type]
+        assert (await site.sign_in("corp", login)).status_code == 303
+        await site.sign_out()
+        user = await site.user(email)
+        assert user is not None
+        (row,) = await site.identities(OAuthIdentity.subject == login)
+        made[stem] = (user.is_verified, row.confirmed)
+    assert made == {"one": (False, False), "string": (True, True), "yes": (False, False)}
+
+
+async def test_github_addresses_with_control_characters_are_dropped(site: Site) -> None:
+    # The only address holds a NUL: as if GitHub had shared none (PostgreSQL would refuse it).
+    nul_id = secrets.randbelow(10**9)
+    site.github.add_user(
+        nul_id,
+        new_login("nul"),
+        emails=[{"email": "nul\x00byte@gh.example", "primary": True, "verified": True}],
+    )
+    response = await site.sign_in("github", str(nul_id))
+    assert response.status_code == 400, response.text
+    assert "GitHub did not share your email address" in text_of(response)
+    assert await site.count(User) == 0
+    assert await site.identities() == []
+    # A primary with an escape sequence, another verified address: that one is used.
+    esc_id = secrets.randbelow(10**9)
+    good = f"{new_login('good')}@gh.example"
+    site.github.add_user(
+        esc_id,
+        new_login("esc"),
+        emails=[
+            {"email": "esc\x1b[31m@gh.example", "primary": True, "verified": True},
+            {"email": "bidi\u202e@gh.example", "verified": True},
+            {"email": good, "verified": True},
+        ],
+    )
+    response = await site.sign_in("github", str(esc_id))
+    assert response.status_code == 303, response.text
+    me = (await site.me()).json()
+    assert me["email"] == good and me["is_verified"] is True
+    (row,) = await site.identities()
+    assert row.email == good
+
+
+@pytest.mark.parametrize(
+    "user_id",
+    [
+        pytest.param(True, id="bool"),
+        pytest.param(10**29, id="30-digits"),
+        pytest.param("12345", id="string"),
+        pytest.param(-5, id="negative"),
+        pytest.param(None, id="null"),
+    ],
+)
+async def test_a_github_user_without_a_sound_id_is_a_502_page(site: Site, user_id: Any) -> None:
+    login = new_login("oddid")
+    site.github.add_user(
+        secrets.randbelow(10**9),
+        login,
+        emails=[{"email": f"{login}@gh.example", "primary": True, "verified": True}],
+        user_json={"id": user_id},
+    )
+    response = await site.sign_in("github", login)
+    assert response.status_code == 502, response.text
+    assert "GitHub could not be reached" in text_of(response)
+    assert (await site.me()).status_code == 401
+    assert await site.count(User) == 0
+    (event,) = await site.events("oauth_failed")
+    assert event.detail is not None and event.detail["reason"] == "GitHub user: no numeric id"

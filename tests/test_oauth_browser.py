@@ -14,11 +14,13 @@ a second sign-in in the same context goes straight back to the site.
 
 from __future__ import annotations
 
+import os
 import re
 import secrets
 import time
 from collections.abc import Iterator
-from urllib.parse import parse_qs, urlencode, urlsplit
+from pathlib import Path
+from urllib.parse import parse_qs, parse_qsl, urlencode, urlsplit, urlunsplit
 
 import httpx
 import pyotp
@@ -35,15 +37,17 @@ from playwright.sync_api import (  # noqa: E402
     expect,
 )
 
-from tests.browser import DESKTOP, WAIT_MS, Inbox  # noqa: E402
+from tests.browser import DESKTOP, PHONE, WAIT_MS, Inbox  # noqa: E402
 from tests.conftest import PASSWORD  # noqa: E402
 from tests.github_standin import GitHubStandin  # noqa: E402
 from tests.oauth_browser_helpers import (  # noqa: E402
     EXISTS,
     FLOW_COOKIE,
+    LINK_PASSWORD_MISSING,
     SESSION_COOKIE,
     STALE,
     UNREACHABLE,
+    WRONG_PASSWORD,
     NewContext,
     OAuthSite,
     cookies,
@@ -58,6 +62,7 @@ pytest_plugins = ["tests.browser", "tests.oauth_servers"]
 NEW_PASSWORD = "a brand new and rather long passphrase"
 LINKED_NOTICE = "The provider has been linked"
 UNLINKED_NOTICE = "The provider has been unlinked"
+DOCS = Path(__file__).resolve().parent.parent / "docs"
 
 
 # --- fixtures ---------------------------------------------------------------------------------
@@ -179,7 +184,6 @@ def test_sign_up_then_sign_in_again_with_the_oidc_provider(
     page.goto("/login")
     button = page.locator("a.provider-button[data-provider=corp]")
     expect(button).to_have_text("Continue with Corp")
-    site.snap(page, "oauth-login-buttons")
     button.click()
     site.at_provider(page, "corp", login)
     site.expect_account(page)
@@ -187,7 +191,10 @@ def test_sign_up_then_sign_in_again_with_the_oidc_provider(
     row = site.provider_row(page, "corp")
     expect(row).to_contain_text(f"Linked as {address}")
     expect(row.get_by_role("button", name="Unlink Corp")).to_be_visible()
-    expect(site.provider_row(page, "github")).to_contain_text("Not linked")
+    github_row = site.provider_row(page, "github")
+    expect(github_row).to_contain_text("Not linked")
+    # Nothing to confirm linking with: no password field.
+    expect(github_row.locator("input[type=password]")).to_have_count(0)
     site.snap_part(page, "section[aria-labelledby=oauth-heading]", "oauth-account-providers")
     # The flow's cookie is gone once it has been used.
     assert FLOW_COOKIE not in cookies(page.context)
@@ -196,6 +203,11 @@ def test_sign_up_then_sign_in_again_with_the_oidc_provider(
     # No usable password: the provider is its only way in.
     assert site.token(login, "!").status_code == 401
     expect(page.locator("#no-password")).to_be_visible()
+    notice = page.locator("#no-password-notice")
+    expect(notice).to_contain_text("your account has no password yet")
+    expect(notice.get_by_role("link", name="set one by email")).to_have_attribute(
+        "href", re.compile(r"/forgot-password$")
+    )
 
     # Out, and in again with the same provider: the same account, not a second one.
     site.sign_out(page)
@@ -243,8 +255,11 @@ def test_sign_up_then_sign_in_again_with_github(
 
 
 def test_github_user_without_a_verified_email_gets_an_unverified_account(
-    oauth_site: OAuthSite, page: Page
+    oauth_site: OAuthSite, page: Page, new_context: NewContext
 ) -> None:
+    """The address is verified the usual way, by a link in the mail: followed in the browser
+    signed in to the account, it keeps the GitHub link (made from an address GitHub had not
+    verified, it was unconfirmed until then)."""
     site = oauth_site
     login, address = site.github_user("unver", verified=False)
     site.continue_with(page, "github")
@@ -253,12 +268,73 @@ def test_github_user_without_a_verified_email_gets_an_unverified_account(
     me = site.me_json(page.context)
     assert (me["username"], me["email"], me["is_verified"]) == (login, address, False)
     expect(page.locator(".current-email .badge-warning")).to_have_text("Not verified")
-    # The address is verified the usual way: a link by mail.
-    link = site.inbox.link(address, "/verify")
-    page.goto(link)
+    expect(site.provider_row(page, "github")).to_contain_text(f"Linked as {address}")
+
+    page.goto(site.inbox.link(address, "/verify"))
     page.get_by_role("button", name="Verify my email address").click()
     expect(page.get_by_role("status")).to_be_visible()
     assert site.me_json(page.context)["is_verified"] is True
+    page.goto("/account")
+    expect(site.provider_row(page, "github")).to_contain_text(f"Linked as {address}")
+
+    # Still a way in: out, and in again with GitHub, here and in another browser.
+    site.sign_out(page)
+    site.continue_with(page, "github")
+    site.at_provider(page, "github", login)
+    site.expect_account(page)
+    assert site.me_json(page.context)["id"] == me["id"]
+    elsewhere = new_context().new_page()
+    site.continue_with(elsewhere, "github")
+    site.at_provider(elsewhere, "github", login)
+    site.expect_account(elsewhere)
+    assert site.me_json(elsewhere.context)["id"] == me["id"]
+
+
+@pytest.mark.parametrize("proof", ["reset", "verified_signed_out"])
+def test_proving_the_address_elsewhere_drops_an_unconfirmed_link(
+    oauth_site: OAuthSite, page: Page, new_context: NewContext, proof: str
+) -> None:
+    """Whoever owns the mailbox of an account made from an address GitHub had not verified
+    (a password reset, or the verification link opened in a browser not signed in to the
+    account) takes it over: the GitHub link is dropped."""
+    site = oauth_site
+    login, address = site.github_user("drop", verified=False)
+    site.continue_with(page, "github")
+    site.at_provider(page, "github", login)
+    site.expect_account(page)
+    me = site.me_json(page.context)
+
+    owner = new_context().new_page()
+    if proof == "reset":
+        owner.goto("/forgot-password")
+        owner.locator("#email").fill(address)
+        site.submit(owner, "#email")
+        expect(owner.get_by_role("status")).to_be_visible()
+        owner.goto(site.inbox.link(address, "/reset-password"))
+        owner.locator("#password").fill(NEW_PASSWORD)
+        owner.locator("#password_confirm").fill(NEW_PASSWORD)
+        site.submit(owner, "#password_confirm")
+        expect(owner.get_by_role("status")).to_be_visible()
+        # The reset signed the GitHub browser out: in with the new password.
+        site.sign_in(page, login, NEW_PASSWORD)
+    else:
+        owner.goto(site.inbox.link(address, "/verify"))
+        owner.get_by_role("button", name="Verify my email address").click()
+        expect(owner.get_by_role("status")).to_be_visible()
+        page.goto("/account")
+    site.expect_account(page)
+    assert site.me_json(page.context)["id"] == me["id"]
+    row = site.provider_row(page, "github")
+    expect(row).to_contain_text("Not linked")
+
+    # GitHub is no way into it any more: its address belongs to an account, so sign in and link.
+    site.sign_out(page)
+    site.continue_with(page, "github")
+    with page.expect_response(lambda r: r.url.startswith(site.callback_prefix("github"))) as got:
+        site.at_provider(page, "github", login)
+    assert got.value.status == 409
+    expect(page.get_by_role("alert")).to_contain_text(EXISTS)
+    site.assert_signed_out(page.context)
 
 
 # --- 3, 4, 5: state, the flow's cookie, replay ------------------------------------------------
@@ -284,8 +360,14 @@ def test_a_tampered_state_is_refused_and_the_real_callback_still_works(
     site.assert_signed_out(page.context)
     # A wrong state may be an attacker's: this browser's own flow is kept...
     assert FLOW_COOKIE in cookies(page.context)
+    # ...as it is when the callback is another provider's (the cookie is Corp's flow).
+    foreign = callback.replace("/oauth/corp/callback?", "/oauth/github/callback?")
+    response = page.goto(foreign)
+    assert response is not None and response.status == 400
+    site.expect_error_page(page, STALE)
+    assert FLOW_COOKIE in cookies(page.context)
 
-    # ...so the callback the provider really sent completes the sign-in.
+    # So the callback the provider really sent completes the sign-in.
     response = page.goto(callback)
     assert response is not None and response.status == 200
     site.expect_account(page)
@@ -328,15 +410,25 @@ def test_a_replayed_callback_is_refused_and_the_session_stays(
     site.at_provider(page, "corp", login)
     callback = hold.wait(page)
     hold.release()
+    flow_cookie = cookies(page.context)[FLOW_COOKIE]
 
     page.goto(callback)
     site.expect_account(page)
     me = site.me_json(page.context)
     session = cookies(page.context)[SESSION_COOKIE]["value"]
+    assert FLOW_COOKIE not in cookies(page.context)
 
+    # Again, without the flow's cookie (cleared by the sign-in): refused.
     response = page.goto(callback)
     assert response is not None and response.status == 400
     site.expect_error_page(page, STALE)
+    # And with it (kept by an attacker, say): refused too, and this spent flow's cookie is
+    # cleared.
+    page.context.add_cookies([flow_cookie])  # type: ignore[list-item]
+    response = page.goto(callback)
+    assert response is not None and response.status == 400
+    site.expect_error_page(page, STALE)
+    assert FLOW_COOKIE not in cookies(page.context)
     # The first sign-in's session is untouched.
     assert cookies(page.context)[SESSION_COOKIE]["value"] == session
     assert site.me_json(page.context)["id"] == me["id"]
@@ -470,10 +562,10 @@ def test_an_existing_accounts_email_asks_to_sign_in_and_link(
 
     # Link Corp: the provider already knows this browser, so it answers at once.
     with page.expect_request(lambda r: r.url.startswith(site.corp.issuer + "/")):
-        row.get_by_role("button", name="Link Corp").click()
+        site.link_from_account(page, "corp")
     site.expect_account(page)
     assert parse_qs(urlsplit(page.url).query).get("notice") == ["oauth_linked"]
-    expect(page.get_by_role("status")).to_contain_text(LINKED_NOTICE)
+    site.expect_notice(page, LINKED_NOTICE)
     expect(row).to_contain_text(f"Linked as {address}")
     assert site.me_json(page.context)["id"] == me["id"]
 
@@ -494,10 +586,10 @@ def test_linking_at_a_provider_with_its_own_sign_in_page(
     login, _ = site.github_user("ghlinked")
     site.sign_in(page, username, PASSWORD)
     site.expect_account(page)
-    site.provider_row(page, "github").get_by_role("button", name="Link GitHub").click()
+    site.link_from_account(page, "github")
     site.at_provider(page, "github", login)
     site.expect_account(page)
-    expect(page.get_by_role("status")).to_contain_text(LINKED_NOTICE)
+    site.expect_notice(page, LINKED_NOTICE)
     expect(site.provider_row(page, "github")).to_contain_text("Linked as")
 
     # Another browser: GitHub's button signs into this account.
@@ -518,16 +610,17 @@ def test_unlinking_a_provider_from_the_account_page(oauth_site: OAuthSite, page:
     site.sign_in(page, username, PASSWORD)
     site.expect_account(page)
     row = site.provider_row(page, "corp")
-    row.get_by_role("button", name="Link Corp").click()
+    site.link_from_account(page, "corp")
     site.at_provider(page, "corp", login)
     site.expect_account(page)
     expect(row).to_contain_text("Linked as")
 
     row.get_by_role("button", name="Unlink Corp").click()
     site.expect_account(page)
-    expect(page.get_by_role("status")).to_contain_text(UNLINKED_NOTICE)
+    site.expect_notice(page, UNLINKED_NOTICE)
     expect(row).to_contain_text("Not linked")
     expect(row.get_by_role("button", name="Link Corp")).to_be_visible()
+    expect(row.locator("input#oauth-corp-password")).to_be_editable()
 
     # The provider's identity is nobody's now: it makes a new account (the provider still
     # knows this browser).
@@ -580,7 +673,7 @@ def test_the_last_way_to_sign_in_cannot_be_unlinked_until_a_password_is_set(
     assert site.me_json(page.context)["id"] == me["id"]
     expect(page.locator("#no-password")).to_have_count(0)
     row.get_by_role("button", name="Unlink Corp").click()
-    expect(page.get_by_role("status")).to_contain_text(UNLINKED_NOTICE)
+    site.expect_notice(page, UNLINKED_NOTICE)
     expect(row).to_contain_text("Not linked")
     assert site.token(login, NEW_PASSWORD).status_code == 200
 
@@ -594,9 +687,9 @@ def test_a_provider_sign_in_asks_for_the_second_factor(oauth_site: OAuthSite, pa
     login, _ = site.corp_account("mfacorp")
     site.sign_in(page, username, PASSWORD)
     site.expect_account(page)
-    site.provider_row(page, "corp").get_by_role("button", name="Link Corp").click()
+    site.link_from_account(page, "corp")
     site.at_provider(page, "corp", login)
-    expect(page.get_by_role("status")).to_contain_text(LINKED_NOTICE)
+    site.expect_notice(page, LINKED_NOTICE)
     me = site.me_json(page.context)
     site.sign_out(page)
     secret = _enable_mfa(site, username)
@@ -638,7 +731,7 @@ def test_an_unknown_provider_is_a_404_page(oauth_site: OAuthSite, page: Page) ->
     for path in ("/oauth/nope/authorize", "/oauth/nope/callback?code=x&state=y"):
         response = page.goto(path)
         assert response is not None and response.status == 404, path
-        site.expect_error_page(page, "No such sign-in provider")
+        site.expect_error_page(page, "No such sign-in provider", flow=None)
     site.assert_signed_out(page.context)
 
 
@@ -657,11 +750,11 @@ def test_an_identity_of_another_account_is_not_linked(
     page = new_context().new_page()
     site.sign_in(page, username, PASSWORD)
     site.expect_account(page)
-    site.provider_row(page, "corp").get_by_role("button", name="Link Corp").click()
+    site.link_from_account(page, "corp")
     with page.expect_response(lambda r: r.url.startswith(site.callback_prefix("corp"))) as got:
         site.at_provider(page, "corp", login)
     assert got.value.status == 409
-    site.expect_error_page(page, "already linked to another user")
+    site.expect_error_page(page, "already linked to another user", flow="link")
     page.get_by_role("link", name="Back to your account").click()
     site.expect_account(page)
     expect(site.provider_row(page, "corp")).to_contain_text("Not linked")
@@ -683,7 +776,7 @@ def test_signed_out_before_the_provider_answered_links_nothing(
     site.sign_in(page, username, PASSWORD)
     site.expect_account(page)
     hold = site.hold_callbacks(page.context)
-    site.provider_row(page, "corp").get_by_role("button", name="Link Corp").click()
+    site.link_from_account(page, "corp")
     site.at_provider(page, "corp", login)
     callback = hold.wait(page)
     hold.release()
@@ -692,7 +785,7 @@ def test_signed_out_before_the_provider_answered_links_nothing(
 
     response = page.goto(callback)
     assert response is not None and response.status == 400
-    site.expect_error_page(page, "You were signed out before the provider answered")
+    site.expect_error_page(page, "You were signed out before the provider answered", flow="link")
     site.assert_signed_out(page.context)
     # Nothing was linked: the identity is nobody's, and makes an account of its own.
     site.continue_with(page, "corp")
@@ -706,12 +799,154 @@ def test_denied_while_linking_links_nothing(oauth_site: OAuthSite, page: Page) -
     login, _ = site.corp_account("nolinkcorp")
     site.sign_in(page, username, PASSWORD)
     site.expect_account(page)
-    site.provider_row(page, "corp").get_by_role("button", name="Link Corp").click()
+    site.link_from_account(page, "corp")
     with page.expect_response(lambda r: r.url.startswith(site.callback_prefix("corp"))) as got:
         site.at_provider(page, "corp", login, deny=True)
     assert got.value.status == 400
-    site.expect_error_page(page, "You did not allow Corp")
-    page.goto("/account")
+    site.expect_error_page(
+        page, "You did not allow Corp to link your account. Nothing has changed.", flow="link"
+    )
+    site.snap(page, "oauth-error-link-denied")
+    assert FLOW_COOKIE not in cookies(page.context)
+    page.get_by_role("link", name="Back to your account").click()
     site.expect_account(page)
     expect(site.provider_row(page, "corp")).to_contain_text("Not linked")
     expect(page.locator("#profile-username")).to_have_value(username)
+
+
+def test_a_callback_without_a_code_while_linking_links_nothing(
+    oauth_site: OAuthSite, page: Page
+) -> None:
+    site = oauth_site
+    username, _ = password_user(site, "nocode")
+    login, _ = site.github_user("nocodegh")
+    site.sign_in(page, username, PASSWORD)
+    site.expect_account(page)
+    hold = site.hold_callbacks(page.context)
+    site.link_from_account(page, "github")
+    site.at_provider(page, "github", login)
+    callback = hold.wait(page)
+    hold.release()
+
+    parts = urlsplit(callback)
+    query = [(k, v) for k, v in parse_qsl(parts.query) if k != "code"]
+    response = page.goto(urlunsplit(parts._replace(query=urlencode(query))))
+    assert response is not None and response.status == 400
+    site.expect_error_page(
+        page, "GitHub did not confirm it was you. Please start again.", flow="link"
+    )
+    assert FLOW_COOKIE not in cookies(page.context)  # the flow is spent
+    # ...so the real callback cannot finish it either.
+    response = page.goto(callback)
+    assert response is not None and response.status == 400
+    site.expect_error_page(page, STALE)
+    page.goto("/account")
+    expect(site.provider_row(page, "github")).to_contain_text("Not linked")
+
+
+# --- linking needs the password ---------------------------------------------------------------
+
+
+def test_linking_with_a_wrong_or_no_password_is_refused_before_the_provider(
+    oauth_site: OAuthSite, page: Page
+) -> None:
+    site = oauth_site
+    username, _ = password_user(site, "linkpw")
+    login, _ = site.github_user("linkpwgh")
+    site.sign_in(page, username, PASSWORD)
+    site.expect_account(page)
+    to_github: list[str] = []
+    page.on(
+        "request",
+        lambda r: to_github.append(r.url) if r.url.startswith(site.github.base_url) else None,
+    )
+    section = page.locator("section[aria-labelledby=oauth-heading]")
+    row = site.provider_row(page, "github")
+    field = row.locator("input#oauth-github-password")
+    expect(field).to_have_attribute("autocomplete", "current-password")
+
+    # A wrong password: refused on the account page, next to the form.
+    with page.expect_response(lambda r: r.url.endswith("/account/oauth/github/link")) as got:
+        site.link_from_account(page, "github", "not the password at all")
+    assert got.value.status == 400
+    expect(section.get_by_role("alert")).to_have_text(WRONG_PASSWORD)
+    expect(field).to_have_attribute("aria-invalid", "true")
+    expect(row).to_contain_text("Not linked")
+    site.snap_part(page, "section[aria-labelledby=oauth-heading]", "oauth-link-wrong-password")
+
+    # No password (the browser's own check taken off): asked for it.
+    field.evaluate("el => el.removeAttribute('required')")
+    with page.expect_response(lambda r: r.url.endswith("/account/oauth/github/link")) as got:
+        site.link_from_account(page, "github", "")
+    assert got.value.status == 422
+    expect(section.get_by_role("alert")).to_have_text(LINK_PASSWORD_MISSING)
+    expect(row).to_contain_text("Not linked")
+    assert not to_github, to_github
+    assert FLOW_COOKIE not in cookies(page.context)
+
+    # The right one: off to GitHub, and linked.
+    site.link_from_account(page, "github")
+    site.at_provider(page, "github", login)
+    site.expect_account(page)
+    site.expect_notice(page, LINKED_NOTICE)
+    expect(row).to_contain_text("Linked as")
+    assert to_github
+
+
+def test_an_account_made_through_a_provider_links_another_without_a_password(
+    oauth_site: OAuthSite, page: Page, new_context: NewContext
+) -> None:
+    site = oauth_site
+    login, _ = site.corp_account("nopw")
+    gh_login, _ = site.github_user("nopwgh")
+    site.continue_with(page, "corp")
+    site.at_provider(page, "corp", login)
+    site.expect_account(page)
+    me = site.me_json(page.context)
+
+    site.link_from_account(page, "github", password=None)
+    site.at_provider(page, "github", gh_login)
+    site.expect_account(page)
+    site.expect_notice(page, LINKED_NOTICE)
+    expect(site.provider_row(page, "github")).to_contain_text("Linked as")
+
+    other = new_context().new_page()
+    site.continue_with(other, "github")
+    site.at_provider(other, "github", gh_login)
+    site.expect_account(other)
+    assert site.me_json(other.context)["id"] == me["id"]
+
+
+# --- screenshots ------------------------------------------------------------------------------
+
+
+def test_screenshots_of_the_provider_pages(oauth_site: OAuthSite, page: Page) -> None:
+    """/login's provider buttons and /account's "Sign-in providers" section (one provider
+    linked, the others with their password fields), at phone and desktop size; with
+    AUTHDB_UPDATE_DOCS_SCREENSHOTS=1, the docs' two pictures as well (SQLite's run)."""
+    site = oauth_site
+    docs = os.environ.get("AUTHDB_UPDATE_DOCS_SCREENSHOTS") == "1" and site.backend == "sqlite"
+    page.goto("/login")
+    expect(page.locator("a.provider-button")).to_have_text(
+        ["Continue with Corp", "Continue with GitHub", "Continue with Spare"]
+    )
+    site.snap(page, "oauth-login-providers")
+    if docs:
+        page.screenshot(path=DOCS / "pages-login-providers-desktop.png", full_page=True)
+
+    username, _ = password_user(site, "shots")
+    login, _ = site.corp_account("shotscorp")
+    site.sign_in(page, username, PASSWORD)
+    site.expect_account(page)
+    site.link_from_account(page, "corp")
+    site.at_provider(page, "corp", login)
+    site.expect_notice(page, LINKED_NOTICE)
+    page.goto("/account")
+    section = "section[aria-labelledby=oauth-heading]"
+    expect(page.locator("#provider-list input[type=password]")).to_have_count(2)
+    site.snap(page, "oauth-account-password")  # the whole page: labels, fits a phone
+    site.snap_part(page, section, "oauth-account-providers-password")
+    if docs:
+        page.set_viewport_size(PHONE)
+        page.locator(section).screenshot(path=DOCS / "pages-account-providers-phone.png")
+        page.set_viewport_size(DESKTOP)

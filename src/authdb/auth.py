@@ -14,7 +14,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from starlette.applications import Starlette
 from starlette.types import ASGIApp
 
-from authdb import links, settings_env
+from authdb import extras, links, settings_env
 from authdb.db import migrate
 from authdb.db.engine import PoolBudget, async_url, create_engine, create_sessionmaker, is_sqlite
 from authdb.db.schema import check_user_not_subclassed
@@ -69,6 +69,8 @@ class Auth:
         self.features = Features.from_mapping(features)
         self.hooks = Hooks()
         settings_env.log_unknown(self.settings)  # a mistyped AUTHDB_ variable gets a word
+        # A setting whose extra is missing fails here, naming the pip install, not at a click.
+        extras.check(self.settings)
         url = self.settings.database_url
         sqlite = is_sqlite(async_url(url))
         # AUTHDB_DATABASE_POOL_SIZE caps everything this process holds: both pools together.

@@ -199,6 +199,6 @@ class LastSignInMethod(Conflict):
     """Unlinking would leave no way to sign in (409)."""
 
     detail = (
-        "This is your only way to sign in. Set a password (through \"Forgot your password?\") "
-        "or add a passkey or another provider first."
+        "This is your only way to sign in. Set a password first (through “Forgot your "
+        "password?”), or add another way to sign in."
     )

@@ -85,13 +85,15 @@ class UnknownSetting:
     name: str
     where: str
     suggestion: str | None
+    # Why it is ignored, when that is known better than by a close name.
+    reason: str | None = None
 
     @property
     def message(self) -> str:
         """``unknown setting AUTHDB_SMTP_HOSTNAME (did you mean AUTHDB_SMTP_HOST?)``."""
         place = "" if self.where == "environment" else f" in {self.where}"
         hint = f"did you mean {self.suggestion}?" if self.suggestion else "ignored"
-        return f"unknown setting {self.name}{place} ({hint})"
+        return f"unknown setting {self.name}{place} ({self.reason or hint})"
 
 
 def unknown_settings(
@@ -113,6 +115,11 @@ def unknown_settings(
         if upper in known or upper.startswith(NOT_SETTINGS_PREFIXES):
             continue
         if settings_oauth.is_provider_variable(upper, providers):
+            continue
+        provider = settings_oauth.provider_of(upper)
+        if provider is not None:
+            reason = f"ignored: provider {provider!r} is not in AUTHDB_OAUTH_PROVIDERS"
+            unknown.append(UnknownSetting(name, where, None, reason))
             continue
         unknown.append(UnknownSetting(name, where, _closest(upper, known)))
     return unknown

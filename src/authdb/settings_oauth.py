@@ -28,6 +28,9 @@ from authdb.names import has_control_characters
 _NAME = re.compile(r"^[a-z][a-z0-9_]{0,31}$")
 # The per-provider variables: AUTHDB_OAUTH_<NAME>_<SUFFIX>.
 FIELDS = ("client_id", "client_secret", "issuer", "scopes", "label", "github_url", "api_url")
+_VARIABLE = re.compile(
+    r"^AUTHDB_OAUTH_([A-Z][A-Z0-9_]{0,31})_(" + "|".join(f.upper() for f in FIELDS) + r")$"
+)
 GITHUB = "github"
 GITHUB_URL = "https://github.com"
 GITHUB_API_URL = "https://api.github.com"
@@ -190,6 +193,12 @@ def _paths(env_file: DotenvType | None) -> list[Path]:
         return []
     files = [env_file] if isinstance(env_file, str | os.PathLike) else list(env_file)
     return [Path(file).expanduser() for file in files]
+
+
+def provider_of(name: str) -> str | None:
+    """The provider an ``AUTHDB_OAUTH_<NAME>_<FIELD>`` variable configures, listed or not."""
+    match = _VARIABLE.match(name.upper())
+    return match.group(1).lower() if match else None
 
 
 def is_provider_variable(name: str, providers: list[str]) -> bool:

@@ -21,6 +21,7 @@ from sqlalchemy import (
     TypeDecorator,
     and_,
     false,
+    true,
 )
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.engine import Dialect
@@ -318,6 +319,10 @@ class OAuthIdentity(Base):
     subject: Mapped[str] = mapped_column(String(255))
     # The address the provider gave when linked or last used, shown on /account.
     email: Mapped[str | None] = mapped_column(String(320))
+    # False for the link of an account made from an address the provider did not verify:
+    # whoever proves they own the address (a verification or reset link) drops it, else the
+    # identity's owner would keep a way into a mailbox owner's account (pre-hijacking).
+    confirmed: Mapped[bool] = mapped_column(Boolean, default=True, server_default=true())
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     last_used_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
 

@@ -20,7 +20,6 @@ mounts authdb's pages under a prefix serves it under that prefix, which the doct
 
 from __future__ import annotations
 
-import json
 import secrets
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -42,14 +41,12 @@ from authdb.extras import MissingExtra, require
 from authdb.links import url as public_url_of
 from authdb.names import has_control_characters
 from authdb.oauth import ProviderDenied, ProviderFailed, oidc
-from authdb.oauth.providers import Provider, http_client
+from authdb.oauth.providers import CLIENT_REFUSED, Provider, http_client
 from authdb.settings_oauth import ProviderSettings, variable
 
 # The token endpoint's answers to a made-up code: the client passed, or it did not.
 _CODE_REFUSED = frozenset({"invalid_grant", "bad_verification_code"})
-_CLIENT_REFUSED = frozenset(
-    {"invalid_client", "incorrect_client_credentials", "unauthorized_client"}
-)
+_CLIENT_REFUSED = CLIENT_REFUSED
 
 
 class _Problem(Exception):
@@ -97,7 +94,7 @@ async def _oidc(http: httpx.AsyncClient, provider: ProviderSettings) -> str:
     """``issuer ...: discovery and JWKS (N keys)``, or _Problem."""
     issuer = provider.issuer or ""
     where = variable(provider.name, "issuer")
-    url = issuer + "/.well-known/openid-configuration"
+    url = issuer.rstrip("/") + "/.well-known/openid-configuration"
     document = await _get_json(http, url, f"{shown_url(url)} ({where})")
     if isinstance(document, dict) and document.get("issuer") != issuer:
         named = document.get("issuer")
@@ -153,7 +150,7 @@ async def _client(http: httpx.AsyncClient, provider: ProviderSettings, callback:
     names = f"{variable(provider.name, 'client_id')}, {variable(provider.name, 'client_secret')}"
     try:
         # The sign-in's own exchange (same endpoint, client authentication, encoding).
-        await Provider(provider)._exchange(
+        await Provider(provider).exchange(
             http, "authdb-doctor-" + secrets.token_urlsafe(16), secrets.token_urlsafe(48), callback
         )
     except ProviderDenied as exc:
@@ -171,22 +168,11 @@ async def _client(http: httpx.AsyncClient, provider: ProviderSettings, callback:
 
 
 async def _get_json(http: httpx.AsyncClient, url: str, what: str) -> Any:
-    """The JSON at ``url`` (at most the size sign-in reads), or _Problem saying why not."""
-    body = b""
+    """The JSON at ``url``, read as sign-in reads it, or _Problem saying why not."""
     try:
-        async with http.stream("GET", url, headers={"Accept": "application/json"}) as response:
-            if response.status_code != 200:
-                raise _Problem(f"{what} answered HTTP {response.status_code}")
-            async for chunk in response.aiter_bytes():
-                body += chunk
-                if len(body) > oidc.MAX_DOCUMENT_BYTES:
-                    raise _Problem(f"{what}: larger than {oidc.MAX_DOCUMENT_BYTES} bytes")
-    except httpx.HTTPError as exc:
-        raise _Problem(f"{what} not reachable: {reason(exc)}") from None
-    try:
-        return json.loads(body)
-    except ValueError:
-        raise _Problem(f"{what}: not JSON") from None
+        return await oidc.fetch_json(http, url, what, headers={"Accept": "application/json"})
+    except ProviderFailed as exc:
+        raise _Problem(str(exc)) from None
 
 
 def _quoted(value: object) -> str:

@@ -7,6 +7,6 @@ keys (OpenID Connect Discovery 1.0) and validates its ID tokens (OpenID Connect 
 section 3.1.3.7). The protocol work is Authlib's (the code exchange) and PyJWT's (signatures).
 """
 
-from authdb.oauth.identity import Identity, ProviderDenied, ProviderFailed
+from authdb.oauth.identity import Identity, ProviderDenied, ProviderFailed, error_code
 
-__all__ = ["Identity", "ProviderDenied", "ProviderFailed"]
+__all__ = ["Identity", "ProviderDenied", "ProviderFailed", "error_code"]

@@ -30,11 +30,19 @@ class ProviderFailed(Exception):
 
 
 class ProviderDenied(ProviderFailed):
-    """The person declined at the provider (``error=access_denied``), or the provider
-    refused the request with an OAuth error code (``error`` is that code)."""
+    """The provider refused the request with an OAuth error code: ``error`` is that code,
+    cleaned (see ``error_code``)."""
 
-    def __init__(self, error: str, description: str | None = None) -> None:
-        super().__init__(
-            f"the provider answered {error}" + (f": {description}" if description else "")
-        )
-        self.error = error
+    def __init__(self, error: object) -> None:
+        self.error = error_code(error)
+        super().__init__(f"the provider answered {self.error}")
+
+
+def error_code(text: object) -> str:
+    """An OAuth error code as authdb keeps it (trail, log, page): RFC 6749's characters
+    (section 5.2 allows printable ASCII; letters, digits, ``_.-`` is what real codes use),
+    64 at most. A provider's or a URL's words never reach a line unfiltered."""
+    if not isinstance(text, str):
+        return "an error"
+    kept = "".join(ch for ch in text[:64] if ch.isascii() and (ch.isalnum() or ch in "_.-"))
+    return kept or "an error"

@@ -19,7 +19,7 @@ import httpx
 import jwt
 
 from authdb.names import has_control_characters
-from authdb.oauth.identity import ProviderFailed
+from authdb.oauth.identity import ProviderFailed, error_code
 
 # Asymmetric JWS algorithms only (RFC 8725, section 3.1): never "none", never HS* (which
 # would make the client secret a signing key).
@@ -34,31 +34,35 @@ MAX_DOCUMENT_BYTES = 512 * 1024
 _LOOPBACK = frozenset({"127.0.0.1", "::1", "localhost"})
 
 
-def _secure(url: object) -> bool:
-    """An https URL (http only on a loopback host, for development)."""
+def _secure(url: object, *, local: bool) -> bool:
+    """An https URL; with ``local`` (a loopback issuer, for development) http on a loopback
+    host too."""
     if not isinstance(url, str):
         return False
     parts = urlsplit(url)
     if not parts.hostname:
         return False
     return parts.scheme == "https" or (
-        parts.scheme == "http" and parts.hostname.lower() in _LOOPBACK
+        local and parts.scheme == "http" and parts.hostname.lower() in _LOOPBACK
     )
 
 
 async def fetch_json(http: httpx.AsyncClient, url: str, what: str, **kwargs: Any) -> Any:
-    """GET ``url`` and parse its JSON (at most 512 KiB); ProviderFailed naming ``what``."""
+    """GET ``url`` and parse its JSON (at most 512 KiB). Raises ProviderFailed, its message
+    starting with ``what``: "... answered HTTP 404", "... not reachable: reason", ..."""
+    body = b""
     try:
         async with http.stream("GET", url, **kwargs) as response:
             if response.status_code != 200:
-                raise ProviderFailed(f"{what}: HTTP {response.status_code}")
-            body = b""
+                raise ProviderFailed(f"{what} answered HTTP {response.status_code}")
             async for chunk in response.aiter_bytes():
                 body += chunk
                 if len(body) > MAX_DOCUMENT_BYTES:
                     raise ProviderFailed(f"{what}: larger than {MAX_DOCUMENT_BYTES} bytes")
     except httpx.HTTPError as exc:
-        raise ProviderFailed(f"{what}: {type(exc).__name__}") from None
+        lines = str(exc).strip().splitlines()
+        reason = lines[0] if lines else type(exc).__name__
+        raise ProviderFailed(f"{what} not reachable: {reason}") from None
     try:
         return json.loads(body)
     except ValueError:
@@ -87,9 +91,12 @@ class Metadata:
         # Section 4.3: exactly the issuer asked for, else a mix-up (RFC 9700, section 4.4).
         if document.get("issuer") != issuer:
             raise ProviderFailed("discovery document names another issuer")
+        # http only for a loopback issuer (development): an https provider's endpoints are
+        # https, so the client secret never travels in clear, nor to this host's own ports.
+        local = not issuer.startswith("https://")
         urls = {}
         for name in ("authorization_endpoint", "token_endpoint", "jwks_uri"):
-            if not _secure(document.get(name)):
+            if not _secure(document.get(name), local=local):
                 raise ProviderFailed(f"discovery document has no https {name}")
             urls[name] = str(document[name])
         userinfo = document.get("userinfo_endpoint")
@@ -108,7 +115,7 @@ class Metadata:
             authorization_endpoint=urls["authorization_endpoint"],
             token_endpoint=urls["token_endpoint"],
             jwks_uri=urls["jwks_uri"],
-            userinfo_endpoint=str(userinfo) if _secure(userinfo) else None,
+            userinfo_endpoint=str(userinfo) if _secure(userinfo, local=local) else None,
             algorithms=algorithms,
             token_auth_method=method,
         )
@@ -219,9 +226,8 @@ async def validate_id_token(
         raise ProviderFailed("the ID token is not a JWT") from None
     algorithm = header.get("alg")
     if algorithm not in metadata.algorithms:
-        raise ProviderFailed(
-            f"the ID token is signed with {algorithm!r}, not an accepted algorithm"
-        )
+        shown = repr(error_code(algorithm)) if isinstance(algorithm, str) else "no algorithm"
+        raise ProviderFailed(f"the ID token is signed with {shown}, not an accepted algorithm")
     kid = header.get("kid")
     key = await discovery.key(http, kid if isinstance(kid, str) else None, algorithm)
     try:

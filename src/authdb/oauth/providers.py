@@ -9,6 +9,7 @@ with the access token, which is then dropped (authdb keeps no provider token).
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 from typing import Any, Protocol
 
@@ -19,6 +20,11 @@ from authdb.oauth import oidc
 from authdb.oauth.identity import Identity, ProviderDenied, ProviderFailed
 from authdb.settings_oauth import ProviderSettings
 
+# Token endpoint errors that blame the client's id or secret (RFC 6749, section 5.2, and
+# GitHub's own word): a misconfiguration of the deployment, not the person's failure.
+CLIENT_REFUSED = frozenset(
+    {"invalid_client", "unauthorized_client", "incorrect_client_credentials"}
+)
 # A provider that takes longer than this is treated as down.
 TIMEOUT = httpx.Timeout(10.0, connect=5.0)
 _USER_AGENT = "authdb"
@@ -98,16 +104,20 @@ class Provider:
         expired code: ``invalid_grant``), ProviderFailed for anything else that went wrong.
         """
         async with http_client() as http:
-            token = await self._exchange(http, code, flow.code_verifier, redirect_uri)
+            token = await self.exchange(http, code, flow.code_verifier, redirect_uri)
             if self._discovery is not None:
                 return await self._oidc_identity(http, token, flow.nonce)
             return await self._github_identity(http, token)
 
     # --- the code exchange (RFC 6749, section 4.1.3; Authlib encodes the request) -------------
 
-    async def _exchange(
+    async def exchange(
         self, http: httpx.AsyncClient, code: str, code_verifier: str, redirect_uri: str
     ) -> Mapping[str, Any]:
+        """The token endpoint's answer to ``code`` (RFC 6749, section 4.1.3), with this
+        client's authentication. Raises ProviderDenied for an OAuth error (``invalid_grant``,
+        ``invalid_client``...), ProviderFailed when it cannot be reached or answers nonsense.
+        (``authdb doctor`` sends a made-up code this way to test the client's secret.)"""
         from authlib.oauth2.auth import ClientAuth  # type: ignore[import-untyped]
         from authlib.oauth2.rfc6749.parameters import prepare_token_request
 
@@ -131,10 +141,11 @@ class Provider:
         auth = ClientAuth(self.settings.client_id, secret, method)
         endpoint, headers, body = auth.prepare("POST", endpoint, headers, body)
         try:
-            response = await http.post(endpoint, content=body, headers=headers)
+            async with http.stream("POST", endpoint, content=body, headers=headers) as response:
+                status, answer = response.status_code, await _read_capped(response)
         except httpx.HTTPError as exc:
             raise ProviderFailed(f"token endpoint: {type(exc).__name__}") from None
-        return _token_response(response)
+        return _token_response(status, answer)
 
     # --- OpenID Connect -----------------------------------------------------------------------
 
@@ -155,8 +166,9 @@ class Provider:
             provider=self.name,
             subject=claims["sub"],
             email=_text(claims.get("email")),
-            # Some providers send the string "true"; anything else is not an assertion.
-            email_verified=claims.get("email_verified") in (True, "true"),
+            # Some providers send the string "true"; anything else (1 included) is not one.
+            email_verified=claims.get("email_verified") is True
+            or claims.get("email_verified") == "true",
             username=_text(claims.get("preferred_username")) or _text(claims.get("nickname")),
             name=_text(claims.get("name")),
         )
@@ -198,12 +210,14 @@ class Provider:
         api = self.settings.api_url
         user = await oidc.fetch_json(http, api + "/user", "GitHub user", headers=headers)
         emails = await oidc.fetch_json(http, api + "/user/emails", "GitHub emails", headers=headers)
-        if not isinstance(user, dict) or not isinstance(user.get("id"), int):
+        github_id = user.get("id") if isinstance(user, dict) else None
+        # GitHub's ids are positive integers (a bool is an int to Python, not to GitHub).
+        if type(github_id) is not int or not 0 < github_id < 10**20:
             raise ProviderFailed("GitHub user: no numeric id")
         email, verified = _github_email(emails)
         return Identity(
             provider=self.name,
-            subject=str(user["id"]),
+            subject=str(github_id),
             email=email,
             email_verified=verified,
             username=_text(user.get("login")),
@@ -211,22 +225,31 @@ class Provider:
         )
 
 
-def _token_response(response: httpx.Response) -> Mapping[str, Any]:
+async def _read_capped(response: httpx.Response) -> bytes | None:
+    """The body, or None past ``oidc.MAX_DOCUMENT_BYTES`` (read no further)."""
+    body = b""
+    async for chunk in response.aiter_bytes():
+        body += chunk
+        if len(body) > oidc.MAX_DOCUMENT_BYTES:
+            return None
+    return body
+
+
+def _token_response(status: int, body: bytes | None) -> Mapping[str, Any]:
     """The token endpoint's JSON (RFC 6749, sections 5.1 and 5.2; GitHub answers its errors
     with 200). Raises ProviderDenied for an OAuth error, ProviderFailed otherwise."""
-    if len(response.content) > oidc.MAX_DOCUMENT_BYTES:
+    if body is None:
         raise ProviderFailed("token endpoint: answer too large")
     try:
-        token = response.json()
+        token = json.loads(body)
     except ValueError:
         token = None
     if not isinstance(token, dict):
-        raise ProviderFailed(f"token endpoint: HTTP {response.status_code}, not a JSON object")
-    error = token.get("error")
-    if error is not None:
-        raise ProviderDenied(str(error)[:64])
-    if response.status_code != 200 or not isinstance(token.get("access_token"), str):
-        raise ProviderFailed(f"token endpoint: HTTP {response.status_code}, no access token")
+        raise ProviderFailed(f"token endpoint: HTTP {status}, not a JSON object")
+    if token.get("error") is not None:
+        raise ProviderDenied(token["error"])
+    if status != 200 or not isinstance(token.get("access_token"), str):
+        raise ProviderFailed(f"token endpoint: HTTP {status}, no access token")
     return token
 
 
@@ -235,16 +258,17 @@ def _github_email(emails: object) -> tuple[str | None, bool]:
     if not isinstance(emails, list):
         return None, False
     entries = [e for e in emails if isinstance(e, dict) and isinstance(e.get("email"), str)]
+    entries = [e for e in entries if _text(e["email"]) is not None]
     for entry in entries:
         if entry.get("primary") is True:
             if entry.get("verified") is True:
-                return entry["email"], True
+                return _text(entry["email"]), True
             break
     for entry in entries:
         if entry.get("verified") is True:
-            return entry["email"], True
+            return _text(entry["email"]), True
     primary = next((e for e in entries if e.get("primary") is True), None)
-    return (primary["email"], False) if primary else (None, False)
+    return (_text(primary["email"]), False) if primary else (None, False)
 
 
 def _bearer(access_token: str) -> dict[str, str]:

@@ -30,7 +30,7 @@ from authdb.errors import (
 )
 from authdb.names import email_key
 from authdb.ratelimit import RateLimits, client_key
-from authdb.services import audit, email_tokens, lockout, sessions
+from authdb.services import audit, email_tokens, lockout, oauth_accounts, sessions
 from authdb.services.admin import LAST_SUPERUSER_SELF, remove_user
 from authdb.services.core import ClientInfo, Core
 from authdb.services.email_tokens import RESET, VERIFY, Mail
@@ -126,8 +126,15 @@ async def request_verification(core: Core, email: str, client: ClientInfo) -> Ma
     return email_tokens.link_mail(core, user, VERIFY, token)
 
 
-async def verify_email(core: Core, token: str, client: ClientInfo) -> User:
-    """Spend a verification token and mark its account verified; InvalidEmailToken otherwise."""
+async def verify_email(
+    core: Core, token: str, client: ClientInfo, *, signed_in_as: int | None = None
+) -> User:
+    """Spend a verification token and mark its account verified; InvalidEmailToken otherwise.
+
+    ``signed_in_as``: the user whose session followed the link, if any (a page in a signed-in
+    browser): it decides what becomes of links to providers that had not verified the address
+    (``oauth_accounts.settle_unconfirmed``).
+    """
     now = core.clock()
     async with core.sessionmaker.begin() as db:
         user, address = await email_tokens.consume(db, VERIFY, token, now)
@@ -135,6 +142,7 @@ async def verify_email(core: Core, token: str, client: ClientInfo) -> User:
             raise InvalidEmailToken  # a disabled account's links do nothing
         if email_key(address) != user.email_key:
             await _adopt_pending_email(db, user, address, client, now)
+        await oauth_accounts.settle_unconfirmed(db, user, client, now, keep=signed_in_as == user.id)
         user.is_verified = True
         user.updated_at = now
         audit.record(db, "email_verified", client=client, now=now, user_id=user.id)
@@ -204,6 +212,7 @@ async def reset_password(core: Core, token: str, password: str, client: ClientIn
         user, _ = await email_tokens.consume(db, RESET, token, now)
         await set_password_hash(db, user, hashed, now)
         await sessions.revoke_all(db, user.id, now)
+        await oauth_accounts.settle_unconfirmed(db, user, client, now, keep=False)
         # Proving control of the mailbox is as good as a correct password: lift a lockout.
         # Not with MFA on, where the count also holds wrong codes, which a mailbox does not
         # excuse (only a right second factor clears it).

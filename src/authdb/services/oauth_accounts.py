@@ -128,9 +128,25 @@ async def _auto_link_target(core: Core, db: AsyncSession, identity: Identity) ->
     user = await db.scalar(select(User).where(User.email_key == email_key(identity.email)))
     if user is None:
         return None
-    if core.settings.oauth_link_verified_email and identity.email_verified and user.is_verified:
+    if (
+        core.settings.oauth_link_verified_email
+        and identity.email_verified
+        and user.is_verified
+        and user.email is not None
+        and same_address(identity.email, user.email)
+    ):
         return user
     raise OAuthAccountExists
+
+
+def same_address(given: str, stored: str) -> bool:
+    """Whether two addresses are the same mailbox beyond doubt: equal ignoring ASCII case
+    when both are ASCII, else equal exactly. Never by the Unicode fold that keeps usernames
+    and emails unique (``straße.de`` and ``strasse.de`` are two domains; so are ``gma\u0131l.com``
+    (a dotless i) and ``gmail.com``): a link by email must not follow a lookalike."""
+    if given.isascii() and stored.isascii():
+        return given.lower() == stored.lower()
+    return unicodedata.normalize("NFC", given) == unicodedata.normalize("NFC", stored)
 
 
 async def _open(
@@ -154,7 +170,9 @@ async def _open(
         if refusal is not None:
             audit_refusal(db, refusal, client, now, user.id)
         else:
-            await _remember(core, db, user, identity, client, now)
+            # With MFA on, nothing is linked before the second factor: the link would outlive
+            # a sign-in that never completes.
+            await _remember(db, user, identity, client, now, link=not user.mfa_enabled)
             if user.mfa_enabled:
                 mfa_token = await mfa.start_challenge(db, user.id, now)
                 methods = await mfa.methods(db, user, passkeys=core.features.passkeys)
@@ -174,14 +192,15 @@ async def _open(
 
 
 async def _remember(
-    core: Core,
     db: AsyncSession,
     user: User,
     identity: Identity,
     client: ClientInfo,
     now: datetime,
+    *,
+    link: bool,
 ) -> None:
-    """Stamp the identity's use; an identity found by its email is linked here."""
+    """Stamp the identity's use; an identity found by its email is linked here if ``link``."""
     result = await db.execute(
         update(OAuthIdentity)
         .where(
@@ -190,24 +209,25 @@ async def _remember(
         )
         .values(last_used_at=now, email=_shown_email(identity))
     )
-    if result.rowcount:  # type: ignore[attr-defined]
+    if result.rowcount or not link:  # type: ignore[attr-defined]
         return
-    await _add_link(db, user, identity, now)
-    audit.record(
-        db,
-        "oauth_linked",
-        client=client,
-        now=now,
-        user_id=user.id,
-        provider=identity.provider,
-        by="verified_email",
-    )
+    await _add_link(db, user, identity, now, client, by="verified_email")
 
 
-async def _add_link(db: AsyncSession, user: User, identity: Identity, now: datetime) -> None:
-    """Insert the link; OAuthIdentityTaken if the identity is another user's, Conflict if
-    this user already has one of that provider. (Of two racing links the database's unique
-    indexes let one win; the other's transaction fails whole.)"""
+async def _add_link(
+    db: AsyncSession,
+    user: User,
+    identity: Identity,
+    now: datetime,
+    client: ClientInfo,
+    *,
+    by: str,
+    confirmed: bool = True,
+) -> None:
+    """Insert the link, audited ``oauth_linked`` (``by``: "account", "verified_email", or
+    "registration" for a new account's first). OAuthIdentityTaken if the identity is another
+    user's, Conflict if this user already has one of that provider. (Of two racing links the
+    database's unique indexes let one win; the other's transaction fails whole.)"""
     owner = await db.scalar(
         select(OAuthIdentity.user_id).where(
             OAuthIdentity.provider == identity.provider,
@@ -229,6 +249,7 @@ async def _add_link(db: AsyncSession, user: User, identity: Identity, now: datet
             provider=identity.provider,
             subject=identity.subject,
             email=_shown_email(identity),
+            confirmed=confirmed,
             created_at=now,
             last_used_at=now,
         )
@@ -237,6 +258,16 @@ async def _add_link(db: AsyncSession, user: User, identity: Identity, now: datet
         await db.flush()
     except IntegrityError:
         raise Conflict("The link changed meanwhile: please try again.") from None
+    if by != "registration":  # a new account's link is told by its "registered" event
+        audit.record(
+            db,
+            "oauth_linked",
+            client=client,
+            now=now,
+            user_id=user.id,
+            provider=identity.provider,
+            by=by,
+        )
 
 
 def _shown_email(identity: Identity) -> str | None:
@@ -299,7 +330,7 @@ async def _insert(
             if "Email" in exc.detail:
                 raise OAuthAccountExists from None  # registered meanwhile
             raise _NameTaken from None
-        await _add_link(db, user, identity, now)
+        await _add_link(db, user, identity, now, client, by="registration", confirmed=verified)
         audit.record(
             db, "registered", client=client, now=now, user_id=user.id, provider=identity.provider
         )
@@ -382,16 +413,7 @@ async def link(core: Core, user_id: int, identity: Identity, client: ClientInfo)
             if owner.id != user.id:
                 raise OAuthIdentityTaken
             return
-        await _add_link(db, user, identity, now)
-        audit.record(
-            db,
-            "oauth_linked",
-            client=client,
-            now=now,
-            user_id=user.id,
-            provider=identity.provider,
-            by="account",
-        )
+        await _add_link(db, user, identity, now, client, by="account")
 
 
 async def unlink(core: Core, user_id: int, provider: str, client: ClientInfo) -> None:
@@ -438,6 +460,33 @@ async def linked(core: Core, user_id: int) -> list[LinkedIdentity]:
             LinkedIdentity(row.provider, row.email, row.created_at, row.last_used_at)
             for row in rows
         ]
+
+
+async def settle_unconfirmed(
+    db: AsyncSession, user: User, client: ClientInfo, now: datetime, *, keep: bool
+) -> None:
+    """Someone proved they own the account's address (a verification or reset link): its
+    unconfirmed links (made from an address the provider did not verify) are confirmed when
+    ``keep`` (the link was followed in a browser signed in to this account, which only such a
+    link can open), else removed and audited ``oauth_unlinked`` (``by: email_proven``)."""
+    unconfirmed = OAuthIdentity.user_id == user.id, OAuthIdentity.confirmed.is_(False)
+    if keep:
+        await db.execute(update(OAuthIdentity).where(*unconfirmed).values(confirmed=True))
+        return
+    dropped = list(await db.scalars(select(OAuthIdentity.provider).where(*unconfirmed)))
+    if not dropped:
+        return
+    await db.execute(delete(OAuthIdentity).where(*unconfirmed))
+    for provider in dropped:
+        audit.record(
+            db,
+            "oauth_unlinked",
+            client=client,
+            now=now,
+            user_id=user.id,
+            provider=provider,
+            by="email_proven",
+        )
 
 
 async def has_usable_password(core: Core, user_id: int) -> bool:

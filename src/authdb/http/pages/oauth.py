@@ -26,9 +26,9 @@ from authdb.http.dependencies import AuthDeps
 from authdb.http.errors import retry_after
 from authdb.http.mailing import send_later
 from authdb.http.pages import oauth_state
-from authdb.http.pages.forms import Refusal, Section, waiting_message
+from authdb.http.pages.forms import REQUIRED, Refusal, Section, refusal, waiting_message
 from authdb.http.pages.oauth_state import Flow
-from authdb.http.pages.render import Pages, PageState
+from authdb.http.pages.render import Pages, PageState, text
 from authdb.http.pages.signin import (
     login_form,
     refused_account,
@@ -38,14 +38,15 @@ from authdb.http.pages.signin import (
 )
 from authdb.http.signin_alerts import checked_later
 from authdb.links import url as public_url_of
-from authdb.oauth import Identity, ProviderDenied, ProviderFailed
-from authdb.oauth.providers import Provider
+from authdb.oauth import Identity, ProviderDenied, ProviderFailed, error_code
+from authdb.oauth.providers import CLIENT_REFUSED, Provider
 from authdb.ratelimit import client_key
 from authdb.services import audit, oauth_accounts, passkey_challenges
 from authdb.services.core import ClientInfo, Core
-from authdb.services.guard import spend_failure
+from authdb.services.guard import confirm_password, spend_failure
 from authdb.services.oauth_accounts import NewAccountUnverified
 from authdb.services.sessions import Authenticated, start_browser_session
+from authdb.settings_oauth import variable
 
 log = logging.getLogger("authdb.oauth")
 
@@ -92,7 +93,7 @@ class OAuthPages:
     def provider(self, name: str) -> Provider:
         found = self.providers.get(name)
         if found is None:
-            raise errors.NotFound("No such sign-in provider")
+            raise errors.NotFound("No such sign-in provider.")
         return found
 
     async def start(
@@ -110,7 +111,12 @@ class OAuthPages:
         try:
             target = await provider.authorization_url(flow, flow.redirect_uri)
         except ProviderFailed as exc:
-            log.warning("sign-in with %s could not start: %s", name, exc)
+            log.warning(
+                "sign-in with %s could not start: %s (check %s; `authdb doctor` tells more)",
+                name,
+                exc,
+                variable(name, "issuer" if provider.settings.issuer else "github_url"),
+            )
             return self.failure(request, state, provider, "unreachable", status=502)
         response = self.pages.redirect(target, state)
         oauth_state.set_cookie(response, self.core.settings, flow.seal(self.sealer))
@@ -180,14 +186,7 @@ def add_routes(router: APIRouter, deps: AuthDeps, oauth: OAuthPages) -> None:
             async with deps.limits.attempt("login_failures", client_key(client, core.settings)):
                 response = await _callback(deps, oauth, request, state, chosen, client)
         except errors.TooManyRequests as exc:
-            return login_form(
-                pages,
-                request,
-                state,
-                status=429,
-                error=waiting_message(exc),
-                headers=retry_after(exc),
-            )
+            return _waiting(pages, request, state, exc, "")
         return response
 
 
@@ -210,17 +209,28 @@ async def _callback(
     error = request.query_params.get("error")
     code = request.query_params.get("code")
     if error or not code:
-        said = _code_word(error) if error else "no code"
-        await _failed(deps, name, f"provider said {said}", client, spend=not error)
+        said = error_code(error) if error else "no code"
+        # Declining costs a failure too: each callback writes the trail.
+        await _failed(deps, name, f"provider said {said}", client, spend=True)
         why = "denied" if error else "refused"
         return oauth.failure(request, state, chosen, why, linking=linking)
     try:
         identity = await chosen.identity(flow, code[:4096], flow.redirect_uri)
     except ProviderDenied as exc:
+        if exc.error in CLIENT_REFUSED:  # the deployment's fault, not the person's
+            log.warning(
+                "sign-in with %s: the provider refused the client (%s): check %s and %s",
+                name,
+                exc.error,
+                variable(name, "client_id"),
+                variable(name, "client_secret"),
+            )
+            await _failed(deps, name, str(exc), client, spend=False)
+            return oauth.failure(request, state, chosen, "unreachable", status=502, linking=linking)
         await _failed(deps, name, str(exc), client, spend=True)
         return oauth.failure(request, state, chosen, "refused", linking=linking)
     except ProviderFailed as exc:
-        log.warning("sign-in with %s failed: %s", name, exc)
+        log.warning("sign-in with %s failed: %s (`authdb doctor` checks the provider)", name, exc)
         await _failed(deps, name, str(exc), client, spend=False)
         return oauth.failure(request, state, chosen, "unreachable", status=502, linking=linking)
     if flow.link_user is not None:
@@ -229,12 +239,6 @@ async def _callback(
         response = await _finish_sign_in(deps, oauth, request, state, flow, identity)
     oauth_state.clear_cookie(response, core.settings)
     return response
-
-
-def _code_word(text: str) -> str:
-    """An OAuth error code as the trail keeps it: RFC 6749's characters, 64 at most."""
-    kept = "".join(ch for ch in text[:64] if ch.isascii() and (ch.isalnum() or ch in "_.-"))
-    return kept or "an error"
 
 
 async def _flow_of(
@@ -288,15 +292,7 @@ async def _finish_sign_in(
     except errors.MFARequired as exc:
         return to_second_factor(pages, request, state, exc.mfa_token, flow.next)
     except errors.TooManyRequests as exc:
-        return login_form(
-            pages,
-            request,
-            state,
-            status=429,
-            error=waiting_message(exc),
-            headers=retry_after(exc),
-            next=flow.next,
-        )
+        return _waiting(pages, request, state, exc, flow.next)
     except (errors.InactiveUser, errors.EmailNotVerified) as exc:
         response = refused_account(pages, request, state, exc, next=flow.next)
         if isinstance(exc, NewAccountUnverified):
@@ -357,6 +353,21 @@ async def _finish_link(
     return pages.redirect(pages.url(request, "account") + "?notice=oauth_linked", state)
 
 
+def _waiting(
+    pages: Pages, request: Request, state: PageState, exc: errors.TooManyRequests, next_: str
+) -> Response:
+    """The sign-in page, 429, saying how long to wait."""
+    return login_form(
+        pages,
+        request,
+        state,
+        status=429,
+        error=waiting_message(exc),
+        headers=retry_after(exc),
+        next=next_,
+    )
+
+
 def _page(
     pages: Pages,
     request: Request,
@@ -410,7 +421,21 @@ def sections(deps: AuthDeps, oauth: OAuthPages) -> list[tuple[str, str, str, Sec
     async def link(request: Request, form: FormData, auth: Authenticated) -> Response | None:
         name = str(request.path_params.get("provider", ""))
         if name not in oauth.providers:
-            raise Refusal(404, {}, "No such sign-in provider")
+            raise Refusal(404, {}, "No such sign-in provider.")
+        # A new way in, as a passkey is: confirmed with the password, where there is one (an
+        # account without one was opened through a provider moments ago, or a reset link).
+        if await oauth_accounts.has_usable_password(oauth.core, auth.user.id):
+            password = text(form, "password")
+            if not password or len(password) > 4096:
+                raise Refusal(422, {"password": REQUIRED}, "Enter your password to link it.")
+            client = deps.client_resolver(request)
+            try:
+                await confirm_password(oauth.core, deps.limits, auth.user, password, client)
+            except errors.AuthError as exc:
+                said = refusal(exc, "password", password_field="password")
+                # The section's forms share one alert: it says what went wrong in words.
+                words = said.error or next(iter(said.errors.values()), None)
+                raise Refusal(said.status, said.errors, words, said.headers) from None
         return await oauth.start(request, oauth.pages.state(request), name, "", auth.user.id)
 
     async def unlink(request: Request, form: FormData, auth: Authenticated) -> Response | None:

@@ -431,11 +431,17 @@ def add_routes(
         body, _problems = parse(TokenRequest, {"token": text(form, "token")})
         if body is None:
             return bad_link(request, state, "verify")
+        auth = await deps.optional_session(request)
         try:
-            await accounts.verify_email(core, body.token, deps.client_resolver(request))
+            await accounts.verify_email(
+                core,
+                body.token,
+                deps.client_resolver(request),
+                signed_in_as=auth.user.id if auth is not None else None,
+            )
         except errors.InvalidEmailToken:
             return bad_link(request, state, "verify")
-        signed_in = await deps.optional_session(request) is not None
+        signed_in = auth is not None
         target = "account" if signed_in else "login"
         return pages.render(
             request,

@@ -5,7 +5,8 @@ Revises: 0008
 Create Date: 2026-11-30
 
 Adds ``oauth_identities`` (one row per account at another provider linked to a user, removed
-with its user): unique per provider and subject, and per user and provider.
+with its user): unique per provider and subject, and per user and provider; ``confirmed`` is
+false for the link of an account made from an address the provider did not verify.
 """
 
 import sqlalchemy as sa
@@ -25,12 +26,11 @@ def upgrade() -> None:
     op.create_table(
         "oauth_identities",
         sa.Column("id", ID, primary_key=True),
-        sa.Column(
-            "user_id", ID, sa.ForeignKey("users.id", ondelete="CASCADE"), nullable=False
-        ),
+        sa.Column("user_id", ID, sa.ForeignKey("users.id", ondelete="CASCADE"), nullable=False),
         sa.Column("provider", sa.String(32), nullable=False),
         sa.Column("subject", sa.String(255), nullable=False),
         sa.Column("email", sa.String(320)),
+        sa.Column("confirmed", sa.Boolean, nullable=False, server_default=sa.true()),
         sa.Column("created_at", TS, nullable=False),
         sa.Column("last_used_at", TS),
         sqlite_autoincrement=True,
