@@ -597,7 +597,7 @@ def csrf_of(page: str) -> str:
 async def test_link_verified_email_needs_the_same_address_not_the_same_key(
     make_site: MakeSite,
 ) -> None:
-    """``straße.de`` and ``strasse.de``, ``gmaıl.com`` (dotless i) and ``gmail.com`` share
+    """``straße.de`` and ``strasse.de``, ``gma\u0131l.com`` (a dotless i) and ``gmail.com`` share
     a case-folded key (one of them may register), but they are different domains: the
     identity is not linked to the other's account. ASCII case alone is the same address."""
     site = await make_site(oauth_link_verified_email=True)

@@ -25,8 +25,9 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from authdb.oauth import ProviderFailed
-from authdb.oauth.oidc import MAX_DOCUMENT_BYTES, Discovery, validate_id_token
+from authdb.oauth import ProviderDenied, ProviderFailed, error_code
+from authdb.oauth.oidc import MAX_DOCUMENT_BYTES, Discovery, Metadata, validate_id_token
+from authdb.oauth.providers import _github_email, _token_response
 
 CLIENT_ID = "client-123"
 CLIENT_SECRET = "a-client-secret-that-is-long-enough-for-hs256-0123456789"
@@ -406,3 +407,107 @@ async def test_a_provider_down_is_provider_failed(http: httpx.AsyncClient) -> No
     discovery = Discovery(f"http://127.0.0.1:{port}")
     with pytest.raises(ProviderFailed, match="discovery"):
         await discovery.metadata(http)
+
+
+# --- discovery of an https issuer; the token endpoint's answer; codes and addresses ----------
+
+
+def https_document(**changes: Any) -> dict[str, Any]:
+    issuer = "https://idp.example.com"
+    return {
+        "issuer": issuer,
+        "authorization_endpoint": f"{issuer}/authorize",
+        "token_endpoint": f"{issuer}/token",
+        "jwks_uri": f"{issuer}/jwks",
+        **changes,
+    }
+
+
+@pytest.mark.parametrize("endpoint", ["authorization_endpoint", "token_endpoint", "jwks_uri"])
+@pytest.mark.parametrize(
+    "url", ["http://127.0.0.1:9/token", "http://localhost/x", "http://[::1]:8080/x"]
+)
+def test_an_https_issuer_may_not_name_plain_http_endpoints_even_on_loopback(
+    endpoint: str, url: str
+) -> None:
+    """Else the client secret would travel in clear, to a port of authdb's own host."""
+    with pytest.raises(ProviderFailed, match=endpoint):
+        Metadata.parse(https_document(**{endpoint: url}), "https://idp.example.com")
+
+
+def test_http_endpoints_on_loopback_are_only_for_a_loopback_http_issuer() -> None:
+    good = Metadata.parse(https_document(), "https://idp.example.com")
+    assert good.token_endpoint == "https://idp.example.com/token"
+    # An http UserInfo endpoint of an https issuer is not used.
+    ignored = https_document(userinfo_endpoint="http://127.0.0.1:9/userinfo")
+    assert Metadata.parse(ignored, "https://idp.example.com").userinfo_endpoint is None
+    # A development issuer on 127.0.0.1: http there is fine.
+    local = "http://127.0.0.1:8080"
+    document = {
+        "issuer": local,
+        "authorization_endpoint": f"{local}/authorize",
+        "token_endpoint": "http://localhost:8080/token",
+        "jwks_uri": f"{local}/jwks",
+        "userinfo_endpoint": f"{local}/userinfo",
+    }
+    parsed = Metadata.parse(document, local)
+    assert parsed.token_endpoint == "http://localhost:8080/token"
+    assert parsed.userinfo_endpoint == f"{local}/userinfo"
+
+
+def test_the_token_endpoints_answer_is_checked() -> None:
+    good = _token_response(200, b'{"access_token": "t", "token_type": "bearer"}')
+    assert good["access_token"] == "t"
+    with pytest.raises(ProviderFailed, match="answer too large") as caught:
+        _token_response(200, None)  # _read_capped's answer past MAX_DOCUMENT_BYTES
+    assert not isinstance(caught.value, ProviderDenied)
+    for status, body in [
+        (200, b"not json"),
+        (200, b"[1]"),
+        (200, b"{}"),
+        (200, b'{"access_token": 5}'),
+        (500, b'{"access_token": "t"}'),
+    ]:
+        with pytest.raises(ProviderFailed) as caught:
+            _token_response(status, body)
+        assert not isinstance(caught.value, ProviderDenied), body
+    # An OAuth error: its code cleaned of anything that could forge a line or markup.
+    with pytest.raises(ProviderDenied) as denied:
+        _token_response(400, json.dumps({"error": "bad\nthing<script>"}).encode())
+    assert denied.value.error == "badthingscript"
+    assert str(denied.value) == "the provider answered badthingscript"
+    with pytest.raises(ProviderDenied) as denied:
+        _token_response(200, b'{"error": {"a": 1}, "access_token": "t"}')  # GitHub: HTTP 200
+    assert denied.value.error == "an error"
+
+
+@pytest.mark.parametrize(
+    ("given", "kept"),
+    [
+        ("invalid_grant", "invalid_grant"),
+        ("urn.ietf-x_y", "urn.ietf-x_y"),
+        ("bad\nthing<script>", "badthingscript"),
+        ("\r\n\x00<>", "an error"),
+        ("", "an error"),
+        ("é" * 10 + "ok", "ok"),
+        ("a" * 200, "a" * 64),
+        (None, "an error"),
+        (42, "an error"),
+        (["invalid_grant"], "an error"),
+    ],
+)
+def test_error_codes_keep_only_rfc_6749_characters(given: object, kept: str) -> None:
+    assert error_code(given) == kept
+
+
+def test_github_addresses_with_control_characters_are_skipped() -> None:
+    def entry(email: str, *, primary: bool = False, verified: bool = True) -> dict[str, Any]:
+        return {"email": email, "primary": primary, "verified": verified}
+
+    nothing = (None, False)
+    assert _github_email([entry("a\x00b@x.example", primary=True)]) == nothing
+    escaped = entry("a\x1b[0m@x.example", primary=True)
+    assert _github_email([escaped, entry("ok@x.example")]) == ("ok@x.example", True)
+    # An unverified primary with a control character is not offered either.
+    assert _github_email([entry("a\u202eb@x.example", primary=True, verified=False)]) == nothing
+    assert _github_email([entry("  ok@x.example ", primary=True)]) == ("ok@x.example", True)

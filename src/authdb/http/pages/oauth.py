@@ -412,6 +412,8 @@ async def account_view(oauth: OAuthPages, request: Request, user_id: int) -> dic
     return {
         "providers": shown,
         "has_password": await oauth_accounts.has_usable_password(oauth.core, user_id),
+        # The provider whose form was posted (its field carries the error), if any.
+        "posted": request.path_params.get("provider"),
     }
 
 
