@@ -547,8 +547,10 @@ async def test_a_provider_account_has_no_usable_password_until_reset(
     forgot = await site.client.post("/password/forgot", json={"email": email})
     assert forgot.status_code == 202
     await mailbox.wait_for(1)
-    token = link_token(mailbox.to(email)[-1], "reset-password")
-    reset = await site.client.post("/password/reset", json={"token": token, "password": PASSWORD})
+    reset_token = link_token(mailbox.to(email)[-1], "reset-password")
+    reset = await site.client.post(
+        "/password/reset", json={"token": reset_token, "password": PASSWORD}
+    )
     assert reset.status_code == 204, reset.text
     assert (await site.harness.login(login, PASSWORD))["access_token"]
     # And the provider still signs in.

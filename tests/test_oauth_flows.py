@@ -530,8 +530,12 @@ async def test_linking_from_the_account_asks_for_the_password(make_site: MakeSit
     account = await site.client.get("/account")
     assert 'id="oauth-corp-password"' in account.text
     # None (or one too long to be a password): 422, the page says why; no flow started.
-    for given in ({}, {"password": ""}, {"password": "x" * 4097}):
-        missing = await post_account_form(site, "/account/oauth/corp/link", **given)
+    for given in (None, "", "x" * 4097):
+        action = "/account/oauth/corp/link"
+        if given is None:
+            missing = await post_account_form(site, action)
+        else:
+            missing = await post_account_form(site, action, password=given)
         assert missing.status_code == 422, missing.text
         assert "Enter your password to link it." in text_of(missing)
     assert COOKIE not in site.client.cookies

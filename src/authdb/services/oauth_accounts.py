@@ -207,7 +207,7 @@ async def _remember(
             OAuthIdentity.provider == identity.provider,
             OAuthIdentity.subject == identity.subject,
         )
-        .values(last_used_at=now, email=_shown_email(identity))
+        .values(last_used_at=now, email=_shown_email(identity), **_confirming(user, identity))
     )
     if result.rowcount or not link:  # type: ignore[attr-defined]
         return
@@ -268,6 +268,15 @@ async def _add_link(
             provider=identity.provider,
             by=by,
         )
+
+
+def _confirming(user: User, identity: Identity) -> dict[str, bool]:
+    """``confirmed=True`` once the provider vouches for the account's own address (it did
+    not when the account was made), else nothing to change."""
+    email = identity.email
+    if identity.email_verified and email and user.email and same_address(email, user.email):
+        return {"confirmed": True}
+    return {}
 
 
 def _shown_email(identity: Identity) -> str | None:
