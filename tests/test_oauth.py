@@ -647,6 +647,26 @@ async def test_a_sign_up_link_is_confirmed_only_when_the_provider_verified_the_a
     assert doubtful.confirmed is False
 
 
+async def test_a_later_verified_assertion_of_the_same_address_confirms_the_link(
+    site: Site,
+) -> None:
+    """The provider had not verified the address at sign-up; once it does, the next sign-in
+    confirms the link (a password reset no longer drops it). Another verified address of the
+    same identity confirms nothing."""
+    login, address = corp_account(site, "later", verified=False)
+    assert (await site.sign_in("corp", login)).status_code == 303
+    await site.sign_out()
+    site.oidc.add_account(login, f"other-{address}", email_verified=True, preferred_username=login)
+    assert (await site.sign_in("corp", login)).status_code == 303
+    await site.sign_out()
+    (row,) = await site.identities(OAuthIdentity.subject == login)
+    assert row.confirmed is False
+    site.oidc.add_account(login, address.upper(), email_verified=True, preferred_username=login)
+    assert (await site.sign_in("corp", login)).status_code == 303
+    (row,) = await site.identities(OAuthIdentity.subject == login)
+    assert row.confirmed is True
+
+
 async def test_a_password_reset_drops_a_link_the_provider_never_vouched_for(
     site: Site, mailbox: Mailbox
 ) -> None:
