@@ -41,6 +41,7 @@ from authdb.links import url as public_url_of
 from authdb.oauth import Identity, ProviderDenied, ProviderFailed, error_code
 from authdb.oauth.providers import CLIENT_REFUSED, Provider
 from authdb.ratelimit import client_key
+from authdb.sealing import Sealer
 from authdb.services import audit, oauth_accounts, passkey_challenges
 from authdb.services.core import ClientInfo, Core
 from authdb.services.guard import confirm_password, spend_failure
@@ -117,13 +118,17 @@ class OAuthPages:
                 exc,
                 variable(name, "issuer" if provider.settings.issuer else "github_url"),
             )
-            return self.failure(request, state, provider, "unreachable", status=502)
+            linking = link_user is not None
+            return self.failure(
+                request, state, provider, "unreachable", status=502, linking=linking
+            )
         response = self.pages.redirect(target, state)
         oauth_state.set_cookie(response, self.core.settings, flow.seal(self.sealer))
         return response
 
     @property
-    def sealer(self) -> Any:
+    def sealer(self) -> Sealer:
+        """The sealer of flow cookies, under the deployment secret."""
         return self.core.sealer(oauth_state.SEAL_PURPOSE)
 
     def failure(
