@@ -386,6 +386,7 @@ def test_the_summary_describes_a_production_deployment_without_warnings() -> Non
         "  workers:     4",
         "  pages:       off (AUTHDB_PAGES_ENABLED=false)",
         "  metrics:     on, at /metrics",
+        "  providers:   none (AUTHDB_OAUTH_PROVIDERS unset)",
         "  log format:  json",
     ]
     assert warnings == []
@@ -479,3 +480,23 @@ def test_serve_says_what_it_runs_with_and_emailed_links_follow_its_port(
     assert not [line for line in stderr if line.startswith("warning:")][1:]
     # Said once by serve, not again by the worker (nor by each of N workers).
     assert "using the signing key generated" not in "\n".join(stderr)
+
+
+def test_the_summary_names_the_sign_in_providers() -> None:
+    settings = Settings(
+        _env_file=None,  # type: ignore[call-arg]
+        oauth_providers="corp,github",
+        oauth_corp_client_id="authdb",
+        oauth_corp_client_secret="corp-secret-never-shown",
+        oauth_corp_issuer="https://sso.example.com/realms/staff",
+        oauth_corp_label="Staff SSO",
+        oauth_github_client_id="Ov23li",
+        oauth_github_client_secret="github-secret-never-shown",
+    )
+    lines, _ = serve_summary(settings, host="127.0.0.1", port=8000, workers=1)
+    (line,) = [line for line in lines if line.startswith("  providers:")]
+    assert line == (
+        "  providers:   Staff SSO (issuer https://sso.example.com/realms/staff), "
+        "GitHub (https://github.com)"
+    )
+    assert "never-shown" not in "\n".join(lines)

@@ -51,9 +51,10 @@ def describe_rate_limits(settings: Settings) -> str:
 
 
 def describe_providers(settings: Settings) -> str:
-    """``Corp (issuer https://...), GitHub (https://github.com)`` or ``no other provider``."""
+    """The sign-in providers: ``Corp (issuer https://...), GitHub (https://github.com)``, or
+    ``none (AUTHDB_OAUTH_PROVIDERS unset)``."""
     if not settings.oauth:
-        return "no other provider (AUTHDB_OAUTH_PROVIDERS unset)"
+        return "none (AUTHDB_OAUTH_PROVIDERS unset)"
     shown = [
         f"{p.label} ({'issuer ' + p.issuer if p.issuer else p.github_url})"
         for p in settings.oauth.values()
@@ -88,7 +89,7 @@ def serve_summary(
         ("workers", str(workers)),
         ("pages", "on" if settings.pages_enabled else "off (AUTHDB_PAGES_ENABLED=false)"),
         ("metrics", "on, at /metrics" if settings.metrics_enabled else "off"),
-        ("sign-in with", describe_providers(settings)),
+        ("providers", describe_providers(settings)),
         ("log format", settings.log_format),
     ]
     if root_path:
