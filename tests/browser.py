@@ -21,7 +21,7 @@ import threading
 import uuid
 from collections.abc import Callable, Coroutine, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import ExitStack
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from email.message import EmailMessage
 from pathlib import Path
@@ -285,12 +285,7 @@ def site(
     backend = str(request.param)
     workdir = tmp_path_factory.mktemp(f"serve-{backend}")
     with ExitStack() as stack:
-        if backend == "sqlite":
-            database_url = f"sqlite+aiosqlite:///{workdir / 'authdb.db'}"
-        else:
-            database = pg_database()
-            database_url = run_async(database.__aenter__())
-            stack.callback(lambda: run_async(database.__aexit__(None, None, None)))
+        database_url = fresh_database(stack, backend, workdir)
         port = free_port()
         base = f"http://{site_host}:{port}"
         env = {
@@ -307,21 +302,43 @@ def site(
             "AUTHDB_RATE_LIMIT_EMAIL_REQUESTS": "1000/minute",
             "AUTHDB_RATE_LIMIT_EMAIL_REQUESTS_PER_ADDRESS": "1000/minute",
         }
-        if backend != "sqlite":  # serve migrates SQLite itself; other databases must be current
-            migrated = run_cli(["migrate"], env=env)
-            assert migrated.returncode == 0, migrated.stderr
-        log_path = workdir / "serve.log"
-        log = stack.enter_context(log_path.open("w"))
-        process = subprocess.Popen(
-            [AUTHDB, "serve", "--port", str(port)],
-            cwd=workdir,
-            env=subprocess_env(env),
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-        stack.callback(_stop, process)
-        wait_healthy(base, process, log_path)
+        log_path = start_serve(stack, backend, workdir, env, base)
         yield Site(base=base, backend=backend, inbox=page_mail, log=log_path)
+
+
+def fresh_database(stack: ExitStack, backend: str, workdir: Path) -> str:
+    """The URL of a new database of ``backend`` ("sqlite": a file in ``workdir``;
+    "postgresql": one dropped when ``stack`` closes)."""
+    if backend == "sqlite":
+        return f"sqlite+aiosqlite:///{workdir / 'authdb.db'}"
+    database = pg_database()
+    url = run_async(database.__aenter__())
+    stack.callback(lambda: run_async(database.__aexit__(None, None, None)))
+    return url
+
+
+def start_serve(
+    stack: ExitStack, backend: str, workdir: Path, env: dict[str, str], base: str
+) -> Path:
+    """Run `authdb serve` at ``base`` (its port) with ``env`` until ``stack`` closes, once it
+    answers; returns its log file. A PostgreSQL database is migrated first (serve migrates
+    SQLite itself; other databases must be current)."""
+    if backend != "sqlite":
+        migrated = run_cli(["migrate"], env=env)
+        assert migrated.returncode == 0, migrated.stderr
+    log_path = workdir / "serve.log"
+    log = stack.enter_context(log_path.open("w"))
+    port = str(urlsplit(base).port)
+    process = subprocess.Popen(
+        [AUTHDB, "serve", "--port", port],
+        cwd=workdir,
+        env=subprocess_env(env),
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    stack.callback(_stop, process)
+    wait_healthy(base, process, log_path)
+    return log_path
 
 
 def _stop(process: subprocess.Popen[bytes]) -> None:
@@ -339,25 +356,36 @@ def new_context(chromium: Browser, site: Site) -> Iterator[Callable[[], BrowserC
 
     Requests to any other origin are aborted and fail the test; so does a console error.
     """
+    parts = urlsplit(site.base)
+    with guarded_contexts(chromium, site.base, {f"{parts.scheme}://{parts.netloc}"}) as new:
+        yield new
+
+
+@contextmanager
+def guarded_contexts(
+    chromium: Browser, base: str, origins: set[str]
+) -> Iterator[Callable[[], BrowserContext]]:
+    """``new()`` opens a browser context on ``base``; on leaving, all are closed, and the test
+    fails if a page asked for an origin outside ``origins`` (aborted) or logged an error."""
     opened: list[BrowserContext] = []
     foreign: list[str] = []
     console: list[str] = []
-    origin = urlsplit(site.base)[:2]
 
     def guard(route: Route) -> None:
-        if urlsplit(route.request.url)[:2] == origin:
+        parts = urlsplit(route.request.url)
+        if f"{parts.scheme}://{parts.netloc}" in origins:
             route.continue_()
         else:
             foreign.append(route.request.url)
             route.abort()
 
     def on_console(message: ConsoleMessage) -> None:
-        # A page answered 4xx (a refused form, on purpose) logs "Failed to load resource".
+        # A page answered 4xx/5xx (a refused form, on purpose) logs "Failed to load resource".
         if message.type == "error" and not message.text.startswith("Failed to load resource"):
             console.append(f"{message.page.url if message.page else '?'}: {message.text}")
 
-    def _new() -> BrowserContext:
-        context = chromium.new_context(base_url=site.base, viewport=DESKTOP)
+    def new() -> BrowserContext:
+        context = chromium.new_context(base_url=base, viewport=DESKTOP)
         context.set_default_timeout(WAIT_MS)
         context.route("**/*", guard)
         context.on("console", on_console)
@@ -365,7 +393,7 @@ def new_context(chromium: Browser, site: Site) -> Iterator[Callable[[], BrowserC
         opened.append(context)
         return context
 
-    yield _new
+    yield new
     for context in opened:
         context.close()
     assert not foreign, f"the pages asked for other origins: {foreign}"

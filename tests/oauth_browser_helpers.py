@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import re
 import secrets
-import subprocess
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
@@ -28,9 +27,8 @@ from urllib.parse import parse_qsl, urlencode, urljoin, urlsplit, urlunsplit
 import httpx
 from playwright.sync_api import APIResponse, BrowserContext, Page, Route, expect
 
-from tests.browser import SITE_NAME, Inbox, Site, _stop, run_async
-from tests.cli import AUTHDB, run_cli, subprocess_env, wait_healthy
-from tests.conftest import PASSWORD, free_port, pg_database
+from tests.browser import SITE_NAME, Inbox, Site, fresh_database, start_serve
+from tests.conftest import PASSWORD, free_port
 from tests.github_standin import GitHubStandin
 from tests.oauth_servers import OIDCProvider
 
@@ -258,12 +256,7 @@ def serve(
 ) -> Iterator[OAuthSite]:
     """`authdb serve` on a fresh database of ``backend`` with the three providers."""
     with ExitStack() as stack:
-        if backend == "sqlite":
-            database_url = f"sqlite+aiosqlite:///{workdir / 'authdb.db'}"
-        else:
-            database = pg_database()
-            database_url = run_async(database.__aenter__())
-            stack.callback(lambda: run_async(database.__aexit__(None, None, None)))
+        database_url = fresh_database(stack, backend, workdir)
         port = free_port()
         base = f"http://127.0.0.1:{port}"
         corp_id, corp_secret = corp.register_client([f"{base}/oauth/corp/callback"])
@@ -293,20 +286,7 @@ def serve(
             "AUTHDB_OAUTH_SPARE_CLIENT_SECRET": spare_secret,
             "AUTHDB_OAUTH_SPARE_ISSUER": spare.issuer,
         }
-        if backend != "sqlite":  # serve migrates SQLite itself; other databases must be current
-            migrated = run_cli(["migrate"], env=env)
-            assert migrated.returncode == 0, migrated.stderr
-        log_path = workdir / "serve.log"
-        log = stack.enter_context(log_path.open("w"))
-        process = subprocess.Popen(
-            [AUTHDB, "serve", "--port", str(port)],
-            cwd=workdir,
-            env=subprocess_env(env),
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-        stack.callback(_stop, process)
-        wait_healthy(base, process, log_path)
+        log_path = start_serve(stack, backend, workdir, env, base)
         yield OAuthSite(
             base=base,
             backend=backend,

@@ -30,14 +30,11 @@ pytest.register_assert_rewrite("tests.browser", "tests.oauth_browser_helpers")
 
 from playwright.sync_api import (  # noqa: E402
     Browser,
-    BrowserContext,
-    ConsoleMessage,
     Page,
-    Route,
     expect,
 )
 
-from tests.browser import DESKTOP, PHONE, WAIT_MS, Inbox  # noqa: E402
+from tests.browser import DESKTOP, PHONE, Inbox, guarded_contexts  # noqa: E402
 from tests.conftest import PASSWORD  # noqa: E402
 from tests.github_standin import GitHubStandin  # noqa: E402
 from tests.oauth_browser_helpers import (  # noqa: E402
@@ -100,38 +97,8 @@ def new_context(chromium: Browser, oauth_site: OAuthSite) -> Iterator[NewContext
     Requests to an origin other than the site's and its providers' are aborted and fail the
     test; so does a console error.
     """
-    opened: list[BrowserContext] = []
-    foreign: list[str] = []
-    console: list[str] = []
-    allowed = oauth_site.origins
-
-    def guard(route: Route) -> None:
-        parts = urlsplit(route.request.url)
-        if f"{parts.scheme}://{parts.netloc}" in allowed:
-            route.continue_()
-        else:
-            foreign.append(route.request.url)
-            route.abort()
-
-    def on_console(message: ConsoleMessage) -> None:
-        # A page answered 4xx/5xx (a refused sign-in, on purpose) logs "Failed to load resource".
-        if message.type == "error" and not message.text.startswith("Failed to load resource"):
-            console.append(f"{message.page.url if message.page else '?'}: {message.text}")
-
-    def _new() -> BrowserContext:
-        context = chromium.new_context(base_url=oauth_site.base, viewport=DESKTOP)
-        context.set_default_timeout(WAIT_MS)
-        context.route("**/*", guard)
-        context.on("console", on_console)
-        context.on("weberror", lambda error: console.append(f"uncaught: {error.error}"))
-        opened.append(context)
-        return context
-
-    yield _new
-    for context in opened:
-        context.close()
-    assert not foreign, f"the pages asked for other origins: {foreign}"
-    assert not console, f"the browser logged errors: {console}"
+    with guarded_contexts(chromium, oauth_site.base, oauth_site.origins) as new:
+        yield new
 
 
 @pytest.fixture

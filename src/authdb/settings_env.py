@@ -9,7 +9,6 @@ import logging
 import os
 from collections.abc import Iterable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 from urllib.parse import unquote_plus, urlsplit, urlunsplit
 
@@ -52,18 +51,11 @@ def known_variables() -> frozenset[str]:
     return frozenset(variable(field) for field in Settings.model_fields)
 
 
-def _env_paths(env_file: DotenvType | None) -> list[Path]:
-    if env_file is None:
-        return []
-    files = [env_file] if isinstance(env_file, str | os.PathLike) else list(env_file)
-    return [Path(file).expanduser() for file in files]
-
-
 def dotenv_variables(env_file: DotenvType | None) -> dict[str, str]:
     """``AUTHDB_*`` names in the .env file(s), upper-cased, each to the file that sets it last
     (pydantic-settings lets a later file win)."""
     found: dict[str, str] = {}
-    for path in _env_paths(env_file):
+    for path in settings_oauth.env_paths(env_file):
         if path.is_file():
             for name in dotenv_values(path):
                 if name.upper().startswith(PREFIX):
@@ -127,16 +119,8 @@ def unknown_settings(
 
 def _listed_providers(env_file: DotenvType | None) -> list[str]:
     """AUTHDB_OAUTH_PROVIDERS as the environment or the .env file(s) give it."""
-    listed = next(
-        (value for name, value in os.environ.items() if name.upper() == "AUTHDB_OAUTH_PROVIDERS"),
-        None,
-    )
-    for path in _env_paths(env_file) if listed is None else []:
-        if path.is_file():
-            for name, value in dotenv_values(path).items():
-                if name.upper() == "AUTHDB_OAUTH_PROVIDERS" and value is not None:
-                    listed = value
-    return [item.strip() for item in (listed or "").split(",") if item.strip()]
+    listed = settings_oauth.sources({}, env_file).get("AUTHDB_OAUTH_PROVIDERS", "")
+    return [item.strip() for item in listed.split(",") if item.strip()]
 
 
 def _closest(name: str, known: Iterable[str]) -> str | None:

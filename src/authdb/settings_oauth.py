@@ -106,7 +106,7 @@ def load(
     """Each listed provider's settings, from ``arguments`` (``oauth_corp_client_id=``), the
     environment, then ``env_file``. Raises ValueError whose first word is the variable at
     fault."""
-    found = _sources(arguments, env_file)
+    found = sources(arguments, env_file)
     providers = {}
     for name in names:
         values = {suffix: found.get(variable(name, suffix)) for suffix in FIELDS}
@@ -167,7 +167,7 @@ def _provider(name: str, values: Mapping[str, str | None]) -> ProviderSettings:
     )
 
 
-def _sources(arguments: Mapping[str, Any], env_file: DotenvType | None) -> dict[str, str]:
+def sources(arguments: Mapping[str, Any], env_file: DotenvType | None) -> dict[str, str]:
     """``AUTHDB_OAUTH_*`` values by upper-case name; earlier sources win."""
     found: dict[str, str] = {}
     for name, value in arguments.items():
@@ -176,7 +176,7 @@ def _sources(arguments: Mapping[str, Any], env_file: DotenvType | None) -> dict[
     for name, value in os.environ.items():
         if name.upper().startswith("AUTHDB_OAUTH_"):
             found.setdefault(name.upper(), value)
-    for path in reversed(_paths(env_file)):  # the last file wins, as in pydantic-settings
+    for path in reversed(env_paths(env_file)):  # the last file wins, as in pydantic-settings
         if path.is_file():
             for name, value in dotenv_values(path).items():
                 if name.upper().startswith("AUTHDB_OAUTH_") and value is not None:
@@ -188,7 +188,8 @@ def _text(value: Any) -> str:
     return value.get_secret_value() if isinstance(value, SecretStr) else str(value)
 
 
-def _paths(env_file: DotenvType | None) -> list[Path]:
+def env_paths(env_file: DotenvType | None) -> list[Path]:
+    """The .env file(s) ``env_file`` names, as pydantic-settings takes it."""
     if env_file is None:
         return []
     files = [env_file] if isinstance(env_file, str | os.PathLike) else list(env_file)

@@ -50,23 +50,31 @@ def _secure(url: object, *, local: bool) -> bool:
 async def fetch_json(http: httpx.AsyncClient, url: str, what: str, **kwargs: Any) -> Any:
     """GET ``url`` and parse its JSON (at most 512 KiB). Raises ProviderFailed, its message
     starting with ``what``: "... answered HTTP 404", "... not reachable: reason", ..."""
-    body = b""
     try:
         async with http.stream("GET", url, **kwargs) as response:
             if response.status_code != 200:
                 raise ProviderFailed(f"{what} answered HTTP {response.status_code}")
-            async for chunk in response.aiter_bytes():
-                body += chunk
-                if len(body) > MAX_DOCUMENT_BYTES:
-                    raise ProviderFailed(f"{what}: larger than {MAX_DOCUMENT_BYTES} bytes")
+            body = await read_capped(response)
     except httpx.HTTPError as exc:
         lines = str(exc).strip().splitlines()
         reason = lines[0] if lines else type(exc).__name__
         raise ProviderFailed(f"{what} not reachable: {reason}") from None
+    if body is None:
+        raise ProviderFailed(f"{what}: larger than {MAX_DOCUMENT_BYTES} bytes")
     try:
         return json.loads(body)
     except ValueError:
         raise ProviderFailed(f"{what}: not JSON") from None
+
+
+async def read_capped(response: httpx.Response) -> bytes | None:
+    """A streamed response's body, or None past ``MAX_DOCUMENT_BYTES`` (read no further)."""
+    body = b""
+    async for chunk in response.aiter_bytes():
+        body += chunk
+        if len(body) > MAX_DOCUMENT_BYTES:
+            return None
+    return body
 
 
 @dataclass(frozen=True, slots=True)

@@ -142,7 +142,7 @@ class Provider:
         endpoint, headers, body = auth.prepare("POST", endpoint, headers, body)
         try:
             async with http.stream("POST", endpoint, content=body, headers=headers) as response:
-                status, answer = response.status_code, await _read_capped(response)
+                status, answer = response.status_code, await oidc.read_capped(response)
         except httpx.HTTPError as exc:
             raise ProviderFailed(f"token endpoint: {type(exc).__name__}") from None
         return _token_response(status, answer)
@@ -223,16 +223,6 @@ class Provider:
             username=_text(user.get("login")),
             name=_text(user.get("name")),
         )
-
-
-async def _read_capped(response: httpx.Response) -> bytes | None:
-    """The body, or None past ``oidc.MAX_DOCUMENT_BYTES`` (read no further)."""
-    body = b""
-    async for chunk in response.aiter_bytes():
-        body += chunk
-        if len(body) > oidc.MAX_DOCUMENT_BYTES:
-            return None
-    return body
 
 
 def _token_response(status: int, body: bytes | None) -> Mapping[str, Any]:

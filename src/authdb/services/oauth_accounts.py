@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Generic
 
-from sqlalchemy import delete, func, select, update
+from sqlalchemy import ColumnElement, delete, func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -68,11 +68,10 @@ class NewAccountUnverified(EmailNotVerified):
 
 @dataclass(frozen=True, slots=True)
 class SignedIn(Generic[SessionT]):
-    """A sign-in through a provider: the session, and whether it made the account (then
-    ``mail`` verifies an address the provider did not vouch for)."""
+    """A sign-in through a provider: the session, and for an account it made from an address
+    the provider did not vouch for, the ``mail`` that verifies it."""
 
     session: SessionT
-    created: bool = False
     mail: Mail | None = None
 
 
@@ -110,14 +109,17 @@ async def sign_in(
     return await _create(core, limits, identity, client, opener)
 
 
-async def _linked_user(db: AsyncSession, identity: Identity) -> User | None:
-    row = await db.scalar(
-        select(OAuthIdentity).where(
-            OAuthIdentity.provider == identity.provider,
-            OAuthIdentity.subject == identity.subject,
-        )
+def _is(identity: Identity) -> tuple[ColumnElement[bool], ...]:
+    """The ``oauth_identities`` row of ``identity`` (its provider and subject)."""
+    return (
+        OAuthIdentity.provider == identity.provider,
+        OAuthIdentity.subject == identity.subject,
     )
-    return None if row is None else await db.get(User, row.user_id)
+
+
+async def _linked_user(db: AsyncSession, identity: Identity) -> User | None:
+    owner = await db.scalar(select(OAuthIdentity.user_id).where(*_is(identity)))
+    return None if owner is None else await db.get(User, owner)
 
 
 async def _auto_link_target(core: Core, db: AsyncSession, identity: Identity) -> User | None:
@@ -203,10 +205,7 @@ async def _remember(
     """Stamp the identity's use; an identity found by its email is linked here if ``link``."""
     result = await db.execute(
         update(OAuthIdentity)
-        .where(
-            OAuthIdentity.provider == identity.provider,
-            OAuthIdentity.subject == identity.subject,
-        )
+        .where(*_is(identity))
         .values(last_used_at=now, email=_shown_email(identity), **_confirming(user, identity))
     )
     if result.rowcount or not link:  # type: ignore[attr-defined]
@@ -225,16 +224,14 @@ async def _add_link(
     confirmed: bool = True,
 ) -> None:
     """Insert the link, audited ``oauth_linked`` (``by``: "account", "verified_email", or
-    "registration" for a new account's first). OAuthIdentityTaken if the identity is another
-    user's, Conflict if this user already has one of that provider. (Of two racing links the
-    database's unique indexes let one win; the other's transaction fails whole.)"""
-    owner = await db.scalar(
-        select(OAuthIdentity.user_id).where(
-            OAuthIdentity.provider == identity.provider,
-            OAuthIdentity.subject == identity.subject,
-        )
-    )
-    if owner is not None and owner != user.id:
+    "registration" for a new account's first); an identity already this user's changes
+    nothing. OAuthIdentityTaken if the identity is another user's, Conflict if this user
+    already has one of that provider. (Of two racing links the database's unique indexes let
+    one win; the other's transaction fails whole.)"""
+    owner = await db.scalar(select(OAuthIdentity.user_id).where(*_is(identity)))
+    if owner == user.id:
+        return
+    if owner is not None:
         raise OAuthIdentityTaken
     other = await db.scalar(
         select(OAuthIdentity.id).where(
@@ -356,7 +353,7 @@ async def _insert(
             raise NewAccountUnverified(mail)
         raise refusal
     assert pair is not None
-    return SignedIn(pair, created=True, mail=mail)
+    return SignedIn(pair, mail=mail)
 
 
 async def _free_username(db: AsyncSession, identity: Identity, email: str, attempt: int) -> str:
@@ -417,11 +414,6 @@ async def link(core: Core, user_id: int, identity: Identity, client: ClientInfo)
         user = await db.get(User, user_id)
         if user is None:
             raise NotFound("User not found")
-        owner = await _linked_user(db, identity)
-        if owner is not None:
-            if owner.id != user.id:
-                raise OAuthIdentityTaken
-            return
         await _add_link(db, user, identity, now, client, by="account")
 
 
@@ -496,11 +488,3 @@ async def settle_unconfirmed(
             provider=provider,
             by="email_proven",
         )
-
-
-async def has_usable_password(core: Core, user_id: int) -> bool:
-    """Whether the user can sign in with a password (accounts made through a provider cannot
-    until they set one through a reset link)."""
-    async with core.sessionmaker() as db:
-        hashed = await db.scalar(select(User.hashed_password).where(User.id == user_id))
-    return hashed is not None and is_usable(hashed)

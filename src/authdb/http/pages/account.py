@@ -78,7 +78,7 @@ def add_routes(
     ) -> Response:
         live = await sessions.list_live(core, auth.user.id)
         own_passkeys = await passkeys.list_for(core, auth.user.id) if with_passkeys else []
-        providers = await account_view(oauth, request, auth.user.id) if oauth else None
+        providers = await account_view(oauth, request, auth.user) if oauth else None
         return pages.render(
             request,
             state,

@@ -22,6 +22,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from authdb import errors
+from authdb.db.models import User
 from authdb.http.dependencies import AuthDeps
 from authdb.http.errors import retry_after
 from authdb.http.mailing import send_later
@@ -40,6 +41,7 @@ from authdb.http.signin_alerts import checked_later
 from authdb.links import url as public_url_of
 from authdb.oauth import Identity, ProviderDenied, ProviderFailed, error_code
 from authdb.oauth.providers import CLIENT_REFUSED, Provider
+from authdb.passwords import is_usable
 from authdb.ratelimit import client_key
 from authdb.sealing import Sealer
 from authdb.services import audit, oauth_accounts, passkey_challenges
@@ -155,16 +157,8 @@ class OAuthPages:
             "signed_out": "You were signed out before the provider answered, so nothing was "
             "linked. Sign in and try again.",
         }
-        back = ("account", "Back to your account") if linking else ("login", "Back to sign in")
-        response = self.pages.render(
-            request,
-            state,
-            "error",
-            title="Not linked" if linking else "Sign-in failed",
-            status=status,
-            error=messages[why],
-            link={"href": self.pages.url(request, back[0]), "text": back[1]},
-        )
+        back = "account" if linking else "login"
+        response = _page(self.pages, request, state, status, messages[why], back=back)
         if clear:
             oauth_state.clear_cookie(response, self.core.settings)
         return response
@@ -238,7 +232,7 @@ async def _callback(
         log.warning("sign-in with %s failed: %s (`authdb doctor` checks the provider)", name, exc)
         await _failed(deps, name, str(exc), client, spend=False)
         return oauth.failure(request, state, chosen, "unreachable", status=502, linking=linking)
-    if flow.link_user is not None:
+    if linking:
         response = await _finish_link(deps, oauth, request, state, flow, identity)
     else:
         response = await _finish_sign_in(deps, oauth, request, state, flow, identity)
@@ -397,10 +391,10 @@ def _page(
 # --- the /account section ------------------------------------------------------------------
 
 
-async def account_view(oauth: OAuthPages, request: Request, user_id: int) -> dict[str, Any]:
+async def account_view(oauth: OAuthPages, request: Request, user: User) -> dict[str, Any]:
     """What ``/account`` shows: each provider (linked or not) and whether the account has a
     password."""
-    linked = {row.provider: row for row in await oauth_accounts.linked(oauth.core, user_id)}
+    linked = {row.provider: row for row in await oauth_accounts.linked(oauth.core, user.id)}
     base = oauth.pages.url(request, "account_oauth")
     shown = []
     for provider in oauth.providers.values():
@@ -416,7 +410,7 @@ async def account_view(oauth: OAuthPages, request: Request, user_id: int) -> dic
         )
     return {
         "providers": shown,
-        "has_password": await oauth_accounts.has_usable_password(oauth.core, user_id),
+        "has_password": is_usable(user.hashed_password),
         # The provider whose form was posted (its field carries the error), if any.
         "posted": request.path_params.get("provider"),
     }
@@ -431,7 +425,7 @@ def sections(deps: AuthDeps, oauth: OAuthPages) -> list[tuple[str, str, str, Sec
             raise Refusal(404, {}, "No such sign-in provider.")
         # A new way in, as a passkey is: confirmed with the password, where there is one (an
         # account without one was opened through a provider moments ago, or a reset link).
-        if await oauth_accounts.has_usable_password(oauth.core, auth.user.id):
+        if is_usable(auth.user.hashed_password):
             password = text(form, "password")
             if not password or len(password) > 4096:
                 raise Refusal(422, {"password": REQUIRED}, "Enter your password to link it.")
