@@ -356,6 +356,52 @@ def test_a_fresh_interpreter_without_the_extras_fails_in_one_line(tmp_path: Path
     ]
 
 
+def test_without_the_oauth_extra_everything_but_providers_works(tmp_path: Path) -> None:
+    """`pip install authdb` has neither httpx nor Authlib: the service, the library and the
+    doctor run without them, and listing a provider fails in one line naming the extra (the
+    pages' provider routes import their HTTP client only when providers are configured)."""
+    script = (
+        "import asyncio, sys\n"
+        "sys.modules['httpx'] = None\n"
+        "sys.modules['authlib'] = None\n"
+        "from authdb import Auth, Settings\n"
+        "from authdb.app import create_app\n"
+        "from authdb.extras import MissingExtra\n"
+        "from authdb.doctor.providers import check_provider\n"
+        "from authdb.links import route_path\n"
+        "plain = Settings(_env_file=None)\n"
+        "app = create_app(auth=Auth(plain))\n"
+        "print('login page', route_path(app, 'authdb_page_login'))\n"
+        "corp = Settings(_env_file=None, oauth_providers='corp', oauth_corp_client_id='a',\n"
+        "    oauth_corp_client_secret='b', oauth_corp_issuer='https://sso.example.com')\n"
+        "try:\n"
+        "    Auth(corp)\n"
+        "except MissingExtra as exc:\n"
+        "    print('auth', exc)\n"
+        "class Deployment:\n"
+        "    settings = corp\n"
+        "verdict = asyncio.run(check_provider(Deployment(), 'corp'))\n"
+        "print('doctor', verdict)\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", script],
+        env=subprocess_env({}),
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    needs = (
+        "Sign-in with providers (AUTHDB_OAUTH_PROVIDERS) needs authlib: pip install 'authdb[oauth]'"
+    )
+    assert lines[0] == "login page /login"
+    assert lines[1] == f"auth {needs}"
+    assert lines[2].startswith("doctor ") and needs in lines[2]
+
+
 # --- what serve says ------------------------------------------------------------------------
 
 

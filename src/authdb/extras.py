@@ -44,6 +44,12 @@ def require_redis() -> None:
     require("redis", feature="AUTHDB_REDIS_URL", extra="redis")
 
 
+def require_oauth() -> None:
+    """Authlib and httpx, the sign-in providers' client (``authdb[oauth]``)."""
+    for module in ("authlib", "httpx"):
+        require(module, feature="Sign-in with providers (AUTHDB_OAUTH_PROVIDERS)", extra="oauth")
+
+
 def check(settings: Settings) -> None:
     """Raise MissingExtra for the first extra that ``settings`` need and that is missing."""
     # Settings admit only SQLite and PostgreSQL URLs.
@@ -54,4 +60,4 @@ def check(settings: Settings) -> None:
     if settings.metrics_enabled:
         require("prometheus_client", feature="Metrics (AUTHDB_METRICS_ENABLED)", extra="metrics")
     if settings.oauth_providers:
-        require("authlib", feature="Sign-in with providers (AUTHDB_OAUTH_PROVIDERS)", extra="oauth")
+        require_oauth()

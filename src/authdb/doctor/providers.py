@@ -20,37 +20,11 @@ mounts authdb's pages under a prefix serves it under that prefix, which the doct
 
 from __future__ import annotations
 
-import secrets
 from collections.abc import Awaitable, Callable
-from typing import Any
 
-import httpx
-import jwt
-
-from authdb.doctor.findings import (
-    TIMEOUT_SECONDS,
-    Deployment,
-    Verdict,
-    error,
-    ok,
-    reason,
-    shown_url,
-    warn,
-)
-from authdb.extras import MissingExtra, require
+from authdb.doctor.findings import Deployment, Verdict, error, ok, warn
+from authdb.extras import MissingExtra, require_oauth
 from authdb.links import url as public_url_of
-from authdb.names import has_control_characters
-from authdb.oauth import ProviderDenied, ProviderFailed, oidc
-from authdb.oauth.providers import CLIENT_REFUSED, Provider, http_client
-from authdb.settings_oauth import ProviderSettings, variable
-
-# The token endpoint's answers to a made-up code: the client passed, or it did not.
-_CODE_REFUSED = frozenset({"invalid_grant", "bad_verification_code"})
-_CLIENT_REFUSED = CLIENT_REFUSED
-
-
-class _Problem(Exception):
-    """What is wrong, as the check's message says it."""
 
 
 def redirect_uri(deployment: Deployment, name: str) -> str:
@@ -69,115 +43,19 @@ def provider_check(name: str) -> Callable[[Deployment], Awaitable[Verdict]]:
 
 async def check_provider(deployment: Deployment, name: str) -> Verdict:
     """Reachable, what it claims to be, and the client's id and secret not refused."""
-    provider = deployment.settings.oauth[name]
     register = f"redirect URI to register: {redirect_uri(deployment, name)}"
     try:
-        require("authlib", feature="Sign-in with providers (AUTHDB_OAUTH_PROVIDERS)", extra="oauth")
+        require_oauth()
     except MissingExtra as exc:
         return error(f"{exc}; {register}")
-    async with http_client() as http:
-        http.timeout = httpx.Timeout(TIMEOUT_SECONDS)
-        try:
-            if provider.kind == "oidc":
-                found = await _oidc(http, provider)
-            else:
-                found = await _github(http, provider)
-            client = await _client(http, provider, redirect_uri(deployment, name))
-        except _Problem as exc:
-            return error(f"{exc}; {register}")
+    # The probes speak HTTP (the oauth extra): imported once it is known to be there.
+    from authdb.doctor import provider_probes
+
+    provider = deployment.settings.oauth[name]
+    try:
+        found, client = await provider_probes.probe(provider, redirect_uri(deployment, name))
+    except provider_probes.Problem as exc:
+        return error(f"{exc}; {register}")
     if client is not None:
         return warn(f"{found}, but {client}; {register}")
     return ok(f"{found}, client id and secret not refused; {register}")
-
-
-async def _oidc(http: httpx.AsyncClient, provider: ProviderSettings) -> str:
-    """``issuer ...: discovery and JWKS (N keys)``, or _Problem."""
-    issuer = provider.issuer or ""
-    where = variable(provider.name, "issuer")
-    url = issuer.rstrip("/") + "/.well-known/openid-configuration"
-    document = await _get_json(http, url, f"{shown_url(url)} ({where})")
-    if isinstance(document, dict) and document.get("issuer") != issuer:
-        named = document.get("issuer")
-        raise _Problem(
-            f"the discovery document at {shown_url(url)} names the issuer {_quoted(named)}, "
-            f"not {issuer} ({where}); set it to the issuer exactly as the provider writes it"
-        )
-    try:
-        metadata = oidc.Metadata.parse(document, issuer)
-    except ProviderFailed as exc:
-        raise _Problem(f"{shown_url(url)} ({where}): {exc}") from None
-    keys = await _get_json(http, metadata.jwks_uri, f"JWKS {shown_url(metadata.jwks_uri)}")
-    entries = keys.get("keys") if isinstance(keys, dict) else None
-    usable = [entry for entry in entries or [] if _usable_key(entry)]
-    if not usable:
-        raise _Problem(f"JWKS {shown_url(metadata.jwks_uri)} holds no signing key authdb can use")
-    count = f"{len(usable)} key{'' if len(usable) == 1 else 's'}"
-    return f"issuer {issuer}: discovery and JWKS ({count})"
-
-
-def _usable_key(entry: object) -> bool:
-    if not isinstance(entry, dict) or entry.get("use") not in (None, "sig"):
-        return False
-    try:
-        jwt.PyJWK.from_dict(entry)
-    except (jwt.PyJWTError, TypeError, ValueError, KeyError, AttributeError):
-        return False
-    return True
-
-
-async def _github(http: httpx.AsyncClient, provider: ProviderSettings) -> str:
-    """``GitHub at ...: API answers``, or _Problem. ``/user`` without a token is 401 at
-    github.com and at GitHub Enterprise Server (whose API is ``https://HOST/api/v3``)."""
-    url = provider.api_url + "/user"
-    where = variable(provider.name, "api_url")
-    try:
-        response = await http.get(url, headers={"Accept": "application/vnd.github+json"})
-    except httpx.HTTPError as exc:
-        raise _Problem(f"{shown_url(url)} ({where}) not reachable: {reason(exc)}") from None
-    if response.status_code != 401:
-        raise _Problem(
-            f"{shown_url(url)} ({where}) answered HTTP {response.status_code}, not GitHub's "
-            "401 without a token: is it GitHub's REST API (GitHub Enterprise Server: "
-            "https://HOST/api/v3)?"
-        )
-    return f"GitHub at {provider.github_url}: API {provider.api_url} answers"
-
-
-async def _client(http: httpx.AsyncClient, provider: ProviderSettings, callback: str) -> str | None:
-    """Send a made-up code to the token endpoint as a sign-in would: None when the provider
-    refused the code (so not the client), a warning's words when it cannot be told; _Problem
-    when the client was refused or the endpoint cannot be reached."""
-    names = f"{variable(provider.name, 'client_id')}, {variable(provider.name, 'client_secret')}"
-    try:
-        # The sign-in's own exchange (same endpoint, client authentication, encoding).
-        await Provider(provider).exchange(
-            http, "authdb-doctor-" + secrets.token_urlsafe(16), secrets.token_urlsafe(48), callback
-        )
-    except ProviderDenied as exc:
-        said = _quoted(exc.error)
-        if exc.error in _CODE_REFUSED:
-            return None
-        if exc.error in _CLIENT_REFUSED:
-            raise _Problem(
-                f"the token endpoint refused the client ({said}): check {names}"
-            ) from None
-        return f"the token endpoint answered {said}, so the client id and secret are unconfirmed"
-    except ProviderFailed as exc:
-        raise _Problem(f"token endpoint: {exc}") from None
-    return "the token endpoint accepted a made-up code"
-
-
-async def _get_json(http: httpx.AsyncClient, url: str, what: str) -> Any:
-    """The JSON at ``url``, read as sign-in reads it, or _Problem saying why not."""
-    try:
-        return await oidc.fetch_json(http, url, what, headers={"Accept": "application/json"})
-    except ProviderFailed as exc:
-        raise _Problem(str(exc)) from None
-
-
-def _quoted(value: object) -> str:
-    """A provider's word, fit for one line: quoted, printable, at most 80 characters."""
-    text = value if isinstance(value, str) else repr(value)
-    if has_control_characters(text):
-        text = "".join(c if c.isprintable() else "?" for c in text)
-    return repr(text[:80])

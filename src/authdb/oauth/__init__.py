@@ -5,8 +5,17 @@
 and turns a callback's code into an ``Identity``; ``oidc`` finds a provider's endpoints and
 keys (OpenID Connect Discovery 1.0) and validates its ID tokens (OpenID Connect Core 1.0,
 section 3.1.3.7). The protocol work is Authlib's (the code exchange) and PyJWT's (signatures).
+
+This package's root and ``identity`` import no HTTP library; ``oidc`` and ``providers`` need the
+``oauth`` extra (httpx, Authlib) and are imported only where providers are configured.
 """
 
-from authdb.oauth.identity import Identity, ProviderDenied, ProviderFailed, error_code
+from authdb.oauth.identity import (
+    CLIENT_REFUSED,
+    Identity,
+    ProviderDenied,
+    ProviderFailed,
+    error_code,
+)
 
-__all__ = ["Identity", "ProviderDenied", "ProviderFailed", "error_code"]
+__all__ = ["CLIENT_REFUSED", "Identity", "ProviderDenied", "ProviderFailed", "error_code"]

@@ -23,6 +23,13 @@ class Identity:
     name: str | None = None
 
 
+# Token endpoint errors that blame the client's id or secret (RFC 6749, section 5.2, and
+# GitHub's own word): a misconfiguration of the deployment, not the person's failure.
+CLIENT_REFUSED = frozenset(
+    {"invalid_client", "unauthorized_client", "incorrect_client_credentials"}
+)
+
+
 class ProviderFailed(Exception):
     """The provider could not be used: down, slow, or its answer failed a check (a bad ID
     token, a refused code). The message says why, for the log and the audit trail; it never

@@ -20,11 +20,6 @@ from authdb.oauth import oidc
 from authdb.oauth.identity import Identity, ProviderDenied, ProviderFailed
 from authdb.settings_oauth import ProviderSettings
 
-# Token endpoint errors that blame the client's id or secret (RFC 6749, section 5.2, and
-# GitHub's own word): a misconfiguration of the deployment, not the person's failure.
-CLIENT_REFUSED = frozenset(
-    {"invalid_client", "unauthorized_client", "incorrect_client_credentials"}
-)
 # A provider that takes longer than this is treated as down.
 TIMEOUT = httpx.Timeout(10.0, connect=5.0)
 _USER_AGENT = "authdb"

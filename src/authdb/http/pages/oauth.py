@@ -12,7 +12,7 @@ from __future__ import annotations
 import hmac
 import logging
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlencode
 
 from fastapi import APIRouter
@@ -39,8 +39,7 @@ from authdb.http.pages.signin import (
 )
 from authdb.http.signin_alerts import checked_later
 from authdb.links import url as public_url_of
-from authdb.oauth import Identity, ProviderDenied, ProviderFailed, error_code
-from authdb.oauth.providers import CLIENT_REFUSED, Provider
+from authdb.oauth import CLIENT_REFUSED, Identity, ProviderDenied, ProviderFailed, error_code
 from authdb.passwords import is_usable
 from authdb.ratelimit import client_key
 from authdb.sealing import Sealer
@@ -50,6 +49,9 @@ from authdb.services.guard import confirm_password, spend_failure
 from authdb.services.oauth_accounts import NewAccountUnverified
 from authdb.services.sessions import Authenticated, start_browser_session
 from authdb.settings_oauth import variable
+
+if TYPE_CHECKING:
+    from authdb.oauth.providers import Provider
 
 log = logging.getLogger("authdb.oauth")
 
@@ -69,6 +71,10 @@ class OAuthPages:
     def __init__(self, deps: AuthDeps, pages: Pages) -> None:
         self.deps, self.pages = deps, pages
         self.core: Core = deps.core
+        # The client speaks HTTP (the oauth extra, which Auth() checked): imported only here,
+        # so that a deployment without providers runs without the extra.
+        from authdb.oauth.providers import Provider
+
         self.providers = {
             name: Provider(config) for name, config in self.core.settings.oauth.items()
         }
