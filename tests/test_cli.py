@@ -100,6 +100,7 @@ def test_users_import_all_or_nothing(env: dict[str, str], tmp_path: Path) -> Non
     missing = run_cli(["users", "import", str(tmp_path / "absent.jsonl")], env=env)
     _one_line_error(missing)
     # Wrong types and deep nesting: one line naming the line and field, never a traceback.
+    good = {"username": "frank", "email": "frank@example.com", "password": PASSWORD}
     for line, words in (
         ({**good, "is_superuser": "yes"}, "is_superuser must be true or false"),
         ({**good, "full_name": 123}, "full_name must be a string or null"),

@@ -10,6 +10,7 @@ import time
 import traceback
 import unicodedata
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from functools import cache, wraps
 from importlib import resources
 from typing import TYPE_CHECKING, ParamSpec, TypeVar
@@ -20,6 +21,7 @@ from pwdlib.hashers.argon2 import Argon2Hasher
 from pwdlib.hashers.bcrypt import BcryptHasher
 
 from authdb import metrics
+from authdb.hashers import FOREIGN_HASHERS, hash_problem
 from authdb.names import control_character
 from authdb.settings import Settings
 
@@ -82,7 +84,8 @@ def is_usable(hashed: str) -> bool:
 class Hasher:
     """Hashes and verifies off the event loop, with bounded CPU use.
 
-    Argon2id is the current algorithm; bcrypt hashes (the tutorial's) verify and are upgraded.
+    Argon2id is the current algorithm; bcrypt hashes (the tutorial's) and those imported from
+    other systems (authdb.hashers: Django, Keycloak) verify and are upgraded.
     Passwords are NFKC-normalized first; a hash stored before that rule (of the password as
     typed) still verifies, and is replaced by one of the normalized form.
     """
@@ -96,7 +99,7 @@ class Hasher:
         parallelism: int = 1,
     ) -> None:
         argon2 = Argon2Hasher(time_cost=time_cost, memory_cost=memory_kib, parallelism=parallelism)
-        self._hash = PasswordHash((argon2, BcryptHasher()))
+        self._hash = PasswordHash((argon2, BcryptHasher(), *FOREIGN_HASHERS))
         self._limiter = anyio.CapacityLimiter(concurrency)
         # Verified in place of a missing user's hash, so unknown names cost the same time.
         self._dummy_hash = self._hash.hash(secrets.token_urlsafe(16))
@@ -112,6 +115,20 @@ class Hasher:
     @_timed("hash")
     def _new_hash(self, password: str) -> str:
         return self._hash.hash(password)
+
+    def hash_many(
+        self, passwords: Sequence[str], *, workers: int, done: Callable[[], None]
+    ) -> list[str]:
+        """argon2id hashes of the normalized ``passwords``, in order, on ``workers`` threads
+        (argon2 releases the GIL); blocking, for imports. ``done`` is called after each."""
+
+        def one(password: str) -> str:
+            hashed = self._new_hash(normalize_password(password))
+            done()
+            return hashed
+
+        with ThreadPoolExecutor(max(1, workers)) as pool:
+            return list(pool.map(one, passwords))
 
     async def verify(self, password: str, hashed: str | None) -> tuple[bool, str | None]:
         """Check ``password``; returns (ok, new hash if the stored one should be replaced).
@@ -167,9 +184,9 @@ class Hasher:
         )
 
     @staticmethod
-    def is_supported_hash(hashed: str) -> bool:
-        """True for hashes this hasher can verify (argon2 and bcrypt)."""
-        return hashed.startswith(("$argon2id$", "$argon2i$", "$argon2d$", "$2a$", "$2b$", "$2y$"))
+    def stored_hash_problem(hashed: str) -> str | None:
+        """Why ``hashed`` may not be stored as a user's hash (authdb.hashers), or None."""
+        return hash_problem(hashed)
 
 
 @cache

@@ -1,4 +1,5 @@
-"""``authdb users ...``: listing, showing, enabling/disabling, deleting and importing users.
+"""``authdb users ...``: listing, showing, enabling/disabling and deleting users; importing
+them is ``authdb.cli.user_import``.
 
 USER arguments accept a username, an email, a numeric id or ``id:N``. Every command calls the
 same service functions as the admin API, and is audited with the CLI as the client.
@@ -8,96 +9,21 @@ from __future__ import annotations
 
 import json
 import sys
-from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 
 from authdb.auth import Auth
 from authdb.cli.common import fail, run
+from authdb.cli.user_import import import_command
 from authdb.db.models import User
-from authdb.errors import AuthError
 from authdb.http.schemas import UserRead
-from authdb.services import admin, mfa, provisioning
+from authdb.services import admin, mfa
 from authdb.services.core import CLI_CLIENT
 
 app = typer.Typer(help="Manage users.", no_args_is_help=True)
 
-_IMPORT_FIELDS = {
-    "username", "email", "full_name", "is_superuser", "is_verified", "disabled",
-    "password", "hashed_password",
-}  # fmt: skip
-
-
-def _parse_line(number: int, line: str) -> dict[str, Any]:
-    try:
-        record = json.loads(line)
-    except json.JSONDecodeError as exc:
-        fail(f"line {number}: not valid JSON ({exc.msg})")
-    except RecursionError:
-        fail(f"line {number}: not valid JSON (nested too deeply)")
-    if not isinstance(record, dict):
-        fail(f"line {number}: expected a JSON object")
-    unknown = set(record) - _IMPORT_FIELDS
-    if unknown:
-        fail(f"line {number}: unknown field(s) {', '.join(sorted(unknown))}")
-    for name in ("username", "email"):
-        if not isinstance(record.get(name), str):
-            fail(f"line {number}: {name} is required and must be a string")
-    for name, kinds, wanted in _OPTIONAL_TYPES:
-        if name in record and not isinstance(record[name], kinds):
-            fail(f"line {number}: {name} must be {wanted}")
-    return record
-
-
-# Checked here so that a wrong type is named with its line, never met by the database.
-_OPTIONAL_TYPES: tuple[tuple[str, type | tuple[type, ...], str], ...] = (
-    ("full_name", (str, type(None)), "a string or null"),
-    ("password", str, "a string"),
-    ("hashed_password", str, "a string"),
-    ("is_superuser", bool, "true or false"),
-    ("is_verified", bool, "true or false"),
-    ("disabled", bool, "true or false"),
-)
-
-
-@app.command("import")
-def import_users(
-    file: Annotated[Path, typer.Argument(help="JSON Lines file, one user a line.")],
-) -> None:
-    """Import users; a file with any bad line imports nothing and names the line."""
-    try:
-        lines = file.read_text(encoding="utf-8").splitlines()
-    except (OSError, UnicodeDecodeError) as exc:
-        fail(f"cannot read {file}: {exc}")
-    records = [(n, _parse_line(n, line)) for n, line in enumerate(lines, 1) if line.strip()]
-    if not records:
-        fail(f"{file} holds no users")
-
-    async def _import(auth: Any) -> int:
-        batch: list[provisioning.NewUser] = []
-        seen: dict[str, int] = {}
-        for number, record in records:
-            try:
-                new = await provisioning.prepare_user(
-                    auth.core.hasher, validators=auth.core.password_validators, **record
-                )
-            except (AuthError, TypeError) as exc:
-                fail(f"line {number}: {getattr(exc, 'detail', exc)}")
-            for key in (new.username.casefold(), new.email.casefold()):
-                if key in seen:
-                    fail(f"line {number}: duplicates line {seen[key]} ({key})")
-                seen[key] = number
-            batch.append(new)
-        try:
-            await provisioning.insert_users(auth.core, batch, client=CLI_CLIENT)
-        except AuthError as exc:
-            fail(f"nothing imported: {exc.detail} (one of the users exists already)")
-        return len(batch)
-
-    count = run(_import)
-    typer.echo(f"imported {count} users")
-
+app.command("import")(import_command)
 
 UserArg = Annotated[str, typer.Argument(help="Username, email, numeric id or id:N.")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON, as the HTTP API does.")]

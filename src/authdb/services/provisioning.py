@@ -89,8 +89,10 @@ async def prepare_user(
     if password is not None:
         check_password(password, username=username, email=email, validators=validators)
         hashed_password = await hasher.hash(password)
-    elif hashed_password is None or not Hasher.is_supported_hash(hashed_password):
-        raise InvalidInput("hashed_password must be an argon2 or bcrypt hash")
+    elif hashed_password is None:
+        raise InvalidInput("Give exactly one of password and hashed_password")
+    elif (problem := Hasher.stored_hash_problem(hashed_password)) is not None:
+        raise InvalidInput(f"hashed_password {problem}", field="hashed_password")
     return NewUser(username, email, hashed_password, full_name, is_superuser, is_verified, disabled)
 
 

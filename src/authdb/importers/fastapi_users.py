@@ -1,0 +1,67 @@
+"""fastapi-users: its ``user`` table as CSV with a header, or as JSON Lines.
+
+Columns: ``id``, ``email``, ``hashed_password`` (pwdlib's argon2id since fastapi-users 13,
+passlib's bcrypt before), ``is_active``, ``is_superuser``, ``is_verified``; other columns (an
+app's own fields) are passed over. fastapi-users has no usernames: one is made from the email.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from authdb.importers import values
+from authdb.importers.csv_rows import rows_with_lines
+from authdb.importers.records import BadLine, Reading, SourceUser
+
+COLUMNS = ("email", "hashed_password", "is_active", "is_superuser", "is_verified")
+
+
+def read(text: str) -> Reading:
+    """JSON Lines if the first non-blank character opens an object, else CSV."""
+    if text.lstrip().startswith("{"):
+        return _read_jsonl(text)
+    rows, errors = rows_with_lines(text, COLUMNS)
+    reading = Reading(errors=errors)
+    for line, row in rows:
+        _add(reading, _user(line, row))
+    return reading
+
+
+def _read_jsonl(text: str) -> Reading:
+    reading = Reading()
+    for line, raw in enumerate(text.splitlines(), 1):
+        if not raw.strip():
+            continue
+        try:
+            record = json.loads(raw)
+        except (json.JSONDecodeError, RecursionError):
+            reading.errors.append(BadLine(line, "not valid JSON"))
+            continue
+        if not isinstance(record, dict):
+            reading.errors.append(BadLine(line, "expected a JSON object"))
+        else:
+            _add(reading, _user(line, record))
+    return reading
+
+
+def _add(reading: Reading, found: SourceUser | BadLine) -> None:
+    (reading.errors if isinstance(found, BadLine) else reading.users).append(found)  # type: ignore[arg-type]
+
+
+def _user(line: int, row: dict[str, Any]) -> SourceUser | BadLine:
+    try:
+        email = values.required_text("email", row.get("email"))
+        hashed = values.required_text("hashed_password", row.get("hashed_password"))
+        source_id = row.get("id")
+        return SourceUser(
+            line=line,
+            email=email,
+            hashed_password=hashed,
+            is_superuser=values.boolean("is_superuser", row.get("is_superuser"), default=False),
+            is_verified=values.boolean("is_verified", row.get("is_verified"), default=False),
+            disabled=not values.boolean("is_active", row.get("is_active"), default=True),
+            source_id=None if source_id in (None, "") else str(source_id),
+        )
+    except values.FieldError as exc:
+        return BadLine(line, str(exc))

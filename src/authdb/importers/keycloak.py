@@ -1,0 +1,128 @@
+"""Keycloak: a realm export (``kc.sh export --realm R --users realm_file``), JSON.
+
+Users are under ``"users"``, each with ``username``, ``email``, ``emailVerified``, ``enabled``,
+``firstName``, ``lastName`` and ``credentials``. A password credential keeps its hash in two
+JSON strings: ``secretData`` (``value``, ``salt``: base64) and ``credentialData``
+(``algorithm``, ``hashIterations``, ``additionalParameters``). ``pbkdf2``, ``pbkdf2-sha256`` and
+``pbkdf2-sha512`` become a PHC PBKDF2 string, ``argon2`` (Keycloak 25's default) an argon2 PHC
+string, so both verify as stored (authdb.hashers). Service accounts are skipped; users without
+a password credential (federated, social) get no password that works.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from authdb.hashers import phc_pbkdf2
+from authdb.hashers.base import decode_base64, encode_base64
+from authdb.importers import values
+from authdb.importers.json_positions import member_with_lines
+from authdb.importers.records import BadLine, Reading, Skipped, SourceUser, UnreadableExport
+
+_PBKDF2_DIGESTS = {"pbkdf2": "sha1", "pbkdf2-sha256": "sha256", "pbkdf2-sha512": "sha512"}
+_ARGON2_VERSIONS = {"1.3": 19, "1.0": 16}
+
+
+class _Refused(ValueError):
+    """A credential this import cannot keep: the message says why."""
+
+
+def read(text: str) -> Reading:
+    """The realm's users; raises UnreadableExport for a file without a ``users`` array."""
+    _, users = member_with_lines(text, "users")
+    if users is None:
+        raise UnreadableExport(
+            'no "users" array in this file (export the realm with --users realm_file, '
+            "or import each realm-users-N.json)"
+        )
+    reading = Reading()
+    for line, record in users:
+        if not isinstance(record, dict):
+            reading.errors.append(BadLine(line, "expected a user object"))
+        elif record.get("serviceAccountClientId"):
+            reading.skipped.append(Skipped(line, "a client's service account"))
+        else:
+            found = _user(line, record)
+            (reading.errors if isinstance(found, BadLine) else reading.users).append(found)  # type: ignore[arg-type]
+    return reading
+
+
+def _user(line: int, record: dict[str, Any]) -> SourceUser | BadLine:
+    try:
+        email = values.text("email", record.get("email"))
+        if email is None:
+            return BadLine(line, "has no email address; authdb needs one (add it in Keycloak)")
+        first = values.text("firstName", record.get("firstName")) or ""
+        last = values.text("lastName", record.get("lastName")) or ""
+        return SourceUser(
+            line=line,
+            email=email,
+            username=values.text("username", record.get("username")),
+            full_name=f"{first} {last}".strip() or None,
+            hashed_password=_password_hash(record.get("credentials")),
+            is_verified=values.boolean("emailVerified", record.get("emailVerified"), default=False),
+            disabled=not values.boolean("enabled", record.get("enabled"), default=True),
+            source_id=values.text("id", record.get("id")),
+        )
+    except (values.FieldError, _Refused) as exc:
+        return BadLine(line, str(exc))
+
+
+def _password_hash(credentials: Any) -> str | None:
+    """The stored form of the user's password credential; None if they have none."""
+    if credentials is None:
+        return None
+    if not isinstance(credentials, list):
+        raise _Refused("credentials must be a list")
+    passwords = [c for c in credentials if isinstance(c, dict) and c.get("type") == "password"]
+    if not passwords:
+        return None
+    secret = _embedded(passwords[0], "secretData")
+    data = _embedded(passwords[0], "credentialData")
+    algorithm = data.get("algorithm")
+    salt = decode_base64(str(secret.get("salt", "")), padded=True)
+    key = decode_base64(str(secret.get("value", "")), padded=True)
+    iterations = data.get("hashIterations")
+    if salt is None or key is None or not salt or not key:
+        raise _Refused("the password credential's salt or value is not base64")
+    if not isinstance(iterations, int) or isinstance(iterations, bool) or iterations < 1:
+        raise _Refused("the password credential's hashIterations must be a positive number")
+    if algorithm in _PBKDF2_DIGESTS:
+        return phc_pbkdf2(_PBKDF2_DIGESTS[algorithm], iterations, salt, key)
+    if algorithm == "argon2":
+        return _argon2(data.get("additionalParameters"), iterations, salt, key)
+    raise _Refused(
+        f"password algorithm {str(algorithm)[:40]!r} is not supported "
+        "(supported: pbkdf2, pbkdf2-sha256, pbkdf2-sha512, argon2)"
+    )
+
+
+def _embedded(credential: dict[str, Any], name: str) -> dict[str, Any]:
+    """A credential's ``secretData``/``credentialData``: JSON inside a JSON string."""
+    try:
+        value = json.loads(credential.get(name) or "")
+    except (TypeError, json.JSONDecodeError, RecursionError):
+        raise _Refused(f"the password credential's {name} is not JSON") from None
+    if not isinstance(value, dict):
+        raise _Refused(f"the password credential's {name} is not a JSON object")
+    return value
+
+
+def _argon2(parameters: Any, iterations: int, salt: bytes, key: bytes) -> str:
+    """The argon2 PHC string of a Keycloak argon2 credential (BouncyCastle, UTF-8 password)."""
+
+    def first(name: str) -> str:
+        found = parameters.get(name) if isinstance(parameters, dict) else None
+        if not (isinstance(found, list) and found and isinstance(found[0], str)):
+            raise _Refused(f"the argon2 credential has no {name}")
+        return found[0]
+
+    kind, version = first("type"), _ARGON2_VERSIONS.get(first("version"))
+    if kind not in ("id", "i", "d") or version is None:
+        raise _Refused("the argon2 credential's type or version is unknown")
+    memory, lanes = first("memory"), first("parallelism")
+    return (
+        f"$argon2{kind}$v={version}$m={memory},t={iterations},p={lanes}"
+        f"${encode_base64(salt)}${encode_base64(key)}"
+    )
