@@ -192,7 +192,7 @@ def _username(source: SourceUser, options: ImportOptions) -> tuple[str, str | No
     if problem is None:
         return name, None
     if options.strict_usernames:
-        raise _Invalid(f"username: {problem}")
+        raise _Invalid(problem)
     return derived_username(name), source.username
 
 
