@@ -28,7 +28,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import InstrumentedAttribute
 
 from authdb.db.models import User
-from authdb.errors import AuthError, Conflict
+from authdb.errors import AuthError, Conflict, InvalidInput
 from authdb.importers.records import BadLine, Reading, Skipped, SourceUser
 from authdb.names import (
     USERNAME_KEY_MAX,
@@ -177,7 +177,7 @@ def _check(core: Core, source: SourceUser, options: ImportOptions) -> PlannedUse
                 validators=core.password_validators,
             )
     except AuthError as exc:
-        return BadLine(source.line, exc.detail if hasattr(exc, "detail") else str(exc))
+        return BadLine(source.line, exc.detail)
     verified = options.mark_verified or bool(source.is_verified)
     return PlannedUser(source, username, email, full_name, hashed, verified, renamed_from)
 
@@ -192,12 +192,8 @@ def _username(source: SourceUser, options: ImportOptions) -> tuple[str, str | No
     if problem is None:
         return name, None
     if options.strict_usernames:
-        raise _Invalid(problem)
+        raise InvalidInput(problem)
     return derived_username(name), source.username
-
-
-class _Invalid(AuthError):
-    """A value refused by the import's own checks."""
 
 
 def _stored_hash(source: SourceUser) -> str | None:
@@ -205,14 +201,14 @@ def _stored_hash(source: SourceUser) -> str | None:
     later)."""
     if source.password is not None:
         if source.hashed_password is not None:
-            raise _Invalid("give exactly one of password and hashed_password")
+            raise InvalidInput("give exactly one of password and hashed_password")
         return None
     hashed = source.hashed_password
     if hashed is None or hashed.startswith(UNUSABLE_PREFIX):
         return unusable_password()  # no password there: none that works here either
     problem = Hasher.stored_hash_problem(hashed)
     if problem is not None:
-        raise _Invalid(f"hashed_password {problem}")
+        raise InvalidInput(f"hashed_password {problem}")
     return hashed
 
 
