@@ -18,7 +18,7 @@ import re
 import subprocess
 import sys
 import uuid
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -150,20 +150,7 @@ def build_django_export(directory: Path) -> DjangoExport:
     """A Django project in ``directory``: migrated, DJANGO_USERS created, users dumped."""
     (directory / "authdb_import_settings.py").write_text(_SETTINGS)
     (directory / "make_users.py").write_text(_MAKE_USERS)
-    specs = [
-        {
-            "username": u.username,
-            "email": u.email,
-            "password": u.password,
-            "hasher": u.hasher,
-            "first_name": u.first_name,
-            "last_name": u.last_name,
-            "superuser": u.superuser,
-            "active": u.active,
-            "unusable": u.unusable,
-        }
-        for u in DJANGO_USERS
-    ]
+    specs = [{**asdict(u), "email": u.email} for u in DJANGO_USERS]
     (directory / "specs.json").write_text(json.dumps(specs))
     env = {k: v for k, v in os.environ.items() if not k.startswith(("AUTHDB_", "DJANGO_"))}
     env |= {"DJANGO_SETTINGS_MODULE": "authdb_import_settings", "PYTHONPATH": str(directory)}
@@ -172,9 +159,18 @@ def build_django_export(directory: Path) -> DjangoExport:
     for command in (
         [sys.executable, "-m", "django", "migrate", "--verbosity", "0"],
         [sys.executable, "make_users.py", "specs.json", "extra.json"],
-        [sys.executable, "-m", "django", "dumpdata", "auth.user", "--indent", "2",
-         "-o", str(out / "users.json")],
-    ):  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "django",
+            "dumpdata",
+            "auth.user",
+            "--indent",
+            "2",
+            "-o",
+            str(out / "users.json"),
+        ],
+    ):
         done = subprocess.run(
             command, cwd=directory, env=env, capture_output=True, text=True, timeout=300
         )
@@ -198,8 +194,11 @@ def django_record_line(text: str, username: str) -> int:
 # --- Keycloak -------------------------------------------------------------------------------
 
 # Keycloak's hash providers: algorithm -> (HMAC digest, derived key bytes).
-_KEYCLOAK_PBKDF2 = {"pbkdf2": ("sha1", 64), "pbkdf2-sha256": ("sha256", 32),
-                    "pbkdf2-sha512": ("sha512", 64)}  # fmt: skip
+_KEYCLOAK_PBKDF2 = {
+    "pbkdf2": ("sha1", 64),
+    "pbkdf2-sha256": ("sha256", 32),
+    "pbkdf2-sha512": ("sha512", 64),
+}
 _CREATED = 1718000000000  # createdTimestamp / createdDate: Java milliseconds
 
 
@@ -221,11 +220,22 @@ def keycloak_password(password: str, algorithm: str, iterations: int) -> dict[st
     parameters: dict[str, Any] = {}
     if algorithm == "argon2":
         key = hash_secret_raw(
-            secret, salt, time_cost=iterations, memory_cost=7168, parallelism=1, hash_len=32,
-            type=Type.ID, version=19,
-        )  # fmt: skip
-        parameters = {"hashLength": ["32"], "memory": ["7168"], "type": ["id"],
-                      "version": ["1.3"], "parallelism": ["1"]}  # fmt: skip
+            secret,
+            salt,
+            time_cost=iterations,
+            memory_cost=7168,
+            parallelism=1,
+            hash_len=32,
+            type=Type.ID,
+            version=19,
+        )
+        parameters = {
+            "hashLength": ["32"],
+            "memory": ["7168"],
+            "type": ["id"],
+            "version": ["1.3"],
+            "parallelism": ["1"],
+        }
     else:
         digest, length = _KEYCLOAK_PBKDF2[algorithm]
         key = hashlib.pbkdf2_hmac(digest, secret, salt, iterations, dklen=length)
@@ -234,11 +244,16 @@ def keycloak_password(password: str, algorithm: str, iterations: int) -> dict[st
         "type": "password",
         "userLabel": "My password",
         "createdDate": _CREATED,
-        "secretData": _compact({"value": _b64(key), "salt": _b64(salt), "additionalParameters": {}}),
+        "secretData": _compact(
+            {"value": _b64(key), "salt": _b64(salt), "additionalParameters": {}}
+        ),
         "credentialData": _compact(
-            {"hashIterations": iterations, "algorithm": algorithm,
-             "additionalParameters": parameters}
-        ),  # fmt: skip
+            {
+                "hashIterations": iterations,
+                "algorithm": algorithm,
+                "additionalParameters": parameters,
+            }
+        ),
     }
 
 
@@ -251,9 +266,8 @@ def keycloak_otp() -> dict[str, Any]:
         "createdDate": _CREATED,
         "secretData": _compact({"value": "JBSWY3DPEHPK3PXPJBSWY3DP"}),
         "credentialData": _compact(
-            {"subType": "totp", "digits": 6, "counter": 0, "period": 30,
-             "algorithm": "HmacSHA1"}
-        ),  # fmt: skip
+            {"subType": "totp", "digits": 6, "counter": 0, "period": 30, "algorithm": "HmacSHA1"}
+        ),
     }
 
 
@@ -304,17 +318,30 @@ def keycloak_realm(users: list[dict[str, Any]]) -> str:
         "sslRequired": "external",
         "registrationAllowed": False,
         "roles": {
-            "realm": [{"id": str(uuid.uuid4()), "name": "default-roles-demo",
-                       "composite": True, "clientRole": False, "attributes": {}}],  # fmt: skip
+            "realm": [
+                {
+                    "id": str(uuid.uuid4()),
+                    "name": "default-roles-demo",
+                    "composite": True,
+                    "clientRole": False,
+                    "attributes": {},
+                }
+            ],
             "client": {"ci": []},
         },
         "requiredCredentials": ["password"],
         "passwordPolicy": "length(8)",
         "users": users,
         "clients": [
-            {"id": str(uuid.uuid4()), "clientId": "ci", "enabled": True,
-             "serviceAccountsEnabled": True, "redirectUris": [], "attributes": {}}
-        ],  # fmt: skip
+            {
+                "id": str(uuid.uuid4()),
+                "clientId": "ci",
+                "enabled": True,
+                "serviceAccountsEnabled": True,
+                "redirectUris": [],
+                "attributes": {},
+            }
+        ],
         "keycloakVersion": "25.0.6",
     }
     return jackson(realm) + "\n"

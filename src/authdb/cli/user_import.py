@@ -168,6 +168,7 @@ def _refuse(file: Path, errors: Sequence[BadLine]) -> NoReturn:
 
 def _report(result: ImportPlan, *, dry_run: bool) -> None:
     notes = [f"line {s.line}: skipped: {s.reason}" for s in result.skipped]
+    notes += [f"line {n.line}: {n.text}" for n in result.notes]
     notes += [
         f"line {u.source.line}: username {u.renamed_from!r} is not allowed in authdb; "
         f"imported as {u.username!r}"

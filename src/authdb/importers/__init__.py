@@ -10,6 +10,7 @@ from __future__ import annotations
 from authdb.importers import django, fastapi_users, jsonl, keycloak, supabase
 from authdb.importers.records import (
     BadLine,
+    Note,
     Reader,
     Reading,
     Skipped,
@@ -30,6 +31,7 @@ FORMATS: dict[str, Reader] = {
 __all__ = [
     "FORMATS",
     "BadLine",
+    "Note",
     "Reader",
     "Reading",
     "Skipped",

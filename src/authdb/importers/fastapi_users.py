@@ -30,7 +30,9 @@ def read(text: str) -> Reading:
 
 def _read_jsonl(text: str) -> Reading:
     reading = Reading()
-    for line, raw in enumerate(text.splitlines(), 1):
+    # Lines end at "\n" only: str.splitlines() also breaks at U+2028, U+0085 and the like,
+    # which JSON strings may hold unescaped (PostgreSQL's row_to_json writes them as they are).
+    for line, raw in enumerate(text.split("\n"), 1):
         if not raw.strip():
             continue
         try:

@@ -5,8 +5,12 @@ Users are under ``"users"``, each with ``username``, ``email``, ``emailVerified`
 JSON strings: ``secretData`` (``value``, ``salt``: base64) and ``credentialData``
 (``algorithm``, ``hashIterations``, ``additionalParameters``). ``pbkdf2``, ``pbkdf2-sha256`` and
 ``pbkdf2-sha512`` become a PHC PBKDF2 string, ``argon2`` (Keycloak 25's default) an argon2 PHC
-string, so both verify as stored (authdb.hashers). Service accounts are skipped; users without
-a password credential (federated, social) get no password that works.
+string, so both verify as stored (authdb.hashers). Exports from before Keycloak 12, which keep
+``hashedSaltedValue``, ``salt``, ``algorithm`` and ``hashIterations`` on the credential itself,
+are read too. Service accounts are skipped; users without a password credential (federated,
+social) get no password that works, and so do users Keycloak would make change their password
+first (``UPDATE_PASSWORD``: an administrator's temporary password, which must not stay valid).
+Second factors are not carried over; a note names each user who had one.
 """
 
 from __future__ import annotations
@@ -18,7 +22,14 @@ from authdb.hashers import phc_pbkdf2
 from authdb.hashers.base import decode_base64, encode_base64
 from authdb.importers import values
 from authdb.importers.json_positions import member_with_lines
-from authdb.importers.records import BadLine, Reading, Skipped, SourceUser, UnreadableExport
+from authdb.importers.records import (
+    BadLine,
+    Note,
+    Reading,
+    Skipped,
+    SourceUser,
+    UnreadableExport,
+)
 
 _PBKDF2_DIGESTS = {"pbkdf2": "sha1", "pbkdf2-sha256": "sha256", "pbkdf2-sha512": "sha512"}
 _ARGON2_VERSIONS = {"1.3": 19, "1.0": 16}
@@ -30,11 +41,16 @@ class _Refused(ValueError):
 
 def read(text: str) -> Reading:
     """The realm's users; raises UnreadableExport for a file without a ``users`` array."""
+    if text.lstrip().startswith("["):
+        raise UnreadableExport(
+            "this is a list, not a realm export: the admin API's user lists carry no password "
+            "hashes (export with kc.sh export --realm R --users realm_file)"
+        )
     _, users = member_with_lines(text, "users")
     if users is None:
         raise UnreadableExport(
             'no "users" array in this file (export the realm with --users realm_file, '
-            "or import each realm-users-N.json)"
+            "or import each <realm>-users-<N>.json)"
         )
     reading = Reading()
     for line, record in users:
@@ -45,7 +61,41 @@ def read(text: str) -> Reading:
         else:
             found = _user(line, record)
             (reading.errors if isinstance(found, BadLine) else reading.users).append(found)  # type: ignore[arg-type]
+            reading.notes.extend(_notes(line, record))
     return reading
+
+
+def _must_change_password(record: dict[str, Any]) -> bool:
+    actions = record.get("requiredActions")
+    return isinstance(actions, list) and "UPDATE_PASSWORD" in actions
+
+
+def _notes(line: int, record: dict[str, Any]) -> list[Note]:
+    """What this user had that the import leaves behind."""
+    notes = []
+    if _must_change_password(record) and record.get("credentials"):
+        notes.append(
+            Note(
+                line,
+                "Keycloak required a new password (UPDATE_PASSWORD): imported without "
+                "one; they choose one through 'forgot password'",
+            )
+        )
+    credentials = record.get("credentials")
+    kinds = sorted(
+        {str(c.get("type"))[:40] for c in credentials if isinstance(c, dict)} - {"password"}
+        if isinstance(credentials, list)
+        else set()
+    )
+    if kinds:
+        notes.append(
+            Note(
+                line,
+                f"second factor ({', '.join(kinds)}) not carried over: they set one up "
+                "again from /account",
+            )
+        )
+    return notes
 
 
 def _user(line: int, record: dict[str, Any]) -> SourceUser | BadLine:
@@ -60,7 +110,9 @@ def _user(line: int, record: dict[str, Any]) -> SourceUser | BadLine:
             email=email,
             username=values.text("username", record.get("username")),
             full_name=f"{first} {last}".strip() or None,
-            hashed_password=_password_hash(record.get("credentials")),
+            hashed_password=None
+            if _must_change_password(record)
+            else _password_hash(record.get("credentials")),
             is_verified=values.boolean("emailVerified", record.get("emailVerified"), default=False),
             disabled=not values.boolean("enabled", record.get("enabled"), default=True),
             source_id=values.text("id", record.get("id")),
@@ -78,8 +130,7 @@ def _password_hash(credentials: Any) -> str | None:
     passwords = [c for c in credentials if isinstance(c, dict) and c.get("type") == "password"]
     if not passwords:
         return None
-    secret = _embedded(passwords[0], "secretData")
-    data = _embedded(passwords[0], "credentialData")
+    secret, data = _parts(passwords[0])
     algorithm = data.get("algorithm")
     salt = decode_base64(str(secret.get("salt", "")), padded=True)
     key = decode_base64(str(secret.get("value", "")), padded=True)
@@ -96,6 +147,15 @@ def _password_hash(credentials: Any) -> str | None:
         f"password algorithm {str(algorithm)[:40]!r} is not supported "
         "(supported: pbkdf2, pbkdf2-sha256, pbkdf2-sha512, argon2)"
     )
+
+
+def _parts(credential: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(secret, parameters) of a password credential, in either export format."""
+    if "secretData" not in credential and "hashedSaltedValue" in credential:
+        # Before Keycloak 12: everything on the credential itself.
+        secret = {"value": credential.get("hashedSaltedValue"), "salt": credential.get("salt")}
+        return secret, credential
+    return _embedded(credential, "secretData"), _embedded(credential, "credentialData")
 
 
 def _embedded(credential: dict[str, Any], name: str) -> dict[str, Any]:

@@ -53,6 +53,15 @@ class Skipped:
     reason: str
 
 
+@dataclass(frozen=True, slots=True)
+class Note:
+    """Something about an imported user the operator should know: what the source had that
+    authdb does not carry over (a second factor, a pending password change)."""
+
+    line: int
+    text: str
+
+
 @dataclass(slots=True)
 class Reading:
     """Everything read from one export file."""
@@ -60,6 +69,7 @@ class Reading:
     users: list[SourceUser] = field(default_factory=list)
     errors: list[BadLine] = field(default_factory=list)
     skipped: list[Skipped] = field(default_factory=list)
+    notes: list[Note] = field(default_factory=list)
 
 
 class UnreadableExport(Exception):

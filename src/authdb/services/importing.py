@@ -29,7 +29,7 @@ from sqlalchemy.orm import InstrumentedAttribute
 
 from authdb.db.models import User
 from authdb.errors import AuthError, Conflict, InvalidInput
-from authdb.importers.records import BadLine, Reading, Skipped, SourceUser
+from authdb.importers.records import BadLine, Note, Reading, Skipped, SourceUser
 from authdb.names import (
     USERNAME_KEY_MAX,
     USERNAME_MAX,
@@ -94,6 +94,7 @@ class ImportPlan:
     users: list[PlannedUser] = field(default_factory=list)
     errors: list[BadLine] = field(default_factory=list)
     skipped: list[Skipped] = field(default_factory=list)
+    notes: list[Note] = field(default_factory=list)
 
 
 class ImportRefused(AuthError):
@@ -148,7 +149,9 @@ async def plan(
     core: Core, reading: Reading, options: ImportOptions, *, progress: Progress
 ) -> ImportPlan:
     """Every user checked; the bad ones named in ``errors`` (the reader's among them)."""
-    result = ImportPlan(errors=list(reading.errors), skipped=list(reading.skipped))
+    result = ImportPlan(
+        errors=list(reading.errors), skipped=list(reading.skipped), notes=list(reading.notes)
+    )
     progress.stage("checking", len(reading.users))
     checked: list[PlannedUser] = []
     for source in reading.users:
