@@ -199,11 +199,12 @@ async def test_django_unusable_password_verifies_nothing() -> None:
 _NUMBER = re.compile(r"\d+")
 # Replacement characters for mutations. Digits only 0 and 9: a changed digit then never turns
 # bcrypt's 04 into an accepted but slow cost (14, 15, 16); 09 is 512 rounds.
-_CHARS = st.sampled_from(["$", "=", "+", "/", ".", ",", "A", "z", "0", "9", " ", "é", "\x00", "٩"])
-# Replacement parameters: below, at and above the bounds, malformed; accepted ones stay cheap.
+_CHARS = st.sampled_from(list("$=+/.,Az09 é\x00\u0669"))
+# Replacement parameters: small, over the bounds, malformed. None is accepted and costly
+# anywhere (16 would be a 4-second bcrypt, 1048577 a million PBKDF2 iterations).
 _PARAMETERS = st.sampled_from(
-    ["", "0", "00", "01", "-1", "1", "3", "4", "5", "16", "17", "33", "65", "1000", "1e3",
-     "5000001", "1048577", "99999999999999999999", "٤", "٠٥", " 4"]
+    ["", "0", "00", "01", "-1", "1", "3", "4", "5", "17", "33", "65", "1000", "1e3", "5000001",
+     "99999999999999999999", "\u0664", "\u0660\u0665", " 4"]
 )  # fmt: skip
 
 
@@ -281,7 +282,7 @@ def test_hash_problem_never_raises(text: str) -> None:
 async def test_verifying_any_accepted_hash_never_raises(hashed: str, password: str) -> None:
     if hash_problem(hashed) is None:
         ok, upgraded = await HASHER.verify(password, hashed)
-        assert ok is (upgraded is not None)
+        assert ok or upgraded is None  # a new hash only for a right password
 
 
 @FEW
@@ -356,7 +357,7 @@ def test_the_length_bound_is_the_column_size() -> None:
 @pytest.mark.xfail(
     strict=True,
     reason="bug: hashers/standard.py _BCRYPT matches the cost with \\d (any Unicode digit) and "
-    "int() reads it, so '$2b$٠٥$' (Arabic-Indic 05) is accepted, then verifies nothing",
+    "int() reads it, so '$2b$' + Arabic-Indic 0 and 5 is accepted, then verifies nothing",
 )
 def test_a_bcrypt_cost_in_other_digits_is_refused() -> None:
     assert hash_problem("$2b$\u0660\u0665$" + made("bcrypt $2b$")[7:]) is not None
@@ -421,7 +422,10 @@ async def test_the_library_takes_no_stored_hash(auth: Auth) -> None:
     # auth.users.create has no hashed_password; update names it as an unknown field.
     with pytest.raises(TypeError, match="hashed_password"):
         await auth.users.create(  # type: ignore[call-arg]
-            username="alice", email="alice@example.com", password=PASSWORD, hashed_password=MALFORMED
+            username="alice",
+            email="alice@example.com",
+            password=PASSWORD,
+            hashed_password=MALFORMED,
         )
     user = await auth.users.create(username="alice", email="alice@example.com", password=PASSWORD)
     with pytest.raises(InvalidInput) as refused:
@@ -437,8 +441,8 @@ async def test_the_http_api_takes_no_stored_hash(harness: Harness) -> None:
     body = {"hashed_password": MALFORMED}
     answers = [
         await harness.client.post(
-            "/register", json={"username": "bob", "email": "bob@example.com", "password": PASSWORD}
-            | body,
+            "/register",
+            json={"username": "bob", "email": "bob@example.com", "password": PASSWORD} | body,
         ),
         await harness.client.patch("/users/me", json=body, headers=headers),
         await harness.client.patch(f"/users/{root['id']}", json=body, headers=headers),
@@ -451,11 +455,11 @@ async def test_the_http_api_takes_no_stored_hash(harness: Harness) -> None:
 
 def _exports(hashed: str) -> dict[str, tuple[str, int]]:
     """One user holding ``hashed`` in each export format, and the line it is on."""
-    django = [{"model": "auth.user", "pk": 7, "fields": {
-        "username": "dj", "email": "dj@example.com", "password": hashed, "is_active": True}}]  # fmt: skip
+    fields = {"username": "dj", "email": "dj@example.com", "password": hashed}
+    django = [{"model": "auth.user", "pk": 7, "fields": fields}]
+    jsonl = {"username": "js", "email": "js@example.com", "hashed_password": hashed}
     return {
-        "jsonl": (json.dumps({"username": "js", "email": "js@example.com",
-                              "hashed_password": hashed}) + "\n", 1),  # fmt: skip
+        "jsonl": (json.dumps(jsonl) + "\n", 1),
         "django": (json.dumps(django, indent=2), 2),
         "fastapi-users": (
             "id,email,hashed_password,is_active,is_superuser,is_verified\n"
@@ -467,12 +471,20 @@ def _exports(hashed: str) -> dict[str, tuple[str, int]]:
 
 
 def _keycloak_export(value: bytes, iterations: int) -> str:
-    secret = {"value": base64.b64encode(value).decode(), "salt": base64.b64encode(b"s" * 16).decode()}
+    encode = lambda data: base64.b64encode(data).decode()  # noqa: E731
+    secret = {"value": encode(value), "salt": encode(b"s" * 16)}
     data = {"algorithm": "pbkdf2-sha256", "hashIterations": iterations}
-    credential = {"type": "password", "secretData": json.dumps(secret),
-                  "credentialData": json.dumps(data)}  # fmt: skip
-    user = {"username": "kc", "email": "kc@example.com", "enabled": True,
-            "credentials": [credential]}  # fmt: skip
+    credential = {
+        "type": "password",
+        "secretData": json.dumps(secret),
+        "credentialData": json.dumps(data),
+    }
+    user = {
+        "username": "kc",
+        "email": "kc@example.com",
+        "enabled": True,
+        "credentials": [credential],
+    }
     return json.dumps({"realm": "r", "users": [user]}, indent=2)
 
 
@@ -510,11 +522,18 @@ async def test_the_import_command_refuses_a_malformed_hash(
     assert await _user_count(auth) == 0
     # createuser has no way to take a hash at all.
     result = run_cli(
-        ["createuser", "--username", "bob", "--email", "bob@example.com",
-         "--hashed-password", MALFORMED],
+        [
+            "createuser",
+            "--username",
+            "bob",
+            "--email",
+            "bob@example.com",
+            "--hashed-password",
+            MALFORMED,
+        ],
         env=env,
         stdin=PASSWORD,
-    )  # fmt: skip
+    )
     assert result.returncode == 2 and "No such option" in result.stderr
     assert await _user_count(auth) == 0
 
@@ -535,9 +554,12 @@ async def test_logins_against_foreign_hashes_count_the_same_verifications(
             await harness.create_user(names[name], PASSWORD, **fields)
         else:
             await provisioning.create_user(
-                harness.auth.core, username=names[name], hashed_password=hashed,
-                client=CLI_CLIENT, **fields,
-            )  # fmt: skip
+                harness.auth.core,
+                username=names[name],
+                hashed_password=hashed,
+                client=CLI_CLIENT,
+                **fields,
+            )
 
     async def count(username: str, password: str, status: int) -> int:
         before = hasher.verifications
@@ -548,7 +570,8 @@ async def test_logins_against_foreign_hashes_count_the_same_verifications(
         return hasher.verifications - before
 
     # A wrong password that NFKC changes is checked in both forms: two verifications.
-    attempts = [(WRONG, 401), ("ｗｒｏｎｇ ｐａｓｓｗｏｒｄ", 401), (PASSWORD, 200)]
+    fullwidth = "".join(chr(ord(c) + 0xFEE0) if c.isalpha() else c for c in "wrong password")
+    attempts = [(WRONG, 401), (fullwidth, 401), (PASSWORD, 200)]
     expected = [await count(names["own"], password, status) for password, status in attempts]
     assert expected == [1, 2, 1]
     for name in MAKERS:
@@ -557,4 +580,5 @@ async def test_logins_against_foreign_hashes_count_the_same_verifications(
     async with harness.auth.core.sessionmaker() as db:
         hashes = (await db.scalars(select(User.hashed_password))).all()
     assert all(h.startswith("$argon2id$") for h in hashes)  # every one upgraded at login
-    assert await count("nobody", PASSWORD, 401) == 2  # unknown names: the dummy, both forms
+    # An unknown name verifies the dummy as often as a wrong password for a real one costs.
+    assert [await count("nobody", password, 401) for password, _ in attempts] == expected

@@ -287,7 +287,7 @@ def test_unreadable_files_say_so_in_one_line(env: dict[str, str], tmp_path: Path
             "not valid JSON (expected an array)",
         ),
         (
-            ["--from", "keycloak", str(_jsonl(tmp_path, "[]", name="k.json"))],
+            ["--from", "keycloak", str(_jsonl(tmp_path, '"a string"', name="k.json"))],
             "not valid JSON (expected an object)",
         ),
         (

@@ -185,10 +185,10 @@ async def test_bad_lines_are_named_and_nothing_is_imported(
     def line(username: str) -> int:
         return django_record_line(broken, username)
 
-    invalid = "hashed_password is not a valid Django pbkdf2_sha256 hash: "
+    invalid = "password is not a valid Django pbkdf2_sha256 hash: "
     expected = [
         (line("bob"), "has no email address"),
-        (line("carol"), "hashed_password is not a supported password hash (scheme 'scrypt'"),
+        (line("carol"), "password is not a supported password hash (scheme 'scrypt'"),
         (line("dave"), invalid + "the hash must be 16 to 128 bytes of base64"),
         (line("erin"), f"email 'root@example.com' is also on line {line('root')}"),
         (line("frank+dev@corp"), invalid + "iterations must be 1 to 5,000,000"),

@@ -13,6 +13,7 @@ them: pwdlib's recommended argon2id (fastapi-users 13 and later) and passlib's b
 from __future__ import annotations
 
 import asyncio
+import shlex
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -35,7 +36,9 @@ from tests.import_helpers_csv import (
     csv_table,
     csv_text,
     id_map,
+    libpq_url,
     line_starting,
+    physical_lines,
     psql,
     shell,
     stderr_lines,
@@ -47,7 +50,7 @@ from tests.import_helpers_csv import (
 SECRET = "fastapi-users-import-secret-0123456789-abcdef"
 
 # The README's export commands, run as written (in the folder the file is to go to).
-PG_CSV_EXPORT = '\\copy "user" to \'users.csv\' csv header'
+PG_CSV_EXPORT = "\\copy \"user\" to 'users.csv' csv header"
 PG_JSONL_QUERY = 'select row_to_json(u) from "user" u'
 SQLITE_CSV_EXPORT = "sqlite3 -header -csv app.db 'select * from user' > users.csv"
 
@@ -114,7 +117,11 @@ ALICE_ORG = Person(
     "alice@example.org", "another alice entirely", "bcrypt", is_superuser=True, is_verified=True
 )
 BOB = Person("bob@example.net", "bob was here long ago", "bcrypt", is_active=False)
-CAROL = Person("carol@example.com", "carol sings in the rain", "argon2")
+# Her bio holds U+2028 and U+0085, which JSON strings (and row_to_json) keep unescaped: they
+# must not end a line of the JSON Lines export.
+CAROL = Person(
+    "carol@example.com", "carol sings in the rain", "argon2", bio="Sings\u2028in the rain\x85."
+)
 PEOPLE = (ALICE, ALICE_ORG, BOB, CAROL)
 USERNAMES = {ALICE: "alice", ALICE_ORG: "alice-2", BOB: "bob", CAROL: "carol-2"}
 
@@ -164,14 +171,15 @@ async def _export_all(work: Path) -> Exports:
     async with pg_database() as url:
         await _fill(url, hashes)
         psql(url, PG_CSV_EXPORT, pg_dir)
-        jsonl = psql(url, PG_JSONL_QUERY, pg_dir, "-At")
+        quoted = shlex.quote(libpq_url(url)), shlex.quote(PG_JSONL_QUERY)
+        shell(f"psql {quoted[0]} -At -c {quoted[1]} > users.jsonl", pg_dir)
     await _fill(f"sqlite+aiosqlite:///{sqlite_dir / 'app.db'}", hashes)
     shell(SQLITE_CSV_EXPORT, sqlite_dir)
     csv = {
-        "postgresql": (pg_dir / "users.csv").read_text(encoding="utf-8"),
-        "sqlite": (sqlite_dir / "users.csv").read_text(encoding="utf-8"),
+        "postgresql": (pg_dir / "users.csv").read_bytes().decode(),
+        "sqlite": (sqlite_dir / "users.csv").read_bytes().decode(),
     }
-    return Exports(hashes, csv, jsonl)
+    return Exports(hashes, csv, (pg_dir / "users.jsonl").read_bytes().decode())
 
 
 @pytest.fixture(scope="module")
@@ -199,8 +207,8 @@ def _import(env: dict[str, str], path: Path, *extra: str) -> Any:
 
 
 def test_the_exports_are_as_each_database_writes_them(exports: Exports) -> None:
-    """What the importer is given: PostgreSQL's booleans t/f, SQLite's 1/0 (with CRLF line
-    ends), JSON's true/false; the bio a quoted cell over two lines in both CSV files."""
+    """What the importer is given: PostgreSQL's booleans t/f, SQLite's 1/0, JSON's
+    true/false; the bio a quoted cell over two lines in both CSV files."""
     for source, true, false in (("postgresql", "t", "f"), ("sqlite", "1", "0")):
         header, rows = csv_table(exports.csv[source])
         assert header == [
@@ -209,7 +217,6 @@ def test_the_exports_are_as_each_database_writes_them(exports: Exports) -> None:
         assert rows[0] == [str(ALICE.id), ALICE.email, exports.hashes[ALICE.email], true, false,
                            true, ALICE.bio]  # fmt: skip
         assert rows[2][3] == false  # bob is not active
-    assert "\r\n" in exports.csv["sqlite"]
     assert exports.hashes[ALICE.email].startswith("$argon2id$v=19$m=65536,t=3,p=4$")
     assert exports.hashes[BOB.email].startswith("$2b$12$")
     assert f'{{"id":"{BOB.id}","email":"{BOB.email}",' in exports.jsonl
@@ -372,6 +379,17 @@ async def test_bad_lines_are_named_and_nothing_is_imported(
     )
     (only,) = stderr_lines(_import(env, path))
     assert only.startswith("error: users.csv: the CSV header has no column is_superuser"), only
+
+    # A quote left open in the last column (a hand-edited bio) takes every later row into that
+    # cell, which still gives a row of the right width: refused as a whole, naming the line the
+    # row starts on, rather than read as one user without the ones after it.
+    lines = physical_lines(exports.csv["sqlite"])
+    alice_org, bob = (line_starting(exports.csv["sqlite"], f"{p.id},") for p in (ALICE_ORG, BOB))
+    opened = lines[alice_org - 1].rstrip("\r\n") + "\"Alice's bio\n"
+    path.write_text(lines[0] + opened + lines[bob - 1], encoding="utf-8")
+    assert stderr_lines(_import(env, path)) == [
+        "error: users.csv: line 2: not valid CSV (unexpected end of data)"
+    ]
 
     harness: Harness = await make_harness()
     assert await user_count(harness.auth) == 0

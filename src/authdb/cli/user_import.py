@@ -48,6 +48,14 @@ class Source(StrEnum):
     keycloak = "keycloak"
 
 
+# What each export calls the password hash, so that an error names the field in the file.
+HASH_FIELDS = {
+    Source.django: "password",
+    Source.supabase: "encrypted_password",
+    Source.keycloak: "the password credential",
+}
+
+
 def import_command(
     file: Annotated[Path, typer.Argument(help="The export file (see --from).")],
     source: Annotated[
@@ -101,6 +109,7 @@ def import_command(
         skip_existing=skip_existing,
         strict_usernames=source is Source.jsonl,
         source=source.value,
+        hash_field=HASH_FIELDS.get(source, "hashed_password"),
     )
     outcome = run(lambda auth: _work(auth, reading, options, dry_run=dry_run))
     if isinstance(outcome, list):

@@ -20,7 +20,9 @@ def rows_with_lines(
 
     Raises UnreadableExport for a file without a header or without a ``required`` column.
     """
-    reader = csv.reader(io.StringIO(text, newline=""))
+    # strict: a quote left open must not swallow every later row into one cell unnoticed.
+    reader = csv.reader(io.StringIO(text, newline=""), strict=True)
+    start = 1
     try:
         header = next(reader, None)
         if header is None:
@@ -41,5 +43,5 @@ def rows_with_lines(
                 rows.append((start, dict(zip(header, row, strict=True))))
             start = reader.line_num + 1
     except csv.Error as exc:
-        raise UnreadableExport(f"line {reader.line_num}: not valid CSV ({exc})") from None
+        raise UnreadableExport(f"line {start}: not valid CSV ({exc})") from None
     return rows, errors

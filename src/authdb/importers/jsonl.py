@@ -32,7 +32,8 @@ _TYPES: tuple[tuple[str, type | tuple[type, ...], str], ...] = (
 def read(text: str) -> Reading:
     """Every line's user, or why that line cannot be one."""
     reading = Reading()
-    for number, line in enumerate(text.splitlines(), 1):
+    # Only \n ends a line: JSON may hold U+2028 or U+0085 unescaped, which splitlines() splits.
+    for number, line in enumerate(text.split("\n"), 1):
         if line.strip():
             found = _user(number, line)
             (reading.errors if isinstance(found, BadLine) else reading.users).append(found)  # type: ignore[arg-type]

@@ -112,12 +112,14 @@ class ImportOptions:
     verified them), whatever the export says. ``skip_existing``: users whose username or
     email authdb already has are skipped (reported), not errors. ``strict_usernames``: a
     username authdb refuses is a bad line (authdb's own JSONL) rather than replaced by one
-    made from it. ``source``: the format's name, kept in each ``user_created`` audit event."""
+    made from it. ``source``: the format's name, kept in each ``user_created`` audit event.
+    ``hash_field``: what the export calls the hash, for error messages."""
 
     mark_verified: bool = False
     skip_existing: bool = False
     strict_usernames: bool = False
     source: str = "jsonl"
+    hash_field: str = "hashed_password"
 
 
 async def import_users(
@@ -171,7 +173,7 @@ def _check(core: Core, source: SourceUser, options: ImportOptions) -> PlannedUse
         email = clean_email(source.email)
         username, renamed_from = _username(source, options)
         full_name = clean_full_name(source.full_name)
-        hashed = _stored_hash(source)
+        hashed = _stored_hash(source, options.hash_field)
         if source.password is not None:
             check_password(
                 source.password,
@@ -199,7 +201,7 @@ def _username(source: SourceUser, options: ImportOptions) -> tuple[str, str | No
     return derived_username(name), source.username
 
 
-def _stored_hash(source: SourceUser) -> str | None:
+def _stored_hash(source: SourceUser, field: str) -> str | None:
     """The hash to store as given, a fresh unusable one, or None (a plain password, hashed
     later)."""
     if source.password is not None:
@@ -211,7 +213,7 @@ def _stored_hash(source: SourceUser) -> str | None:
         return unusable_password()  # no password there: none that works here either
     problem = Hasher.stored_hash_problem(hashed)
     if problem is not None:
-        raise InvalidInput(f"hashed_password {problem}")
+        raise InvalidInput(f"{field} {problem}")
     return hashed
 
 
