@@ -36,6 +36,9 @@ MIN_LENGTH = 8
 VALIDATOR_FAILED = "Password could not be checked against this site's rules; try again later"
 MAX_LENGTH = 1024
 _BCRYPT_MAX_BYTES = 72
+# Stored hashes that are plain bcrypt of the password (authdb's legacy hashes, Django's
+# "bcrypt$"), which sees only its first 72 bytes.
+_BCRYPT_PREFIXES = ("$2", "bcrypt$")
 _P = ParamSpec("_P")
 _T = TypeVar("_T")
 
@@ -79,6 +82,15 @@ def unusable_password() -> str:
 def is_usable(hashed: str) -> bool:
     """False for ``unusable_password()``'s hashes (they verify nothing, at a hash's cost)."""
     return not hashed.startswith(UNUSABLE_PREFIX)
+
+
+def _encodable(password: str) -> bool:
+    """True unless ``password`` holds a lone surrogate, which UTF-8 cannot encode."""
+    try:
+        password.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 class Hasher:
@@ -136,8 +148,10 @@ class Hasher:
         With ``hashed=None`` (no such user) a dummy hash is still verified, so that an unknown
         name costs the same time as a wrong password.
         """
-        if hashed is None:
-            await anyio.to_thread.run_sync(self._verify_dummy, password, limiter=self._limiter)
+        if hashed is None or not _encodable(password):
+            # A lone surrogate (only a library caller can pass one) matches no stored password.
+            candidate = password if _encodable(password) else secrets.token_urlsafe(16)
+            await anyio.to_thread.run_sync(self._verify_dummy, candidate, limiter=self._limiter)
             return False, None
         return await anyio.to_thread.run_sync(
             self._verify_and_update, password, hashed, limiter=self._limiter
@@ -155,7 +169,10 @@ class Hasher:
 
     def _verify_one(self, password: str, hashed: str) -> tuple[bool, str | None]:
         self.verifications += 1
-        if hashed.startswith("$2") and len(password.encode()) > _BCRYPT_MAX_BYTES:
+        if (
+            hashed.startswith(_BCRYPT_PREFIXES)
+            and len(password.encode(errors="surrogatepass")) > _BCRYPT_MAX_BYTES
+        ):
             # bcrypt sees only 72 bytes; accepting would let distinct passwords collide. The
             # dummy is verified instead, so the refusal takes as long as a wrong password.
             self._hash.verify(password, self._dummy_hash)

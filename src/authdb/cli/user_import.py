@@ -8,12 +8,13 @@ on: every bad line (the first ``SHOWN``), what was skipped and which usernames w
 from __future__ import annotations
 
 import csv
+import os
 import sys
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated, NoReturn
+from typing import Annotated, NoReturn, TextIO
 
 import typer
 from rich.console import Console
@@ -22,7 +23,7 @@ from rich.progress import Progress as Bars
 
 from authdb.auth import Auth
 from authdb.cli.common import fail, run
-from authdb.importers import FORMATS, BadLine, Reading, UnreadableExport, read_text
+from authdb.importers import FORMATS, BadLine, Reading, UnreadableExport, django, read_text
 from authdb.services.core import CLI_CLIENT
 from authdb.services.importing import (
     ImportOptions,
@@ -92,31 +93,53 @@ def import_command(
         typer.Option(
             "--id-map",
             help="Write a CSV of each user's id in the source system and in authdb "
-            "(line, source_id, authdb_id, username), to update the application's own tables.",
+            "(line, source_id, authdb_id, username), to update the application's own tables. "
+            "A new file: an existing one is never overwritten.",
         ),
     ] = None,
+    model: Annotated[
+        str,
+        typer.Option(
+            "--model",
+            help="Django only: the user model's label (app_label.modelname) for a custom user "
+            "model; records of every other model are passed over.",
+        ),
+    ] = django.DEFAULT_MODEL,
 ) -> None:
     """Import users, keeping their passwords; a file with any bad line imports nothing and
     names every bad line."""
+    if model != django.DEFAULT_MODEL and source is not Source.django:
+        fail("--model applies to --from django only")
     try:
-        reading = FORMATS[source.value](read_text(file))
+        text = read_text(file)
+        reading = (
+            django.read(text, model=model) if source is Source.django else FORMATS[source](text)
+        )
     except UnreadableExport as exc:
         fail(f"{file.name}: {exc}")
     if not reading.users and not reading.errors:
         fail(f"{file.name} holds no users to import")
+    # Opened before anything is written: a map that cannot be written must not be lost after.
+    map_file = None if id_map is None or dry_run else _open_new(id_map)
     options = ImportOptions(
         mark_verified=mark_verified,
         skip_existing=skip_existing,
-        strict_usernames=source is Source.jsonl,
+        strict=source is Source.jsonl,
         source=source.value,
         hash_field=HASH_FIELDS.get(source, "hashed_password"),
     )
-    outcome = run(lambda auth: _work(auth, reading, options, dry_run=dry_run))
-    if isinstance(outcome, list):
-        _refuse(file, outcome)
+    try:
+        outcome = run(lambda auth: _work(auth, reading, options, dry_run=dry_run))
+        if isinstance(outcome, list):
+            _refuse(file, outcome)
+    except BaseException:
+        if map_file is not None and id_map is not None:
+            map_file.close()
+            id_map.unlink(missing_ok=True)  # nothing was imported: no map either
+        raise
     _report(outcome, dry_run=dry_run)
-    if id_map is not None and not dry_run:
-        _write_id_map(id_map, outcome)
+    if map_file is not None:
+        _write_id_map(map_file, outcome)
 
 
 async def _work(
@@ -178,6 +201,7 @@ def _refuse(file: Path, errors: Sequence[BadLine]) -> NoReturn:
 def _report(result: ImportPlan, *, dry_run: bool) -> None:
     notes = [f"line {s.line}: skipped: {s.reason}" for s in result.skipped]
     notes += [f"line {n.line}: {n.text}" for n in result.notes]
+    notes += [f"line {u.source.line}: {u.note}" for u in result.users if u.note]
     notes += [
         f"line {u.source.line}: username {u.renamed_from!r} is not allowed in authdb; "
         f"imported as {u.username!r}"
@@ -188,6 +212,10 @@ def _report(result: ImportPlan, *, dry_run: bool) -> None:
         typer.echo(f"note: {note}", err=True)
     if len(notes) > SHOWN:
         typer.echo(f"note: ... and {len(notes) - SHOWN} more", err=True)
+    superusers = [u.username for u in result.users if u.source.is_superuser]
+    if superusers:
+        shown = ", ".join(superusers[:SHOWN]) + (" ..." if len(superusers) > SHOWN else "")
+        typer.echo(f"note: superusers ({len(superusers)}): {shown}", err=True)
     count, skipped = len(result.users), len(result.skipped)
     tail = f", skipped {skipped}" if skipped else ""
     if dry_run:
@@ -196,13 +224,27 @@ def _report(result: ImportPlan, *, dry_run: bool) -> None:
         typer.echo(f"imported {count} user{'' if count == 1 else 's'}{tail}")
 
 
-def _write_id_map(path: Path, result: ImportPlan) -> None:
+def _open_new(path: Path) -> TextIO:
+    """``path`` created for writing: never an existing file, never through a symbolic link."""
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0)
     try:
-        with path.open("w", newline="", encoding="utf-8") as out:
-            writer = csv.writer(out)
-            writer.writerow(["line", "source_id", "authdb_id", "username"])
-            for user in result.users:
-                row = [user.source.line, user.source.source_id or "", user.user_id, user.username]
-                writer.writerow(row)
+        return os.fdopen(os.open(path, flags, 0o600), "w", newline="", encoding="utf-8")
+    except FileExistsError:
+        fail(f"--id-map {path} exists already: give a new file name")
     except OSError as exc:
-        fail(f"the users were imported, but the id map could not be written to {path}: {exc}")
+        fail(f"cannot create the --id-map file {path}: {exc.strerror}")
+
+
+def _cell(value: object) -> str:
+    """A CSV cell a spreadsheet shows as text, never runs as a formula (OWASP CSV injection)."""
+    text = "" if value is None else str(value)
+    return "'" + text if text[:1] in ("=", "+", "-", "@", "\t", "\r") else text
+
+
+def _write_id_map(out: TextIO, result: ImportPlan) -> None:
+    with out:
+        writer = csv.writer(out)
+        writer.writerow(["line", "source_id", "authdb_id", "username"])
+        for user in result.users:
+            row = (user.source.line, user.source.source_id, user.user_id, user.username)
+            writer.writerow([_cell(value) for value in row])

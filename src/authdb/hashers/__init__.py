@@ -60,10 +60,20 @@ def hash_problem(hashed: str) -> str | None:
     return f"is not a supported password hash ({_describe(hashed)})"
 
 
+# Schemes of other systems' hashes that authdb knows by name but cannot verify. Only these
+# are named in an error: the text before a "$" of an unknown value may be a secret (a plain
+# password that happens to hold a "$").
+_KNOWN_UNSUPPORTED = frozenset({
+    "scrypt", "md5", "sha1", "unsalted_md5", "unsalted_sha1", "crypt", "fbscrypt", "1", "5",
+    "6", "apr1", "sha256_crypt", "sha512_crypt", "md5_crypt", "pbkdf2", "pbkdf2-sha256",
+    "pbkdf2_sha512", "sha512", "sha256", "bcrypt-sha256", "argon2", "scram-sha-256", "ssha",
+})  # fmt: skip
+
+
 def _describe(hashed: str) -> str:
-    """What an unsupported hash looks like, without showing it: its scheme name, if any."""
+    """What an unsupported hash looks like, without showing it: a known scheme's name."""
     scheme = hashed.split("$", 2)[1] if hashed.startswith("$") else hashed.split("$", 1)[0]
-    if "$" in hashed and scheme.replace("_", "").replace("-", "").isalnum() and len(scheme) < 30:
+    if "$" in hashed and scheme.lower() in _KNOWN_UNSUPPORTED:
         return f"scheme {scheme!r}; supported: {SUPPORTED}"
     return f"supported: {SUPPORTED}"
 

@@ -9,14 +9,19 @@ from abc import ABC, abstractmethod
 
 # The ``users.hashed_password`` column's size.
 MAX_STORED_LENGTH = 255
-# Cost bounds for hashes brought in: above them, one login attempt would hold a core (or,
-# for argon2's memory, a share of RAM) for seconds. Each is well above its system's default:
-# Django 6.0 uses 1,200,000 PBKDF2 iterations, Keycloak 210,000; bcrypt's usual cost is 10-12.
-PBKDF2_MAX_ITERATIONS = 5_000_000
-BCRYPT_MIN_COST, BCRYPT_MAX_COST = 4, 16
-ARGON2_MAX_MEMORY_KIB = 1024 * 1024
-ARGON2_MAX_TIME_COST = 32
-ARGON2_MAX_PARALLELISM = 64
+# Work bounds for hashes brought in. A stored hash sets what one login attempt costs, and
+# anyone who knows the username can make attempts, all queued behind the hash concurrency
+# limit: above these, one attempt would hold a core for seconds or a share of RAM. The bounds
+# are on the total work (PBKDF2: iterations times output blocks; argon2: memory times passes),
+# each well above its system's default: Django 6.0 uses 1,200,000 PBKDF2-SHA256 iterations
+# and one block, Keycloak 210,000 of SHA-512; argon2-cffi m=65536,t=3, Django m=102400,t=2;
+# bcrypt's usual cost is 10-12.
+PBKDF2_MAX_WORK = 3_000_000
+PBKDF2_MAX_KEY_BYTES = 64
+BCRYPT_MIN_COST, BCRYPT_MAX_COST = 4, 14
+ARGON2_MAX_MEMORY_KIB = 256 * 1024
+ARGON2_MAX_WORK = 512 * 1024  # memory (KiB) times passes
+ARGON2_MAX_PARALLELISM = 16
 
 _BASE64 = re.compile(r"[A-Za-z0-9+/]*={0,2}")
 
@@ -70,18 +75,19 @@ def as_bytes(value: str | bytes) -> bytes:
 
 
 def decode_base64(text: str, *, padded: bool) -> bytes | None:
-    """Standard base64 (RFC 4648 section 4) to bytes; None if it is not that.
+    """Standard base64 (RFC 4648 section 4) to bytes; None if it is not that, or not in its
+    one canonical spelling (unused low bits set: a hash that would never compare equal).
 
     ``padded=False`` takes the PHC string format's unpadded form.
     """
     if not _BASE64.fullmatch(text) or (not padded and "=" in text):
         return None
     try:
-        return base64.b64decode(
-            text + "=" * (-len(text) % 4) if not padded else text, validate=True
-        )
+        data = base64.b64decode(text if padded else text + "=" * (-len(text) % 4), validate=True)
     except (binascii.Error, ValueError):
         return None
+    canonical = base64.b64encode(data).decode("ascii")
+    return data if (canonical if padded else canonical.rstrip("=")) == text else None
 
 
 def encode_base64(data: bytes) -> str:
@@ -90,7 +96,7 @@ def encode_base64(data: bytes) -> str:
 
 
 def positive_int(text: str) -> int | None:
-    """A decimal count without sign or leading zero ("27500"), or None."""
+    """A decimal count of ASCII digits without sign or leading zero ("27500"), or None."""
     if not text.isascii() or not text.isdigit() or text.startswith("0") or len(text) > 10:
         return None
     return int(text)

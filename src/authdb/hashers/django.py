@@ -32,6 +32,8 @@ class _DjangoPBKDF2(ForeignHasher):
         if len(parts) != 4 or parts[0] != self.prefix.rstrip("$"):
             return f"expected {self.prefix}ITERATIONS$salt$hash"
         _, iterations, salt, key = parts
+        if not salt or not all("!" <= char <= "~" for char in salt):
+            return "the salt must be printable ASCII"  # Django's are letters and digits
         count = positive_int(iterations)
         key_bytes = decode_base64(key, padded=True)
         problem = pbkdf2_problem(self.digest, count, salt.encode("utf-8"), key_bytes)

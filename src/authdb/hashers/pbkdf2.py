@@ -13,7 +13,8 @@ import re
 from dataclasses import dataclass
 
 from authdb.hashers.base import (
-    PBKDF2_MAX_ITERATIONS,
+    PBKDF2_MAX_KEY_BYTES,
+    PBKDF2_MAX_WORK,
     ForeignHasher,
     as_bytes,
     as_text,
@@ -22,7 +23,9 @@ from authdb.hashers.base import (
     positive_int,
 )
 
-DIGESTS = ("sha1", "sha256", "sha512")
+# Each PBKDF2 output block of a digest's size costs the full iteration count.
+DIGEST_BYTES = {"sha1": 20, "sha256": 32, "sha512": 64}
+DIGESTS = tuple(DIGEST_BYTES)
 _PHC = re.compile(
     r"\$pbkdf2-(?P<digest>sha1|sha256|sha512)\$i=(?P<i>\d+)"
     r"\$(?P<salt>[A-Za-z0-9+/]+)\$(?P<hash>[A-Za-z0-9+/]+)"
@@ -52,12 +55,15 @@ def pbkdf2_problem(
     """Why these PBKDF2 parameters are unusable, or None."""
     if digest not in DIGESTS:
         return f"unknown digest {digest!r} (expected one of {', '.join(DIGESTS)})"
-    if iterations is None or not 1 <= iterations <= PBKDF2_MAX_ITERATIONS:
-        return f"iterations must be 1 to {PBKDF2_MAX_ITERATIONS:,}"
+    if iterations is None or iterations < 1:
+        return "iterations must be a positive number"
     if not salt:
         return "the salt is missing or not base64"
-    if key is None or not 16 <= len(key) <= 128:
-        return "the hash must be 16 to 128 bytes of base64"
+    if key is None or not 16 <= len(key) <= PBKDF2_MAX_KEY_BYTES:
+        return f"the hash must be 16 to {PBKDF2_MAX_KEY_BYTES} bytes of base64"
+    work = iterations * -(-len(key) // DIGEST_BYTES[digest])
+    if work > PBKDF2_MAX_WORK:
+        return f"iterations times output blocks must be at most {PBKDF2_MAX_WORK:,} (here {work:,})"
     return None
 
 

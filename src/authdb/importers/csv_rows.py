@@ -8,6 +8,7 @@ import io
 import sys
 
 from authdb.importers.records import BadLine, UnreadableExport
+from authdb.importers.values import shown
 
 # A JSON metadata cell can be long; the default field limit (128 KiB) would stop the file.
 csv.field_size_limit(min(sys.maxsize, 2**31 - 1))
@@ -31,7 +32,7 @@ def rows_with_lines(
         if missing:
             raise UnreadableExport(
                 f"the CSV header has no column {', '.join(missing)} "
-                f"(found: {', '.join(header[:12])}{' ...' if len(header) > 12 else ''})"
+                f"(found: {', '.join(map(shown, header[:12]))}{' ...' if len(header) > 12 else ''})"
             )
         rows: list[tuple[int, dict[str, str]]] = []
         errors: list[BadLine] = []

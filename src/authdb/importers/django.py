@@ -1,9 +1,11 @@
 """Django: ``python manage.py dumpdata auth.user`` (or a custom user model), a JSON array.
 
 Each user is ``{"model": "auth.user", "pk": 1, "fields": {"username", "email", "password",
-"first_name", "last_name", "is_superuser", "is_active", ...}}``; records of other models are
-passed over. Django keeps no "email verified" flag, so ``is_verified`` is unknown. A password
-of ``!`` and random text is Django's unusable password: that user gets none here either.
+"first_name", "last_name", "is_superuser", "is_active", ...}}``. Only records of the user
+model are read (``auth.user``, or a custom user model named with ``--model``); records of
+other models are passed over, however much they look like users. Django keeps no "email
+verified" flag, so ``is_verified`` is unknown. A password of ``!`` and random text is Django's
+unusable password: that user gets none here either.
 """
 
 from __future__ import annotations
@@ -13,34 +15,39 @@ from typing import Any
 from authdb.importers import values
 from authdb.importers.json_positions import array_with_lines
 from authdb.importers.records import BadLine, Reading, SourceUser, UnreadableExport
+from authdb.importers.values import shown
+
+DEFAULT_MODEL = "auth.user"
 
 
-def read(text: str) -> Reading:
-    """The users among the dumped records; raises UnreadableExport if there is no JSON array
-    or no record of a user model in it."""
+def read(text: str, *, model: str = DEFAULT_MODEL) -> Reading:
+    """The records of ``model`` (``app_label.modelname``, any case) as users; raises
+    UnreadableExport if there is no JSON array or no record of that model in it."""
+    wanted = model.lower()
     reading = Reading()
+    others: set[str] = set()
     for line, record in array_with_lines(text):
         fields = record.get("fields") if isinstance(record, dict) else None
         if not isinstance(fields, dict):
             reading.errors.append(
                 BadLine(line, 'expected {"model": ..., "pk": ..., "fields": {...}}')
             )
-        elif _is_user(record, fields):
+        elif str(record.get("model", "")).lower() == wanted:
             found = _user(line, record, fields)
             (reading.errors if isinstance(found, BadLine) else reading.users).append(found)  # type: ignore[arg-type]
+        elif "password" in fields:
+            others.add(str(record.get("model")))
     if not reading.users and not reading.errors:
-        raise UnreadableExport(
-            "no user records in this file (expected the output of manage.py dumpdata auth.user)"
-        )
+        raise UnreadableExport(f"no {shown(model)} records in this file{_hint(others)}")
     return reading
 
 
-def _is_user(record: dict[str, Any], fields: dict[str, Any]) -> bool:
-    """auth.user, or a custom user model: one with a password and a username or email."""
-    model = record.get("model")
-    return model == "auth.user" or (
-        "password" in fields and ("email" in fields or "username" in fields)
-    )
+def _hint(models: set[str]) -> str:
+    """Which other models hold passwords: one of them may be a custom user model."""
+    if not models:
+        return " (expected the output of manage.py dumpdata auth.user)"
+    names = ", ".join(shown(m) for m in sorted(models)[:5])
+    return f"; records of {names} have passwords: for a custom user model pass --model"
 
 
 def _user(line: int, record: dict[str, Any], fields: dict[str, Any]) -> SourceUser | BadLine:

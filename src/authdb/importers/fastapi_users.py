@@ -7,11 +7,11 @@ app's own fields) are passed over. fastapi-users has no usernames: one is made f
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 from authdb.importers import values
 from authdb.importers.csv_rows import rows_with_lines
+from authdb.importers.json_positions import loads
 from authdb.importers.records import BadLine, Reading, SourceUser
 
 COLUMNS = ("email", "hashed_password", "is_active", "is_superuser", "is_verified")
@@ -36,8 +36,8 @@ def _read_jsonl(text: str) -> Reading:
         if not raw.strip():
             continue
         try:
-            record = json.loads(raw)
-        except (json.JSONDecodeError, RecursionError):
+            record = loads(raw)
+        except (ValueError, RecursionError):  # a syntax error, duplicate key, huge integer
             reading.errors.append(BadLine(line, "not valid JSON"))
             continue
         if not isinstance(record, dict):

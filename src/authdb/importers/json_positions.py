@@ -12,7 +12,27 @@ from typing import Any
 
 from authdb.importers.records import UnreadableExport
 
-_decoder = json.JSONDecoder()
+
+def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """An object's members; a key given twice is an error (which of them would count?)."""
+    found: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in found:
+            raise ValueError(f"the key {key[:40]!r} appears twice in one object")
+        found[key] = value
+    return found
+
+
+# Integers are capped at 4,300 digits by Python itself (a ValueError, not a JSONDecodeError).
+_decoder = json.JSONDecoder(object_pairs_hook=_no_duplicates)
+
+
+def loads(text: str) -> Any:
+    """``json.loads`` refusing duplicate keys; raises ValueError (JSONDecodeError among them)
+    or RecursionError."""
+    return _decoder.decode(text)
+
+
 _SPACE = re.compile(r"[ \t\n\r]*")
 
 
@@ -41,6 +61,8 @@ class _Cursor:
             value, self.pos = _decoder.raw_decode(self.text, self.pos)
         except json.JSONDecodeError as exc:
             raise UnreadableExport(f"line {exc.lineno}: not valid JSON ({exc.msg})") from None
+        except ValueError as exc:  # a duplicate key, an integer past Python's digit limit
+            raise UnreadableExport(f"line {self.line}: not valid JSON ({exc})") from None
         except RecursionError:
             raise UnreadableExport(f"line {self.line}: not valid JSON (too deep)") from None
         return value

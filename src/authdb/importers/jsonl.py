@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from authdb.importers.json_positions import loads
 from authdb.importers.records import BadLine, Reading, SourceUser
 
 FIELDS = frozenset({
@@ -42,9 +43,11 @@ def read(text: str) -> Reading:
 
 def _user(number: int, line: str) -> SourceUser | BadLine:
     try:
-        record: Any = json.loads(line)
+        record: Any = loads(line)
     except json.JSONDecodeError as exc:
         return BadLine(number, f"not valid JSON ({exc.msg})")
+    except ValueError as exc:  # a duplicate key, an integer past Python's digit limit
+        return BadLine(number, f"not valid JSON ({exc})")
     except RecursionError:
         return BadLine(number, "not valid JSON (nested too deeply)")
     if not isinstance(record, dict):

@@ -15,13 +15,12 @@ Second factors are not carried over; a note names each user who had one.
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 from authdb.hashers import phc_pbkdf2
 from authdb.hashers.base import decode_base64, encode_base64
 from authdb.importers import values
-from authdb.importers.json_positions import member_with_lines
+from authdb.importers.json_positions import loads, member_with_lines
 from authdb.importers.records import (
     BadLine,
     Note,
@@ -30,6 +29,7 @@ from authdb.importers.records import (
     SourceUser,
     UnreadableExport,
 )
+from authdb.importers.values import shown
 
 _PBKDF2_DIGESTS = {"pbkdf2": "sha1", "pbkdf2-sha256": "sha256", "pbkdf2-sha512": "sha512"}
 _ARGON2_VERSIONS = {"1.3": 19, "1.0": 16}
@@ -83,7 +83,7 @@ def _notes(line: int, record: dict[str, Any]) -> list[Note]:
         )
     credentials = record.get("credentials")
     kinds = sorted(
-        {str(c.get("type"))[:40] for c in credentials if isinstance(c, dict)} - {"password"}
+        {shown(c.get("type")) for c in credentials if isinstance(c, dict)} - {"'password'"}
         if isinstance(credentials, list)
         else set()
     )
@@ -130,6 +130,8 @@ def _password_hash(credentials: Any) -> str | None:
     passwords = [c for c in credentials if isinstance(c, dict) and c.get("type") == "password"]
     if not passwords:
         return None
+    if len(passwords) > 1:
+        raise _Refused(f"has {len(passwords)} password credentials; Keycloak uses one")
     secret, data = _parts(passwords[0])
     algorithm = data.get("algorithm")
     salt = decode_base64(str(secret.get("salt", "")), padded=True)
@@ -161,8 +163,8 @@ def _parts(credential: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
 def _embedded(credential: dict[str, Any], name: str) -> dict[str, Any]:
     """A credential's ``secretData``/``credentialData``: JSON inside a JSON string."""
     try:
-        value = json.loads(credential.get(name) or "")
-    except (TypeError, json.JSONDecodeError, RecursionError):
+        value = loads(credential.get(name) or "")
+    except (TypeError, ValueError, RecursionError):
         raise _Refused(f"the password credential's {name} is not JSON") from None
     if not isinstance(value, dict):
         raise _Refused(f"the password credential's {name} is not a JSON object")

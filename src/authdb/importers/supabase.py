@@ -11,12 +11,12 @@ usernames: one is made from the email.
 
 from __future__ import annotations
 
-import json
 from datetime import UTC, datetime
 from typing import Any
 
 from authdb.importers import values
 from authdb.importers.csv_rows import rows_with_lines
+from authdb.importers.json_positions import loads
 from authdb.importers.records import BadLine, Reading, Skipped, SourceUser
 
 COLUMNS = ("id", "email", "encrypted_password")
@@ -64,8 +64,8 @@ def _user(line: int, row: dict[str, str], now: datetime) -> SourceUser:
 def _full_name(metadata: str | None) -> str | None:
     """``full_name`` or ``name`` from the user's metadata JSON, if it holds a string."""
     try:
-        parsed: Any = json.loads(metadata) if metadata else None
-    except (json.JSONDecodeError, RecursionError):
+        parsed: Any = loads(metadata) if metadata else None
+    except (ValueError, RecursionError):
         raise values.FieldError("raw_user_meta_data is not JSON") from None
     if not isinstance(parsed, dict):
         return None

@@ -29,7 +29,7 @@ def boolean(name: str, value: Any, *, default: bool | None = None) -> bool:
         return default
     if isinstance(value, str) and value.strip().lower() in _TRUE | _FALSE:
         return value.strip().lower() in _TRUE
-    raise FieldError(f"{name} must be true or false (t/f, 1/0), not {_shown(value)}")
+    raise FieldError(f"{name} must be true or false (t/f, 1/0), not {shown(value)}")
 
 
 def text(name: str, value: Any) -> str | None:
@@ -37,7 +37,7 @@ def text(name: str, value: Any) -> str | None:
     if value is None or value == "":
         return None
     if not isinstance(value, str):
-        raise FieldError(f"{name} must be a string, not {_shown(value)}")
+        raise FieldError(f"{name} must be a string, not {shown(value)}")
     return value
 
 
@@ -69,11 +69,12 @@ def timestamp(name: str, value: Any) -> datetime | None:
                 if cleaned[0] != "-"
                 else datetime.min.replace(tzinfo=UTC)
             )
-        raise FieldError(f"{name} is not a timestamp: {_shown(value)}") from None
+        raise FieldError(f"{name} is not a timestamp: {shown(value)}") from None
     return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
 
 
-def _shown(value: Any) -> str:
-    """A short, safe rendering of a bad value for an error message."""
-    shown = repr(value)
-    return shown if len(shown) <= 40 else shown[:37] + "..."
+def shown(value: Any) -> str:
+    """A short rendering of a value from the file for a message: quoted, control characters
+    escaped (no terminal escapes reach the operator's screen), at most 40 characters."""
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."

@@ -85,6 +85,8 @@ class PlannedUser:
     # The source's username when authdb's rules refuse it, so another was made.
     renamed_from: str | None = None
     user_id: int | None = None
+    # What the operator should know about this user (a full name left out).
+    note: str | None = None
 
 
 @dataclass(slots=True)
@@ -110,14 +112,16 @@ class ImportRefused(AuthError):
 class ImportOptions:
     """``mark_verified``: every imported address counts as verified (the source system
     verified them), whatever the export says. ``skip_existing``: users whose username or
-    email authdb already has are skipped (reported), not errors. ``strict_usernames``: a
-    username authdb refuses is a bad line (authdb's own JSONL) rather than replaced by one
-    made from it. ``source``: the format's name, kept in each ``user_created`` audit event.
+    email authdb already has are skipped (reported), not errors. ``strict``: authdb's own
+    format, where a username or full name authdb refuses is a bad line; from another system, a
+    refused username is replaced by one made from it and a refused full name is left out,
+    each with a note (one user's display name must not stop everyone's move). ``source``:
+    the format's name, kept in each ``user_created`` audit event.
     ``hash_field``: what the export calls the hash, for error messages."""
 
     mark_verified: bool = False
     skip_existing: bool = False
-    strict_usernames: bool = False
+    strict: bool = False
     source: str = "jsonl"
     hash_field: str = "hashed_password"
 
@@ -172,7 +176,7 @@ def _check(core: Core, source: SourceUser, options: ImportOptions) -> PlannedUse
     try:
         email = clean_email(source.email)
         username, renamed_from = _username(source, options)
-        full_name = clean_full_name(source.full_name)
+        full_name, name_note = _full_name(source, options)
         hashed = _stored_hash(source, options.hash_field)
         if source.password is not None:
             check_password(
@@ -184,7 +188,19 @@ def _check(core: Core, source: SourceUser, options: ImportOptions) -> PlannedUse
     except AuthError as exc:
         return BadLine(source.line, exc.detail)
     verified = options.mark_verified or bool(source.is_verified)
-    return PlannedUser(source, username, email, full_name, hashed, verified, renamed_from)
+    planned = PlannedUser(source, username, email, full_name, hashed, verified, renamed_from)
+    planned.note = name_note
+    return planned
+
+
+def _full_name(source: SourceUser, options: ImportOptions) -> tuple[str | None, str | None]:
+    """The full name to store, and a note when another system's one had to be left out."""
+    try:
+        return clean_full_name(source.full_name), None
+    except InvalidInput as exc:
+        if options.strict:
+            raise
+        return None, f"full name not imported: {exc.detail}"
 
 
 def _username(source: SourceUser, options: ImportOptions) -> tuple[str, str | None]:
@@ -196,7 +212,7 @@ def _username(source: SourceUser, options: ImportOptions) -> tuple[str, str | No
     problem = username_problem(name)
     if problem is None:
         return name, None
-    if options.strict_usernames:
+    if options.strict:
         raise InvalidInput(problem)
     return derived_username(name), source.username
 
@@ -280,25 +296,53 @@ async def _taken(
 
 async def _name_unnamed(db: AsyncSession, users: list[PlannedUser]) -> None:
     """Give users without a kept username one made from the refused name or the email,
-    unique in the file and in the database ("alice", then "alice-2", "alice-3" ...)."""
+    unique in the file and in the database ("alice", then "alice-2", "alice-3" ...).
+
+    Users sharing a base name are numbered together: each round looks up a window of numbered
+    names for every base at once, so the work grows with the number of users, not its square.
+    """
     used = {username_key(u.username) for u in users if u.username and not u.renamed_from}
-    waiting = [u for u in users if not u.username or u.renamed_from]
-    for user in waiting:
-        user.username = user.username or derived_username(user.email.split("@", 1)[0], user.email)
-    attempt = 1
-    while waiting:
-        candidates = {id(u): _numbered(u.username, attempt) for u in waiting}
-        taken = await _taken(db, User.username_key, map(username_key, candidates.values()))
-        still = []
-        for user in waiting:
-            name = candidates[id(user)]
-            key = username_key(name)
-            if key in taken or key in used:
-                still.append(user)
-            else:
-                used.add(key)
-                user.username = name
-        waiting, attempt = still, attempt + 1
+    groups: dict[str, list[PlannedUser]] = {}
+    for user in users:
+        if not user.username or user.renamed_from:
+            email = user.email
+            user.username = user.username or derived_username(email.split("@", 1)[0], email)
+            groups.setdefault(username_key(user.username), []).append(user)
+    tried = dict.fromkeys(groups, 0)
+    while groups:
+        windows = {}
+        for key, members in groups.items():
+            size = len(members) + _SPARE
+            windows[key] = [_numbered(members[0].username, tried[key] + n) for n in range(1, size)]
+            tried[key] += size - 1
+        wanted = (username_key(name) for names in windows.values() for name in names)
+        taken = await _taken(db, User.username_key, wanted) | used
+        groups = {
+            key: left
+            for key, members in groups.items()
+            if (left := _assign(members, windows[key], taken, used))
+        }
+
+
+# Numbered names looked up beyond a base's users, for names already taken.
+_SPARE = 8
+
+
+def _assign(
+    members: list[PlannedUser], names: list[str], taken: set[str], used: set[str]
+) -> list[PlannedUser]:
+    """Give ``members`` the free ``names`` in order; returns those left without one."""
+    free = iter([n for n in names if username_key(n) not in taken])
+    left = []
+    for member in members:
+        name = next(free, None)
+        if name is None:
+            left.append(member)
+            continue
+        used.add(username_key(name))
+        taken.add(username_key(name))
+        member.username = name
+    return left
 
 
 def _numbered(base: str, attempt: int) -> str:
@@ -381,9 +425,10 @@ async def write(
                 await db.flush()
                 for user, row in zip(chunk, rows, strict=True):
                     user.user_id = row.id
+                    extra = {"is_superuser": True} if row.is_superuser else {}
                     audit.record(
                         db, "user_created", client=client, now=now, user_id=row.id,
-                        imported_from=source,
+                        imported_from=source, **extra,
                     )  # fmt: skip
                 for row in rows:
                     db.expunge(row)  # written: memory stays flat however many users
