@@ -98,11 +98,13 @@ async def test_every_bad_line_is_named_and_nothing_is_imported(
         _user("grace", hashed_password="md5$abc$def"),
     )
     lines = _errors(run_cli(["users", "import", str(file)], env=env))
-    assert lines[-1] == "error: 9 bad lines; nothing imported"
+    assert lines[-1] == (
+        "error: 9 bad lines; nothing imported (--skip-existing skips the users authdb already has)"
+    )
     expected = [
         "line 2: is_superuser must be true or false",
         "line 3: hashed_password is not a valid bcrypt hash",
-        "line 4: hashed_password is not a valid bcrypt hash: the cost must be 4 to 16",
+        "line 4: hashed_password is not a valid bcrypt hash: the cost must be 4 to 14",
         "line 6: username 'alice' is also on line 1",
         "line 7: email 'alice@example.com' is also on line 1",
         "line 8: email 'taken@example.com' is already registered in authdb",
@@ -139,8 +141,8 @@ async def test_a_good_file_imports_everyone_and_keeps_the_hashes(
     assert not is_usable(users["dave"].hashed_password)
     assert users["dave"].hashed_password != "!unusable-from-an-export"  # a fresh one
     rows = (tmp_path / "ids.csv").read_text().splitlines()
-    assert rows[0] == "line,source_id,authdb_id,username"
-    assert rows[1] == f"1,,{users['alice'].id},alice"
+    assert rows[0] == "line,source_id,source_username,authdb_id,username"
+    assert rows[1] == f"1,,alice,{users['alice'].id},alice"
     events = [e for e in await list_events(auth.core) if e.event == "user_created"]
     assert len(events) == 4
     assert {e.detail["imported_from"] for e in events if e.detail} == {"jsonl"}

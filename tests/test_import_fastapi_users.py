@@ -242,7 +242,7 @@ async def test_csv_export_imports_and_every_password_logs_in(
     result = _import(env, path, "--id-map", str(ids_path))
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "imported 4 users"
-    assert result.stderr == ""
+    assert result.stderr == "note: superusers (1): alice-2\n"
 
     # --id-map: each fastapi-users UUID, the line its row starts on, authdb's id and username.
     ids = id_map(ids_path)

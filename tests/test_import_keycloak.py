@@ -148,7 +148,7 @@ async def test_keycloak_users_sign_in_with_their_passwords(
     alice = keycloak_record_line(realm.text, "alice")
     assert err.strip().splitlines() == [
         f"note: line {line}: skipped: a client's service account",
-        f"note: line {alice}: second factor (otp) not carried over: they set one up again "
+        f"note: line {alice}: second factor ('otp') not carried over: they set one up again "
         "from /account",
     ]
 

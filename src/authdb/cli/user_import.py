@@ -24,6 +24,7 @@ from rich.progress import Progress as Bars
 from authdb.auth import Auth
 from authdb.cli.common import fail, run
 from authdb.importers import FORMATS, BadLine, Reading, UnreadableExport, django, read_text
+from authdb.importers.guess import looks_like
 from authdb.services.core import CLI_CLIENT
 from authdb.services.importing import (
     ImportOptions,
@@ -93,7 +94,8 @@ def import_command(
         typer.Option(
             "--id-map",
             help="Write a CSV of each user's id in the source system and in authdb "
-            "(line, source_id, authdb_id, username), to update the application's own tables. "
+            "(line, source_id, source_username, authdb_id, username), to update the "
+            "application's own tables. "
             "A new file: an existing one is never overwritten.",
         ),
     ] = None,
@@ -111,12 +113,13 @@ def import_command(
     if model != django.DEFAULT_MODEL and source is not Source.django:
         fail("--model applies to --from django only")
     try:
+        text = ""
         text = read_text(file)
         reading = (
             django.read(text, model=model) if source is Source.django else FORMATS[source](text)
         )
     except UnreadableExport as exc:
-        fail(f"{file.name}: {exc}")
+        fail(f"{file.name}: {exc}{_hint(text, source)}")
     if not reading.users and not reading.errors:
         fail(f"{file.name} holds no users to import")
     # Opened before anything is written: a map that cannot be written must not be lost after.
@@ -131,7 +134,8 @@ def import_command(
     try:
         outcome = run(lambda auth: _work(auth, reading, options, dry_run=dry_run))
         if isinstance(outcome, list):
-            _refuse(file, outcome)
+            wrong_format = not reading.users and _hint(text, source)
+            _refuse(file, outcome, wrong_format or _existing_hint(outcome, skip_existing))
     except BaseException:
         if map_file is not None and id_map is not None:
             map_file.close()
@@ -187,15 +191,31 @@ class _Bars:
             self._bars.advance(self._task, steps)
 
 
-def _refuse(file: Path, errors: Sequence[BadLine]) -> NoReturn:
+def _hint(text: str, source: Source) -> str:
+    """`` (it looks like a --from X export)`` when the file seems to be another format's."""
+    guess = looks_like(text)
+    return f" (it looks like a --from {guess} export)" if guess and guess != source else ""
+
+
+def _existing_hint(errors: Sequence[BadLine], skip_existing: bool) -> str:
+    """A pointer to --skip-existing when users authdb has are among the bad lines."""
+    if skip_existing or not any(e.message.endswith(_IN_AUTHDB) for e in errors):
+        return ""
+    return " (--skip-existing skips the users authdb already has)"
+
+
+_IN_AUTHDB = "already registered in authdb"
+
+
+def _refuse(file: Path, errors: Sequence[BadLine], hint: str = "") -> NoReturn:
     """Every bad line (the first SHOWN), then why nothing was imported; exits 1."""
     ordered = sorted(errors, key=lambda e: e.line)
     if len(ordered) == 1:
-        fail(f"{file.name} line {ordered[0].line}: {ordered[0].message}; nothing imported")
+        fail(f"{file.name} line {ordered[0].line}: {ordered[0].message}; nothing imported{hint}")
     for error in ordered[:SHOWN]:
         typer.echo(f"error: {file.name} line {error.line}: {error.message}", err=True)
     more = f" (the first {SHOWN} shown)" if len(ordered) > SHOWN else ""
-    fail(f"{len(ordered)} bad lines{more}; nothing imported")
+    fail(f"{len(ordered)} bad lines{more}; nothing imported{hint}")
 
 
 def _report(result: ImportPlan, *, dry_run: bool) -> None:
@@ -204,7 +224,7 @@ def _report(result: ImportPlan, *, dry_run: bool) -> None:
     notes += [f"line {u.source.line}: {u.note}" for u in result.users if u.note]
     notes += [
         f"line {u.source.line}: username {u.renamed_from!r} is not allowed in authdb; "
-        f"imported as {u.username!r}"
+        f"{'would be imported' if dry_run else 'imported'} as {u.username!r}"
         for u in result.users
         if u.renamed_from is not None
     ]
@@ -244,7 +264,8 @@ def _cell(value: object) -> str:
 def _write_id_map(out: TextIO, result: ImportPlan) -> None:
     with out:
         writer = csv.writer(out)
-        writer.writerow(["line", "source_id", "authdb_id", "username"])
+        writer.writerow(["line", "source_id", "source_username", "authdb_id", "username"])
         for user in result.users:
-            row = (user.source.line, user.source.source_id, user.user_id, user.username)
+            source = user.source
+            row = (source.line, source.source_id, source.username, user.user_id, user.username)
             writer.writerow([_cell(value) for value in row])

@@ -82,8 +82,18 @@ Reader = Callable[[str], Reading]
 
 
 def read_text(path: Path) -> str:
-    """The file's text (UTF-8, a byte order mark dropped); raises UnreadableExport naming it."""
+    """The file's text (UTF-8, a byte order mark dropped, CRLF as LF); raises UnreadableExport
+    saying why not (the caller names the file)."""
     try:
-        return path.read_text(encoding="utf-8-sig")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise UnreadableExport(f"cannot read {path}: {exc}") from None
+        data = path.read_bytes()
+    except OSError as exc:
+        raise UnreadableExport(f"cannot read it: {exc.strerror}") from None
+    if data.startswith(b"SQLite format 3\x00"):
+        raise UnreadableExport(
+            "this is a SQLite database, not an export: export its users table to CSV first "
+            "with sqlite3 -header -csv (see docs/migrating.md)"
+        )
+    try:
+        return data.decode("utf-8-sig").replace("\r\n", "\n")
+    except UnicodeDecodeError as exc:
+        raise UnreadableExport(f"cannot read it: not UTF-8 text ({exc.reason})") from None

@@ -18,13 +18,16 @@ class FieldError(ValueError):
 
 
 def boolean(name: str, value: Any, *, default: bool | None = None) -> bool:
-    """A JSON boolean, or a CSV cell of ``t``/``f``, ``true``/``false``, ``1``/``0`` (any case).
+    """A JSON boolean or the number 0 or 1 (SQLite's json_object), or a CSV cell of
+    ``t``/``f``, ``true``/``false``, ``1``/``0`` (any case, spaces around ignored).
 
     An empty or missing value gives ``default``; without one it is an error, as is anything
     else ("yes"), so that a mis-mapped column never silently makes superusers.
     """
     if isinstance(value, bool):
         return value
+    if isinstance(value, int) and value in (0, 1):
+        return bool(value)
     if (value is None or value == "") and default is not None:
         return default
     if isinstance(value, str) and value.strip().lower() in _TRUE | _FALSE:
