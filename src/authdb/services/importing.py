@@ -19,10 +19,11 @@ import os
 import unicodedata
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Protocol
 
 import anyio
-from sqlalchemy import select
+from sqlalchemy import insert, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import InstrumentedAttribute
@@ -420,24 +421,38 @@ async def write(
         async with core.sessionmaker.begin() as db:
             for start in range(0, len(users), CHUNK):
                 chunk = users[start : start + CHUNK]
-                rows = [new_user_row(_new_user(user), now) for user in chunk]
-                db.add_all(rows)
-                await db.flush()
-                for user, row in zip(chunk, rows, strict=True):
-                    user.user_id = row.id
-                    extra = {"is_superuser": True} if row.is_superuser else {}
+                await _insert_chunk(db, chunk, now)
+                for user in chunk:
+                    extra = {"is_superuser": True} if user.source.is_superuser else {}
                     audit.record(
-                        db, "user_created", client=client, now=now, user_id=row.id,
+                        db, "user_created", client=client, now=now, user_id=user.user_id,
                         imported_from=source, **extra,
                     )  # fmt: skip
-                for row in rows:
-                    db.expunge(row)  # written: memory stays flat however many users
                 progress.advance(len(chunk))
     except IntegrityError:
         raise Conflict(
             "a user with one of these usernames or emails registered while the import ran; "
             "nothing was imported: run it again"
         ) from None
+
+
+# The columns an imported row sets; the others take their defaults.
+_COLUMNS = (
+    "username", "username_key", "email", "email_key", "full_name", "hashed_password",
+    "is_superuser", "is_verified", "disabled", "created_at", "updated_at",
+)  # fmt: skip
+
+
+async def _insert_chunk(db: AsyncSession, chunk: list[PlannedUser], now: datetime) -> None:
+    """One executemany for the chunk's rows (the unit of work would insert them one by one
+    on SQLite to read each id back), then one query for their ids."""
+    rows = [new_user_row(_new_user(user), now) for user in chunk]
+    await db.execute(insert(User), [{c: getattr(row, c) for c in _COLUMNS} for row in rows])
+    keys = [row.username_key for row in rows]
+    found = await db.execute(select(User.username_key, User.id).where(User.username_key.in_(keys)))
+    ids: dict[str | None, int] = {key: user_id for key, user_id in found}
+    for user, row in zip(chunk, rows, strict=True):
+        user.user_id = ids[row.username_key]
 
 
 def _new_user(user: PlannedUser) -> NewUser:
