@@ -26,6 +26,7 @@ from hypothesis import strategies as st
 from sqlalchemy import func, select
 
 from authdb import Auth, Settings
+from authdb.cli.user_import import HASH_FIELDS, Source
 from authdb.db import migrate
 from authdb.db.models import User
 from authdb.errors import InvalidInput
@@ -198,13 +199,14 @@ async def test_django_unusable_password_verifies_nothing() -> None:
 
 _NUMBER = re.compile(r"\d+")
 # Replacement characters for mutations. Digits only 0 and 9: a changed digit then never turns
-# bcrypt's 04 into an accepted but slow cost (14, 15, 16); 09 is 512 rounds.
+# bcrypt's 04 into an accepted but slow cost (10 to 14); 09 is 512 rounds.
 _CHARS = st.sampled_from(list("$=+/.,Az09 é\x00\u0669"))
 # Replacement parameters: small, over the bounds, malformed. None is accepted and costly
-# anywhere (16 would be a 4-second bcrypt, 1048577 a million PBKDF2 iterations).
+# anywhere (15 is past bcrypt's bound, 3000001 past PBKDF2's, 1000 passes of argon2's 1 MiB
+# past its m*t bound).
 _PARAMETERS = st.sampled_from(
-    ["", "0", "00", "01", "-1", "1", "3", "4", "5", "17", "33", "65", "1000", "1e3", "5000001",
-     "99999999999999999999", "\u0664", "\u0660\u0665", " 4"]
+    ["", "0", "00", "01", "-1", "1", "3", "4", "5", "15", "17", "33", "65", "1000", "1e3",
+     "3000001", "99999999999999999999", "\u0664", "\u0660\u0665", " 4"]
 )  # fmt: skip
 
 
@@ -230,6 +232,10 @@ def mutated(draw: st.DrawFn) -> str:
     dollars = [i for i, c in enumerate(hashed) if c == "$"]
     at = dollars[draw(st.integers(0, len(dollars) - 1))]
     return hashed[:at] + "$" + hashed[at:]
+
+
+BCRYPT_ALPHABET = "./ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789"
+BASE64_ALPHABET = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/"
 
 
 def _b64(data: bytes, *, padded: bool) -> str:
@@ -261,8 +267,12 @@ def well_formed(draw: st.DrawFn) -> str:
         key = _b64(draw(st.binary(min_size=16, max_size=64)), padded=False)
         phc = f"$argon2{variant}$v={version}$m={memory},t={draw(st.integers(1, 3))},p={lanes}"
         return draw(st.sampled_from(["", "argon2"])) + f"{phc}${salt}${key}"
-    alphabet = "./ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789"
-    body = draw(st.text(alphabet=alphabet, min_size=53, max_size=53))
+    # Canonical: the salt's last character carries 2 bits (alphabet index a multiple of 16),
+    # the hash's last one 2 bits too (index a multiple of 4); the rest of each is free.
+    salt = draw(st.text(alphabet=BCRYPT_ALPHABET, min_size=21, max_size=21))
+    salt += draw(st.sampled_from(BCRYPT_ALPHABET[::16]))
+    digest = draw(st.text(alphabet=BCRYPT_ALPHABET, min_size=30, max_size=30))
+    body = salt + digest + draw(st.sampled_from(BCRYPT_ALPHABET[::4]))
     prefix = draw(st.sampled_from(["", "bcrypt$", "bcrypt_sha256$"]))
     return f"{prefix}${draw(st.sampled_from(['2a', '2b', '2y']))}$0{draw(st.integers(4, 5))}${body}"
 
@@ -298,32 +308,56 @@ async def test_a_mutated_hash_is_refused_or_verifies_false(hashed: str) -> None:
     await HASHER.verify(PASSWORD, hashed)
 
 
-# --- cost bounds ---------------------------------------------------------------------------------
+# --- work bounds ---------------------------------------------------------------------------------
 
-_KEY = _b64(bytes(32), padded=True)
+_KEY = _b64(bytes(32), padded=True)  # one SHA-256 block, two of SHA-1
+_KEY64 = _b64(bytes(64), padded=True)  # one SHA-512 block, two of SHA-256, four of SHA-1
+_PHC_KEY64 = _b64(bytes(64), padded=False)
 _SALT = _b64(bytes(16), padded=False)
-_BCRYPT_BODY = "a" * 53
+# Canonical bcrypt base64: the salt's last character ("e", index 32 in bcrypt's alphabet) and
+# the hash's last ("e", 32) keep their unused low bits clear.
+_BCRYPT_BODY = "a" * 21 + "e" + "a" * 30 + "e"
 
 
 def _argon2(m: int = 1024, t: int = 1, p: int = 1) -> str:
     return f"$argon2id$v=19$m={m},t={t},p={p}${_SALT}${_SALT}"
 
 
+def _pbkdf2_work(work: int) -> str:
+    """What a refused PBKDF2 hash's message says about its work."""
+    return f"iterations times output blocks must be at most 3,000,000 (here {work:,})"
+
+
 @pytest.mark.parametrize(
     ("hashed", "bound"),
     [
-        (f"pbkdf2_sha256$5000001$salt${_KEY}", "5,000,000"),
-        (f"pbkdf2_sha1$5000001$salt${_KEY}", "5,000,000"),
-        (f"$pbkdf2-sha256$i=5000001${_SALT}${_SALT}", "5,000,000"),
-        (f"$pbkdf2-sha512$i=5000001${_SALT}${_SALT}", "5,000,000"),
-        (f"$2b$17${_BCRYPT_BODY}", "16"),
-        (f"$2b$03${_BCRYPT_BODY}", "4 to"),
-        (f"bcrypt$$2b$17${_BCRYPT_BODY}", "16"),
-        (f"bcrypt_sha256$$2b$03${_BCRYPT_BODY}", "4 to"),
-        (_argon2(m=1048577), "1048576"),
-        ("argon2" + _argon2(m=1048577), "1048576"),
-        (_argon2(t=33), "32"),
-        (_argon2(p=65, m=65 * 8), "64"),
+        # PBKDF2: iterations times output blocks (one per digest size of key) <= 3,000,000.
+        (f"pbkdf2_sha256$3000001$salt${_KEY}", _pbkdf2_work(3_000_001)),
+        (f"pbkdf2_sha256$1500001$salt${_KEY64}", _pbkdf2_work(3_000_002)),  # 2 blocks
+        (f"pbkdf2_sha1$1500001$salt${_KEY}", _pbkdf2_work(3_000_002)),  # 32 bytes: 2 blocks
+        (f"$pbkdf2-sha256$i=3000001${_SALT}${_SALT}", _pbkdf2_work(3_000_001)),
+        (f"$pbkdf2-sha256$i=1500001${_SALT}${_PHC_KEY64}", _pbkdf2_work(3_000_002)),
+        (f"$pbkdf2-sha512$i=3000001${_SALT}${_PHC_KEY64}", _pbkdf2_work(3_000_001)),
+        # The key: 16 to 64 bytes.
+        (f"pbkdf2_sha256$1000$salt${_b64(bytes(65), padded=True)}", "16 to 64 bytes"),
+        (f"pbkdf2_sha256$1000$salt${_b64(bytes(15), padded=True)}", "16 to 64 bytes"),
+        (f"$pbkdf2-sha512$i=1000${_SALT}${_b64(bytes(65), padded=False)}", "16 to 64 bytes"),
+        # bcrypt: cost 4 to 14, in every place a bcrypt string is stored.
+        (f"$2b$15${_BCRYPT_BODY}", "the cost must be 4 to 14"),
+        (f"$2b$03${_BCRYPT_BODY}", "the cost must be 4 to 14"),
+        (f"$2y$31${_BCRYPT_BODY}", "the cost must be 4 to 14"),
+        (f"bcrypt$$2b$15${_BCRYPT_BODY}", "the cost must be 4 to 14"),
+        (f"bcrypt_sha256$$2b$15${_BCRYPT_BODY}", "the cost must be 4 to 14"),
+        (f"bcrypt_sha256$$2b$03${_BCRYPT_BODY}", "the cost must be 4 to 14"),
+        # argon2: m <= 256 MiB, m*t <= 512 Ki, p <= 16, m >= 8p.
+        (_argon2(m=262145), "8*p to 262144 KiB"),
+        ("argon2" + _argon2(m=262145), "8*p to 262144 KiB"),
+        (_argon2(m=262144, t=3), "(m*t) must be 1 to 524288 (here 786432)"),
+        (_argon2(m=65536, t=9), "(m*t) must be 1 to 524288 (here 589824)"),
+        (_argon2(m=1024, t=513), "(m*t) must be 1 to 524288 (here 525312)"),
+        ("argon2" + _argon2(m=262144, t=3), "(m*t) must be 1 to 524288 (here 786432)"),
+        (_argon2(p=17, m=17 * 8), "parallelism p must be 1 to 16"),
+        (_argon2(p=4, m=31), "memory m must be 8*p"),
         (f"pbkdf2_sha256$1000${'s' * 300}${_KEY}", str(MAX_STORED_LENGTH)),
     ],
 )
@@ -335,15 +369,40 @@ def test_costs_beyond_the_bounds_are_refused_naming_the_bound(hashed: str, bound
 @pytest.mark.parametrize(
     "hashed",
     [
-        f"pbkdf2_sha256$5000000$salt${_KEY}",
-        f"$pbkdf2-sha256$i=5000000${_SALT}${_SALT}",
-        f"$2b$16${_BCRYPT_BODY}",
+        f"pbkdf2_sha256$3000000$salt${_KEY}",
+        f"pbkdf2_sha256$1500000$salt${_KEY64}",
+        f"pbkdf2_sha1$750000$salt${_KEY64}",
+        f"pbkdf2_sha1$3000000$salt${_b64(bytes(20), padded=True)}",  # one SHA-1 block
+        f"pbkdf2_sha1$1500000$salt${_b64(bytes(21), padded=True)}",  # two
+        f"pbkdf2_sha256$1000$salt${_b64(bytes(16), padded=True)}",
+        f"$pbkdf2-sha256$i=3000000${_SALT}${_SALT}",
+        f"$pbkdf2-sha512$i=3000000${_SALT}${_PHC_KEY64}",
+        f"$pbkdf2-sha1$i=750000${_SALT}${_PHC_KEY64}",
+        f"$2b$14${_BCRYPT_BODY}",
         f"$2b$04${_BCRYPT_BODY}",
-        _argon2(m=1048576, t=32, p=64),
+        f"bcrypt$$2b$14${_BCRYPT_BODY}",
+        f"bcrypt_sha256$$2a$14${_BCRYPT_BODY}",
+        _argon2(m=262144, t=2, p=16),
+        _argon2(m=65536, t=8, p=4),
+        _argon2(m=128, t=1, p=16),  # m = 8p
+        "argon2" + _argon2(m=262144, t=2, p=16),
     ],
 )
 def test_costs_at_the_bounds_are_accepted(hashed: str) -> None:
     assert hash_problem(hashed) is None
+
+
+def test_pbkdf2_work_counts_every_output_block() -> None:
+    # A 64-byte key of SHA-1 is 4 blocks of 20 bytes, each costing every iteration: 750,001
+    # iterations are under 3,000,000, their work (3,000,004) is not.
+    under = f"pbkdf2_sha1$750001$salt${_b64(bytes(20), padded=True)}"  # one block
+    over = f"pbkdf2_sha1$750001$salt${_KEY64}"
+    assert hash_problem(under) is None
+    assert hash_problem(over) == (
+        f"is not a valid Django pbkdf2_sha1 hash: {_pbkdf2_work(3_000_004)}"
+    )
+    phc = f"$pbkdf2-sha1$i=750001${_SALT}${_PHC_KEY64}"
+    assert hash_problem(phc) == f"is not a valid PBKDF2 hash: {_pbkdf2_work(3_000_004)}"
 
 
 def test_the_length_bound_is_the_column_size() -> None:
@@ -354,24 +413,189 @@ def test_the_length_bound_is_the_column_size() -> None:
     assert f"longer than {MAX_STORED_LENGTH}" in (hash_problem(over) or "")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: hashers/standard.py _BCRYPT matches the cost with \\d (any Unicode digit) and "
-    "int() reads it, so '$2b$' + Arabic-Indic 0 and 5 is accepted, then verifies nothing",
+# --- one spelling per hash -----------------------------------------------------------------------
+
+
+def _low_bit_set(text: str, at: int, alphabet: str) -> str:
+    """``text`` with the character at ``at`` one further in ``alphabet``: the same value but
+    for the lowest of its bits, which the encoding leaves unused there (so it must be 0)."""
+    at %= len(text)
+    index = alphabet.index(text[at])
+    assert index % 2 == 0, text  # a canonical character has it clear
+    return text[:at] + alphabet[index + 1] + text[at + 1 :]
+
+
+def _respelled() -> list[tuple[str, str, str]]:
+    """(what, valid hash, the same hash with an unused bit set in one salt or hash field)."""
+    cases = []
+    for name in ("bcrypt $2b$", "bcrypt $2a$", "django bcrypt", "django bcrypt_sha256"):
+        hashed = made(name)
+        body = hashed.rindex("$") + 1  # 22 characters of salt, then 31 of hash
+        cases.append((f"{name} salt", hashed, _low_bit_set(hashed, body + 21, BCRYPT_ALPHABET)))
+        cases.append((f"{name} hash", hashed, _low_bit_set(hashed, -1, BCRYPT_ALPHABET)))
+    for name in ("argon2id", "django argon2", "phc pbkdf2-sha256", "phc pbkdf2-sha1"):
+        hashed = made(name)
+        salt_end = hashed.rindex("$") - 1  # unpadded: the last character carries spare bits
+        cases.append((f"{name} salt", hashed, _low_bit_set(hashed, salt_end, BASE64_ALPHABET)))
+        cases.append((f"{name} hash", hashed, _low_bit_set(hashed, -1, BASE64_ALPHABET)))
+    for name in ("django pbkdf2_sha256", "django pbkdf2_sha1"):
+        hashed = made(name)  # a 32- or 20-byte key, padded: "...x=" with spare bits in x
+        assert hashed.endswith("=") and not hashed.endswith("==")
+        cases.append((f"{name} hash", hashed, _low_bit_set(hashed, -2, BASE64_ALPHABET)))
+    return cases
+
+
+@pytest.mark.parametrize("what", [what for what, _, _ in _respelled()])
+def test_a_non_canonical_encoding_is_refused(what: str) -> None:
+    _, valid, respelled = next(case for case in _respelled() if case[0] == what)
+    assert hash_problem(valid) is None
+    problem = hash_problem(respelled)
+    assert problem is not None and problem.startswith("is not a valid "), (respelled, problem)
+    if "bcrypt" in what:
+        assert "not canonical bcrypt base64" in problem
+    else:
+        # The bytes are the same: only a lenient decoder would have let it through.
+        field = respelled.split("$")[-1 if what.endswith("hash") else -2]
+        original = valid.split("$")[-1 if what.endswith("hash") else -2]
+        pad = lambda text: text + "=" * (-len(text) % 4)  # noqa: E731
+        assert base64.b64decode(pad(field)) == base64.b64decode(pad(original))
+
+
+def test_a_respelled_bcrypt_hash_could_never_match() -> None:
+    # Why it is refused: bcrypt itself turns such a salt down, or writes its hash back in the
+    # canonical spelling, so no password would ever verify (the user would be locked out).
+    valid = made("bcrypt $2b$")
+    assert bcrypt.checkpw(PASSWORD.encode(), valid.encode())
+    for at in (28, -1):  # the salt's last character, the hash's
+        respelled = _low_bit_set(valid, at, BCRYPT_ALPHABET)
+        try:
+            matched = bcrypt.checkpw(PASSWORD.encode(), respelled.encode())
+        except ValueError:  # "Invalid salt"
+            matched = False
+        assert not matched, respelled
+
+
+@pytest.mark.parametrize(
+    "hashed",
+    [
+        "$2b$\u0660\u0665$" + _BCRYPT_BODY,  # Arabic-Indic 05
+        "$2b$\uff10\uff15$" + _BCRYPT_BODY,  # fullwidth 05
+        "bcrypt$$2b$\u0660\u0665$" + _BCRYPT_BODY,
+        f"pbkdf2_sha256$\u0661\u0660\u0660\u0660$salt${_KEY}",
+        f"$pbkdf2-sha256$i=\u0661\u0660\u0660\u0660${_SALT}${_SALT}",
+        f"$argon2id$v=19$m=\u0661\u0660\u0662\u0664,t=1,p=1${_SALT}${_SALT}",
+        f"$argon2id$v=\u0661\u0669$m=1024,t=1,p=1${_SALT}${_SALT}",
+        f"$argon2id$v=19$m=1024,t=\u0661,p=1${_SALT}${_SALT}",
+    ],
 )
+def test_numbers_in_other_digits_are_refused(hashed: str) -> None:
+    assert hash_problem(hashed) is not None
+
+
 def test_a_bcrypt_cost_in_other_digits_is_refused() -> None:
     assert hash_problem("$2b$\u0660\u0665$" + made("bcrypt $2b$")[7:]) is not None
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: a Django pbkdf2 salt may hold any character but $, NUL included; PostgreSQL "
-    "then refuses the row (create_user raises DBAPIError, the import 'cannot use the database')",
-)
 def test_a_control_character_in_a_salt_is_refused() -> None:
     hashed = made("django pbkdf2_sha256")
     algorithm, iterations, salt, key = hashed.split("$")
     assert hash_problem(f"{algorithm}${iterations}${salt[:4]}\x00{salt[4:]}${key}") is not None
+
+
+@pytest.mark.parametrize("name", ["django pbkdf2_sha256", "django pbkdf2_sha1"])
+@pytest.mark.parametrize("salt", ["ab\x00cd", "ab\ud800cd", "abécd", "ab cd", "ab\x1b[2Jcd", ""])
+def test_a_django_salt_must_be_printable_ascii(name: str, salt: str) -> None:
+    hashed = made(name)
+    algorithm, iterations, _, key = hashed.split("$")
+    problem = hash_problem(f"{algorithm}${iterations}${salt}${key}")
+    assert problem == f"is not a valid Django {algorithm} hash: the salt must be printable ASCII"
+    # The control: Django's own salt (letters and digits) and every printable ASCII character.
+    assert hash_problem(hashed) is None
+    printable = "".join(chr(c) for c in range(ord("!"), ord("~") + 1)).replace("$", "")
+    assert hash_problem(f"{algorithm}${iterations}${printable}${key}") is None
+
+
+# --- what an error shows of a value that is not a hash -------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "value", ["Sup3rS3cret$pw", "$Sup3rS3cret$pw", "Sup3rS3cret$", "Sup3r_S3cret-x$pw$more"]
+)
+def test_an_unknown_scheme_is_not_echoed(value: str) -> None:
+    # A plain password holding a "$" (a column mix-up) must not reach the operator's screen.
+    problem = hash_problem(value)
+    assert problem is not None
+    assert "S3cret" not in problem and "scheme" not in problem, problem
+    assert problem.startswith("is not a supported password hash (supported: ")
+
+
+@pytest.mark.parametrize(
+    ("value", "scheme"),
+    [
+        ("scrypt$c2FsdA$16384$8$1$aGFzaA==", "scrypt"),
+        ("md5$salt$0123456789abcdef0123456789abcdef", "md5"),
+        ("$6$rounds=5000$salt$hash", "6"),
+        ("$apr1$salt$hash", "apr1"),
+        ("SCRYPT$salt$hash", "SCRYPT"),
+    ],
+)
+def test_a_known_unsupported_scheme_is_named(value: str, scheme: str) -> None:
+    problem = hash_problem(value)
+    assert problem is not None and f"(scheme {scheme!r}; supported: " in problem, problem
+
+
+# --- passwords no stored hash can match ----------------------------------------------------------
+
+
+async def test_a_lone_surrogate_fails_like_a_wrong_password() -> None:
+    # Only a library caller can pass one (UTF-8 cannot encode it): no hash is verified with
+    # it, and it costs the verifications a wrong password does, for a user or for none.
+    hasher = fast_hasher()
+
+    async def cost(password: str, hashed: str | None) -> tuple[tuple[bool, str | None], int]:
+        before = hasher.verifications
+        outcome = await hasher.verify(password, hashed)
+        return outcome, hasher.verifications - before
+
+    for hashed in (None, MALFORMED, *(made(name) for name in MAKERS)):
+        _, wrong = await cost(WRONG, hashed)
+        for password in ("\ud800", PASSWORD + "\udfff", "\udc80" + "a" * 80):
+            assert await cost(password, hashed) == ((False, None), wrong), (hashed, password)
+
+
+async def test_django_bcrypt_over_72_bytes_verifies_the_dummy(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Refused like a wrong password, at its cost: the dummy hash is verified, not the stored
+    # bcrypt$ one (which would answer False without hashing anything).
+    from authdb.hashers.django import DjangoBcrypt
+
+    long = "a" * 70 + "é" + "tail"  # 72 bytes up to and including the é
+    first_72 = long.encode()[:72].decode()
+    hashed = django_hash("bcrypt", first_72)
+    hasher = fast_hasher()
+    verified: list[str] = []
+    reached: list[str] = []
+    real_verify, real_bcrypt = hasher._hash.verify, DjangoBcrypt.verify
+
+    def spy(password: str | bytes, hash: str | bytes) -> bool:
+        verified.append(str(hash))
+        return real_verify(password, hash)
+
+    def bcrypt_spy(self: DjangoBcrypt, password: str | bytes, hash: str | bytes) -> bool:
+        reached.append(str(hash))
+        return real_bcrypt(self, password, hash)
+
+    monkeypatch.setattr(hasher._hash, "verify", spy)
+    monkeypatch.setattr(DjangoBcrypt, "verify", bcrypt_spy)
+    before = hasher.verifications
+    assert await hasher.verify(long, hashed) == (False, None)
+    assert hasher.verifications - before == 1  # as a wrong password
+    assert verified == [hasher._dummy_hash] and reached == []
+    # The control: 72 bytes reach the stored hash, and match.
+    verified.clear()
+    assert (await hasher.verify(first_72, hashed))[0] is True
+    assert reached == [hashed] and verified == []
 
 
 # --- every way in refuses a malformed hash -----------------------------------------------------
@@ -491,15 +715,19 @@ def _keycloak_export(value: bytes, iterations: int) -> str:
 async def test_every_import_format_refuses_a_malformed_hash(auth: Auth) -> None:
     cases = [(fmt, text, line) for fmt, (text, line) in _exports(MALFORMED).items()]
     cases += [("keycloak", _keycloak_export(b"short", 1000), 4)]  # a 5-byte key
-    cases += [("keycloak", _keycloak_export(bytes(64), 5_000_001), 4)]  # too many iterations
+    # 1,500,001 iterations of a 64-byte SHA-256 key: two blocks, past the work bound.
+    cases += [("keycloak", _keycloak_export(bytes(64), 1_500_001), 4)]
     for fmt, text, line in cases:
         reading = FORMATS[fmt](text)
         assert not reading.errors, (fmt, reading.errors)
+        # Errors name the hash as the export calls it (Django's password, Supabase's ...).
+        field = HASH_FIELDS.get(Source(fmt), "hashed_password")
+        options = ImportOptions(source=fmt, hash_field=field)
         with pytest.raises(ImportRefused) as refused:
-            await import_users(auth.core, reading, ImportOptions(source=fmt), client=CLI_CLIENT)
+            await import_users(auth.core, reading, options, client=CLI_CLIENT)
         [error] = refused.value.errors
         assert error.line == line, fmt
-        assert error.message.startswith("hashed_password "), (fmt, error.message)
+        assert error.message.startswith(f"{field} is not a valid "), (fmt, error.message)
     assert await _user_count(auth) == 0
     # The control: the same files with a well-formed hash import.
     for fmt, (text, _) in _exports(made("bcrypt $2b$")).items():
@@ -517,7 +745,7 @@ async def test_the_import_command_refuses_a_malformed_hash(
         result = run_cli(["users", "import", "--from", "django", str(export), *extra], env=env)
         assert result.returncode == 1
         assert "Traceback" not in result.stderr
-        assert "users.json line 2: hashed_password is not a valid bcrypt hash" in result.stderr
+        assert "users.json line 2: password is not a valid bcrypt hash" in result.stderr
         assert "nothing imported" in result.stderr
     assert await _user_count(auth) == 0
     # createuser has no way to take a hash at all.

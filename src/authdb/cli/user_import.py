@@ -124,6 +124,8 @@ def import_command(
         fail(f"{file.name} holds no users to import")
     # Opened before anything is written: a map that cannot be written must not be lost after.
     map_file = None if id_map is None or dry_run else _open_new(id_map)
+    if id_map is not None and dry_run and (id_map.exists() or id_map.is_symlink()):
+        fail(f"--id-map {id_map} exists already: give a new file name")
     options = ImportOptions(
         mark_verified=mark_verified,
         skip_existing=skip_existing,

@@ -7,6 +7,7 @@ app's own fields) are passed over. fastapi-users has no usernames: one is made f
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from authdb.importers import values
@@ -47,8 +48,14 @@ def _read_jsonl(text: str) -> Reading:
             continue
         try:
             record = loads(raw)
-        except (ValueError, RecursionError):  # a syntax error, duplicate key, huge integer
-            reading.errors.append(BadLine(line, "not valid JSON"))
+        except json.JSONDecodeError as exc:
+            reading.errors.append(BadLine(line, f"not valid JSON ({exc.msg})"))
+            continue
+        except ValueError as exc:  # a duplicate key, an overlong number
+            reading.errors.append(BadLine(line, f"not valid JSON ({exc})"))
+            continue
+        except RecursionError:
+            reading.errors.append(BadLine(line, "not valid JSON (nested too deeply)"))
             continue
         if not isinstance(record, dict):
             reading.errors.append(BadLine(line, "expected a JSON object"))

@@ -23,8 +23,17 @@ def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     return found
 
 
-# Integers are capped at 4,300 digits by Python itself (a ValueError, not a JSONDecodeError).
-_decoder = json.JSONDecoder(object_pairs_hook=_no_duplicates)
+# No field of an export needs an integer this long; Python itself stops at 4,300 digits.
+_MAX_DIGITS = 30
+
+
+def _integer(text: str) -> int:
+    if len(text.lstrip("-")) > _MAX_DIGITS:
+        raise ValueError(f"a number of {len(text)} digits")
+    return int(text)
+
+
+_decoder = json.JSONDecoder(object_pairs_hook=_no_duplicates, parse_int=_integer)
 
 
 def loads(text: str) -> Any:

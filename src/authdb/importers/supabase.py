@@ -62,11 +62,14 @@ def _user(line: int, row: dict[str, str], now: datetime) -> SourceUser:
 
 
 def _full_name(metadata: str | None) -> str | None:
-    """``full_name`` or ``name`` from the user's metadata JSON, if it holds a string."""
+    """``full_name`` or ``name`` from the user's metadata JSON, if it holds a string.
+
+    Users write their own metadata: unreadable metadata costs them the name, not the import.
+    """
     try:
         parsed: Any = loads(metadata) if metadata else None
     except (ValueError, RecursionError):
-        raise values.FieldError("raw_user_meta_data is not JSON") from None
+        return None
     if not isinstance(parsed, dict):
         return None
     for key in ("full_name", "name"):
