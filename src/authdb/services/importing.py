@@ -444,12 +444,21 @@ _COLUMNS = (
 
 
 async def _insert_chunk(db: AsyncSession, chunk: list[PlannedUser], now: datetime) -> None:
-    """One executemany for the chunk's rows (the unit of work would insert them one by one
-    on SQLite to read each id back), then one query for their ids."""
+    """Insert the chunk's rows and fill in their ids, in as few statements as the database
+    allows: PostgreSQL returns the ids of a batched insert in order; SQLite cannot, so the
+    unit of work would insert row by row there, and one executemany and one indexed query for
+    the ids are used instead."""
     rows = [new_user_row(_new_user(user), now) for user in chunk]
-    await db.execute(insert(User), [{c: getattr(row, c) for c in _COLUMNS} for row in rows])
-    keys = [row.username_key for row in rows]
-    found = await db.execute(select(User.username_key, User.id).where(User.username_key.in_(keys)))
+    values = [{c: getattr(row, c) for c in _COLUMNS} for row in rows]
+    if db.get_bind().dialect.name == "postgresql":
+        returning = insert(User).returning(User.username_key, User.id, sort_by_parameter_order=True)
+        found = await db.execute(returning, values)
+    else:
+        await db.execute(insert(User), values)
+        keys = [row.username_key for row in rows]
+        found = await db.execute(
+            select(User.username_key, User.id).where(User.username_key.in_(keys))
+        )
     ids: dict[str | None, int] = {key: user_id for key, user_id in found}
     for user, row in zip(chunk, rows, strict=True):
         user.user_id = ids[row.username_key]
