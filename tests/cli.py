@@ -43,6 +43,14 @@ def run_cli(
     )
 
 
+def migrated_env(database_url: str, secret: str = "cli-test-secret-" + "s" * 32) -> dict[str, str]:
+    """The AUTHDB_* variables of a CLI test on ``database_url``, after ``authdb migrate``."""
+    env = {"AUTHDB_DATABASE_URL": database_url, "AUTHDB_SECRET_KEY": secret}
+    migrated = run_cli(["migrate"], env=env)
+    assert migrated.returncode == 0, migrated.stderr
+    return env
+
+
 def wait_healthy(base: str, process: subprocess.Popen[bytes], log: Path | None = None) -> None:
     """Poll ``base``/healthz until the server answers; fail (with the log's tail) if the
     process exits first or takes over a minute, generous for a loaded machine."""

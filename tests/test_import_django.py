@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.cli import run_cli
+from tests.cli import migrated_env, run_cli
 from tests.conftest import Harness
 from tests.import_helpers_django_keycloak import (
     DJANGO_USERS,
@@ -40,10 +40,7 @@ def django_export(tmp_path_factory: pytest.TempPathFactory) -> DjangoExport:
 
 @pytest.fixture
 def env(database_url: str) -> dict[str, str]:
-    env = {"AUTHDB_DATABASE_URL": database_url, "AUTHDB_SECRET_KEY": "s" * 40}
-    migrated = run_cli(["migrate"], env=env)
-    assert migrated.returncode == 0, migrated.stderr
-    return env
+    return migrated_env(database_url, "s" * 40)
 
 
 def _import(env: dict[str, str], path: Path, *flags: str) -> tuple[int, str, str]:

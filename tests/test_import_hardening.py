@@ -36,7 +36,7 @@ from authdb.services import importing, provisioning
 from authdb.services.audit import list_events
 from authdb.services.core import CLI_CLIENT
 from authdb.services.importing import ImportOptions, NoProgress
-from tests.cli import FAST_HASHING, run_cli
+from tests.cli import FAST_HASHING, migrated_env, run_cli
 from tests.conftest import PASSWORD
 
 SECRET = "import-hardening-secret-0123456789-abcdefgh"
@@ -48,10 +48,7 @@ FASTAPI_COLUMNS = ("id", "email", "hashed_password", "is_active", "is_superuser"
 @pytest.fixture
 def env(database_url: str) -> dict[str, str]:
     """The CLI's settings for a database that ``authdb migrate`` has just made."""
-    env = {"AUTHDB_DATABASE_URL": database_url, "AUTHDB_SECRET_KEY": SECRET}
-    migrated = run_cli(["migrate"], env=env)
-    assert migrated.returncode == 0, migrated.stderr
-    return env
+    return migrated_env(database_url, SECRET)
 
 
 @pytest.fixture

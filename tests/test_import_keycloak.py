@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from tests.cli import run_cli
+from tests.cli import migrated_env, run_cli
 from tests.conftest import Harness
 from tests.import_helpers_django_keycloak import (
     UPGRADED_PREFIX,
@@ -114,10 +114,7 @@ def realm(tmp_path_factory: pytest.TempPathFactory) -> Realm:
 
 @pytest.fixture
 def env(database_url: str) -> dict[str, str]:
-    env = {"AUTHDB_DATABASE_URL": database_url, "AUTHDB_SECRET_KEY": "s" * 40}
-    migrated = run_cli(["migrate"], env=env)
-    assert migrated.returncode == 0, migrated.stderr
-    return env
+    return migrated_env(database_url, "s" * 40)
 
 
 def _import(env: dict[str, str], path: Path, *flags: str) -> tuple[int, str, str]:

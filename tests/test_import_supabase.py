@@ -19,7 +19,7 @@ import asyncpg
 import bcrypt
 import pytest
 
-from tests.cli import run_cli
+from tests.cli import migrated_env, run_cli
 from tests.conftest import Harness, pg_database
 from tests.import_helpers_csv import (
     UPGRADED_PREFIX,
@@ -268,10 +268,7 @@ def exports(tmp_path_factory: pytest.TempPathFactory) -> Exports:
 
 @pytest.fixture
 def env(database_url: str) -> dict[str, str]:
-    env = {"AUTHDB_DATABASE_URL": database_url, "AUTHDB_SECRET_KEY": SECRET}
-    migrated = run_cli(["migrate"], env=env)
-    assert migrated.returncode == 0, migrated.stderr
-    return env
+    return migrated_env(database_url, SECRET)
 
 
 def _import(env: dict[str, str], path: Path, *extra: str) -> Any:

@@ -56,13 +56,13 @@ def _user(line: int, record: dict[str, Any], fields: dict[str, Any]) -> SourceUs
         if email is None:
             return BadLine(line, "has no email address; authdb needs one (add it in Django first)")
         password = values.text("password", fields.get("password")) or "!"
-        first = values.text("first_name", fields.get("first_name")) or ""
-        last = values.text("last_name", fields.get("last_name")) or ""
         return SourceUser(
             line=line,
             email=email,
             username=values.text("username", fields.get("username")),
-            full_name=f"{first} {last}".strip() or None,
+            full_name=values.full_name(
+                "first_name", fields.get("first_name"), "last_name", fields.get("last_name")
+            ),
             hashed_password=None if password.startswith("!") else password,
             is_superuser=values.boolean("is_superuser", fields.get("is_superuser"), default=False),
             disabled=not values.boolean("is_active", fields.get("is_active"), default=True),

@@ -103,13 +103,13 @@ def _user(line: int, record: dict[str, Any]) -> SourceUser | BadLine:
         email = values.text("email", record.get("email"))
         if email is None:
             return BadLine(line, "has no email address; authdb needs one (add it in Keycloak)")
-        first = values.text("firstName", record.get("firstName")) or ""
-        last = values.text("lastName", record.get("lastName")) or ""
         return SourceUser(
             line=line,
             email=email,
             username=values.text("username", record.get("username")),
-            full_name=f"{first} {last}".strip() or None,
+            full_name=values.full_name(
+                "firstName", record.get("firstName"), "lastName", record.get("lastName")
+            ),
             hashed_password=None
             if _must_change_password(record)
             else _password_hash(record.get("credentials")),

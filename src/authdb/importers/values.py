@@ -52,6 +52,12 @@ def required_text(name: str, value: Any) -> str:
     return found
 
 
+def full_name(first_name: str, first: Any, last_name: str, last: Any) -> str | None:
+    """ "First Last" from a first and a last name field (either may be missing), or None."""
+    joined = f"{text(first_name, first) or ''} {text(last_name, last) or ''}".strip()
+    return joined or None
+
+
 def timestamp(name: str, value: Any) -> datetime | None:
     """An ISO 8601 or PostgreSQL timestamp ("2024-05-01 10:00:00.123+00"), None when empty.
 
