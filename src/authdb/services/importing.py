@@ -189,9 +189,9 @@ def _check(core: Core, source: SourceUser, options: ImportOptions) -> PlannedUse
     except AuthError as exc:
         return BadLine(source.line, exc.detail)
     verified = options.mark_verified or bool(source.is_verified)
-    planned = PlannedUser(source, username, email, full_name, hashed, verified, renamed_from)
-    planned.note = name_note
-    return planned
+    return PlannedUser(
+        source, username, email, full_name, hashed, verified, renamed_from, note=name_note
+    )
 
 
 def _full_name(source: SourceUser, options: ImportOptions) -> tuple[str | None, str | None]:
