@@ -240,10 +240,11 @@ def _report(result: ImportPlan, *, dry_run: bool) -> None:
         typer.echo(f"note: superusers ({len(superusers)}): {shown}", err=True)
     count, skipped = len(result.users), len(result.skipped)
     tail = f", skipped {skipped}" if skipped else ""
+    users = f"{count} user{'' if count == 1 else 's'}"
     if dry_run:
-        typer.echo(f"checked: {count} users would be imported{tail}; nothing written (--dry-run)")
+        typer.echo(f"checked: {users} would be imported{tail}; nothing written (--dry-run)")
     else:
-        typer.echo(f"imported {count} user{'' if count == 1 else 's'}{tail}")
+        typer.echo(f"imported {users}{tail}")
 
 
 def _open_new(path: Path) -> TextIO:
