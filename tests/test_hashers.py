@@ -36,7 +36,7 @@ from authdb.passwords import Hasher
 from authdb.services import provisioning
 from authdb.services.core import CLI_CLIENT
 from authdb.services.importing import ImportOptions, ImportRefused, import_users
-from tests.cli import FAST_HASHING, run_cli
+from tests.cli import FAST_HASHING, invoke_cli
 from tests.conftest import Harness
 
 # NFKC-stable (normalizing changes nothing, so each check is one verification) and not ASCII,
@@ -742,14 +742,14 @@ async def test_the_import_command_refuses_a_malformed_hash(
     export = tmp_path / "users.json"
     export.write_text(_exports(MALFORMED)["django"][0])
     for extra in ([], ["--dry-run"]):
-        result = run_cli(["users", "import", "--from", "django", str(export), *extra], env=env)
+        result = invoke_cli(["users", "import", "--from", "django", str(export), *extra], env=env)
         assert result.returncode == 1
         assert "Traceback" not in result.stderr
         assert "users.json line 2: password is not a valid bcrypt hash" in result.stderr
         assert "nothing imported" in result.stderr
     assert await _user_count(auth) == 0
     # createuser has no way to take a hash at all.
-    result = run_cli(
+    result = invoke_cli(
         [
             "createuser",
             "--username",

@@ -32,7 +32,7 @@ from authdb.services.importing import (
     derived_username,
     import_users,
 )
-from tests.cli import AUTHDB, FAST_HASHING, run_cli, subprocess_env
+from tests.cli import AUTHDB, FAST_HASHING, invoke_cli, subprocess_env
 from tests.conftest import PASSWORD
 
 SECRET = "import-test-secret-key-0123456789-abcdefgh"
@@ -97,7 +97,7 @@ async def test_every_bad_line_is_named_and_nothing_is_imported(
         {"username": "frank", "email": "frank@example.com", "password": "password"},
         _user("grace", hashed_password="md5$abc$def"),
     )
-    lines = _errors(run_cli(["users", "import", str(file)], env=env))
+    lines = _errors(invoke_cli(["users", "import", str(file)], env=env))
     assert lines[-1] == (
         "error: 9 bad lines; nothing imported (--skip-existing skips the users authdb already has)"
     )
@@ -116,7 +116,7 @@ async def test_every_bad_line_is_named_and_nothing_is_imported(
         assert line.startswith(f"error: users.jsonl {words}"), (line, words)
     assert set(await _users(auth)) == {"taken"}
     # One bad line: one line of error.
-    single = _errors(run_cli(["users", "import", str(_jsonl(tmp_path, _user("x y")))], env=env))
+    single = _errors(invoke_cli(["users", "import", str(_jsonl(tmp_path, _user("x y")))], env=env))
     assert len(single) == 1 and single[0].endswith("; nothing imported")
 
 
@@ -130,7 +130,9 @@ async def test_a_good_file_imports_everyone_and_keeps_the_hashes(
         {"username": "carol", "email": "carol@example.com", "password": "a long enough passphrase"},
         _user("dave", hashed_password="!unusable-from-an-export"),
     )
-    result = run_cli(["users", "import", str(file), "--id-map", str(tmp_path / "ids.csv")], env=env)
+    result = invoke_cli(
+        ["users", "import", str(file), "--id-map", str(tmp_path / "ids.csv")], env=env
+    )
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "imported 4 users"
     users = await _users(auth)
@@ -153,12 +155,12 @@ async def test_dry_run_checks_against_the_database_and_writes_nothing(
     auth: Auth, env: dict[str, str], tmp_path: Path
 ) -> None:
     file = _jsonl(tmp_path, _user("alice"), _user("bob"))
-    checked = run_cli(["users", "import", str(file), "--dry-run"], env=env)
+    checked = invoke_cli(["users", "import", str(file), "--dry-run"], env=env)
     assert checked.returncode == 0, checked.stderr
     assert "2 users would be imported" in checked.stdout
     assert await _users(auth) == {}
-    assert run_cli(["users", "import", str(file)], env=env).returncode == 0
-    again = _errors(run_cli(["users", "import", str(file), "--dry-run"], env=env))
+    assert invoke_cli(["users", "import", str(file)], env=env).returncode == 0
+    again = _errors(invoke_cli(["users", "import", str(file), "--dry-run"], env=env))
     assert "already registered" in again[0]
 
 
@@ -166,10 +168,11 @@ async def test_skip_existing_imports_only_the_new_users(
     auth: Auth, env: dict[str, str], tmp_path: Path
 ) -> None:
     assert (
-        run_cli(["users", "import", str(_jsonl(tmp_path, _user("alice")))], env=env).returncode == 0
+        invoke_cli(["users", "import", str(_jsonl(tmp_path, _user("alice")))], env=env).returncode
+        == 0
     )
     both = _jsonl(tmp_path, _user("alice"), _user("bob"))
-    result = run_cli(["users", "import", str(both), "--skip-existing"], env=env)
+    result = invoke_cli(["users", "import", str(both), "--skip-existing"], env=env)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "imported 1 user, skipped 1"
     assert "note: line 1: skipped: email 'alice@example.com' is already registered" in result.stderr
@@ -180,7 +183,7 @@ async def test_mark_verified_overrides_the_file(
     auth: Auth, env: dict[str, str], tmp_path: Path
 ) -> None:
     file = _jsonl(tmp_path, _user("alice", is_verified=False), _user("bob"))
-    assert run_cli(["users", "import", str(file), "--mark-verified"], env=env).returncode == 0
+    assert invoke_cli(["users", "import", str(file), "--mark-verified"], env=env).returncode == 0
     assert all(u.is_verified for u in (await _users(auth)).values())
 
 
@@ -278,7 +281,7 @@ def _drain(fd: int) -> str:
 
 
 def test_unreadable_files_say_so_in_one_line(env: dict[str, str], tmp_path: Path) -> None:
-    assert run_cli(["migrate"], env=env).returncode == 0
+    assert invoke_cli(["migrate"], env=env).returncode == 0
     binary = tmp_path / "binary.jsonl"
     binary.write_bytes(b"\xff\xfe\x00garbage")
     for args, words in (
@@ -298,7 +301,7 @@ def test_unreadable_files_say_so_in_one_line(env: dict[str, str], tmp_path: Path
         ),
         ([str(_jsonl(tmp_path, "", name="e.jsonl"))], "holds no users"),
     ):
-        lines = _errors(run_cli(["users", "import", *args], env=env))
+        lines = _errors(invoke_cli(["users", "import", *args], env=env))
         assert len(lines) == 1 and words in lines[0], (args, lines)
-    usage = run_cli(["users", "import", "--from", "auth0", str(binary)], env=env)
+    usage = invoke_cli(["users", "import", "--from", "auth0", str(binary)], env=env)
     assert usage.returncode == 2 and "auth0" in usage.stderr

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.cli import migrated_env, run_cli
+from tests.cli import invoke_cli, migrated_env
 from tests.conftest import Harness
 from tests.import_helpers_django_keycloak import (
     DJANGO_USERS,
@@ -44,7 +44,7 @@ def env(database_url: str) -> dict[str, str]:
 
 
 def _import(env: dict[str, str], path: Path, *flags: str) -> tuple[int, str, str]:
-    done = run_cli(["users", "import", "--from", "django", *flags, str(path)], env=env)
+    done = invoke_cli(["users", "import", "--from", "django", *flags, str(path)], env=env)
     return done.returncode, done.stdout, done.stderr
 
 
@@ -206,7 +206,7 @@ async def test_bad_lines_are_named_and_nothing_is_imported(
 async def test_an_email_already_in_authdb_refuses_the_file_or_is_skipped(
     env: dict[str, str], django_export: DjangoExport, make_harness: MakeHarness
 ) -> None:
-    created = run_cli(
+    created = invoke_cli(
         ["createuser", "--username", "ada", "--email", "Root@Example.com", "--password-stdin"],
         env=env,
         stdin="an authdb passphrase\n",

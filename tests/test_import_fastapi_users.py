@@ -29,7 +29,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, create_async_engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from sqlalchemy.types import TypeDecorator, TypeEngine
 
-from tests.cli import migrated_env, run_cli
+from tests.cli import invoke_cli, migrated_env
 from tests.conftest import Harness, pg_database
 from tests.import_helpers_csv import (
     UPGRADED_PREFIX,
@@ -200,7 +200,7 @@ def env(database_url: str) -> dict[str, str]:
 
 
 def _import(env: dict[str, str], path: Path, *extra: str) -> Any:
-    return run_cli(["users", "import", "--from", "fastapi-users", str(path), *extra], env=env)
+    return invoke_cli(["users", "import", "--from", "fastapi-users", str(path), *extra], env=env)
 
 
 def test_the_exports_are_as_each_database_writes_them(exports: Exports) -> None:

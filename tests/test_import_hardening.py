@@ -36,7 +36,7 @@ from authdb.services import importing, provisioning
 from authdb.services.audit import list_events
 from authdb.services.core import CLI_CLIENT
 from authdb.services.importing import ImportOptions, NoProgress
-from tests.cli import FAST_HASHING, migrated_env, run_cli
+from tests.cli import FAST_HASHING, invoke_cli, migrated_env
 from tests.conftest import PASSWORD
 
 SECRET = "import-hardening-secret-0123456789-abcdefgh"
@@ -69,7 +69,7 @@ async def auth(env: dict[str, str]) -> AsyncIterator[Auth]:
 def _import(
     env: dict[str, str], source: str, path: Path, *flags: str
 ) -> subprocess.CompletedProcess[str]:
-    return run_cli(["users", "import", "--from", source, *flags, str(path)], env=env)
+    return invoke_cli(["users", "import", "--from", source, *flags, str(path)], env=env)
 
 
 def _write(tmp_path: Path, name: str, text: str) -> Path:

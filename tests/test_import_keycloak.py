@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from tests.cli import migrated_env, run_cli
+from tests.cli import invoke_cli, migrated_env
 from tests.conftest import Harness
 from tests.import_helpers_django_keycloak import (
     UPGRADED_PREFIX,
@@ -118,7 +118,7 @@ def env(database_url: str) -> dict[str, str]:
 
 
 def _import(env: dict[str, str], path: Path, *flags: str) -> tuple[int, str, str]:
-    done = run_cli(["users", "import", "--from", "keycloak", *flags, str(path)], env=env)
+    done = invoke_cli(["users", "import", "--from", "keycloak", *flags, str(path)], env=env)
     return done.returncode, done.stdout, done.stderr
 
 

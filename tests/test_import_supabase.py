@@ -19,7 +19,7 @@ import asyncpg
 import bcrypt
 import pytest
 
-from tests.cli import migrated_env, run_cli
+from tests.cli import invoke_cli, migrated_env
 from tests.conftest import Harness, pg_database
 from tests.import_helpers_csv import (
     UPGRADED_PREFIX,
@@ -272,7 +272,7 @@ def env(database_url: str) -> dict[str, str]:
 
 
 def _import(env: dict[str, str], path: Path, *extra: str) -> Any:
-    return run_cli(["users", "import", "--from", "supabase", str(path), *extra], env=env)
+    return invoke_cli(["users", "import", "--from", "supabase", str(path), *extra], env=env)
 
 
 def _line(text: str, member: Member) -> int:
