@@ -110,22 +110,9 @@ def import_command(
 ) -> None:
     """Import users, keeping their passwords; a file with any bad line imports nothing and
     names every bad line."""
-    if model != django.DEFAULT_MODEL and source is not Source.django:
-        fail("--model applies to --from django only")
-    try:
-        text = ""
-        text = read_text(file)
-        reading = (
-            django.read(text, model=model) if source is Source.django else FORMATS[source](text)
-        )
-    except UnreadableExport as exc:
-        fail(f"{file.name}: {exc}{_hint(text, source)}")
-    if not reading.users and not reading.errors:
-        fail(f"{file.name} holds no users to import")
-    # Opened before anything is written: a map that cannot be written must not be lost after.
-    map_file = None if id_map is None or dry_run else _open_new(id_map)
-    if id_map is not None and dry_run and (id_map.exists() or id_map.is_symlink()):
-        fail(f"--id-map {id_map} exists already: give a new file name")
+    text, reading = _read(file, source, model)
+    # Made before anything is written: a map that cannot be written must not be lost after.
+    map_file = _id_map_file(id_map, dry_run=dry_run)
     options = ImportOptions(
         mark_verified=mark_verified,
         skip_existing=skip_existing,
@@ -146,6 +133,34 @@ def import_command(
     _report(outcome, dry_run=dry_run)
     if map_file is not None:
         _write_id_map(map_file, outcome)
+
+
+def _read(file: Path, source: Source, model: str) -> tuple[str, Reading]:
+    """The file's text and what ``source``'s reader found in it; one-line errors otherwise."""
+    if model != django.DEFAULT_MODEL and source is not Source.django:
+        fail("--model applies to --from django only")
+    text = ""
+    try:
+        text = read_text(file)
+        reading = (
+            django.read(text, model=model) if source is Source.django else FORMATS[source](text)
+        )
+    except UnreadableExport as exc:
+        fail(f"{file.name}: {exc}{_hint(text, source)}")
+    if not reading.users and not reading.errors:
+        fail(f"{file.name} holds no users to import")
+    return text, reading
+
+
+def _id_map_file(id_map: Path | None, *, dry_run: bool) -> TextIO | None:
+    """The new --id-map file, open; a dry run only checks that it does not exist yet."""
+    if id_map is None:
+        return None
+    if not dry_run:
+        return _open_new(id_map)
+    if id_map.exists() or id_map.is_symlink():
+        fail(f"--id-map {id_map} exists already: give a new file name")
+    return None
 
 
 async def _work(
