@@ -148,9 +148,10 @@ class Hasher:
         With ``hashed=None`` (no such user) a dummy hash is still verified, so that an unknown
         name costs the same time as a wrong password.
         """
-        if hashed is None or not _encodable(password):
+        encodable = _encodable(password)
+        if hashed is None or not encodable:
             # A lone surrogate (only a library caller can pass one) matches no stored password.
-            candidate = password if _encodable(password) else secrets.token_urlsafe(16)
+            candidate = password if encodable else secrets.token_urlsafe(16)
             await anyio.to_thread.run_sync(self._verify_dummy, candidate, limiter=self._limiter)
             return False, None
         return await anyio.to_thread.run_sync(

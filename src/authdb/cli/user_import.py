@@ -27,6 +27,7 @@ from authdb.importers import FORMATS, BadLine, Reading, UnreadableExport, django
 from authdb.importers.guess import looks_like
 from authdb.services.core import CLI_CLIENT
 from authdb.services.importing import (
+    ALREADY_REGISTERED,
     ImportOptions,
     ImportPlan,
     ImportRefused,
@@ -216,12 +217,9 @@ def _hint(text: str, source: Source) -> str:
 
 def _existing_hint(errors: Sequence[BadLine], skip_existing: bool) -> str:
     """A pointer to --skip-existing when users authdb has are among the bad lines."""
-    if skip_existing or not any(e.message.endswith(_IN_AUTHDB) for e in errors):
+    if skip_existing or not any(e.message.endswith(ALREADY_REGISTERED) for e in errors):
         return ""
     return " (--skip-existing skips the users authdb already has)"
-
-
-_IN_AUTHDB = "already registered in authdb"
 
 
 def _refuse(file: Path, errors: Sequence[BadLine], hint: str = "") -> NoReturn:

@@ -33,8 +33,7 @@ def read(text: str, *, model: str = DEFAULT_MODEL) -> Reading:
                 BadLine(line, 'expected {"model": ..., "pk": ..., "fields": {...}}')
             )
         elif str(record.get("model", "")).lower() == wanted:
-            found = _user(line, record, fields)
-            (reading.errors if isinstance(found, BadLine) else reading.users).append(found)  # type: ignore[arg-type]
+            reading.add(_user(line, record, fields))
         elif "password" in fields:
             others.add(str(record.get("model")))
     if not reading.users and not reading.errors:

@@ -7,12 +7,11 @@ app's own fields) are passed over. fastapi-users has no usernames: one is made f
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 from authdb.importers import values
 from authdb.importers.csv_rows import rows_with_lines
-from authdb.importers.json_positions import array_with_lines, loads
+from authdb.importers.json_positions import array_with_lines, json_lines
 from authdb.importers.records import BadLine, Reading, SourceUser
 
 COLUMNS = ("email", "hashed_password", "is_active", "is_superuser", "is_verified")
@@ -26,7 +25,7 @@ def read(text: str) -> Reading:
         reading = Reading()
         for line, record in array_with_lines(text):
             if isinstance(record, dict):
-                _add(reading, _user(line, record))
+                reading.add(_user(line, record))
             else:
                 reading.errors.append(BadLine(line, "expected a JSON object"))
         return reading
@@ -35,37 +34,15 @@ def read(text: str) -> Reading:
     rows, errors = rows_with_lines(text, COLUMNS)
     reading = Reading(errors=errors)
     for line, row in rows:
-        _add(reading, _user(line, row))
+        reading.add(_user(line, row))
     return reading
 
 
 def _read_jsonl(text: str) -> Reading:
     reading = Reading()
-    # Lines end at "\n" only: str.splitlines() also breaks at U+2028, U+0085 and the like,
-    # which JSON strings may hold unescaped (PostgreSQL's row_to_json writes them as they are).
-    for line, raw in enumerate(text.split("\n"), 1):
-        if not raw.strip():
-            continue
-        try:
-            record = loads(raw)
-        except json.JSONDecodeError as exc:
-            reading.errors.append(BadLine(line, f"not valid JSON ({exc.msg})"))
-            continue
-        except ValueError as exc:  # a duplicate key, an overlong number
-            reading.errors.append(BadLine(line, f"not valid JSON ({exc})"))
-            continue
-        except RecursionError:
-            reading.errors.append(BadLine(line, "not valid JSON (nested too deeply)"))
-            continue
-        if not isinstance(record, dict):
-            reading.errors.append(BadLine(line, "expected a JSON object"))
-        else:
-            _add(reading, _user(line, record))
+    for line, record in json_lines(text):
+        reading.add(record if isinstance(record, BadLine) else _user(line, record))
     return reading
-
-
-def _add(reading: Reading, found: SourceUser | BadLine) -> None:
-    (reading.errors if isinstance(found, BadLine) else reading.users).append(found)  # type: ignore[arg-type]
 
 
 def _user(line: int, row: dict[str, Any]) -> SourceUser | BadLine:

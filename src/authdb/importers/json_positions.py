@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Iterator
 from typing import Any
 
-from authdb.importers.records import UnreadableExport
+from authdb.importers.records import BadLine, UnreadableExport
 
 
 def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
@@ -40,6 +41,28 @@ def loads(text: str) -> Any:
     """``json.loads`` refusing duplicate keys; raises ValueError (JSONDecodeError among them)
     or RecursionError."""
     return _decoder.decode(text)
+
+
+def json_lines(text: str) -> Iterator[tuple[int, dict[str, Any] | BadLine]]:
+    """Each non-blank line of a JSON Lines text with its number: its object, or why it is
+    not one (bad JSON, a duplicate key, an overlong number, not an object)."""
+    # Only \n ends a line: JSON may hold U+2028 or U+0085 unescaped (PostgreSQL's row_to_json
+    # writes them as they are), and str.splitlines() would split there.
+    for number, line in enumerate(text.split("\n"), 1):
+        if line.strip():
+            yield number, _json_line(number, line)
+
+
+def _json_line(number: int, line: str) -> dict[str, Any] | BadLine:
+    try:
+        record = loads(line)
+    except json.JSONDecodeError as exc:
+        return BadLine(number, f"not valid JSON ({exc.msg})")
+    except ValueError as exc:  # a duplicate key, an overlong number
+        return BadLine(number, f"not valid JSON ({exc})")
+    except RecursionError:
+        return BadLine(number, "not valid JSON (nested too deeply)")
+    return record if isinstance(record, dict) else BadLine(number, "expected a JSON object")
 
 
 _SPACE = re.compile(r"[ \t\n\r]*")

@@ -8,10 +8,9 @@ Blank lines are skipped; unknown fields are refused.
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
-from authdb.importers.json_positions import loads
+from authdb.importers.json_positions import json_lines
 from authdb.importers.records import BadLine, Reading, SourceUser
 
 FIELDS = frozenset({
@@ -33,25 +32,12 @@ _TYPES: tuple[tuple[str, type | tuple[type, ...], str], ...] = (
 def read(text: str) -> Reading:
     """Every line's user, or why that line cannot be one."""
     reading = Reading()
-    # Only \n ends a line: JSON may hold U+2028 or U+0085 unescaped, which splitlines() splits.
-    for number, line in enumerate(text.split("\n"), 1):
-        if line.strip():
-            found = _user(number, line)
-            (reading.errors if isinstance(found, BadLine) else reading.users).append(found)  # type: ignore[arg-type]
+    for number, record in json_lines(text):
+        reading.add(record if isinstance(record, BadLine) else _user(number, record))
     return reading
 
 
-def _user(number: int, line: str) -> SourceUser | BadLine:
-    try:
-        record: Any = loads(line)
-    except json.JSONDecodeError as exc:
-        return BadLine(number, f"not valid JSON ({exc.msg})")
-    except ValueError as exc:  # a duplicate key, an integer past Python's digit limit
-        return BadLine(number, f"not valid JSON ({exc})")
-    except RecursionError:
-        return BadLine(number, "not valid JSON (nested too deeply)")
-    if not isinstance(record, dict):
-        return BadLine(number, "expected a JSON object")
+def _user(number: int, record: dict[str, Any]) -> SourceUser | BadLine:
     unknown = set(record) - FIELDS
     if unknown:
         return BadLine(number, f"unknown field(s) {', '.join(sorted(unknown))}")

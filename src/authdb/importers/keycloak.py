@@ -59,8 +59,7 @@ def read(text: str) -> Reading:
         elif record.get("serviceAccountClientId"):
             reading.skipped.append(Skipped(line, "a client's service account"))
         else:
-            found = _user(line, record)
-            (reading.errors if isinstance(found, BadLine) else reading.users).append(found)  # type: ignore[arg-type]
+            reading.add(_user(line, record))
             reading.notes.extend(_notes(line, record))
     return reading
 

@@ -71,6 +71,13 @@ class Reading:
     skipped: list[Skipped] = field(default_factory=list)
     notes: list[Note] = field(default_factory=list)
 
+    def add(self, found: SourceUser | BadLine) -> None:
+        """Keep a record a reader mapped: a user, or the reason its line is bad."""
+        if isinstance(found, BadLine):
+            self.errors.append(found)
+        else:
+            self.users.append(found)
+
 
 class UnreadableExport(Exception):
     """The file as a whole is not this format's export (wrong format, not JSON, no header):

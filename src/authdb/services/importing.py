@@ -48,6 +48,8 @@ from authdb.services.users import check_password, clean_full_name
 
 # Users inserted per statement batch (and per progress step) while writing.
 CHUNK = 1000
+# How a bad line says that authdb already has the user (``skip_existing`` skips them instead).
+ALREADY_REGISTERED = "is already registered in authdb"
 # Keys looked up per query when checking for conflicts (well under SQLite's variable limit).
 _LOOKUP = 500
 
@@ -88,6 +90,12 @@ class PlannedUser:
     user_id: int | None = None
     # What the operator should know about this user (a full name left out).
     note: str | None = None
+
+    @property
+    def keeps_username(self) -> bool:
+        """True when the username is the source's own, kept; False when one is made (the
+        source has none, or authdb refuses its)."""
+        return self.source.username is not None and self.renamed_from is None
 
 
 @dataclass(slots=True)
@@ -244,7 +252,7 @@ def _drop_duplicates(users: list[PlannedUser], errors: list[BadLine]) -> list[Pl
     kept = []
     for user in users:
         keys = {"email": email_key(user.email)}
-        if user.username and user.renamed_from is None:
+        if user.keeps_username:
             keys["username"] = username_key(user.username)
         clash = next((what for what, key in keys.items() if key in seen[what]), None)
         if clash is not None:
@@ -264,16 +272,16 @@ async def _drop_existing(
 ) -> list[PlannedUser]:
     """Users whose username or email authdb already has: errors, or skipped with
     ``skip_existing``. Made-up usernames are not looked at here (see ``_name_unnamed``)."""
-    kept_names = {username_key(u.username) for u in users if u.username and not u.renamed_from}
+    kept_names = {username_key(u.username) for u in users if u.keeps_username}
     taken_names = await _taken(db, User.username_key, kept_names)
     taken_emails = await _taken(db, User.email_key, {email_key(u.email) for u in users})
     kept = []
     for user in users:
         why = None
         if email_key(user.email) in taken_emails:
-            why = f"email {user.email!r} is already registered in authdb"
-        elif user.username and not user.renamed_from and username_key(user.username) in taken_names:
-            why = f"username {user.username!r} is already registered in authdb"
+            why = f"email {user.email!r} {ALREADY_REGISTERED}"
+        elif user.keeps_username and username_key(user.username) in taken_names:
+            why = f"username {user.username!r} {ALREADY_REGISTERED}"
         if why is None:
             kept.append(user)
         elif options.skip_existing:
@@ -302,10 +310,10 @@ async def _name_unnamed(db: AsyncSession, users: list[PlannedUser]) -> None:
     Users sharing a base name are numbered together: each round looks up a window of numbered
     names for every base at once, so the work grows with the number of users, not its square.
     """
-    used = {username_key(u.username) for u in users if u.username and not u.renamed_from}
+    used = {username_key(u.username) for u in users if u.keeps_username}
     groups: dict[str, list[PlannedUser]] = {}
     for user in users:
-        if not user.username or user.renamed_from:
+        if not user.keeps_username:
             email = user.email
             user.username = user.username or derived_username(email.split("@", 1)[0], email)
             groups.setdefault(username_key(user.username), []).append(user)
