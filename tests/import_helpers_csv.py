@@ -4,12 +4,15 @@ tests/test_import_supabase.py): the export commands the README gives, run for re
 
 from __future__ import annotations
 
+import asyncio
 import csv
 import io
 import shlex
 import subprocess
+from collections.abc import Coroutine
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import httpx
 from sqlalchemy import func, select
@@ -93,3 +96,13 @@ def stderr_lines(result: subprocess.CompletedProcess[str]) -> list[str]:
     assert result.returncode == 1, (result.stdout, result.stderr)
     assert "Traceback" not in result.stderr, result.stderr
     return result.stderr.strip().splitlines()
+
+
+T = TypeVar("T")
+
+
+def in_own_loop(work: Coroutine[Any, Any, T]) -> T:
+    """Run ``work`` in an event loop of its own, in a thread: for module-scoped fixtures, which
+    outlive the tests' function-scoped loops."""
+    with ThreadPoolExecutor(1) as pool:
+        return pool.submit(asyncio.run, work).result()

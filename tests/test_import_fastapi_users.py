@@ -12,10 +12,8 @@ them: pwdlib's recommended argon2id (fastapi-users 13 and later) and passlib's b
 
 from __future__ import annotations
 
-import asyncio
 import shlex
 import uuid
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -36,6 +34,7 @@ from tests.import_helpers_csv import (
     csv_table,
     csv_text,
     id_map,
+    in_own_loop,
     libpq_url,
     line_starting,
     physical_lines,
@@ -187,8 +186,7 @@ def exports(tmp_path_factory: pytest.TempPathFactory) -> Exports:
     """The table, filled once on each database and exported (its own event loop, in a thread:
     the tests' loops are function-scoped)."""
     work = tmp_path_factory.mktemp("fastapi_users")
-    with ThreadPoolExecutor(1) as pool:
-        return pool.submit(asyncio.run, _export_all(work)).result()
+    return in_own_loop(_export_all(work))
 
 
 # --- authdb's side ----------------------------------------------------------------------------

@@ -6,10 +6,8 @@ command and imported into authdb; every original password then logs in, and its 
 
 from __future__ import annotations
 
-import asyncio
 import json
 import uuid
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
@@ -24,6 +22,7 @@ from tests.conftest import Harness, pg_database
 from tests.import_helpers_csv import (
     UPGRADED_PREFIX,
     id_map,
+    in_own_loop,
     libpq_url,
     line_starting,
     physical_lines,
@@ -262,8 +261,7 @@ def exports(tmp_path_factory: pytest.TempPathFactory) -> Exports:
     """auth.users filled once and exported (in its own event loop, in a thread: the tests'
     loops are function-scoped)."""
     work = tmp_path_factory.mktemp("supabase")
-    with ThreadPoolExecutor(1) as pool:
-        return pool.submit(asyncio.run, _export_all(work)).result()
+    return in_own_loop(_export_all(work))
 
 
 @pytest.fixture
