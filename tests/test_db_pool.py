@@ -35,12 +35,18 @@ def test_the_pool_size_is_shared_between_the_two_pools() -> None:
     assert PoolBudget.split(10, sqlite=True) == PoolBudget(engine=9, reader=1)
     with pytest.raises(ValueError, match="at least 2"):
         PoolBudget.split(1)
+    # The session cache's LISTEN connection (PostgreSQL) is one of them.
+    assert PoolBudget.split(10, listener=True) == PoolBudget(engine=6, reader=3, listener=1)
+    assert PoolBudget.split(3, listener=True) == PoolBudget(engine=1, reader=1, listener=1)
+    with pytest.raises(ValueError, match="at least 3"):
+        PoolBudget.split(2, listener=True)
 
 
 async def test_the_engine_pool_never_overflows(make_harness: MakeHarness) -> None:
     harness = await make_harness(database_pool_size=5)
     pool = harness.auth.core.engine.pool
-    expected = PoolBudget.split(5, sqlite=harness.auth.auto_migrate).engine
+    sqlite = harness.auth.auto_migrate
+    expected = PoolBudget.split(5, sqlite=sqlite, listener=not sqlite).engine
     assert pool.size() == expected  # type: ignore[attr-defined]
     assert pool._max_overflow == 0  # type: ignore[attr-defined]
 

@@ -18,7 +18,7 @@ from authdb import extras, links, settings_env
 from authdb.db import migrate
 from authdb.db.engine import PoolBudget, async_url, create_engine, create_sessionmaker, is_sqlite
 from authdb.db.schema import check_user_not_subclassed
-from authdb.db.session_reader import create_reader
+from authdb.db.session_cache import create_reader, effective_cache_size, watch_commits
 from authdb.features import Features
 from authdb.http import pages
 from authdb.http.dependencies import AuthDeps
@@ -73,20 +73,25 @@ class Auth:
         extras.check(self.settings)
         url = self.settings.database_url
         sqlite = is_sqlite(async_url(url))
-        # AUTHDB_DATABASE_POOL_SIZE caps everything this process holds: both pools together.
-        budget = PoolBudget.split(self.settings.database_pool_size, sqlite=sqlite)
+        # AUTHDB_DATABASE_POOL_SIZE caps everything this process holds, LISTEN included.
         pgbouncer = self.settings.database_pgbouncer
+        pool_size = self.settings.database_pool_size
+        cache_size = effective_cache_size(self.settings, sqlite=sqlite)
+        listener = cache_size > 0 and not sqlite
+        budget = PoolBudget.split(pool_size, sqlite=sqlite, listener=listener)
         engine = create_engine(url, pool_size=budget.engine, pgbouncer=pgbouncer)
         sessionmaker = create_sessionmaker(engine)
         self.hooks.bind(sessionmaker)  # this Auth's sessions call this Auth's callbacks
+        reader = create_reader(
+            async_url(url), pool_size=budget.reader, pgbouncer=pgbouncer, cache_size=cache_size
+        )
+        watch_commits(sessionmaker, reader.cache)  # a change made here empties it at commit
         self.core = Core(
             settings=self.settings,
             engine=engine,
             sessionmaker=sessionmaker,
             hasher=Hasher.from_settings(self.settings),
-            session_reader=create_reader(
-                async_url(url), pool_size=budget.reader, pgbouncer=pgbouncer
-            ),
+            session_reader=reader,
             # AUTHDB_PROFILE_MODEL serves the standalone service; an explicit model wins.
             profile_model=profile or configured_profile_model(self.settings),
             hooks=self.hooks,

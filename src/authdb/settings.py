@@ -116,6 +116,8 @@ class Settings(BaseSettings):
     database_pool_size: int = Field(10, ge=2, le=1000)
     # PgBouncer in transaction-pooling mode: no server-side prepared statements kept.
     database_pgbouncer: bool = False
+    # Live sessions each process keeps in memory (0: none); see authdb.db.session_cache.
+    session_cache_size: int = Field(10_000, ge=0, le=1_000_000)
     registration_enabled: bool = True
     require_verified_email: bool = False
     login_max_failures: int = Field(10, ge=1, le=1000)

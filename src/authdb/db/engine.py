@@ -63,23 +63,27 @@ class PoolBudget:
     """How the ``AUTHDB_DATABASE_POOL_SIZE`` connections of one process are shared.
 
     ``engine`` is SQLAlchemy's pool (every transaction), ``reader`` the per-request session
-    check's (see authdb.db.session_reader). Neither grows past its share: no overflow.
+    check's (see authdb.db.session_reader), ``listener`` the session cache's LISTEN connection
+    (0 or 1, see authdb.db.session_cache). Neither pool grows past its share: no overflow.
     """
 
     engine: int
     reader: int
+    listener: int = 0
 
     @classmethod
-    def split(cls, total: int, *, sqlite: bool = False) -> PoolBudget:
-        """Share ``total`` (at least 2) between the two pools.
+    def split(cls, total: int, *, sqlite: bool = False, listener: bool = False) -> PoolBudget:
+        """Share ``total`` (at least 2, or 3 with a ``listener``) between the connections.
 
         On PostgreSQL the session check gets a third (at least one): its query is one indexed
         read, far shorter than the ORM's transactions. On SQLite it holds a single connection.
+        Raises ValueError when ``total`` is too small.
         """
-        if total < 2:
-            raise ValueError("the database pool needs at least 2 connections")
-        reader = 1 if sqlite else max(1, total // 3)
-        return cls(engine=total - reader, reader=reader)
+        listening = 1 if listener else 0
+        if total < 2 + listening:
+            raise ValueError(f"the database pool needs at least {2 + listening} connections")
+        reader = 1 if sqlite else max(1, (total - listening) // 3)
+        return cls(engine=total - reader - listening, reader=reader, listener=listening)
 
 
 def create_engine(

@@ -375,6 +375,20 @@ class Meta(Base):
     value: Mapped[str] = mapped_column(Text)
 
 
+class AuthChange(Base):
+    """A user whose account or sessions changed, for other processes' session caches.
+
+    Written only by migration 0010's triggers, and only on SQLite (PostgreSQL's triggers send
+    the id with NOTIFY instead, so there the table stays empty); see authdb.db.session_cache.
+    """
+
+    __tablename__ = "auth_changes"
+    __table_args__ = _NEVER_REUSE_IDS
+
+    id: Mapped[int] = mapped_column(Id, primary_key=True)
+    user_id: Mapped[int] = mapped_column(Id)
+
+
 # Keep this last. An application may declare its own models on ``Base`` (so that its foreign
 # keys can name "users.id"); these are authdb's tables, taken before any of the app's join.
 AUTHDB_TABLES: frozenset[str] = frozenset(Base.metadata.tables)

@@ -5,6 +5,9 @@ ORM that costs more than the rest of the request together (aiosqlite hops to a t
 times per query; SQLAlchemy's async layer adds greenlet switches), so this one read-only query
 runs on the backend's native path: the stdlib ``sqlite3`` driver (a WAL read is microseconds
 and never waits for writers) or an ``asyncpg`` pool with a prepared statement.
+
+The readers here return plain rows (``LiveRow``); ``authdb.db.session_cache`` keeps them per
+process and builds the ``User`` each request gets.
 """
 
 from __future__ import annotations
@@ -13,44 +16,89 @@ import asyncio
 import json
 import sqlite3
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
-from sqlalchemy import JSON, Boolean, Select, bindparam, select
+from sqlalchemy import JSON, Boolean, ColumnElement, Select, bindparam, select
 from sqlalchemy.dialects.postgresql.asyncpg import dialect as asyncpg_dialect
 from sqlalchemy.dialects.sqlite.pysqlite import dialect as sqlite_dialect
 from sqlalchemy.engine import URL
 from sqlalchemy.orm import make_transient_to_detached
 
-from authdb.db.engine import POOL_TIMEOUT_SECONDS, is_sqlite
+from authdb.db.engine import POOL_TIMEOUT_SECONDS
 from authdb.db.models import AuthSession, User, UTCDateTime
 from authdb.db.outage import is_outage
 
+USER_COLUMNS: tuple[str, ...] = tuple(User.__table__.columns.keys())
+
+
+@dataclass(frozen=True, slots=True)
+class LiveRow:
+    """A live session as read: its id and expiry (aware UTC), and its user's column values."""
+
+    session_id: int
+    expires_at: datetime
+    user: dict[str, Any]
+
+    def new_user(self) -> User:
+        """A fresh ``User`` for one request, detached: loaded from the database, not new, so
+        that an application's ``db.add(Todo(owner=user))`` refers to the row."""
+        user = User(**self.user)
+        make_transient_to_detached(user)
+        return user
+
 
 class SessionReader(Protocol):
+    """The per-request check; ``authdb.db.session_cache.CachedReader`` is the one Core holds."""
+
     async def live_user(self, session_id: int, user_id: int, now: datetime) -> User | None:
-        """The user owning live session ``session_id``, or None."""
+        """The user owning live session ``session_id`` (of user ``user_id``), or None."""
+
+    async def cookie_session(self, cookie_hash: str, now: datetime) -> tuple[User, int] | None:
+        """The user and session id of the live browser session with ``cookie_hash``, or None."""
 
     async def close(self) -> None: ...
 
 
-def _query(session_id: Any, user_id: Any, now: Any) -> Select[User]:
+class RowReader(Protocol):
+    """A backend's native read of one live session."""
+
+    async def bearer_row(self, session_id: int, user_id: int, now: datetime) -> LiveRow | None:
+        """Live session ``session_id`` of user ``user_id`` at ``now``, or None."""
+
+    async def cookie_row(self, cookie_hash: str, now: datetime) -> LiveRow | None:
+        """The live session whose cookie hashes to ``cookie_hash`` at ``now``, or None."""
+
+    async def close(self) -> None: ...
+
+
+def _statement(*where: ColumnElement[bool]) -> Select[Any]:
+    """Session id and expiry, then every user column, of the live session matching ``where``;
+    with named parameters, built once so that it compiles once."""
     return (
-        select(User)
-        .join(AuthSession, AuthSession.user_id == User.id)
-        .where(
-            AuthSession.id == session_id,
-            User.id == user_id,
-            AuthSession.live_at(now),
-        )
+        select(AuthSession.id, AuthSession.expires_at, *User.__table__.columns)
+        .join(User, AuthSession.user_id == User.id)
+        .where(*where, AuthSession.live_at(bindparam("now")))
     )
 
 
-def _native_statement() -> Select[Any]:
-    """The check as plain columns with named parameters, built once so it compiles once."""
-    return _query(bindparam("sid"), bindparam("uid"), bindparam("now")).with_only_columns(
-        *User.__table__.columns
-    )
+_BEARER = _statement(AuthSession.id == bindparam("sid"), User.id == bindparam("uid"))
+_COOKIE = _statement(AuthSession.cookie_hash == bindparam("cookie"))
+
+
+@dataclass(frozen=True, slots=True)
+class _Compiled:
+    sql: str
+    order: list[str]
+
+    @classmethod
+    def of(cls, statement: Select[Any], dialect: Any) -> _Compiled:
+        compiled = statement.compile(dialect=dialect)
+        return cls(str(compiled), list(compiled.positiontup or []))
+
+    def args(self, **params: Any) -> list[Any]:
+        return [params[name] for name in self.order]
 
 
 class SQLiteReader:
@@ -63,12 +111,13 @@ class SQLiteReader:
     def __init__(self, url: URL) -> None:
         self._path = url.database or ":memory:"
         self._connection: sqlite3.Connection | None = None
-        compiled = _native_statement().compile(dialect=sqlite_dialect())
-        self._sql = str(compiled)
-        self._order = list(compiled.positiontup or [])
+        dialect = sqlite_dialect()
+        self._bearer = _Compiled.of(_BEARER, dialect)
+        self._cookie = _Compiled.of(_COOKIE, dialect)
         self._convert = [_sqlite_converter(column) for column in User.__table__.columns]
 
-    def _connect(self) -> sqlite3.Connection:
+    def connection(self) -> sqlite3.Connection:
+        """The reader's own connection (read-only), opened on first use."""
         if self._connection is None:
             connection = sqlite3.connect(
                 self._path, timeout=5, isolation_level=None, check_same_thread=False
@@ -77,15 +126,19 @@ class SQLiteReader:
             self._connection = connection
         return self._connection
 
-    async def live_user(self, session_id: int, user_id: int, now: datetime) -> User | None:
-        params = {"sid": session_id, "uid": user_id, "now": _sqlite_datetime(now)}
-        row = self._connect().execute(self._sql, [params[n] for n in self._order]).fetchone()
+    async def bearer_row(self, session_id: int, user_id: int, now: datetime) -> LiveRow | None:
+        args = self._bearer.args(sid=session_id, uid=user_id, now=_sqlite_datetime(now))
+        return self._row(self.connection().execute(self._bearer.sql, args).fetchone())
+
+    async def cookie_row(self, cookie_hash: str, now: datetime) -> LiveRow | None:
+        args = self._cookie.args(cookie=cookie_hash, now=_sqlite_datetime(now))
+        return self._row(self.connection().execute(self._cookie.sql, args).fetchone())
+
+    def _row(self, row: Any) -> LiveRow | None:
         if row is None:
             return None
-        names = User.__table__.columns.keys()
-        return _detached(
-            User(**{n: f(v) for n, f, v in zip(names, self._convert, row, strict=True)})
-        )
+        values = {n: f(v) for n, f, v in zip(USER_COLUMNS, self._convert, row[2:], strict=True)}
+        return LiveRow(row[0], _sqlite_read_datetime(row[1]), values)
 
     async def close(self) -> None:
         if self._connection is not None:
@@ -98,9 +151,13 @@ def _sqlite_datetime(value: datetime) -> str:
     return value.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S.%f")
 
 
+def _sqlite_read_datetime(value: str) -> datetime:
+    return datetime.fromisoformat(value).replace(tzinfo=UTC)
+
+
 def _sqlite_converter(column: Any) -> Callable[[Any], Any]:
     if isinstance(column.type, UTCDateTime):
-        return lambda v: None if v is None else datetime.fromisoformat(v).replace(tzinfo=UTC)
+        return lambda v: None if v is None else _sqlite_read_datetime(v)
     if isinstance(column.type, Boolean):
         return lambda v: None if v is None else bool(v)
     if isinstance(column.type, JSON):
@@ -122,12 +179,12 @@ class AsyncpgReader:
     """
 
     def __init__(self, url: URL, *, pool_size: int = 3, pgbouncer: bool = False) -> None:
-        self._dsn = url.set(drivername="postgresql").render_as_string(hide_password=False)
+        self.dsn = url.set(drivername="postgresql").render_as_string(hide_password=False)
         self._pool_size = pool_size
         self._pgbouncer = pgbouncer
-        compiled = _native_statement().compile(dialect=asyncpg_dialect())  # type: ignore[no-untyped-call]
-        self._sql = str(compiled)  # "$1"-style, the asyncpg dialect's paramstyle
-        self._order = list(compiled.positiontup or [])
+        dialect = asyncpg_dialect()  # type: ignore[no-untyped-call]
+        self._bearer = _Compiled.of(_BEARER, dialect)  # "$1"-style, asyncpg's paramstyle
+        self._cookie = _Compiled.of(_COOKIE, dialect)
         self._json_columns = [c.name for c in User.__table__.columns if isinstance(c.type, JSON)]
         self._pool: Any = None
         self._lock = asyncio.Lock()
@@ -139,7 +196,7 @@ class AsyncpgReader:
             async with self._lock:
                 if self._pool is None:
                     self._pool = await asyncpg.create_pool(
-                        self._dsn,
+                        self.dsn,
                         min_size=min(2, self._pool_size),
                         max_size=self._pool_size,
                         # A server that accepts and never answers is an outage, not a wait.
@@ -151,25 +208,32 @@ class AsyncpgReader:
                     )
         return self._pool
 
-    async def live_user(self, session_id: int, user_id: int, now: datetime) -> User | None:
+    async def bearer_row(self, session_id: int, user_id: int, now: datetime) -> LiveRow | None:
+        return await self._fetch(
+            self._bearer.sql, self._bearer.args(sid=session_id, uid=user_id, now=now)
+        )
+
+    async def cookie_row(self, cookie_hash: str, now: datetime) -> LiveRow | None:
+        return await self._fetch(self._cookie.sql, self._cookie.args(cookie=cookie_hash, now=now))
+
+    async def _fetch(self, sql: str, args: list[Any]) -> LiveRow | None:
         pool = await self._get_pool()
-        params = {"sid": session_id, "uid": user_id, "now": now}
-        args = [params[name] for name in self._order]
         try:
-            row = await pool.fetchrow(self._sql, *args)
+            row = await pool.fetchrow(sql, *args)
         except Exception as exc:
             # A pooled connection the server has cut (a restart, a terminated backend) fails
             # once; the pool replaces it, so one more try of this read-only SELECT is safe.
             # A server that refuses or does not answer would only fail (or wait) again.
             if not is_outage(exc) or isinstance(exc, TimeoutError | ConnectionRefusedError):
                 raise
-            row = await pool.fetchrow(self._sql, *args)
+            row = await pool.fetchrow(sql, *args)
         if row is None:
             return None
-        values = dict(row)
+        values = list(row.values())
+        user = dict(zip(USER_COLUMNS, values[2:], strict=True))
         for name in self._json_columns:
-            values[name] = _json_value(values[name])
-        return _detached(User(**values))
+            user[name] = _json_value(user[name])
+        return LiveRow(values[0], values[1], user)
 
     async def close(self) -> None:
         if self._pool is not None:
@@ -177,23 +241,6 @@ class AsyncpgReader:
             self._pool = None
 
 
-def _detached(user: User) -> User:
-    """Mark a user built from a row as loaded from the database (detached, not new), so that
-    an application's ``db.add(Todo(owner=user))`` refers to the row instead of inserting it."""
-    make_transient_to_detached(user)
-    return user
-
-
 async def _keep_as_is(_connection: Any) -> None:
     """Skip asyncpg's reset on release (a round trip each time): the pool runs only one
     read-only SELECT outside any transaction, which leaves no state behind to reset."""
-
-
-def create_reader(url: URL, *, pool_size: int = 3, pgbouncer: bool = False) -> SessionReader:
-    """The reader for ``url``'s backend (``async_url`` admits only SQLite and PostgreSQL).
-
-    ``pool_size`` and ``pgbouncer`` apply to PostgreSQL; SQLite's reader holds one connection.
-    """
-    if is_sqlite(url):
-        return SQLiteReader(url)
-    return AsyncpgReader(url, pool_size=pool_size, pgbouncer=pgbouncer)

@@ -104,19 +104,10 @@ async def authenticate_cookie(core: Core, cookie: str) -> Authenticated:
     """
     if not _COOKIE_SHAPE.fullmatch(cookie):
         raise NotAuthenticated
-    query = (
-        select(User, AuthSession.id)
-        .join(AuthSession, AuthSession.user_id == User.id)
-        .where(
-            AuthSession.cookie_hash == hash_opaque_token(cookie),
-            AuthSession.live_at(core.clock()),
-        )
-    )
-    async with core.sessionmaker() as db:
-        row = (await db.execute(query)).one_or_none()
-    if row is None:
+    found = await core.session_reader.cookie_session(hash_opaque_token(cookie), core.clock())
+    if found is None:
         raise NotAuthenticated
-    user, session_id = row
+    user, session_id = found
     return Authenticated(user, session_id, via="cookie")
 
 
