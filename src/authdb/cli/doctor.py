@@ -25,13 +25,21 @@ def doctor(
     as_json: Annotated[
         bool, typer.Option("--json", help="One JSON object instead of lines of text.")
     ] = False,
+    workers: Annotated[
+        int,
+        typer.Option(help="authdb worker processes on each host (`authdb serve --workers`)."),
+    ] = 1,
+    hosts: Annotated[int, typer.Option(help="Hosts running authdb against this database.")] = 1,
 ) -> None:
-    """Check this deployment's settings, database, Redis, SMTP, clock and sign-in providers
-    (exit 1 on any error)."""
+    """Check this deployment's settings, database (connections for --hosts x --workers
+    processes included), Redis, SMTP, clock and sign-in providers (exit 1 on any error)."""
+    for option, value in (("--workers", workers), ("--hosts", hosts)):
+        if value < 1:  # one line, not Click's usage box
+            fail(f"{option} must be at least 1, not {value}")
     # Missing extras are checks of their own here, not a reason to stop before checking.
     config = settings(extras=False)
     try:
-        results = asyncio.run(examine(config))
+        results = asyncio.run(examine(config, hosts=hosts, workers=workers))
     except Exception as exc:  # the checks catch their own failures; this is a last resort
         fail(f"doctor failed: {type(exc).__name__}")
     failed = any(result.status == "error" for result in results)

@@ -41,12 +41,15 @@ class Result:
 
 @dataclass(frozen=True, slots=True)
 class Deployment:
-    """What the checks look at: the settings, the database as opened read-only, and the
-    clock to compare with the database's (UTC, timezone-aware)."""
+    """What the checks look at: the settings, the database as opened read-only, the
+    clock to compare with the database's (UTC, timezone-aware), and how many authdb processes
+    share the database: ``workers`` on each of ``hosts`` (``authdb doctor --workers --hosts``)."""
 
     settings: Settings
     database: Database
     clock: Callable[[], datetime]
+    hosts: int = 1
+    workers: int = 1
 
 
 def ok(message: str) -> Verdict:

@@ -15,6 +15,7 @@ from authdb.doctor.configuration import (
     check_secret_key,
     check_trusted_proxies,
 )
+from authdb.doctor.connections import check_connections
 from authdb.doctor.database import check_clock, check_database, check_schema, open_database
 from authdb.doctor.findings import TIMEOUT_SECONDS, Deployment, Result, Verdict, error, reason
 from authdb.doctor.network import check_redis, check_smtp
@@ -29,6 +30,7 @@ CHECKS: tuple[tuple[str, Check], ...] = (
     ("database", check_database),
     ("schema", check_schema),
     ("clock", check_clock),
+    ("connections", check_connections),
     ("redis", check_redis),
     ("smtp", check_smtp),
     ("templates", check_email_templates),
@@ -49,8 +51,15 @@ def _utcnow() -> datetime:
     return datetime.now(UTC)
 
 
-async def examine(settings: Settings, *, clock: Callable[[], datetime] = _utcnow) -> list[Result]:
-    """Run every check on the deployment ``settings`` describe; one Result each, in order.
+async def examine(
+    settings: Settings,
+    *,
+    clock: Callable[[], datetime] = _utcnow,
+    hosts: int = 1,
+    workers: int = 1,
+) -> list[Result]:
+    """Run every check on the deployment ``settings`` describe, run by ``workers`` authdb
+    processes on each of ``hosts`` (both at least 1); one Result each, in order.
 
     Nothing is written: the database is opened read-only (a missing SQLite file stays
     missing). A check that fails unexpectedly or hangs is an error of its own, not a crash.
@@ -58,7 +67,7 @@ async def examine(settings: Settings, *, clock: Callable[[], datetime] = _utcnow
     hidden = _secrets(settings)
     results = []
     async with open_database(settings) as database:
-        deployment = Deployment(settings, database, clock)
+        deployment = Deployment(settings, database, clock, hosts=hosts, workers=workers)
         for name, check in checks(settings):
             verdict = await _bounded(check, deployment)
             results.append(Result(verdict.status, name, _redact(verdict.message, hidden)))
