@@ -36,9 +36,11 @@ def create_app(settings: Settings | None = None, *, auth: Auth | None = None) ->
     if auth.settings.metrics_enabled:  # outermost: it times and counts the others' answers too
         metrics_middleware.install(app)
     # The service's middleware can refuse any request (413, 431): every route says so.
+    # The API first: routes are tried in order, and /users/me is what most requests ask for.
+    # (Its /register, /verify and /logout step aside for the pages' form posts.)
+    app.include_router(auth.router, responses=SERVICE_ERRORS)
     app.include_router(auth.ops_router, responses=SERVICE_ERRORS)
     if auth.settings.pages_enabled and auth.features.pages:
-        # First: its form posts share /register, /verify and /logout with the API.
         app.include_router(auth.pages_router)
 
         @app.get("/", include_in_schema=False)
@@ -48,6 +50,5 @@ def create_app(settings: Settings | None = None, *, auth: Auth | None = None) ->
             account = request.url_for("authdb_page_account").path
             return RedirectResponse(account, status_code=303)
 
-    app.include_router(auth.router, responses=SERVICE_ERRORS)
     docs.install(app)
     return app

@@ -31,6 +31,7 @@ from authdb.db.models import AuthSession, User, UTCDateTime
 from authdb.db.outage import is_outage
 
 USER_COLUMNS: tuple[str, ...] = tuple(User.__table__.columns.keys())
+_USER_MANAGER = User.__mapper__.class_manager
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,7 +45,10 @@ class LiveRow:
     def new_user(self) -> User:
         """A fresh ``User`` for one request, detached: loaded from the database, not new, so
         that an application's ``db.add(Todo(owner=user))`` refers to the row."""
-        user = User(**self.user)
+        # As the ORM's own loading does: values straight into the instance's dict, no
+        # attribute events (a quarter of the constructor's cost, paid on every request).
+        user: User = _USER_MANAGER.new_instance()
+        user.__dict__.update(self.user)
         make_transient_to_detached(user)
         return user
 

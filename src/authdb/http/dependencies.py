@@ -25,7 +25,8 @@ from authdb.services.sessions import Authenticated
 from authdb.tokens import MAX_TOKEN_CHARS, hash_opaque_token
 
 
-def _active(user: User) -> User:
+def active(user: User) -> User:
+    """``user``, unless disabled: then the HTTPException of InactiveUser (400)."""
     if user.disabled:
         raise to_http_exception(InactiveUser())
     return user
@@ -81,10 +82,10 @@ class AuthDeps:
             return auth.user
 
         async def current_active_user(auth: Session) -> User:
-            return _active(auth.user)
+            return active(auth.user)
 
         async def current_superuser(auth: Session) -> User:
-            user = _active(auth.user)
+            user = active(auth.user)
             if not user.is_superuser:
                 raise to_http_exception(PermissionDenied())
             return user

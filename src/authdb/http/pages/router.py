@@ -18,8 +18,9 @@ _STATIC = files("authdb").joinpath("static/pages")
 
 
 def build(deps: AuthDeps, features: Features | None = None) -> APIRouter:
-    """The hosted pages. Include it before the API router: its form posts to ``/register``,
-    ``/verify`` and ``/logout`` step aside for JSON and bearer requests to the same paths.
+    """The hosted pages, included before or after the API router: on ``/register``,
+    ``/verify`` and ``/logout`` each side steps aside for the other's requests (form posts are
+    the pages', JSON and bearer requests the API's; see authdb.http.shared_paths).
 
     ``features`` leaves out the register page (``register``), the MFA and passkey sections of
     ``/account`` (``mfa``, ``passkeys``), the passkey sign-in, and sign-in with other providers

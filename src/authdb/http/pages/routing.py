@@ -13,7 +13,6 @@ from collections.abc import Callable, Coroutine
 from typing import Any
 
 from fastapi.routing import APIRoute
-from starlette.datastructures import Headers
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Match
@@ -22,19 +21,7 @@ from starlette.types import Scope
 from authdb import errors
 from authdb.http.errors import database_failure, retry_after, status_of
 from authdb.http.pages.render import FormRefused, Pages
-
-_FORM_TYPES = ("application/x-www-form-urlencoded", "multipart/form-data")
-
-
-def is_page_form(scope: Scope) -> bool:
-    """A browser's form post: a form body and no ``Authorization`` (a bearer call is the API's,
-    whatever its content type)."""
-    headers = Headers(scope=scope)
-    if "authorization" in headers:
-        return False
-    content_type = headers.get("content-type", "")
-    return content_type.split(";", 1)[0].strip().lower() in _FORM_TYPES
-
+from authdb.http.shared_paths import is_page_form
 
 Handler = Callable[[Request], Coroutine[Any, Any, Response]]
 

@@ -25,6 +25,7 @@ from authdb.http.schemas import (
     body_as,
     user_schemas,
 )
+from authdb.http.shared_paths import SharedWithPageForm
 from authdb.services import accounts
 from authdb.services.core import ClientInfo
 from authdb.services.email_tokens import Mail
@@ -62,12 +63,6 @@ def build(deps: AuthDeps) -> APIRouter:
     ) -> None:
         background.add_task(prepare_and_send, deps.core, deps.mailer, prepare, email, c)
 
-    @router.post(
-        "/register",
-        status_code=status.HTTP_201_CREATED,
-        response_model=UserRead,
-        responses=error_responses(403, 409, 429),
-    )
     @body_as(schemas.create)
     async def register(body: UserCreate, client: Client, background: BackgroundTasks) -> User:
         """Create an account; a verification email goes to its address.
@@ -90,6 +85,16 @@ def build(deps: AuthDeps) -> APIRouter:
         post(background, [mail])
         return user
 
+    router.add_api_route(
+        "/register",
+        register,
+        methods=["POST"],
+        status_code=status.HTTP_201_CREATED,
+        response_model=UserRead,
+        responses=error_responses(403, 409, 429),
+        route_class_override=SharedWithPageForm,  # the register page's form posts here too
+    )
+
     @router.post(
         "/verify/request", status_code=status.HTTP_202_ACCEPTED, responses=error_responses(429)
     )
@@ -101,10 +106,18 @@ def build(deps: AuthDeps) -> APIRouter:
         look_up_later(background, accounts.request_verification, body.email, client)
         return Accepted(message=VERIFY_ACCEPTED)
 
-    @router.post("/verify", response_model=UserRead, responses=error_responses(400, 409))
     async def verify(body: TokenRequest, client: Client) -> User:
         """Confirm an email address with the token from the verification link."""
         return await accounts.verify_email(deps.core, body.token, client)
+
+    router.add_api_route(
+        "/verify",
+        verify,
+        methods=["POST"],
+        response_model=UserRead,
+        responses=error_responses(400, 409),
+        route_class_override=SharedWithPageForm,  # the verify page's form posts here too
+    )
 
     @router.post(
         "/password/forgot", status_code=status.HTTP_202_ACCEPTED, responses=error_responses(429)

@@ -5,7 +5,7 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Response, status
 
 from authdb.db.models import User
-from authdb.http.dependencies import AuthDeps
+from authdb.http.dependencies import AuthDeps, active
 from authdb.http.errors import AuthRoute
 from authdb.http.openapi import error_responses
 from authdb.http.params import SessionId
@@ -27,9 +27,10 @@ def build(deps: AuthDeps) -> APIRouter:
 
     @router.get("", response_model=UserRead, responses=error_responses(400))
     @router.get("/", response_model=UserRead, include_in_schema=False)
-    async def read_me(user: Annotated[User, Depends(deps.current_active_user)]) -> User:
+    async def read_me(auth: Session) -> User:
         """The signed-in user (also at ``/users/me/``, as in the FastAPI tutorial)."""
-        return user
+        # current_active_user's check, one dependency level less on the busiest route.
+        return active(auth.user)
 
     @router.get("/sessions", response_model=list[SessionRead])
     async def list_sessions(auth: Session) -> list[SessionRead]:

@@ -11,6 +11,7 @@ from authdb.http.errors import AuthRoute
 from authdb.http.oauth_errors import OAuthError, TokenRoute
 from authdb.http.openapi import error_responses, token_errors
 from authdb.http.schemas import LogoutRequest, Token
+from authdb.http.shared_paths import SharedWithPageForm
 from authdb.http.signin_alerts import check_later
 from authdb.services import sessions
 from authdb.services.core import ClientInfo
@@ -149,9 +150,6 @@ def build(deps: AuthDeps) -> APIRouter:
 
     router.include_router(token_router)
 
-    @router.post(
-        "/logout", status_code=status.HTTP_204_NO_CONTENT, responses=error_responses(401, 422)
-    )
     async def logout(
         auth: Annotated[Authenticated, Depends(deps.current_session)],
         client: Client,
@@ -160,5 +158,14 @@ def build(deps: AuthDeps) -> APIRouter:
         """End the caller's session: its refresh token and access tokens stop working."""
         await sessions.logout(deps.core, auth, client)
         return Response(status_code=status.HTTP_204_NO_CONTENT)
+
+    router.add_api_route(
+        "/logout",
+        logout,
+        methods=["POST"],
+        status_code=status.HTTP_204_NO_CONTENT,
+        responses=error_responses(401, 422),
+        route_class_override=SharedWithPageForm,  # the sign-out page's form posts here too
+    )
 
     return router
