@@ -66,6 +66,8 @@ UNUSABLE: list[tuple[str, Any, str]] = [
     ("redis_key_prefix", "", "at least 1 character"),
     ("redis_timeout_seconds", 0, "greater than 0"),
     ("database_pool_size", 0, "greater than or equal to 2"),
+    ("session_cache_size", -1, "greater than or equal to 0"),
+    ("session_cache_size", 1_000_001, "less than or equal to 1000000"),
     ("login_max_failures", 0, "greater than or equal to 1"),
     ("login_lockout_minutes", 0, "greater than or equal to 1"),
     ("rate_limit_login_failures", "lots", "not a rate limit"),
