@@ -293,7 +293,8 @@ def _on_statement(state: Any) -> None:
     if name not in _NOT_ANSWERS:
         return
     values = {getattr(c, "key", str(c)) for c in getattr(state.statement, "_values", None) or {}}
-    if state.is_delete or not values <= _NOT_ANSWERS[name]:
+    # Values given another way (parameter sets, ordered values) count as a change.
+    if state.is_delete or not values or not values <= _NOT_ANSWERS[name]:
         state.session.info[_CHANGED_KEY] = True
 
 

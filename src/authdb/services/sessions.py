@@ -12,10 +12,10 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
-from sqlalchemy import delete, or_, select, update
+from sqlalchemy import delete, func, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from authdb.db.models import AuthSession, MFAChallenge, RefreshToken, User
+from authdb.db.models import AuthChange, AuthSession, MFAChallenge, RefreshToken, User
 from authdb.errors import InactiveUser, InvalidRefreshToken, NotAuthenticated, NotFound
 from authdb.services import audit
 from authdb.services.core import ClientInfo, Core
@@ -403,8 +403,14 @@ async def end_own(core: Core, auth: Authenticated, session_id: int, client: Clie
         )
 
 
+# Announcements of changes (SQLite's auth_changes) kept for processes that have not read them
+# yet; one further behind finds a gap and empties its whole cache (authdb.db.session_cache).
+KEEP_CHANGES = 10_000
+
+
 async def prune(core: Core) -> int:
-    """Delete sessions that have expired or were revoked; returns how many."""
+    """Delete sessions that have expired or were revoked; returns how many. Also drops all but
+    the last ``KEEP_CHANGES`` rows of ``auth_changes``."""
     now = core.clock()
     async with core.sessionmaker.begin() as db:
         result = await db.execute(
@@ -412,4 +418,6 @@ async def prune(core: Core) -> int:
                 or_(AuthSession.expires_at <= now, AuthSession.revoked_at.is_not(None))
             )
         )
+        newest = select(func.max(AuthChange.id)).scalar_subquery()
+        await db.execute(delete(AuthChange).where(AuthChange.id <= newest - KEEP_CHANGES))
     return int(result.rowcount or 0)  # type: ignore[attr-defined]
