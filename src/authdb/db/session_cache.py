@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import time
 from collections import OrderedDict
@@ -151,21 +152,32 @@ class SQLiteFeed:
             return True
         # The version is read first: a commit landing after it is seen by the next request.
         if self._last_id is None:
-            last = connection.execute("SELECT max(id) FROM auth_changes").fetchone()[0]
-            self._last_id = last or 0
+            self._last_id = self._handed_out(connection)
             self._cache.clear()
         else:
             rows = connection.execute(
                 "SELECT id, user_id FROM auth_changes WHERE id > ? ORDER BY id", (self._last_id,)
             ).fetchall()
-            if rows and rows[0][0] != self._last_id + 1:
-                self._cache.clear()  # pruned past what this process saw: start afresh
+            # Ids are handed out in commit order without holes (AUTOINCREMENT, one writer at a
+            # time): a first id past the next one, or none left of those handed out, means rows
+            # were pruned before this process read them. Then start afresh.
+            newest = rows[-1][0] if rows else self._handed_out(connection)
+            first = rows[0][0] if rows else newest + 1
+            if newest > self._last_id and first > self._last_id + 1:
+                self._cache.clear()
             for _id, user_id in rows:
                 self._cache.forget_user(user_id)
-            if rows:
-                self._last_id = rows[-1][0]
+            self._last_id = max(self._last_id, newest)
         self._version = version
         return True
+
+    @staticmethod
+    def _handed_out(connection: Any) -> int:
+        """The last id AUTOINCREMENT handed out in ``auth_changes`` (0: none yet)."""
+        row = connection.execute(
+            "SELECT seq FROM sqlite_sequence WHERE name = 'auth_changes'"
+        ).fetchone()
+        return 0 if row is None else int(row[0])
 
     async def close(self) -> None:
         self._version = None
@@ -191,14 +203,21 @@ class PostgresFeed:
 
         while True:
             connection: Any = None
+            lost = asyncio.Event()
             try:
                 connection = await asyncpg.connect(self._dsn, timeout=PING_TIMEOUT_SECONDS * 5)
+                # A connection the server ends (restart, failover, a terminated backend) stops
+                # the cache at once, not at the next ping.
+                connection.add_termination_listener(functools.partial(self._lost, lost))
                 await connection.add_listener(CHANNEL, self._notified)
                 self._cache.clear()  # whatever happened while nobody listened
-                self._up = True
-                while True:
-                    await asyncio.sleep(PING_SECONDS)
-                    await connection.fetchval("SELECT 1", timeout=PING_TIMEOUT_SECONDS)
+                self._up = not connection.is_closed()
+                while not lost.is_set():
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(lost.wait(), PING_SECONDS)
+                    if not lost.is_set():
+                        await connection.fetchval("SELECT 1", timeout=PING_TIMEOUT_SECONDS)
+                raise ConnectionError("the server ended the connection")
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # any failure means: not listening
@@ -216,6 +235,10 @@ class PostgresFeed:
             self._cache.forget_user(int(payload))
         except ValueError:
             self._cache.clear()
+
+    def _lost(self, lost: asyncio.Event, _connection: Any) -> None:
+        self._down()
+        lost.set()
 
     def _down(self) -> None:
         self._up = False

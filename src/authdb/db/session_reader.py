@@ -24,7 +24,7 @@ from sqlalchemy import JSON, Boolean, ColumnElement, Select, bindparam, select
 from sqlalchemy.dialects.postgresql.asyncpg import dialect as asyncpg_dialect
 from sqlalchemy.dialects.sqlite.pysqlite import dialect as sqlite_dialect
 from sqlalchemy.engine import URL
-from sqlalchemy.orm import make_transient_to_detached
+from sqlalchemy.orm import configure_mappers, make_transient_to_detached
 
 from authdb.db.engine import POOL_TIMEOUT_SECONDS
 from authdb.db.models import AuthSession, User, UTCDateTime
@@ -47,6 +47,8 @@ class LiveRow:
         that an application's ``db.add(Todo(owner=user))`` refers to the row."""
         # As the ORM's own loading does: values straight into the instance's dict, no
         # attribute events (a quarter of the constructor's cost, paid on every request).
+        if not _USER_MANAGER.mapper.configured:
+            configure_mappers()  # as the first ORM query would (the app's models are in)
         user: User = _USER_MANAGER.new_instance()
         user.__dict__.update(self.user)
         make_transient_to_detached(user)

@@ -8,7 +8,8 @@ Triggers announce every change that can alter the answer to "is this session liv
 whose is it?" (see authdb.db.session_cache), whoever makes it: a user updated or deleted; a
 session revoked, re-dated, moved or deleted while live.
 
-* PostgreSQL: ``NOTIFY authdb_auth_changes`` with the user's id (delivered at commit).
+* PostgreSQL: ``NOTIFY authdb_auth_changes`` with the user's id (delivered at commit); a
+  TRUNCATE of either table sends ``*``: every user.
 * SQLite: a row in the new ``auth_changes`` table (the user's id), which each process reads
   when ``PRAGMA data_version`` says something was committed. The table exists on PostgreSQL
   too, empty, so that both databases match the models.
@@ -59,8 +60,18 @@ _POSTGRES = [
     " ON auth_sessions FOR EACH ROW EXECUTE FUNCTION authdb_session_changed()",
     "CREATE TRIGGER authdb_sessions_deleted AFTER DELETE ON auth_sessions"
     " FOR EACH ROW WHEN (OLD.revoked_at IS NULL) EXECUTE FUNCTION authdb_session_changed()",
+    # TRUNCATE fires no row trigger: '*' (no user id) empties every process's whole cache.
+    "CREATE FUNCTION authdb_all_changed() RETURNS trigger LANGUAGE plpgsql AS $$"
+    " BEGIN PERFORM pg_notify('authdb_auth_changes', '*'); RETURN NULL; END $$",
+    "CREATE TRIGGER authdb_users_truncated AFTER TRUNCATE ON users"
+    " FOR EACH STATEMENT EXECUTE FUNCTION authdb_all_changed()",
+    "CREATE TRIGGER authdb_sessions_truncated AFTER TRUNCATE ON auth_sessions"
+    " FOR EACH STATEMENT EXECUTE FUNCTION authdb_all_changed()",
 ]
 _POSTGRES_DROP = [
+    "DROP TRIGGER IF EXISTS authdb_sessions_truncated ON auth_sessions",
+    "DROP TRIGGER IF EXISTS authdb_users_truncated ON users",
+    "DROP FUNCTION IF EXISTS authdb_all_changed()",
     "DROP TRIGGER IF EXISTS authdb_sessions_deleted ON auth_sessions",
     "DROP TRIGGER IF EXISTS authdb_sessions_changed ON auth_sessions",
     "DROP TRIGGER IF EXISTS authdb_users_changed ON users",
