@@ -665,8 +665,9 @@ async def test_another_process_sees_a_change(
     record_property("seen_after_seconds", await _seen_by_second(pair, renamed))
 
 
+@pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)  # LISTEN
 async def test_another_process_sees_a_truncate_on_postgresql(
-    make_harness: MakeHarness, database_url: str, tmp_path: Path, pg_only: None
+    make_harness: MakeHarness, database_url: str, tmp_path: Path
 ) -> None:
     """``TRUNCATE auth_sessions`` signs everyone out; row triggers do not fire for it. (SQLite
     has no TRUNCATE: its DELETE FROM fires the row triggers, see sql_delete_all_sessions.)"""
@@ -693,8 +694,9 @@ async def _listener_pid(admin: Any, database: str) -> int:
     return int(rows[0]["pid"])
 
 
+@pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)  # LISTEN
 async def test_a_lost_listener_empties_and_bypasses_the_cache_until_it_is_back(
-    make_harness: MakeHarness, database_url: str, pg_only: None
+    make_harness: MakeHarness, database_url: str
 ) -> None:
     """The listener's backend is terminated, and the database refuses new connections so that
     it stays down. The cache is emptied and not used (every request reads); a revocation made
@@ -743,10 +745,10 @@ async def test_a_lost_listener_empties_and_bypasses_the_cache_until_it_is_back(
         await operator.close()
 
 
+@pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)  # LISTEN
 async def test_a_terminated_listener_stops_the_cache_before_the_next_ping(
     make_harness: MakeHarness,
     database_url: str,
-    pg_only: None,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """Pings an hour apart make the point without timing: after the listener's backend is
@@ -784,8 +786,9 @@ async def test_a_terminated_listener_stops_the_cache_before_the_next_ping(
         await admin.close()
 
 
+@pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)  # LISTEN
 async def test_a_payload_that_is_no_user_id_empties_the_whole_cache(
-    make_harness: MakeHarness, database_url: str, pg_only: None
+    make_harness: MakeHarness, database_url: str
 ) -> None:
     """A NOTIFY whose payload is not a user id (what a statement-level trigger could send)
     drops every entry, not only one user's."""
@@ -815,8 +818,9 @@ async def _listeners(database_url: str) -> int:
         await admin.close()
 
 
+@pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)  # LISTEN
 async def test_shutdown_closes_the_listener(
-    make_settings: Callable[..., Settings], database_url: str, pg_only: None
+    make_settings: Callable[..., Settings], database_url: str
 ) -> None:
     """One LISTEN connection per process while it runs, none left after ``Auth.shutdown``."""
     auth = Auth(make_settings())
@@ -834,12 +838,6 @@ async def test_shutdown_closes_the_listener(
         return await _listeners(database_url) == 0
 
     await eventually(closed, "the LISTEN connection to close")
-
-
-@pytest.fixture
-def pg_only(database_url: str) -> None:
-    if is_sqlite(database_url):
-        pytest.skip("PostgreSQL's listener only")
 
 
 # --- 5. SessionCache ------------------------------------------------------------------------------
