@@ -49,6 +49,9 @@ log = logging.getLogger("authdb.sessions")
 CHANNEL = "authdb_auth_changes"
 # The backstop: however it was learned, no answer older than this is reused.
 MAX_AGE_SECONDS = 60.0
+# Users whose JSON columns (the profile) are longer than this are not kept: with the default
+# size, the cache then holds at most about 10,000 x (4 KiB + 1.5 KB).
+MAX_JSON_CHARS = 4096
 # How often the PostgreSQL listener proves its connection alive (a silently dead one stops
 # the cache within about this long plus PING_TIMEOUT_SECONDS).
 PING_SECONDS = 5.0
@@ -95,15 +98,27 @@ class SessionCache:
         return entry.row
 
     def put(self, key: Hashable, row: LiveRow, generation: int) -> None:
-        """Keep ``row`` under ``key``, unless anything was dropped since ``generation``."""
-        if generation != self.generation or self.size == 0:
+        """Keep ``row`` under ``key``, unless anything was dropped since ``generation`` or its
+        profile is over ``MAX_JSON_CHARS`` (such a user is read on each request instead)."""
+        if generation != self.generation or self.size == 0 or row.json_chars > MAX_JSON_CHARS:
             return
         user_id = int(row.user["id"])
+        row = self._shared(user_id, row)
         self._remove(key)
         self._entries[key] = _Entry(user_id, row, time.monotonic())
         self._by_user.setdefault(user_id, set()).add(key)
         while len(self._entries) > self.size:
             self._remove(next(iter(self._entries)))
+
+    def _shared(self, user_id: int, row: LiveRow) -> LiveRow:
+        """``row``, holding the very values another of the user's sessions holds if equal: a
+        user with many sessions is kept once."""
+        for key in self._by_user.get(user_id, ()):
+            cached = self._entries[key].row.user
+            if cached == row.user:
+                return LiveRow(row.session_id, row.expires_at, cached)
+            break
+        return row
 
     def forget_user(self, user_id: int) -> None:
         """Drop every entry of ``user_id`` (a change to the user or one of their sessions)."""
@@ -161,13 +176,14 @@ class SQLiteFeed:
             # Ids are handed out in commit order without holes (AUTOINCREMENT, one writer at a
             # time): a first id past the next one, or none left of those handed out, means rows
             # were pruned before this process read them. Then start afresh.
+            # And a last id below the one seen means the file was restored from a backup.
             newest = rows[-1][0] if rows else self._handed_out(connection)
             first = rows[0][0] if rows else newest + 1
-            if newest > self._last_id and first > self._last_id + 1:
+            if newest < self._last_id or (newest > self._last_id and first > self._last_id + 1):
                 self._cache.clear()
             for _id, user_id in rows:
                 self._cache.forget_user(user_id)
-            self._last_id = max(self._last_id, newest)
+            self._last_id = newest
         self._version = version
         return True
 

@@ -34,23 +34,39 @@ USER_COLUMNS: tuple[str, ...] = tuple(User.__table__.columns.keys())
 _USER_MANAGER = User.__mapper__.class_manager
 
 
+# JSON columns (the profile) stay text in a LiveRow: compact while cached, and decoded anew for
+# each request, so that no request's change to its user's profile reaches another's.
+JSON_COLUMNS: tuple[str, ...] = tuple(
+    c.name for c in User.__table__.columns if isinstance(c.type, JSON)
+)
+
+
 @dataclass(frozen=True, slots=True)
 class LiveRow:
-    """A live session as read: its id and expiry (aware UTC), and its user's column values."""
+    """A live session as read: its id and expiry (aware UTC), and its user's column values
+    (JSON columns as their text)."""
 
     session_id: int
     expires_at: datetime
     user: dict[str, Any]
 
+    @property
+    def json_chars(self) -> int:
+        """Characters of JSON text the row holds: what a large profile costs to keep."""
+        return sum(len(self.user[name] or "") for name in JSON_COLUMNS)
+
     def new_user(self) -> User:
         """A fresh ``User`` for one request, detached: loaded from the database, not new, so
         that an application's ``db.add(Todo(owner=user))`` refers to the row."""
-        # As the ORM's own loading does: values straight into the instance's dict, no
-        # attribute events (a quarter of the constructor's cost, paid on every request).
         if not _USER_MANAGER.mapper.configured:
             configure_mappers()  # as the first ORM query would (the app's models are in)
+        # As the ORM's own loading does: values straight into the instance's dict, no
+        # attribute events (a quarter of the constructor's cost, paid on every request).
         user: User = _USER_MANAGER.new_instance()
-        user.__dict__.update(self.user)
+        values = user.__dict__
+        values.update(self.user)
+        for name in JSON_COLUMNS:
+            values[name] = _json_value(values[name])
         make_transient_to_detached(user)
         return user
 
@@ -167,7 +183,7 @@ def _sqlite_converter(column: Any) -> Callable[[Any], Any]:
     if isinstance(column.type, Boolean):
         return lambda v: None if v is None else bool(v)
     if isinstance(column.type, JSON):
-        return _json_value
+        return lambda v: v  # kept as text: see JSON_COLUMNS
     return lambda v: v
 
 
@@ -191,7 +207,6 @@ class AsyncpgReader:
         dialect = asyncpg_dialect()  # type: ignore[no-untyped-call]
         self._bearer = _Compiled.of(_BEARER, dialect)  # "$1"-style, asyncpg's paramstyle
         self._cookie = _Compiled.of(_COOKIE, dialect)
-        self._json_columns = [c.name for c in User.__table__.columns if isinstance(c.type, JSON)]
         self._pool: Any = None
         self._lock = asyncio.Lock()
 
@@ -237,8 +252,6 @@ class AsyncpgReader:
             return None
         values = list(row.values())
         user = dict(zip(USER_COLUMNS, values[2:], strict=True))
-        for name in self._json_columns:
-            user[name] = _json_value(user[name])
         return LiveRow(values[0], values[1], user)
 
     async def close(self) -> None:
