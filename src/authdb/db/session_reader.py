@@ -53,7 +53,8 @@ class LiveRow:
     @property
     def json_chars(self) -> int:
         """Characters of JSON text the row holds: what a large profile costs to keep."""
-        return sum(len(self.user[name] or "") for name in JSON_COLUMNS)
+        texts = (self.user.get(name) for name in JSON_COLUMNS)
+        return sum(len(text) for text in texts if isinstance(text, str))
 
     def new_user(self) -> User:
         """A fresh ``User`` for one request, detached: loaded from the database, not new, so
@@ -66,7 +67,8 @@ class LiveRow:
         values = user.__dict__
         values.update(self.user)
         for name in JSON_COLUMNS:
-            values[name] = _json_value(values[name])
+            if isinstance(text := values.get(name), str):
+                values[name] = _json_value(text)
         make_transient_to_detached(user)
         return user
 
