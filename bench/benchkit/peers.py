@@ -70,7 +70,7 @@ def ensure(quiet: bool = True) -> Path:
 
 def versions() -> dict[str, str]:
     """Versions of the peers' main packages, as installed in the venv."""
-    names = ["fastapi-users", "fastapi-users-db-sqlalchemy", "pwdlib"]
+    names = ["fastapi-users", "fastapi-users-db-sqlalchemy", "sqlalchemy", "pwdlib"]
     code = f"import importlib.metadata as m\nfor n in {names!r}:\n    print(n, m.version(n))\n"
     result = subprocess.run(
         [str(python()), "-c", code], capture_output=True, text=True, check=False

@@ -51,8 +51,9 @@ class Fmt:
         return cell(summary, self.digits, self.suffix, self.scale)
 
 
+# Targets show a percentage to one decimal, so that a median just under its limit reads so.
 PERCENT, TIMES, MS, MB, FRACTION = (
-    Fmt(0, "%", 100),
+    Fmt(1, "%", 100),
     Fmt(2, "x"),
     Fmt(1, " ms"),
     Fmt(1, " MB"),
