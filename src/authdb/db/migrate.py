@@ -82,6 +82,7 @@ _SHAPES: tuple[tuple[str, str, str | None], ...] = (
     ("0007", "audit_events", "chain_seq"),
     ("0008", "users", "profile"),
     ("0009", "oauth_identities", None),
+    ("0010", "auth_changes", None),
 )
 
 
