@@ -19,6 +19,7 @@ from authdb.db import migrate
 from authdb.db.engine import PoolBudget, async_url, create_engine, create_sessionmaker, is_sqlite
 from authdb.db.schema import check_user_not_subclassed
 from authdb.db.session_cache import create_reader, effective_cache_size, watch_commits
+from authdb.db.sign_in_store import create_sign_in_store
 from authdb.features import Features
 from authdb.http import pages
 from authdb.http.dependencies import AuthDeps
@@ -92,6 +93,7 @@ class Auth:
             sessionmaker=sessionmaker,
             hasher=Hasher.from_settings(self.settings),
             session_reader=reader,
+            sign_in=create_sign_in_store(engine),
             # AUTHDB_PROFILE_MODEL serves the standalone service; an explicit model wins.
             profile_model=profile or configured_profile_model(self.settings),
             hooks=self.hooks,
@@ -172,6 +174,7 @@ class Auth:
             await self.core.keyring.stop()
             self.core.keyring = None
         await self.core.session_reader.close()
+        await self.core.sign_in.close()
         await self.core.engine.dispose()
 
     @asynccontextmanager

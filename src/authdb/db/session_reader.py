@@ -25,6 +25,7 @@ from sqlalchemy.dialects.postgresql.asyncpg import dialect as asyncpg_dialect
 from sqlalchemy.dialects.sqlite.pysqlite import dialect as sqlite_dialect
 from sqlalchemy.engine import URL
 from sqlalchemy.orm import configure_mappers, make_transient_to_detached
+from sqlalchemy.sql.expression import ClauseElement
 
 from authdb.db.engine import POOL_TIMEOUT_SECONDS
 from authdb.db.models import AuthSession, User, UTCDateTime
@@ -57,20 +58,26 @@ class LiveRow:
         return sum(len(text) for text in texts if isinstance(text, str))
 
     def new_user(self) -> User:
-        """A fresh ``User`` for one request, detached: loaded from the database, not new, so
-        that an application's ``db.add(Todo(owner=user))`` refers to the row."""
-        if not _USER_MANAGER.mapper.configured:
-            configure_mappers()  # as the first ORM query would (the app's models are in)
-        # As the ORM's own loading does: values straight into the instance's dict, no
-        # attribute events (a quarter of the constructor's cost, paid on every request).
-        user: User = _USER_MANAGER.new_instance()
-        values = user.__dict__
-        values.update(self.user)
-        for name in JSON_COLUMNS:
-            if isinstance(text := values.get(name), str):
-                values[name] = _json_value(text)
-        make_transient_to_detached(user)
-        return user
+        """A fresh ``User`` for one request (see ``detached_user``)."""
+        return detached_user(self.user)
+
+
+def detached_user(columns: dict[str, Any]) -> User:
+    """A fresh ``User`` from its column values (JSON columns as text), detached: loaded from
+    the database, not new, so that an application's ``db.add(Todo(owner=user))`` refers to
+    the row."""
+    if not _USER_MANAGER.mapper.configured:
+        configure_mappers()  # as the first ORM query would (the app's models are in)
+    # As the ORM's own loading does: values straight into the instance's dict, no attribute
+    # events (a quarter of the constructor's cost, paid on every request).
+    user: User = _USER_MANAGER.new_instance()
+    values = user.__dict__
+    values.update(columns)
+    for name in JSON_COLUMNS:
+        if isinstance(text := values.get(name), str):
+            values[name] = _json_value(text)
+    make_transient_to_detached(user)
+    return user
 
 
 class SessionReader(Protocol):
@@ -112,17 +119,23 @@ _COOKIE = _statement(AuthSession.cookie_hash == bindparam("cookie"))
 
 
 @dataclass(frozen=True, slots=True)
-class _Compiled:
+class Compiled:
+    """A statement's SQL for one driver, and its parameters in positional order; ``fixed``
+    holds the values of the statement's own literals (a LIMIT, a constant)."""
+
     sql: str
     order: list[str]
+    fixed: dict[str, Any]
 
     @classmethod
-    def of(cls, statement: Select[Any], dialect: Any) -> _Compiled:
-        compiled = statement.compile(dialect=dialect)
-        return cls(str(compiled), list(compiled.positiontup or []))
+    def of(cls, statement: ClauseElement, dialect: Any) -> Compiled:
+        compiled: Any = statement.compile(dialect=dialect)
+        fixed = {name: value for name, value in compiled.params.items() if value is not None}
+        return cls(str(compiled), list(compiled.positiontup or []), fixed)
 
     def args(self, **params: Any) -> list[Any]:
-        return [params[name] for name in self.order]
+        """The positional arguments, given every named parameter."""
+        return [params[name] if name in params else self.fixed[name] for name in self.order]
 
 
 class SQLiteReader:
@@ -136,9 +149,9 @@ class SQLiteReader:
         self._path = url.database or ":memory:"
         self._connection: sqlite3.Connection | None = None
         dialect = sqlite_dialect()
-        self._bearer = _Compiled.of(_BEARER, dialect)
-        self._cookie = _Compiled.of(_COOKIE, dialect)
-        self._convert = [_sqlite_converter(column) for column in User.__table__.columns]
+        self._bearer = Compiled.of(_BEARER, dialect)
+        self._cookie = Compiled.of(_COOKIE, dialect)
+        self._convert = [sqlite_converter(column) for column in User.__table__.columns]
 
     def connection(self) -> sqlite3.Connection:
         """The reader's own connection (read-only), opened on first use."""
@@ -151,18 +164,18 @@ class SQLiteReader:
         return self._connection
 
     async def bearer_row(self, session_id: int, user_id: int, now: datetime) -> LiveRow | None:
-        args = self._bearer.args(sid=session_id, uid=user_id, now=_sqlite_datetime(now))
+        args = self._bearer.args(sid=session_id, uid=user_id, now=sqlite_datetime(now))
         return self._row(self.connection().execute(self._bearer.sql, args).fetchone())
 
     async def cookie_row(self, cookie_hash: str, now: datetime) -> LiveRow | None:
-        args = self._cookie.args(cookie=cookie_hash, now=_sqlite_datetime(now))
+        args = self._cookie.args(cookie=cookie_hash, now=sqlite_datetime(now))
         return self._row(self.connection().execute(self._cookie.sql, args).fetchone())
 
     def _row(self, row: Any) -> LiveRow | None:
         if row is None:
             return None
         values = {n: f(v) for n, f, v in zip(USER_COLUMNS, self._convert, row[2:], strict=True)}
-        return LiveRow(row[0], _sqlite_read_datetime(row[1]), values)
+        return LiveRow(row[0], sqlite_read_datetime(row[1]), values)
 
     async def close(self) -> None:
         if self._connection is not None:
@@ -170,18 +183,18 @@ class SQLiteReader:
             self._connection = None
 
 
-def _sqlite_datetime(value: datetime) -> str:
+def sqlite_datetime(value: datetime) -> str:
     # The format SQLAlchemy's SQLite DATETIME type stores (naive UTC), so comparisons agree.
     return value.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S.%f")
 
 
-def _sqlite_read_datetime(value: str) -> datetime:
+def sqlite_read_datetime(value: str) -> datetime:
     return datetime.fromisoformat(value).replace(tzinfo=UTC)
 
 
-def _sqlite_converter(column: Any) -> Callable[[Any], Any]:
+def sqlite_converter(column: Any) -> Callable[[Any], Any]:
     if isinstance(column.type, UTCDateTime):
-        return lambda v: None if v is None else _sqlite_read_datetime(v)
+        return lambda v: None if v is None else sqlite_read_datetime(v)
     if isinstance(column.type, Boolean):
         return lambda v: None if v is None else bool(v)
     if isinstance(column.type, JSON):
@@ -207,8 +220,8 @@ class AsyncpgReader:
         self._pool_size = pool_size
         self._pgbouncer = pgbouncer
         dialect = asyncpg_dialect()  # type: ignore[no-untyped-call]
-        self._bearer = _Compiled.of(_BEARER, dialect)  # "$1"-style, asyncpg's paramstyle
-        self._cookie = _Compiled.of(_COOKIE, dialect)
+        self._bearer = Compiled.of(_BEARER, dialect)  # "$1"-style, asyncpg's paramstyle
+        self._cookie = Compiled.of(_COOKIE, dialect)
         self._pool: Any = None
         self._lock = asyncio.Lock()
 

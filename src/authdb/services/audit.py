@@ -98,7 +98,13 @@ def _log_line(item: SecurityEvent) -> None:
 
 @orm_event.listens_for(Session, "after_commit")
 def _announce(session: Session) -> None:
-    events: list[SecurityEvent] = session.info.pop(_PENDING, [])
+    announce(session.info.pop(_PENDING, []))
+    # The application's callbacks (@auth.on), as tasks: nothing here waits for them.
+    hooks.announce(session)
+
+
+def announce(events: list[SecurityEvent]) -> None:
+    """Tell the log and the subscribers of ``events``, committed (in commit order)."""
     for item in events:
         if log.isEnabledFor(logging.INFO):
             _log_line(item)
@@ -107,8 +113,6 @@ def _announce(session: Session) -> None:
                 subscriber(item)
             except Exception:
                 log.exception("a subscriber to security events failed on %s", item.name)
-    # The application's callbacks (@auth.on), as tasks: nothing here waits for them.
-    hooks.announce(session)
 
 
 @orm_event.listens_for(Session, "after_transaction_end")
@@ -135,24 +139,40 @@ def record(
     The row is inserted, chained to the trail's head, when the transaction commits
     (authdb.services.audit_chain); until then queries in the transaction do not see it.
     """
+    announced = event_of(
+        event, client=client, now=now, user_id=user_id, actor_id=actor_id, **detail
+    )
+    db.add(AuditEvent(**row_of(announced)))
+    db.sync_session.info.setdefault(_PENDING, []).append(announced)
+    hooks.note(db.sync_session, event, user_id, client or ClientInfo(), detail)
+
+
+def event_of(
+    event: str,
+    *,
+    client: ClientInfo | None,
+    now: datetime,
+    user_id: int | None = None,
+    actor_id: int | None = None,
+    **detail: object,
+) -> SecurityEvent:
+    """The event as ``record`` stores and announces it (the user agent cut to 512 characters)."""
     client = client or ClientInfo()
     user_agent = (client.user_agent or "")[:512] or None
-    db.add(
-        AuditEvent(
-            created_at=now,
-            event=event,
-            user_id=user_id,
-            actor_id=actor_id,
-            ip_address=client.ip_address,
-            user_agent=user_agent,
-            detail=detail or None,
-        )
-    )
-    announced = SecurityEvent(
-        event, now, user_id, actor_id, client.ip_address, user_agent, dict(detail)
-    )
-    db.sync_session.info.setdefault(_PENDING, []).append(announced)
-    hooks.note(db.sync_session, event, user_id, client, detail)
+    return SecurityEvent(event, now, user_id, actor_id, client.ip_address, user_agent, detail)
+
+
+def row_of(item: SecurityEvent) -> dict[str, Any]:
+    """The ``audit_events`` columns of ``item``, before chaining (no ``detail``: None)."""
+    return {
+        "created_at": item.time,
+        "event": item.name,
+        "user_id": item.user_id,
+        "actor_id": item.actor_id,
+        "ip_address": item.ip_address,
+        "user_agent": item.user_agent,
+        "detail": dict(item.detail) or None,
+    }
 
 
 async def list_events(

@@ -30,15 +30,16 @@ from sqlalchemy import insert, inspect, select, text
 from sqlalchemy.orm import Session, SessionTransaction
 
 from authdb.db.models import AuditEvent, utcnow
+from authdb.db.sign_in_store import AUDIT_CHAIN_LOCK
 from authdb.services.core import Core
 
 # The first row's ``prev_hash``: 32 zero bytes, in hex.
 GENESIS = "0" * 64
 # Names the encoding inside every hash, so that a future format cannot be mistaken for this one.
 _FORMAT = "authdb-audit-chain-1"
-# Audited transactions on PostgreSQL serialize on this advisory lock (an arbitrary 64-bit
-# constant, distinct from the signing keys' in authdb.services.signing_keys).
-_CHAIN_LOCK = 0x61756469745F6368  # "audit_ch"
+# Audited transactions on PostgreSQL serialize on this advisory lock (the native sign-in path,
+# authdb.db.sign_in_store, takes it too).
+_CHAIN_LOCK = AUDIT_CHAIN_LOCK
 # Session.info key of the events held back from flushes until the transaction commits.
 _HELD = "authdb_unchained_events"
 # The columns written for a new event (``id`` is the database's).
@@ -134,16 +135,39 @@ def _chain_at_commit(session: Session) -> None:
     if not held:
         return
     seq, prev = _lock_head(session)
-    rows = []
     for item in held:
-        seq += 1
         item.created_at = item.created_at or utcnow()
-        item.chain_seq, item.prev_hash = seq, prev
-        item.row_hash = prev = _row_hash(item, prev, seq, stored_detail(item.detail))
-        rows.append({column: getattr(item, column) for column in _INSERTED})
+    rows = chained([{c: getattr(item, c) for c in _INSERTED} for item in held], seq, prev)
+    for item, row in zip(held, rows, strict=True):
+        item.chain_seq, item.prev_hash, item.row_hash = (
+            row["chain_seq"], row["prev_hash"], row["row_hash"]
+        )  # fmt: skip
     # One executemany, not the unit of work: nothing reads the events' ids back, and the ORM
     # would insert them a row per statement on SQLite (a bulk import records 100,000).
     session.connection().execute(insert(AuditEvent), rows)
+
+
+def chained(rows: list[dict[str, Any]], seq: int, prev: str | None) -> list[dict[str, Any]]:
+    """``rows`` (``audit_events`` columns) placed after the head at ``seq`` whose hash is
+    ``prev`` (None: the trail is empty): with ``chain_seq``, ``prev_hash`` and ``row_hash``."""
+    prev = prev or GENESIS
+    linked = []
+    for row in rows:
+        seq += 1
+        row_hash = link_hash(
+            prev,
+            seq,
+            row["created_at"],
+            row["event"],
+            row["user_id"],
+            row["actor_id"],
+            row["ip_address"],
+            row["user_agent"],
+            stored_detail(row["detail"]),
+        )
+        linked.append({**row, "chain_seq": seq, "prev_hash": prev, "row_hash": row_hash})
+        prev = row_hash
+    return linked
 
 
 def _lock_head(session: Session) -> tuple[int, str]:

@@ -11,6 +11,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from authdb.db.models import utcnow
 from authdb.db.session_reader import SessionReader
+from authdb.db.sign_in_store import SignInStore
 from authdb.features import Features
 from authdb.links import Links
 from authdb.passwords import Hasher
@@ -51,6 +52,8 @@ class Core:
     hasher: Hasher
     # The per-request session check; see authdb.db.session_reader for why it is separate.
     session_reader: SessionReader
+    # A password sign-in's read and common write; see authdb.db.sign_in_store for why.
+    sign_in: SignInStore
     # The access-token codec on this process's current key set; the key ring replaces it.
     codec: JWTCodec | None = None
     keyring: KeyRing | None = None

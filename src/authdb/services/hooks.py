@@ -257,6 +257,15 @@ class Hooks:
                 await asyncio.gather(*late, return_exceptions=True)
                 return
 
+    def committed(
+        self, audit_event: str, user: User, client: ClientInfo, detail: Mapping[str, object]
+    ) -> None:
+        """Schedule the callbacks of ``audit_event``, committed outside any ORM session (a
+        sign-in on the native path), with ``user`` as it now stands in the database."""
+        names = self.wanted(audit_event, detail)
+        if names:
+            self._schedule([_Due(names, user.id, None, client, UserSnapshot.of(user))])
+
     def _schedule(self, due: list[_Due]) -> None:
         try:
             loop = asyncio.get_running_loop()

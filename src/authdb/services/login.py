@@ -25,6 +25,7 @@ from authdb.errors import (
 from authdb.names import has_control_characters
 from authdb.ratelimit import RateLimits, client_key
 from authdb.services import audit, lockout, mfa
+from authdb.services import direct_sign_in as direct
 from authdb.services.core import ClientInfo, Core
 from authdb.services.guard import attempt, fail, refuse_locked, spend_failure
 from authdb.services.passkey_challenges import prune_spent_challenges
@@ -35,11 +36,12 @@ from authdb.services.sessions import (
     start_browser_session,
     start_session,
 )
-from authdb.services.users import find_by_login
 
 # What a successful sign-in opens: API tokens, or a browser session.
 SessionT = TypeVar("SessionT", TokenPair, BrowserSession)
 Opener = Callable[[Core, AsyncSession, User, ClientInfo], Awaitable[SessionT]]
+# The same on the native path (authdb.services.direct_sign_in), given the lockout counter.
+DirectOpener = Callable[[Core, User, str, ClientInfo], Awaitable[SessionT | direct.NotOpened]]
 
 
 async def login(
@@ -50,14 +52,17 @@ async def login(
     Known and unknown names take the same steps (a lookup, a hash, a write), so neither the
     answers nor the work done tell which accounts exist.
     """
-    return await _guarded(core, limits, login_name, password, client, start_session)
+    return await _guarded(
+        core, limits, login_name, password, client, (start_session, direct.api_session)
+    )
 
 
 async def login_browser(
     core: Core, limits: RateLimits, login_name: str, password: str, client: ClientInfo
 ) -> BrowserSession:
     """``login`` for the sign-in page: the same guards, but a cookie-carried session."""
-    return await _guarded(core, limits, login_name, password, client, start_browser_session)
+    openers = (start_browser_session, direct.browser_session)
+    return await _guarded(core, limits, login_name, password, client, openers)
 
 
 async def _guarded(
@@ -66,7 +71,7 @@ async def _guarded(
     login_name: str,
     password: str,
     client: ClientInfo,
-    opener: Opener[SessionT],
+    openers: tuple[Opener[SessionT], DirectOpener[SessionT]],
 ) -> SessionT:
     if has_control_characters(login_name):
         # No account can have such a name; and PostgreSQL refuses NUL in text outright.
@@ -74,7 +79,7 @@ async def _guarded(
     # Over its failure budget an address gets 429 whatever the password: no oracle. Attempts
     # in flight hold a place, so a burst is cut at the budget too.
     async with limits.attempt("login_failures", client_key(client, core.settings)):
-        return await _login(core, limits, login_name, password, client, opener)
+        return await _login(core, limits, login_name, password, client, openers)
 
 
 async def _login(
@@ -83,18 +88,25 @@ async def _login(
     login_name: str,
     password: str,
     client: ClientInfo,
-    opener: Opener[SessionT],
+    openers: tuple[Opener[SessionT], DirectOpener[SessionT]],
 ) -> SessionT:
-    async with core.sessionmaker() as db:
-        user = await find_by_login(db, login_name)
-        key = lockout.lock_key(user, login_name)
-        retry = await lockout.locked_for(db, key, core.clock())
+    user, key, retry = await direct.subject(core, login_name, core.clock())
     user_id = user.id if user is not None else None
     if retry is not None:
         await refuse_locked(core, limits, client, user_id, retry)
     ok, new_hash = await core.hasher.verify(password, user.hashed_password if user else None)
     if not ok or user is None:
         await fail(core, limits, key, client, user_id)
+    opener, direct_opener = openers
+    if new_hash is None and not user.mfa_enabled and account_refusal(core, user) is None:
+        opened = await direct_opener(core, user, key, client)
+        if opened == "gone":
+            # Deleted while its password was checked: as if it had never been there.
+            await fail(core, limits, key, client, None)
+        if not isinstance(opened, str):
+            await maybe_prune(core)
+            return opened
+        # A lock stands: the ORM path below refuses the attempt and records why.
     return await _succeed(core, limits, key, client, user, new_hash, opener)
 
 

@@ -67,7 +67,7 @@ async def _open(
         user_id=user.id,
         created_at=now,
         last_used_at=now,
-        expires_at=now + _lifetime(core),
+        expires_at=now + session_lifetime(core),
         user_agent=(client.user_agent or "")[:512] or None,
         ip_address=client.ip_address,
         cookie_hash=cookie_hash,
@@ -77,7 +77,8 @@ async def _open(
     return session
 
 
-def _lifetime(core: Core) -> timedelta:
+def session_lifetime(core: Core) -> timedelta:
+    """How long a new session lives (``AUTHDB_REFRESH_TOKEN_EXPIRE_DAYS``)."""
     return timedelta(days=core.settings.refresh_token_expire_days)
 
 
@@ -94,7 +95,7 @@ async def start_browser_session(
     the same way, but carried by a cookie secret (stored as its SHA-256) instead of tokens."""
     cookie = new_opaque_token()
     session = await _open(core, db, user, client, cookie_hash=hash_opaque_token(cookie))
-    return BrowserSession(cookie, session.id, int(_lifetime(core).total_seconds()))
+    return BrowserSession(cookie, session.id, int(session_lifetime(core).total_seconds()))
 
 
 async def authenticate_cookie(core: Core, cookie: str) -> Authenticated:

@@ -1,0 +1,353 @@
+"""A password sign-in's reads and its write, on each backend's native path.
+
+A sign-in through the ORM costs about 40 round trips between the event loop and the driver
+(on SQLite, each a hop to aiosqlite's thread), and under a flood of other requests every one
+of them waits its turn on the loop. The common case, a right password opening a session, is
+therefore done here in few statements, compiled once from SQLAlchemy Core:
+
+* ``subject``: the user a login name names and the lock standing on its counter, in one
+  SELECT, whether or not the name matches anyone (so neither case takes more steps);
+* ``commit``: in one transaction, forgive the counter's unlocked failures, refuse if a lock
+  stands, stamp ``last_login_at``, insert the session, its refresh token and the audit rows
+  chained to the trail's head.
+
+On SQLite the read runs on the loop (a WAL read never waits for writers) and the write on one
+connection in one call to a worker thread; on PostgreSQL both use asyncpg on a connection of
+the engine's pool. Everything rarer (MFA, a rehash, a refusal, a lock) stays in the ORM.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sqlite3
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, Literal, Protocol
+
+from sqlalchemy import String, bindparam, case, cast, delete, insert, literal, or_, select, update
+from sqlalchemy.dialects.postgresql.asyncpg import dialect as asyncpg_dialect
+from sqlalchemy.dialects.sqlite.pysqlite import dialect as sqlite_dialect
+from sqlalchemy.engine import URL
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from authdb.db.models import AuditEvent, AuthSession, LoginFailure, RefreshToken, User
+from authdb.db.session_reader import (
+    USER_COLUMNS,
+    Compiled,
+    sqlite_converter,
+    sqlite_datetime,
+    sqlite_read_datetime,
+)
+
+# The audit chain's advisory lock on PostgreSQL (an arbitrary 64-bit constant, distinct from the
+# signing keys'): every audited transaction takes it (see authdb.services.audit_chain).
+AUDIT_CHAIN_LOCK = 0x61756469745F6368  # "audit_ch"
+
+
+@dataclass(frozen=True, slots=True)
+class Subject:
+    """What a login name names: the user's column values (JSON columns as text), or None;
+    and when the lock on its counter ends (aware UTC), or None when none was ever set."""
+
+    user: dict[str, Any] | None
+    locked_until: datetime | None
+
+
+@dataclass(frozen=True, slots=True)
+class NewSession:
+    """The rows a successful sign-in writes. ``now`` is aware UTC; ``cookie_hash`` is set for a
+    browser session, ``refresh_hash`` for an API one."""
+
+    user_id: int
+    lock_key: str
+    now: datetime
+    expires_at: datetime
+    user_agent: str | None
+    ip_address: str | None
+    cookie_hash: str | None = None
+    refresh_hash: str | None = None
+
+
+# Given the new session's id and the trail's head (chain_seq, row_hash; 0 and None when the
+# trail is empty), the audit rows to insert: AuditEvent's columns, ``detail`` JSON-able.
+AuditRows = Callable[[int, int, str | None], list[dict[str, Any]]]
+# The new session's id; "locked" when a lock stands on the counter; "gone" when the user's row
+# was deleted meanwhile. Nothing is written unless a session id is returned.
+Outcome = int | Literal["locked", "gone"]
+
+
+class SignInStore(Protocol):
+    async def subject(self, login_key: str, name_key: str, now: datetime) -> Subject:
+        """The user whose username (else email) key is ``login_key``, and the lock on their
+        counter (``user:<id>``), or on ``name_key`` when nobody has that name."""
+
+    async def commit(self, new: NewSession, audit_rows: AuditRows) -> Outcome:
+        """Open the session in one transaction (see the module's docstring)."""
+
+    async def close(self) -> None: ...
+
+
+# --- the statements, compiled once per dialect ----------------------------------------------------
+
+
+def _subject_statement() -> Any:
+    key: Any = bindparam("key")
+    match = (
+        select(User.id)
+        .where(or_(User.username_key == key, User.email_key == key))
+        .order_by(case((User.username_key == key, 0), else_=1))  # a username wins
+        .limit(1)
+        .scalar_subquery()
+    )
+    one = select(literal(1).label("one")).subquery("one")
+    counter = case(
+        (User.id.is_(None), bindparam("name_key")),
+        else_=literal("user:", String) + cast(User.id, String),
+    )
+    return (
+        select(LoginFailure.locked_until, *User.__table__.columns)
+        .select_from(one)
+        .outerjoin(User, User.id == match)
+        .outerjoin(LoginFailure, LoginFailure.key == counter)
+    )
+
+
+# The columns of a new audit row (``id`` is the database's).
+_AUDIT = (
+    "created_at", "event", "user_id", "actor_id", "ip_address", "user_agent", "detail",
+    "chain_seq", "prev_hash", "row_hash",
+)  # fmt: skip
+_NOW = bindparam("now", type_=LoginFailure.locked_until.type)
+_UNLOCKED = LoginFailure.locked_until.is_(None) | (LoginFailure.locked_until <= _NOW)
+_STATEMENTS: dict[str, Any] = {
+    "subject": _subject_statement(),
+    "forgive": delete(LoginFailure).where(LoginFailure.key == bindparam("key"), _UNLOCKED),
+    "lock": select(LoginFailure.locked_until).where(
+        LoginFailure.key == bindparam("key"), LoginFailure.locked_until > _NOW
+    ),
+    "stamp": update(User)
+    .where(User.id == bindparam("uid"))
+    .values(last_login_at=_NOW, updated_at=_NOW),
+    "session": insert(AuthSession).values(
+        user_id=bindparam("uid"),
+        created_at=_NOW,
+        last_used_at=_NOW,
+        expires_at=bindparam("expires_at", type_=AuthSession.expires_at.type),
+        user_agent=bindparam("user_agent", type_=String),
+        ip_address=bindparam("ip_address", type_=String),
+        cookie_hash=bindparam("cookie_hash", type_=String),
+    ),
+    # inline(): no RETURNING of the new ids, which nothing reads.
+    "refresh": insert(RefreshToken)
+    .values(session_id=bindparam("sid"), token_hash=bindparam("token_hash"), created_at=_NOW)
+    .inline(),
+    "head": select(AuditEvent.chain_seq, AuditEvent.row_hash)
+    .order_by(AuditEvent.chain_seq.desc())
+    .limit(1),
+    "audit": insert(AuditEvent).values(
+        {name: bindparam(name, type_=AuditEvent.__table__.c[name].type) for name in _AUDIT}
+    )
+    .inline(),
+}
+
+
+def _compile(dialect: Any, *, returning_id: bool) -> dict[str, Compiled]:
+    statements = dict(_STATEMENTS)
+    if returning_id:
+        statements["session"] = statements["session"].returning(AuthSession.id)
+    return {name: Compiled.of(statement, dialect) for name, statement in statements.items()}
+
+
+def _session_args(new: NewSession, at: Callable[[datetime], Any]) -> dict[str, Any]:
+    return {
+        "uid": new.user_id,
+        "now": at(new.now),
+        "expires_at": at(new.expires_at),
+        "user_agent": new.user_agent,
+        "ip_address": new.ip_address,
+        "cookie_hash": new.cookie_hash,
+    }
+
+
+def _audit_args(row: dict[str, Any], at: Callable[[datetime], Any]) -> dict[str, Any]:
+    detail = row["detail"]
+    return {
+        **row,
+        "created_at": at(row["created_at"]),
+        "detail": None if detail is None else json.dumps(detail),
+    }
+
+
+# --- SQLite ---------------------------------------------------------------------------------------
+
+
+class SQLiteSignIn:
+    """Reads on the loop (a read-only autocommit connection, as the session check's), writes
+    on a connection of their own in one worker thread: one hop per sign-in."""
+
+    def __init__(self, url: URL) -> None:
+        self._path = url.database or ":memory:"
+        self._sql = _compile(sqlite_dialect(), returning_id=False)
+        self._convert = [sqlite_converter(column) for column in User.__table__.columns]
+        self._reader: sqlite3.Connection | None = None
+        self._writer: sqlite3.Connection | None = None
+        self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="authdb-sign-in")
+
+    def _read_connection(self) -> sqlite3.Connection:
+        if self._reader is None:
+            connection = sqlite3.connect(
+                self._path, timeout=5, isolation_level=None, check_same_thread=False
+            )
+            connection.execute("PRAGMA query_only=ON")
+            self._reader = connection
+        return self._reader
+
+    async def subject(self, login_key: str, name_key: str, now: datetime) -> Subject:
+        sql = self._sql["subject"]
+        row = self._read_connection().execute(sql.sql, sql.args(key=login_key, name_key=name_key))
+        values = row.fetchone()
+        locked_until = None if values[0] is None else sqlite_read_datetime(values[0])
+        if values[1] is None:
+            return Subject(None, locked_until)
+        user = {n: f(v) for n, f, v in zip(USER_COLUMNS, self._convert, values[1:], strict=True)}
+        return Subject(user, locked_until)
+
+    async def commit(self, new: NewSession, audit_rows: AuditRows) -> Outcome:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._thread, self._write, new, audit_rows)
+
+    def _write_connection(self) -> sqlite3.Connection:
+        if self._writer is None:
+            # As authdb.db.engine tunes the engine's connections.
+            connection = sqlite3.connect(
+                self._path, timeout=30, isolation_level=None, check_same_thread=False
+            )
+            for pragma in ("foreign_keys=ON", "busy_timeout=30000", "synchronous=NORMAL"):
+                connection.execute(f"PRAGMA {pragma}")
+            self._writer = connection
+        return self._writer
+
+    def _write(self, new: NewSession, audit_rows: AuditRows) -> Outcome:
+        connection = self._write_connection()
+        connection.execute("BEGIN IMMEDIATE")
+        try:
+            outcome = self._statements(connection, new, audit_rows)
+        except BaseException:
+            connection.execute("ROLLBACK")
+            raise
+        connection.execute("COMMIT" if isinstance(outcome, int) else "ROLLBACK")
+        return outcome
+
+    def _statements(
+        self, connection: sqlite3.Connection, new: NewSession, audit_rows: AuditRows
+    ) -> Outcome:
+        sql, at = self._sql, sqlite_datetime
+        args = _session_args(new, at)
+
+        def run(name: str, **params: Any) -> sqlite3.Cursor:
+            return connection.execute(sql[name].sql, sql[name].args(**params))
+
+        run("forgive", key=new.lock_key, now=args["now"])
+        if run("lock", key=new.lock_key, now=args["now"]).fetchone() is not None:
+            return "locked"
+        if run("stamp", uid=new.user_id, now=args["now"]).rowcount == 0:
+            return "gone"
+        session_id = run("session", **args).lastrowid
+        assert session_id is not None
+        if new.refresh_hash is not None:
+            run("refresh", sid=session_id, token_hash=new.refresh_hash, now=args["now"])
+        head = run("head").fetchone()
+        rows = audit_rows(session_id, *(head or (0, None)))
+        audit = sql["audit"]
+        connection.executemany(audit.sql, [audit.args(**_audit_args(r, at)) for r in rows])
+        return session_id
+
+    async def close(self) -> None:
+        # The worker thread is idle between calls; closing from the loop is safe then.
+        for connection in (self._reader, self._writer):
+            if connection is not None:
+                connection.close()
+        self._reader = self._writer = None
+        self._thread.shutdown(wait=False)
+
+
+# --- PostgreSQL -----------------------------------------------------------------------------------
+
+
+class AsyncpgSignIn:
+    """asyncpg statements on a connection checked out of the engine's pool (so the pool size,
+    its pre-ping and PgBouncer's settings apply as to every other transaction)."""
+
+    def __init__(self, engine: AsyncEngine) -> None:
+        self._engine = engine
+        self._sql = _compile(asyncpg_dialect(), returning_id=True)  # type: ignore[no-untyped-call]
+
+    async def subject(self, login_key: str, name_key: str, now: datetime) -> Subject:
+        sql = self._sql["subject"]
+        async with self._engine.connect() as connection:
+            raw = (await connection.get_raw_connection()).driver_connection
+            assert raw is not None
+            row = await raw.fetchrow(sql.sql, *sql.args(key=login_key, name_key=name_key))
+        values = list(row.values())
+        if values[1] is None:
+            return Subject(None, values[0])
+        return Subject(dict(zip(USER_COLUMNS, values[1:], strict=True)), values[0])
+
+    async def commit(self, new: NewSession, audit_rows: AuditRows) -> Outcome:
+        try:
+            async with self._engine.connect() as connection:
+                raw = (await connection.get_raw_connection()).driver_connection
+                assert raw is not None
+                async with raw.transaction():
+                    outcome = await self._statements(raw, new, audit_rows)
+                    if not isinstance(outcome, int):
+                        raise _Undo(outcome)
+        except _Undo as undone:
+            return undone.outcome
+        return outcome
+
+    async def _statements(self, raw: Any, new: NewSession, audit_rows: AuditRows) -> Outcome:
+        sql = self._sql
+        args = _session_args(new, lambda moment: moment)
+        now = new.now
+        await raw.execute(sql["forgive"].sql, *sql["forgive"].args(key=new.lock_key, now=now))
+        if await raw.fetchval(sql["lock"].sql, *sql["lock"].args(key=new.lock_key, now=now)):
+            return "locked"
+        stamped = await raw.execute(sql["stamp"].sql, *sql["stamp"].args(uid=new.user_id, now=now))
+        if stamped == "UPDATE 0":
+            return "gone"
+        session_id = await raw.fetchval(sql["session"].sql, *sql["session"].args(**args))
+        if new.refresh_hash is not None:
+            await raw.execute(
+                sql["refresh"].sql,
+                *sql["refresh"].args(sid=session_id, token_hash=new.refresh_hash, now=now),
+            )
+        # The head is read by a statement of its own after the lock is held, so that it sees
+        # what the lock's previous holder committed (READ COMMITTED: a snapshot per statement).
+        await raw.execute("SELECT pg_advisory_xact_lock($1)", AUDIT_CHAIN_LOCK)
+        head = await raw.fetchrow(sql["head"].sql, *sql["head"].args())
+        rows = audit_rows(session_id, *(tuple(head.values()) if head else (0, None)))
+        audit = sql["audit"]
+        await raw.executemany(audit.sql, [audit.args(**_audit_args(r, lambda m: m)) for r in rows])
+        return int(session_id)
+
+    async def close(self) -> None:
+        pass  # the engine's pool is the engine's to dispose
+
+
+class _Undo(Exception):
+    """Rolls the transaction back while carrying the outcome out of it."""
+
+    def __init__(self, outcome: Outcome) -> None:
+        super().__init__(outcome)
+        self.outcome = outcome
+
+
+def create_sign_in_store(engine: AsyncEngine) -> SignInStore:
+    """The native sign-in path for ``engine``'s database."""
+    if engine.dialect.name == "sqlite":
+        return SQLiteSignIn(engine.url)
+    return AsyncpgSignIn(engine)
