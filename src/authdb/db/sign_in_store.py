@@ -236,7 +236,8 @@ class SQLiteSignIn:
         try:
             outcome = self._statements(connection, new, audit_rows)
         except BaseException:
-            connection.execute("ROLLBACK")
+            if connection.in_transaction:  # some errors (a full disk) end it themselves
+                connection.execute("ROLLBACK")
             raise
         connection.execute("COMMIT" if isinstance(outcome, int) else "ROLLBACK")
         return outcome

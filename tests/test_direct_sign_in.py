@@ -1,0 +1,223 @@
+"""The common sign-in on the native path (authdb.db.sign_in_store): what it writes, that it
+skips the ORM, and that everything rarer still takes the ORM path."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import contextmanager
+from datetime import timedelta
+from typing import Any
+
+import pytest
+from sqlalchemy import event, func, select
+
+from authdb.db.models import AuditEvent, AuthSession, LoginFailure, RefreshToken, User
+from authdb.services import audit, audit_chain, lockout
+from authdb.tokens import hash_opaque_token
+from tests.conftest import PASSWORD, Harness
+
+MakeHarness = Callable[..., Awaitable[Harness]]
+WRONG = "not the right password"
+
+
+@contextmanager
+def orm_statements(harness: Harness) -> Iterator[list[str]]:
+    """The SQL statements the engine (the ORM's path) runs meanwhile."""
+    seen: list[str] = []
+    engine = harness.auth.core.engine.sync_engine
+
+    def before(_conn: Any, _cursor: Any, statement: str, *_: Any) -> None:
+        seen.append(statement)
+
+    event.listen(engine, "before_cursor_execute", before)
+    try:
+        yield seen
+    finally:
+        event.remove(engine, "before_cursor_execute", before)
+
+
+async def _token(harness: Harness, name: str = "alice", password: str = PASSWORD) -> Any:
+    return await harness.client.post("/token", data={"username": name, "password": password})
+
+
+async def _count(harness: Harness, model: Any, *where: Any) -> int:
+    async with harness.auth.core.sessionmaker() as db:
+        return int(await db.scalar(select(func.count()).select_from(model).where(*where)) or 0)
+
+
+async def test_a_right_password_opens_the_session_without_the_orm(
+    make_harness: MakeHarness,
+) -> None:
+    harness = await make_harness(prune_every_n_logins=1_000_000)
+    user = await harness.create_user()
+    with orm_statements(harness) as seen:
+        response = await _token(harness)
+    assert response.status_code == 200, response.text
+    assert seen == []
+    body = response.json()
+    # What the ORM path wrote is all there: the session, its refresh token, the stamp.
+    async with harness.auth.core.sessionmaker() as db:
+        stored = await db.get(User, user.id)
+        assert stored is not None and stored.last_login_at is not None
+        session = await db.scalar(select(AuthSession).where(AuthSession.user_id == user.id))
+        assert session is not None and session.cookie_hash is None
+        assert session.expires_at > session.created_at == stored.last_login_at
+        token = await db.scalar(
+            select(RefreshToken).where(
+                RefreshToken.token_hash == hash_opaque_token(body["refresh_token"])
+            )
+        )
+        assert token is not None and token.session_id == session.id
+        row = await db.scalar(select(AuditEvent).where(AuditEvent.event == "login_ok"))
+    assert row is not None
+    assert row.detail == {"session_id": session.id, "mfa": None}
+    assert row.user_id == user.id
+    # The tokens work, and the new session can be refreshed and revoked.
+    me = await harness.client.get(
+        "/users/me", headers={"Authorization": f"Bearer {body['access_token']}"}
+    )
+    assert me.status_code == 200 and me.json()["last_login_at"] is not None
+    refreshed = await harness.client.post(
+        "/token", data={"grant_type": "refresh_token", "refresh_token": body["refresh_token"]}
+    )
+    assert refreshed.status_code == 200, refreshed.text
+    assert (await audit_chain.verify(harness.auth.core)).ok
+
+
+async def test_a_right_password_forgives_the_failures_before_it(make_harness: MakeHarness) -> None:
+    harness = await make_harness(login_max_failures=3)
+    user = await harness.create_user()
+    for _ in range(2):
+        assert (await _token(harness, password=WRONG)).status_code == 401
+    assert await _count(harness, LoginFailure, LoginFailure.key == f"user:{user.id}") == 1
+    assert (await _token(harness)).status_code == 200
+    assert await _count(harness, LoginFailure, LoginFailure.key == f"user:{user.id}") == 0
+    # A fresh run: two more failures do not lock (the count started again).
+    for _ in range(2):
+        assert (await _token(harness, password=WRONG)).status_code == 401
+    assert (await _token(harness)).status_code == 200
+
+
+async def test_a_lock_set_while_the_password_is_checked_refuses_it(
+    make_harness: MakeHarness,
+) -> None:
+    """Failures of a concurrent burst that lock the account during this attempt's hash win:
+    the native transaction finds the lock, and the ORM path answers 429 and audits it."""
+    harness = await make_harness(login_max_failures=2, login_lockout_minutes=15)
+    user = await harness.create_user()
+    core = harness.auth.core
+    verify = core.hasher.verify
+
+    async def verify_then_lock(password: str, hashed: str | None) -> Any:
+        result = await verify(password, hashed)
+        async with core.sessionmaker.begin() as db:
+            for _ in range(2):
+                await lockout.record_failure(
+                    db,
+                    f"user:{user.id}",
+                    core.clock(),
+                    max_failures=2,
+                    lockout=timedelta(minutes=15),
+                )
+        return result
+
+    core.hasher.verify = verify_then_lock  # type: ignore[method-assign]
+    response = await _token(harness)
+    assert response.status_code == 429, response.text
+    assert await _count(harness, AuthSession) == 0
+    assert await _count(harness, AuditEvent, AuditEvent.event == "login_locked") == 1
+    assert await _count(harness, AuditEvent, AuditEvent.event == "login_ok") == 0
+
+
+async def test_a_user_deleted_while_the_password_is_checked_gets_no_session(
+    make_harness: MakeHarness,
+) -> None:
+    harness = await make_harness()
+    user = await harness.create_user()
+    core = harness.auth.core
+    verify = core.hasher.verify
+
+    async def verify_then_delete(password: str, hashed: str | None) -> Any:
+        result = await verify(password, hashed)
+        await harness.auth.users.delete(user.id)
+        return result
+
+    core.hasher.verify = verify_then_delete  # type: ignore[method-assign]
+    response = await _token(harness)
+    assert response.status_code == 401, response.text
+    assert response.json()["detail"] == "Incorrect username or password"
+    assert await _count(harness, AuthSession) == 0
+    assert await _count(harness, AuditEvent, AuditEvent.event == "login_ok") == 0
+
+
+async def test_rarer_cases_take_the_orm_path(make_harness: MakeHarness) -> None:
+    """A rehash (changed argon2 cost) and a refused account are written through the ORM."""
+    harness = await make_harness()
+    await harness.create_user()
+    await harness.create_user("bob", disabled=True)
+    with orm_statements(harness) as seen:
+        assert (await _token(harness, "bob")).status_code == 400
+    assert any("audit_events" in statement for statement in seen)
+    assert await _count(harness, AuditEvent, AuditEvent.event == "login_refused") == 1
+    stronger = await make_harness(password_hash_time_cost=2)
+    with orm_statements(stronger) as seen:
+        assert (await _token(stronger)).status_code == 200
+    assert any(statement.startswith("UPDATE users SET hashed_password") for statement in seen)
+    assert (await audit_chain.verify(harness.auth.core)).ok
+
+
+async def test_subscribers_and_callbacks_hear_of_the_sign_in(make_harness: MakeHarness) -> None:
+    harness = await make_harness()
+    user = await harness.create_user()
+    heard: list[audit.SecurityEvent] = []
+    called: list[Any] = []
+    unsubscribe = audit.subscribe(heard.append)
+
+    @harness.auth.on("login")
+    async def on_login(snapshot: Any, client: Any) -> None:
+        called.append((snapshot, client))
+
+    try:
+        response = await _token(harness)
+        assert response.status_code == 200
+        await harness.auth.hooks.drain()
+    finally:
+        unsubscribe()
+    logins = [item for item in heard if item.name == "login_ok"]
+    async with harness.auth.core.sessionmaker() as db:
+        session_id = await db.scalar(select(AuthSession.id))
+    assert [(item.user_id, item.detail) for item in logins] == [
+        (user.id, {"session_id": session_id, "mfa": None})
+    ]
+    assert len(called) == 1
+    snapshot, _client = called[0]
+    assert snapshot.id == user.id and snapshot.last_login_at is not None
+
+
+async def test_the_trail_stays_one_chain_under_concurrent_sign_ins(
+    make_harness: MakeHarness,
+) -> None:
+    """Native sign-ins and ORM-recorded events interleave on one hash chain."""
+    harness = await make_harness(login_max_failures=1000)
+    for name in ("alice", "bob", "carol"):
+        await harness.create_user(name)
+    attempts = [
+        _token(harness, name, PASSWORD if i % 3 else WRONG)
+        for i, name in enumerate(["alice", "bob", "carol"] * 6)
+    ]
+    statuses = sorted(r.status_code for r in await asyncio.gather(*attempts))
+    assert statuses == [200] * 12 + [401] * 6
+    report = await audit_chain.verify(harness.auth.core)
+    assert report.ok, report
+    assert await _count(harness, AuditEvent, AuditEvent.event == "login_ok") == 12
+    assert report.count == await _count(harness, AuditEvent)
+
+
+@pytest.mark.parametrize("name", ["alice", "ALICE", "alice@example.com", "Alice@Example.COM"])
+async def test_usernames_and_emails_are_matched_as_before(
+    make_harness: MakeHarness, name: str
+) -> None:
+    harness = await make_harness()
+    await harness.create_user()
+    assert (await _token(harness, name)).status_code == 200
