@@ -147,9 +147,8 @@ _STATEMENTS: dict[str, Any] = {
     "head": select(AuditEvent.chain_seq, AuditEvent.row_hash)
     .order_by(AuditEvent.chain_seq.desc())
     .limit(1),
-    "audit": insert(AuditEvent).values(
-        {name: bindparam(name, type_=AuditEvent.__table__.c[name].type) for name in _AUDIT}
-    )
+    "audit": insert(AuditEvent)
+    .values({name: bindparam(name, type_=AuditEvent.__table__.c[name].type) for name in _AUDIT})
     .inline(),
 }
 

@@ -102,4 +102,3 @@ async def _commit(core: Core, user: User, client: ClientInfo, new: NewSession) -
     if core.hooks is not None:
         core.hooks.committed("login_ok", user, client, events[0].detail)
     return opened
-
