@@ -72,7 +72,8 @@ class NewSession:
 
 
 # Given the new session's id and the trail's head (chain_seq, row_hash; 0 and None when the
-# trail is empty), the audit rows to insert: AuditEvent's columns, ``detail`` JSON-able.
+# trail is empty), the audit rows to insert: AuditEvent's columns, ``detail`` JSON-able. Called
+# inside the transaction (on SQLite, in the worker thread): an exception it raises undoes it.
 AuditRows = Callable[[int, int, str | None], list[dict[str, Any]]]
 # The new session's id; "locked" when a lock stands on the counter; "gone" when the user's row
 # was deleted meanwhile. Nothing is written unless a session id is returned.
@@ -193,7 +194,7 @@ class SQLiteSignIn:
         self._convert = [sqlite_converter(column) for column in User.__table__.columns]
         self._reader: sqlite3.Connection | None = None
         self._writer: sqlite3.Connection | None = None
-        self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="authdb-sign-in")
+        self._thread: ThreadPoolExecutor | None = None
 
     def _read_connection(self) -> sqlite3.Connection:
         if self._reader is None:
@@ -215,6 +216,8 @@ class SQLiteSignIn:
         return Subject(user, locked_until)
 
     async def commit(self, new: NewSession, audit_rows: AuditRows) -> Outcome:
+        if self._thread is None:  # (again, after close: an Auth may be started anew)
+            self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="authdb-sign-in")
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._thread, self._write, new, audit_rows)
 
@@ -266,12 +269,20 @@ class SQLiteSignIn:
         return session_id
 
     async def close(self) -> None:
-        # The worker thread is idle between calls; closing from the loop is safe then.
-        for connection in (self._reader, self._writer):
-            if connection is not None:
-                connection.close()
-        self._reader = self._writer = None
-        self._thread.shutdown(wait=False)
+        # The writer is closed by its own thread, after any write still in flight.
+        if self._thread is not None:
+            loop = asyncio.get_running_loop()
+            await loop.run_in_executor(self._thread, self._close_writer)
+            self._thread.shutdown(wait=False)
+            self._thread = None
+        if self._reader is not None:
+            self._reader.close()
+            self._reader = None
+
+    def _close_writer(self) -> None:
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = None
 
 
 # --- PostgreSQL -----------------------------------------------------------------------------------

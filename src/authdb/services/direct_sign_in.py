@@ -12,8 +12,9 @@ authdb.services.login.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from datetime import datetime
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 from authdb.db.models import User
 from authdb.db.session_reader import detached_user
@@ -26,6 +27,7 @@ from authdb.tokens import hash_opaque_token, new_opaque_token
 
 # Why the native transaction wrote nothing: a lock stands, or the user's row is gone.
 NotOpened = Literal["locked", "gone"]
+SessionT = TypeVar("SessionT", TokenPair, BrowserSession)
 
 
 async def subject(
@@ -49,11 +51,13 @@ async def api_session(
     refresh = new_opaque_token()
     now = core.clock()
     new = _new_session(core, user, key, client, now, refresh_hash=hash_opaque_token(refresh))
-    opened = await _commit(core, user, client, new)
-    if isinstance(opened, str):
-        return opened
-    access = core.jwt.encode(user_id=user.id, session_id=opened, now=now)
-    return TokenPair(access, refresh, int(core.jwt.lifetime.total_seconds()), opened)
+    lifetime = int(core.jwt.lifetime.total_seconds())
+
+    def pair(session_id: int) -> TokenPair:
+        access = core.jwt.encode(user_id=user.id, session_id=session_id, now=now)
+        return TokenPair(access, refresh, lifetime, session_id)
+
+    return await _commit(core, user, client, new, pair)
 
 
 async def browser_session(
@@ -62,10 +66,8 @@ async def browser_session(
     """A cookie-carried session for ``user``, in one native transaction."""
     cookie = new_opaque_token()
     new = _new_session(core, user, key, client, core.clock(), cookie_hash=hash_opaque_token(cookie))
-    opened = await _commit(core, user, client, new)
-    if isinstance(opened, str):
-        return opened
-    return BrowserSession(cookie, opened, int(session_lifetime(core).total_seconds()))
+    max_age = int(session_lifetime(core).total_seconds())
+    return await _commit(core, user, client, new, lambda sid: BrowserSession(cookie, sid, max_age))
 
 
 def _new_session(
@@ -82,10 +84,20 @@ def _new_session(
     )
 
 
-async def _commit(core: Core, user: User, client: ClientInfo, new: NewSession) -> int | NotOpened:
+async def _commit(
+    core: Core,
+    user: User,
+    client: ClientInfo,
+    new: NewSession,
+    seal: Callable[[int], SessionT],
+) -> SessionT | NotOpened:
+    """Write ``new``; ``seal`` makes what the client gets from the session id, inside the
+    transaction, so that a failure there (no usable signing key) writes nothing."""
+    sealed: list[SessionT] = []
     events: list[audit.SecurityEvent] = []
 
-    def audit_rows(session_id: int, seq: int, prev: str | None) -> list[dict[str, Any]]:
+    def finish(session_id: int, seq: int, prev: str | None) -> list[dict[str, Any]]:
+        sealed.append(seal(session_id))
         # As login.open_session records it: the session, and no second factor.
         event = audit.event_of(
             "login_ok", client=client, now=new.now, user_id=user.id, session_id=session_id, mfa=None
@@ -93,12 +105,12 @@ async def _commit(core: Core, user: User, client: ClientInfo, new: NewSession) -
         events.append(event)
         return audit_chain.chained([audit.row_of(event)], seq, prev)
 
-    opened = await core.sign_in.commit(new, audit_rows)
+    opened = await core.sign_in.commit(new, finish)
     if isinstance(opened, str):
         return opened
-    # As the ORM path's commit leaves the row (the stamp's values), then as every commit does.
-    user.last_login_at = user.updated_at = new.now
     audit.announce(events)
     if core.hooks is not None:
-        core.hooks.committed("login_ok", user, client, events[0].detail)
-    return opened
+        # The callbacks' task loads the user as it now stands: a change committed while the
+        # password was checked must show, as on the ORM path.
+        core.hooks.committed("login_ok", user.id, client, events[0].detail)
+    return sealed[0]

@@ -258,13 +258,13 @@ class Hooks:
                 return
 
     def committed(
-        self, audit_event: str, user: User, client: ClientInfo, detail: Mapping[str, object]
+        self, audit_event: str, user_id: int, client: ClientInfo, detail: Mapping[str, object]
     ) -> None:
         """Schedule the callbacks of ``audit_event``, committed outside any ORM session (a
-        sign-in on the native path), with ``user`` as it now stands in the database."""
+        sign-in on the native path); their task loads the user as it then stands."""
         names = self.wanted(audit_event, detail)
         if names:
-            self._schedule([_Due(names, user.id, None, client, UserSnapshot.of(user))])
+            self._schedule([_Due(names, user_id, None, client)])
 
     def _schedule(self, due: list[_Due]) -> None:
         try:
