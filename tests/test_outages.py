@@ -25,6 +25,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from authdb.db.engine import create_engine
 from authdb.db.outage import is_outage
+from authdb.db.sign_in_store import SignInStore
 from authdb.http.errors import install_error_handlers
 from tests.conftest import PASSWORD, PG_ADMIN_DSN, Harness, free_port, pg_database
 from tests.netfaults import TcpProxy
@@ -60,12 +61,15 @@ class SQLiteOutage:
 
     directory: Path
     engine: AsyncEngine
+    sign_in: SignInStore
     held: list[AsyncConnection] = field(default_factory=list)
 
     async def begin(self) -> None:
         self.directory.rename(self.directory.with_name("moved-away"))
         idle = self.engine.pool.checkedin()  # type: ignore[attr-defined]
         self.held = [await self.engine.connect() for _ in range(idle)]
+        # The native sign-in's connections likewise: closed, so that it must open new ones.
+        await self.sign_in.close()
 
     async def end(self) -> None:
         self.directory.with_name("moved-away").rename(self.directory)
@@ -86,7 +90,8 @@ async def outage_harness(
         directory = tmp_path / "data"
         directory.mkdir()
         harness = await make_harness(database_url=f"sqlite+aiosqlite:///{directory / 'authdb.db'}")
-        yield harness, SQLiteOutage(directory, harness.auth.core.engine)
+        core = harness.auth.core
+        yield harness, SQLiteOutage(directory, core.engine, core.sign_in)
         return
     proxy = await TcpProxy(target_port=5432).up()
     via_proxy = make_url(database_url).set(port=proxy.port).render_as_string(hide_password=False)

@@ -13,9 +13,10 @@ process and builds the ``User`` each request gets.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import sqlite3
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Protocol
@@ -253,21 +254,54 @@ class AsyncpgReader:
         return await self._fetch(self._cookie.sql, self._cookie.args(cookie=cookie_hash, now=now))
 
     async def _fetch(self, sql: str, args: list[Any]) -> LiveRow | None:
-        pool = await self._get_pool()
-        try:
-            row = await pool.fetchrow(sql, *args)
-        except Exception as exc:
-            # A pooled connection the server has cut (a restart, a terminated backend) fails
-            # once; the pool replaces it, so one more try of this read-only SELECT is safe.
-            # A server that refuses or does not answer would only fail (or wait) again.
-            if not is_outage(exc) or isinstance(exc, TimeoutError | ConnectionRefusedError):
-                raise
-            row = await pool.fetchrow(sql, *args)
+        row = await self.fetchrow(sql, args)
         if row is None:
             return None
         values = list(row.values())
         user = dict(zip(USER_COLUMNS, values[2:], strict=True))
         return LiveRow(values[0], values[1], user)
+
+    async def fetchrow(self, sql: str, args: list[Any]) -> Any:
+        """One row of a read-only statement (an asyncpg Record), or None."""
+        pool = await self._get_pool()
+        try:
+            return await pool.fetchrow(sql, *args)
+        except Exception as exc:
+            # A pooled connection the server has cut (a restart, a terminated backend) fails
+            # once; the pool replaces it, so one more try of a read-only SELECT is safe.
+            # A server that refuses or does not answer would only fail (or wait) again.
+            if not _worth_retrying(exc):
+                raise
+            return await pool.fetchrow(sql, *args)
+
+    @contextlib.asynccontextmanager
+    async def transaction(self) -> AsyncIterator[Any]:
+        """A pooled connection inside a transaction: committed when the block ends, rolled
+        back if it raises. A connection the server had cut is replaced once, when BEGIN fails
+        (nothing else was sent). The pool skips its reset, so a connection left inside a
+        transaction anyway (cancelled during the rollback) is closed, never reused."""
+        pool = await self._get_pool()
+        for attempt in (1, 2):
+            connection = await pool.acquire()
+            try:
+                transaction = connection.transaction()
+                try:
+                    await transaction.start()
+                except Exception as exc:
+                    if attempt == 1 and _worth_retrying(exc):
+                        continue
+                    raise
+                try:
+                    yield connection
+                except BaseException:
+                    # On a connection that died, the server has rolled back already.
+                    with contextlib.suppress(Exception):
+                        await transaction.rollback()
+                    raise
+                await transaction.commit()
+                return
+            finally:
+                await _release(pool, connection)
 
     async def close(self) -> None:
         if self._pool is not None:
@@ -278,3 +312,18 @@ class AsyncpgReader:
 async def _keep_as_is(_connection: Any) -> None:
     """Skip asyncpg's reset on release (a round trip each time): the pool runs only one
     read-only SELECT outside any transaction, which leaves no state behind to reset."""
+
+
+def _worth_retrying(exc: Exception) -> bool:
+    return is_outage(exc) and not isinstance(exc, TimeoutError | ConnectionRefusedError)
+
+
+async def _release(pool: Any, connection: Any) -> None:
+    """Give ``connection`` back to ``pool``; one still inside a transaction is closed first."""
+    try:
+        stuck = connection.is_in_transaction()
+    except Exception:
+        stuck = False  # the pool took it back already, when the server closed it
+    if stuck:
+        connection.terminate()
+    await pool.release(connection)

@@ -31,12 +31,13 @@ from sqlalchemy import String, bindparam, case, cast, delete, insert, literal, o
 from sqlalchemy.dialects.postgresql.asyncpg import dialect as asyncpg_dialect
 from sqlalchemy.dialects.sqlite.pysqlite import dialect as sqlite_dialect
 from sqlalchemy.engine import URL
-from sqlalchemy.ext.asyncio import AsyncEngine
 
 from authdb.db.models import AuditEvent, AuthSession, LoginFailure, RefreshToken, User
 from authdb.db.session_reader import (
     USER_COLUMNS,
+    AsyncpgReader,
     Compiled,
+    RowReader,
     sqlite_converter,
     sqlite_datetime,
     sqlite_read_datetime,
@@ -154,11 +155,8 @@ _STATEMENTS: dict[str, Any] = {
 }
 
 
-def _compile(dialect: Any, *, returning_id: bool) -> dict[str, Compiled]:
-    statements = dict(_STATEMENTS)
-    if returning_id:
-        statements["session"] = statements["session"].returning(AuthSession.id)
-    return {name: Compiled.of(statement, dialect) for name, statement in statements.items()}
+def _compile(dialect: Any) -> dict[str, Compiled]:
+    return {name: Compiled.of(statement, dialect) for name, statement in _STATEMENTS.items()}
 
 
 def _session_args(new: NewSession, at: Callable[[datetime], Any]) -> dict[str, Any]:
@@ -190,7 +188,7 @@ class SQLiteSignIn:
 
     def __init__(self, url: URL) -> None:
         self._path = url.database or ":memory:"
-        self._sql = _compile(sqlite_dialect(), returning_id=False)
+        self._sql = _compile(sqlite_dialect())
         self._convert = [sqlite_converter(column) for column in User.__table__.columns]
         self._reader: sqlite3.Connection | None = None
         self._writer: sqlite3.Connection | None = None
@@ -289,55 +287,58 @@ class SQLiteSignIn:
 
 
 class AsyncpgSignIn:
-    """asyncpg statements on a connection checked out of the engine's pool (so the pool size,
-    its pre-ping and PgBouncer's settings apply as to every other transaction)."""
+    """asyncpg on the session check's pool (authdb.db.session_reader.AsyncpgReader): no
+    SQLAlchemy pool checkout, no pre-ping. After the BEGIN, one DELETE forgives the counter
+    and one statement does the rest of the sign-in (``_OPEN``), before the audit chain's lock;
+    eight round trips in all, with the read."""
 
-    def __init__(self, engine: AsyncEngine) -> None:
-        self._engine = engine
-        self._sql = _compile(asyncpg_dialect(), returning_id=True)  # type: ignore[no-untyped-call]
+    def __init__(self, reader: AsyncpgReader) -> None:
+        self._reader = reader
+        self._sql = _compile(asyncpg_dialect())  # type: ignore[no-untyped-call]
 
     async def subject(self, login_key: str, name_key: str, now: datetime) -> Subject:
         sql = self._sql["subject"]
-        async with self._engine.connect() as connection:
-            raw = (await connection.get_raw_connection()).driver_connection
-            assert raw is not None
-            row = await raw.fetchrow(sql.sql, *sql.args(key=login_key, name_key=name_key))
-        values = list(row.values())
+        values = list(
+            (
+                await self._reader.fetchrow(sql.sql, sql.args(key=login_key, name_key=name_key))
+            ).values()
+        )
         if values[1] is None:
             return Subject(None, values[0])
         return Subject(dict(zip(USER_COLUMNS, values[1:], strict=True)), values[0])
 
     async def commit(self, new: NewSession, audit_rows: AuditRows) -> Outcome:
         try:
-            async with self._engine.connect() as connection:
-                raw = (await connection.get_raw_connection()).driver_connection
-                assert raw is not None
-                async with raw.transaction():
-                    outcome = await self._statements(raw, new, audit_rows)
-                    if not isinstance(outcome, int):
-                        raise _Undo(outcome)
+            async with self._reader.transaction() as connection:
+                outcome = await self._statements(connection, new, audit_rows)
+                if not isinstance(outcome, int):
+                    raise _Undo(outcome)
         except _Undo as undone:
             return undone.outcome
         return outcome
 
     async def _statements(self, raw: Any, new: NewSession, audit_rows: AuditRows) -> Outcome:
-        sql = self._sql
-        args = _session_args(new, lambda moment: moment)
-        now = new.now
+        sql, now = self._sql, new.now
+        # Its own statement first: the lock is then read in a snapshot taken after the DELETE
+        # waited for any failure being counted concurrently (READ COMMITTED).
         await raw.execute(sql["forgive"].sql, *sql["forgive"].args(key=new.lock_key, now=now))
-        if await raw.fetchval(sql["lock"].sql, *sql["lock"].args(key=new.lock_key, now=now)):
-            return "locked"
-        stamped = await raw.execute(sql["stamp"].sql, *sql["stamp"].args(uid=new.user_id, now=now))
-        if stamped == "UPDATE 0":
-            return "gone"
-        session_id = await raw.fetchval(sql["session"].sql, *sql["session"].args(**args))
-        if new.refresh_hash is not None:
-            await raw.execute(
-                sql["refresh"].sql,
-                *sql["refresh"].args(sid=session_id, token_hash=new.refresh_hash, now=now),
-            )
-        # The head is read by a statement of its own after the lock is held, so that it sees
-        # what the lock's previous holder committed (READ COMMITTED: a snapshot per statement).
+        opened = await raw.fetchrow(
+            _OPEN,
+            new.lock_key,
+            now,
+            new.user_id,
+            new.expires_at,
+            new.user_agent,
+            new.ip_address,
+            new.cookie_hash,
+            new.refresh_hash,
+        )
+        session_id, locked = opened["session_id"], opened["locked"]
+        if session_id is None:
+            return "locked" if locked else "gone"
+        # The chain's lock last, as authdb.services.audit_chain takes it: held for the audit
+        # row and the commit only. The head is read by a statement of its own after the lock
+        # is held, so that it sees what the lock's previous holder committed.
         await raw.execute("SELECT pg_advisory_xact_lock($1)", AUDIT_CHAIN_LOCK)
         head = await raw.fetchrow(sql["head"].sql, *sql["head"].args())
         rows = audit_rows(session_id, *(tuple(head.values()) if head else (0, None)))
@@ -346,7 +347,32 @@ class AsyncpgSignIn:
         return int(session_id)
 
     async def close(self) -> None:
-        pass  # the engine's pool is the engine's to dispose
+        pass  # the pool is the session check's to close
+
+
+# Refuse if a lock stands; else stamp the user, open the session and store its refresh token
+# (when there is one). Nothing is written for a user deleted meanwhile. The sub-statements'
+# order does not matter: each depends on the one before through its RETURNING.
+_OPEN = """
+WITH locked AS (
+    SELECT 1 FROM login_failures WHERE key = $1::varchar AND locked_until > $2::timestamptz
+), stamped AS (
+    UPDATE users SET last_login_at = $2::timestamptz, updated_at = $2::timestamptz
+    WHERE id = $3::bigint AND NOT EXISTS (SELECT 1 FROM locked)
+    RETURNING id
+), opened AS (
+    INSERT INTO auth_sessions
+        (user_id, created_at, last_used_at, expires_at, user_agent, ip_address, cookie_hash)
+    SELECT id, $2::timestamptz, $2::timestamptz, $4::timestamptz, $5::varchar, $6::varchar,
+        $7::varchar
+    FROM stamped
+    RETURNING id
+), refreshed AS (
+    INSERT INTO refresh_tokens (session_id, token_hash, created_at)
+    SELECT id, $8::varchar, $2::timestamptz FROM opened WHERE $8::varchar IS NOT NULL
+)
+SELECT (SELECT id FROM opened) AS session_id, EXISTS (SELECT 1 FROM locked) AS locked
+"""
 
 
 class _Undo(Exception):
@@ -357,8 +383,9 @@ class _Undo(Exception):
         self.outcome = outcome
 
 
-def create_sign_in_store(engine: AsyncEngine) -> SignInStore:
-    """The native sign-in path for ``engine``'s database."""
-    if engine.dialect.name == "sqlite":
-        return SQLiteSignIn(engine.url)
-    return AsyncpgSignIn(engine)
+def create_sign_in_store(url: URL, reader: RowReader) -> SignInStore:
+    """The native sign-in path for ``url``'s database; on PostgreSQL ``reader`` (the session
+    check's AsyncpgReader) lends its pool."""
+    if isinstance(reader, AsyncpgReader):
+        return AsyncpgSignIn(reader)
+    return SQLiteSignIn(url)
