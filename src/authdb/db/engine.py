@@ -76,7 +76,8 @@ class PoolBudget:
         """Share ``total`` (at least 2, or 3 with a ``listener``) between the connections.
 
         On PostgreSQL the session check gets a third (at least one): its query is one indexed
-        read, far shorter than the ORM's transactions. On SQLite it holds a single connection.
+        read, far shorter than the ORM's transactions (password sign-ins share it, see
+        authdb.db.sign_in_store). On SQLite it holds a single connection.
         Raises ValueError when ``total`` is too small.
         """
         listening = 1 if listener else 0
