@@ -243,7 +243,7 @@ def _api_router(deps: AuthDeps, features: Features) -> APIRouter:
     still turn it off (``DELETE /users/{id}/mfa``, with ``admin``).
     """
     router = APIRouter()
-    builds = [tokens.build, discovery.build, me.build, events.build]
+    builds = [me.build, tokens.build, discovery.build, events.build]
     if features.mfa:
         builds.append(mfa.build)
     if features.passkeys:

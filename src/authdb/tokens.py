@@ -8,8 +8,9 @@ import hashlib
 import json
 import re
 import secrets
+import time
 import uuid
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
@@ -72,19 +73,44 @@ class KeySet:
     def is_hmac(self) -> bool:
         return self.symmetric
 
+    def verifies_as(self, other: KeySet) -> bool:
+        """Whether ``other`` accepts exactly the tokens this set accepts: the same key pairs
+        (a ``kid`` is the RFC 7638 thumbprint of its public key) with the same algorithms.
+        Not for HMAC sets, whose secret has no ``kid``: False."""
+        if self.symmetric or other.symmetric:
+            return False
+        mine = {kid: key.algorithm for kid, key in self.verifying.items()}
+        return mine == {kid: key.algorithm for kid, key in other.verifying.items()}
+
 
 class UnknownKeyId(InvalidAccessToken):
     """The token names a ``kid`` this key set does not hold (perhaps a newer key)."""
 
 
+# How many verified access tokens a codec remembers (see JWTCodec.decode): at most a few MB.
+MAX_VERIFIED_TOKENS = 10_000
+
+
 @dataclass(frozen=True, slots=True)
 class JWTCodec:
-    """Encodes and verifies access tokens; each key allows exactly one algorithm."""
+    """Encodes and verifies access tokens; each key allows exactly one algorithm.
+
+    A codec holds one key set: the key ring installs a new codec when the keys change, and
+    what one codec has verified (``decode``) is handed on only to a codec whose keys verify
+    the same tokens.
+    """
 
     keys: KeySet
     issuer: str
     audience: str
     lifetime: timedelta
+    # Seconds since the epoch, as PyJWT reads the time; tests move it.
+    clock: Callable[[], float] = field(default=time.time, compare=False)
+    # Tokens verified under these keys: token -> (its claims, its ``exp``), oldest first;
+    # handed on to the next codec when the keys it gets verify the same (KeySet.verifies_as).
+    verified: dict[str, tuple[AccessClaims, float]] = field(
+        default_factory=dict, compare=False, repr=False
+    )
 
     def encode(self, *, user_id: int, session_id: int, now: datetime) -> str:
         claims = {
@@ -107,7 +133,26 @@ class JWTCodec:
     def decode(self, token: str) -> AccessClaims:
         """The ids a valid token carries. Raises UnknownKeyId for a ``kid`` not in the key
         set, InvalidAccessToken for anything else wrong (RFC 8725 3.1: the algorithm comes from
-        our key, never from the token)."""
+        our key, never from the token).
+
+        A token verified once is remembered (the latest ``MAX_VERIFIED_TOKENS``) until its
+        ``exp``: verifying the same bytes under the same keys can only give the same answer,
+        and a client sends its token with every request. Revocation does not rest on this:
+        the session behind the token is checked on every request.
+        """
+        known = self.verified.get(token)
+        if known is None:
+            known = self._verify(token)
+            if len(self.verified) >= MAX_VERIFIED_TOKENS:
+                del self.verified[next(iter(self.verified))]  # the oldest
+            self.verified[token] = known
+        claims, expires = known
+        if self.clock() >= expires:  # as PyJWT checks ``exp``, with no leeway
+            del self.verified[token]
+            raise InvalidAccessToken("Signature has expired")
+        return claims
+
+    def _verify(self, token: str) -> tuple[AccessClaims, float]:
         key = self._verification_key(token)
         try:
             claims = jwt.decode(
@@ -118,10 +163,11 @@ class JWTCodec:
                 audience=self.audience,
                 options={"require": _REQUIRED_CLAIMS},
             )
-            return AccessClaims(
+            ids = AccessClaims(
                 user_id=_id_claim(claims["sub"], text=True),
                 session_id=_id_claim(claims["sid"], text=False),
             )
+            return ids, float(claims["exp"])
         except (jwt.PyJWTError, ValueError, TypeError, OverflowError) as exc:
             raise InvalidAccessToken(str(exc)) from exc
 

@@ -7,8 +7,10 @@ of a chunked body while it streams in.
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Iterator
+
 from fastapi import FastAPI
-from starlette.datastructures import Headers, MutableHeaders
+from starlette.datastructures import Headers
 from starlette.middleware.cors import CORSMiddleware
 from starlette.responses import JSONResponse, Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -73,10 +75,7 @@ class SecurityHeadersMiddleware:
             nonlocal started
             if message["type"] == "http.response.start":
                 started = True
-                headers = MutableHeaders(scope=message)
-                for name, value in SECURITY_HEADERS.items():
-                    headers.setdefault(name, value)
-                headers.setdefault("Cache-Control", DEFAULT_CACHE_CONTROL)
+                message["headers"] = _with_defaults(message.get("headers", ()))
             await send(message)
 
         try:
@@ -89,6 +88,21 @@ class SecurityHeadersMiddleware:
                 response = JSONResponse({"detail": "Internal server error"}, status_code=500)
                 await response(scope, receive, send_hardened)
             raise
+
+
+# The headers every response gets unless a route set its own, as raw (lower-case) ASGI pairs.
+_DEFAULT_HEADERS: tuple[tuple[bytes, bytes], ...] = tuple(
+    (name.lower().encode("latin-1"), value.encode("latin-1"))
+    for name, value in {**SECURITY_HEADERS, "Cache-Control": DEFAULT_CACHE_CONTROL}.items()
+)
+
+
+def _with_defaults(raw: Iterable[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
+    """``raw`` response headers plus each default header they lack (one pass, no parsing)."""
+    headers = list(raw)
+    present = {name.lower() for name, _ in headers}
+    headers.extend(pair for pair in _DEFAULT_HEADERS if pair[0] not in present)
+    return headers
 
 
 class _BodyTooLarge(Exception):
@@ -111,7 +125,11 @@ class BodyLimitMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        declared = Headers(scope=scope).get("content-length", "")
+        framing = dict(_body_framing(scope))
+        if not framing:  # neither Content-Length nor Transfer-Encoding: no body (RFC 9112 6.3)
+            await self.app(scope, receive, send)
+            return
+        declared = framing.get(b"content-length", b"").decode("latin-1")
         if declared.isascii() and declared.isdigit() and int(declared) > self.max_bytes:
             await _too_large(scope, receive, send)
             return
@@ -150,6 +168,14 @@ class BodyLimitMiddleware:
                 await _too_large(scope, receive, send)
                 return
             raise
+
+
+def _body_framing(scope: Scope) -> Iterator[tuple[bytes, bytes]]:
+    """The request's Content-Length and Transfer-Encoding headers, as raw pairs."""
+    for name, value in scope["headers"]:
+        lowered = name.lower()
+        if lowered in (b"content-length", b"transfer-encoding"):
+            yield lowered, value
 
 
 async def _too_large(scope: Scope, receive: Receive, send: Send) -> None:

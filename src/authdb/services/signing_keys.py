@@ -581,7 +581,11 @@ class KeyRing:
 
     def _install(self, keys: KeySet) -> None:
         settings = self._core.settings
+        current = self._core.codec
+        # The same keys verify the same tokens: what the codec has verified stays verified.
+        same = current is not None and current.keys.verifies_as(keys)
         self._core.codec = JWTCodec(
+            verified=current.verified if current is not None and same else {},
             keys=keys,
             issuer=settings.jwt_issuer,
             audience=settings.jwt_audience,
