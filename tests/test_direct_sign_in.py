@@ -221,3 +221,18 @@ async def test_usernames_and_emails_are_matched_as_before(
     harness = await make_harness()
     await harness.create_user()
     assert (await _token(harness, name)).status_code == 200
+
+
+async def test_a_sign_in_prunes_ended_sessions_on_its_turn(make_harness: MakeHarness) -> None:
+    """``AUTHDB_PRUNE_EVERY_N_LOGINS=1``: every sign-in, native ones included, prunes."""
+    harness = await make_harness(prune_every_n_logins=1, refresh_token_expire_days=1)
+    await harness.create_user()
+    core = harness.auth.core
+    assert (await _token(harness)).status_code == 200
+    real_clock = core.clock
+    core.clock = lambda: real_clock() + timedelta(days=30)  # the first session has ended
+    try:
+        assert (await _token(harness)).status_code == 200
+    finally:
+        core.clock = real_clock
+    assert await _count(harness, AuthSession) == 1  # the ended one pruned, the new one kept

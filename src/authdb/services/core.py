@@ -16,6 +16,7 @@ from authdb.features import Features
 from authdb.links import Links
 from authdb.passwords import Hasher
 from authdb.sealing import Sealer
+from authdb.services.lockout import InFlight
 from authdb.settings import Settings
 from authdb.tokens import JWTCodec
 
@@ -71,6 +72,8 @@ class Core:
     password_validators: tuple[PasswordValidator, ...] = ()
     # Where the app mounted authdb's routes, for emailed links (``Auth.lifespan`` finds them).
     links: Links = field(default_factory=Links)
+    # Failed logins this process is still writing, by lockout key (see lockout.InFlight).
+    failures_in_flight: InFlight = field(default_factory=InFlight)
     # Which parts the app mounts (``Auth(features=...)``): a service offers nothing left out.
     features: Features = field(default_factory=Features)
 

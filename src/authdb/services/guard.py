@@ -104,7 +104,7 @@ async def fail(
     ``reason`` for the operator when the client is told less."""
     settings = core.settings
     locked: TooManyRequests | None = None
-    async with core.sessionmaker.begin() as db:
+    async with core.failures_in_flight.counting(key), core.sessionmaker.begin() as db:
         now = core.clock()
         try:
             attempt = await lockout.record_failure(

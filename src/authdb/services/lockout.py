@@ -15,7 +15,10 @@ account costs no CPU.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import math
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -43,6 +46,38 @@ class Attempt:
     key: str
     number: int
     locks: bool
+
+
+class InFlight:
+    """The failures this process is counting, by lockout key, until each has committed.
+
+    A right password's write (authdb.services.direct_sign_in) may take another connection
+    than the failures checked before it and overtake their writes; it waits for them instead
+    (``settled``), so that a burst's failures lock the account before a right guess that came
+    after them is admitted, as if the writes had queued in order.
+    """
+
+    def __init__(self) -> None:
+        self._counting: dict[str, int] = {}
+        self._settled: dict[str, asyncio.Event] = {}
+
+    @contextlib.asynccontextmanager
+    async def counting(self, key: str) -> AsyncIterator[None]:
+        """Mark a failure of ``key`` as being written for the block's duration."""
+        self._counting[key] = self._counting.get(key, 0) + 1
+        self._settled.setdefault(key, asyncio.Event())
+        try:
+            yield
+        finally:
+            self._counting[key] -= 1
+            if not self._counting[key]:
+                del self._counting[key]
+                self._settled.pop(key).set()
+
+    async def settled(self, key: str) -> None:
+        """Return once no failure of ``key`` is being written by this process."""
+        while (event := self._settled.get(key)) is not None:
+            await event.wait()
 
 
 def _utc(value: datetime) -> ColumnElement[datetime]:

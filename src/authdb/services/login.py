@@ -99,6 +99,7 @@ async def _login(
         await fail(core, limits, key, client, user_id)
     opener, direct_opener = openers
     if new_hash is None and not user.mfa_enabled and account_refusal(core, user) is None:
+        await core.failures_in_flight.settled(key)  # failures checked before this one first
         opened = await direct_opener(core, user, key, client)
         if opened == "gone":
             # Deleted while its password was checked: as if it had never been there.
