@@ -6,53 +6,24 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import re
-from collections.abc import Awaitable, Callable, Iterator
-from contextlib import contextmanager
-from datetime import UTC, datetime, timedelta
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import httpx
 import pytest
-from sqlalchemy import event, func, select, update
+from sqlalchemy import func, select, update
 from sqlalchemy.engine import make_url
 
 from authdb.db.models import AuditEvent, AuthSession, LoginFailure, RefreshToken, User
 from authdb.names import login_key
-from authdb.services import audit, audit_chain, lockout
+from authdb.services import audit, audit_chain
 from tests.conftest import PASSWORD, Harness
 from tests.netfaults import TcpProxy
+from tests.test_direct_sign_in import lock_during_the_hash, orm_statements
+from tests.test_lockout import FrozenClock
 
 MakeHarness = Callable[..., Awaitable[Harness]]
 WRONG = "not the right password"
-
-
-class FrozenClock:
-    """Stands in for ``core.clock``; tests move it forward instead of sleeping."""
-
-    def __init__(self) -> None:
-        self.now = datetime.now(UTC)
-
-    def __call__(self) -> datetime:
-        return self.now
-
-    def advance(self, **delta: float) -> None:
-        self.now += timedelta(**delta)
-
-
-@contextmanager
-def orm_statements(harness: Harness) -> Iterator[list[str]]:
-    """The SQL statements the engine (the ORM's path) runs meanwhile."""
-    seen: list[str] = []
-    engine = harness.auth.core.engine.sync_engine
-
-    def before(_conn: Any, _cursor: Any, statement: str, *_: Any) -> None:
-        seen.append(statement)
-
-    event.listen(engine, "before_cursor_execute", before)
-    try:
-        yield seen
-    finally:
-        event.remove(engine, "before_cursor_execute", before)
 
 
 async def _token(
@@ -213,23 +184,7 @@ async def test_a_lock_set_during_the_hash_refuses_the_browser_sign_in_too(
 ) -> None:
     harness = await make_harness(login_max_failures=2, login_lockout_minutes=15)
     user = await harness.create_user()
-    core = harness.auth.core
-    verify = core.hasher.verify
-
-    async def verify_then_lock(password: str, hashed: str | None) -> Any:
-        result = await verify(password, hashed)
-        async with core.sessionmaker.begin() as db:
-            for _ in range(2):
-                await lockout.record_failure(
-                    db,
-                    f"user:{user.id}",
-                    core.clock(),
-                    max_failures=2,
-                    lockout=timedelta(minutes=15),
-                )
-        return result
-
-    core.hasher.verify = verify_then_lock  # type: ignore[method-assign]
+    lock_during_the_hash(harness, user.id, failures=2)
     page = await _login_page(harness)
     response = await _login_form(harness, page, "alice", PASSWORD)
     assert response.status_code == 429, response.text

@@ -37,6 +37,30 @@ def orm_statements(harness: Harness) -> Iterator[list[str]]:
         event.remove(engine, "before_cursor_execute", before)
 
 
+def lock_during_the_hash(harness: Harness, user_id: int, *, failures: int) -> None:
+    """Make the next password checks count ``failures`` failures for the user (which lock the
+    account at ``login_max_failures``) while the hash runs, as a concurrent burst would."""
+    core = harness.auth.core
+    verify = core.hasher.verify
+    settings = core.settings
+    locking = timedelta(minutes=settings.login_lockout_minutes)
+
+    async def verify_then_lock(password: str, hashed: str | None) -> Any:
+        result = await verify(password, hashed)
+        async with core.sessionmaker.begin() as db:
+            for _ in range(failures):
+                await lockout.record_failure(
+                    db,
+                    f"user:{user_id}",
+                    core.clock(),
+                    max_failures=settings.login_max_failures,
+                    lockout=locking,
+                )
+        return result
+
+    core.hasher.verify = verify_then_lock  # type: ignore[method-assign]
+
+
 async def _token(harness: Harness, name: str = "alice", password: str = PASSWORD) -> Any:
     return await harness.client.post("/token", data={"username": name, "password": password})
 
@@ -106,23 +130,7 @@ async def test_a_lock_set_while_the_password_is_checked_refuses_it(
     the native transaction finds the lock, and the ORM path answers 429 and audits it."""
     harness = await make_harness(login_max_failures=2, login_lockout_minutes=15)
     user = await harness.create_user()
-    core = harness.auth.core
-    verify = core.hasher.verify
-
-    async def verify_then_lock(password: str, hashed: str | None) -> Any:
-        result = await verify(password, hashed)
-        async with core.sessionmaker.begin() as db:
-            for _ in range(2):
-                await lockout.record_failure(
-                    db,
-                    f"user:{user.id}",
-                    core.clock(),
-                    max_failures=2,
-                    lockout=timedelta(minutes=15),
-                )
-        return result
-
-    core.hasher.verify = verify_then_lock  # type: ignore[method-assign]
+    lock_during_the_hash(harness, user.id, failures=2)
     response = await _token(harness)
     assert response.status_code == 429, response.text
     assert await _count(harness, AuthSession) == 0
