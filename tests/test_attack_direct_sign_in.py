@@ -19,11 +19,12 @@ from authdb.names import login_key
 from authdb.services import audit, audit_chain
 from tests.conftest import PASSWORD, Harness
 from tests.netfaults import TcpProxy
-from tests.test_direct_sign_in import lock_during_the_hash, orm_statements
+from tests.test_direct_sign_in import after_the_hash, lock_during_the_hash, orm_statements
 from tests.test_lockout import FrozenClock
 
 MakeHarness = Callable[..., Awaitable[Harness]]
 WRONG = "not the right password"
+RENAMED = "Renamed Meanwhile"
 
 
 async def _token(
@@ -311,23 +312,15 @@ async def test_the_login_hook_sees_a_change_committed_during_the_hash(
 ) -> None:
     """``@auth.on("login")`` gets the user "as the change committed them": on the ORM path the
     callback's snapshot is read after the commit, so an email changed while the password was
-    hashed is the new one. The native path hands over the row read before the hash."""
+    hashed is the new one. The native path must give it too, not the row read before the hash."""
     harness = await make_harness()
     user = await harness.create_user()
-    core = harness.auth.core
-    verify = core.hasher.verify
-
-    async def verify_then_rename(password: str, hashed: str | None) -> Any:
-        result = await verify(password, hashed)
-        await harness.auth.users.update(user.id, full_name="Renamed Meanwhile")
-        return result
-
-    core.hasher.verify = verify_then_rename  # type: ignore[method-assign]
+    after_the_hash(harness, lambda: harness.auth.users.update(user.id, full_name=RENAMED))
     seen = await _login_hook_snapshots(harness)
     async with harness.auth.core.sessionmaker() as db:
         stored = await db.get(User, user.id)
-    assert stored is not None and stored.full_name == "Renamed Meanwhile"
-    assert [s.full_name for s in seen] == ["Renamed Meanwhile"]
+    assert stored is not None and stored.full_name == RENAMED
+    assert [s.full_name for s in seen] == [RENAMED]
 
 
 async def test_on_the_orm_path_the_login_hook_sees_a_change_committed_during_the_hash(
@@ -338,17 +331,9 @@ async def test_on_the_orm_path_the_login_hook_sees_a_change_committed_during_the
     first = await make_harness()
     user = await first.create_user()
     harness = await make_harness(password_hash_time_cost=2)  # rehash: the ORM path
-    core = harness.auth.core
-    verify = core.hasher.verify
-
-    async def verify_then_rename(password: str, hashed: str | None) -> Any:
-        result = await verify(password, hashed)
-        await harness.auth.users.update(user.id, full_name="Renamed Meanwhile")
-        return result
-
-    core.hasher.verify = verify_then_rename  # type: ignore[method-assign]
+    after_the_hash(harness, lambda: harness.auth.users.update(user.id, full_name=RENAMED))
     seen = await _login_hook_snapshots(harness)
-    assert [s.full_name for s in seen] == ["Renamed Meanwhile"]
+    assert [s.full_name for s in seen] == [RENAMED]
 
 
 async def _login_hook_snapshots(harness: Harness) -> list[Any]:
@@ -498,14 +483,7 @@ async def test_a_user_deleted_during_the_hash_on_the_page_gets_no_session(
     harness = await make_harness()
     user = await harness.create_user()
     core = harness.auth.core
-    verify = core.hasher.verify
-
-    async def verify_then_delete(password: str, hashed: str | None) -> Any:
-        result = await verify(password, hashed)
-        await harness.auth.users.delete(user.id)
-        return result
-
-    core.hasher.verify = verify_then_delete  # type: ignore[method-assign]
+    after_the_hash(harness, lambda: harness.auth.users.delete(user.id))
     page = await _login_page(harness)
     response = await _login_form(harness, page, "alice", PASSWORD)
     assert response.status_code == 401, response.text

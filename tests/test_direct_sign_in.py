@@ -37,16 +37,28 @@ def orm_statements(harness: Harness) -> Iterator[list[str]]:
         event.remove(engine, "before_cursor_execute", before)
 
 
+def after_the_hash(harness: Harness, action: Callable[[], Awaitable[object]]) -> None:
+    """Run ``action`` after each password check's hash, before its sign-in writes: what a
+    concurrent request would commit meanwhile."""
+    core = harness.auth.core
+    verify = core.hasher.verify
+
+    async def verify_then_act(password: str, hashed: str | None) -> Any:
+        result = await verify(password, hashed)
+        await action()
+        return result
+
+    core.hasher.verify = verify_then_act  # type: ignore[method-assign]
+
+
 def lock_during_the_hash(harness: Harness, user_id: int, *, failures: int) -> None:
     """Make the next password checks count ``failures`` failures for the user (which lock the
     account at ``login_max_failures``) while the hash runs, as a concurrent burst would."""
     core = harness.auth.core
-    verify = core.hasher.verify
     settings = core.settings
     locking = timedelta(minutes=settings.login_lockout_minutes)
 
-    async def verify_then_lock(password: str, hashed: str | None) -> Any:
-        result = await verify(password, hashed)
+    async def count_failures() -> None:
         async with core.sessionmaker.begin() as db:
             for _ in range(failures):
                 await lockout.record_failure(
@@ -56,9 +68,8 @@ def lock_during_the_hash(harness: Harness, user_id: int, *, failures: int) -> No
                     max_failures=settings.login_max_failures,
                     lockout=locking,
                 )
-        return result
 
-    core.hasher.verify = verify_then_lock  # type: ignore[method-assign]
+    after_the_hash(harness, count_failures)
 
 
 async def _token(harness: Harness, name: str = "alice", password: str = PASSWORD) -> Any:
@@ -143,15 +154,7 @@ async def test_a_user_deleted_while_the_password_is_checked_gets_no_session(
 ) -> None:
     harness = await make_harness()
     user = await harness.create_user()
-    core = harness.auth.core
-    verify = core.hasher.verify
-
-    async def verify_then_delete(password: str, hashed: str | None) -> Any:
-        result = await verify(password, hashed)
-        await harness.auth.users.delete(user.id)
-        return result
-
-    core.hasher.verify = verify_then_delete  # type: ignore[method-assign]
+    after_the_hash(harness, lambda: harness.auth.users.delete(user.id))
     response = await _token(harness)
     assert response.status_code == 401, response.text
     assert response.json()["detail"] == "Incorrect username or password"

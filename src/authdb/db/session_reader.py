@@ -16,7 +16,7 @@ import asyncio
 import contextlib
 import json
 import sqlite3
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Protocol
@@ -152,16 +152,11 @@ class SQLiteReader:
         dialect = sqlite_dialect()
         self._bearer = Compiled.of(_BEARER, dialect)
         self._cookie = Compiled.of(_COOKIE, dialect)
-        self._convert = [sqlite_converter(column) for column in User.__table__.columns]
 
     def connection(self) -> sqlite3.Connection:
         """The reader's own connection (read-only), opened on first use."""
         if self._connection is None:
-            connection = sqlite3.connect(
-                self._path, timeout=5, isolation_level=None, check_same_thread=False
-            )
-            connection.execute("PRAGMA query_only=ON")
-            self._connection = connection
+            self._connection = sqlite_read_only(self._path)
         return self._connection
 
     async def bearer_row(self, session_id: int, user_id: int, now: datetime) -> LiveRow | None:
@@ -175,13 +170,26 @@ class SQLiteReader:
     def _row(self, row: Any) -> LiveRow | None:
         if row is None:
             return None
-        values = {n: f(v) for n, f, v in zip(USER_COLUMNS, self._convert, row[2:], strict=True)}
-        return LiveRow(row[0], sqlite_read_datetime(row[1]), values)
+        return LiveRow(row[0], sqlite_read_datetime(row[1]), sqlite_user(row[2:]))
 
     async def close(self) -> None:
         if self._connection is not None:
             self._connection.close()
             self._connection = None
+
+
+def sqlite_read_only(path: str) -> sqlite3.Connection:
+    """A read-only connection to ``path`` in autocommit mode, usable from the event loop: each
+    SELECT is its own transaction and sees the latest commit."""
+    connection = sqlite3.connect(path, timeout=5, isolation_level=None, check_same_thread=False)
+    connection.execute("PRAGMA query_only=ON")
+    return connection
+
+
+def sqlite_user(values: Sequence[Any]) -> dict[str, Any]:
+    """A user's column values as SQLite returns them (``USER_COLUMNS`` in order), converted
+    as the ORM would (aware datetimes, booleans; JSON kept as text)."""
+    return {n: f(v) for n, f, v in zip(USER_COLUMNS, _SQLITE_CONVERTERS, values, strict=True)}
 
 
 def sqlite_datetime(value: datetime) -> str:
@@ -193,7 +201,7 @@ def sqlite_read_datetime(value: str) -> datetime:
     return datetime.fromisoformat(value).replace(tzinfo=UTC)
 
 
-def sqlite_converter(column: Any) -> Callable[[Any], Any]:
+def _sqlite_converter(column: Any) -> Callable[[Any], Any]:
     if isinstance(column.type, UTCDateTime):
         return lambda v: None if v is None else sqlite_read_datetime(v)
     if isinstance(column.type, Boolean):
@@ -201,6 +209,9 @@ def sqlite_converter(column: Any) -> Callable[[Any], Any]:
     if isinstance(column.type, JSON):
         return lambda v: v  # kept as text: see JSON_COLUMNS
     return lambda v: v
+
+
+_SQLITE_CONVERTERS = [_sqlite_converter(column) for column in User.__table__.columns]
 
 
 def _json_value(value: str | None) -> Any:

@@ -12,8 +12,8 @@ therefore done here in few statements, compiled once from SQLAlchemy Core:
   chained to the trail's head.
 
 On SQLite the read runs on the loop (a WAL read never waits for writers) and the write on one
-connection in one call to a worker thread; on PostgreSQL both use asyncpg on a connection of
-the engine's pool. Everything rarer (MFA, a rehash, a refusal, a lock) stays in the ORM.
+connection in one call to a worker thread; on PostgreSQL both use asyncpg on the session
+check's pool. Everything rarer (MFA, a rehash, a refusal, a lock) stays in the ORM.
 """
 
 from __future__ import annotations
@@ -38,9 +38,10 @@ from authdb.db.session_reader import (
     AsyncpgReader,
     Compiled,
     RowReader,
-    sqlite_converter,
     sqlite_datetime,
     sqlite_read_datetime,
+    sqlite_read_only,
+    sqlite_user,
 )
 
 # The audit chain's advisory lock on PostgreSQL (an arbitrary 64-bit constant, distinct from the
@@ -189,18 +190,13 @@ class SQLiteSignIn:
     def __init__(self, url: URL) -> None:
         self._path = url.database or ":memory:"
         self._sql = _compile(sqlite_dialect())
-        self._convert = [sqlite_converter(column) for column in User.__table__.columns]
         self._reader: sqlite3.Connection | None = None
         self._writer: sqlite3.Connection | None = None
         self._thread: ThreadPoolExecutor | None = None
 
     def _read_connection(self) -> sqlite3.Connection:
         if self._reader is None:
-            connection = sqlite3.connect(
-                self._path, timeout=5, isolation_level=None, check_same_thread=False
-            )
-            connection.execute("PRAGMA query_only=ON")
-            self._reader = connection
+            self._reader = sqlite_read_only(self._path)
         return self._reader
 
     async def subject(self, login_key: str, name_key: str, now: datetime) -> Subject:
@@ -208,10 +204,7 @@ class SQLiteSignIn:
         row = self._read_connection().execute(sql.sql, sql.args(key=login_key, name_key=name_key))
         values = row.fetchone()
         locked_until = None if values[0] is None else sqlite_read_datetime(values[0])
-        if values[1] is None:
-            return Subject(None, locked_until)
-        user = {n: f(v) for n, f, v in zip(USER_COLUMNS, self._convert, values[1:], strict=True)}
-        return Subject(user, locked_until)
+        return Subject(None if values[1] is None else sqlite_user(values[1:]), locked_until)
 
     async def commit(self, new: NewSession, audit_rows: AuditRows) -> Outcome:
         if self._thread is None:  # (again, after close: an Auth may be started anew)

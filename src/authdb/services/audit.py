@@ -158,8 +158,9 @@ def event_of(
 ) -> SecurityEvent:
     """The event as ``record`` stores and announces it (the user agent cut to 512 characters)."""
     client = client or ClientInfo()
-    user_agent = (client.user_agent or "")[:512] or None
-    return SecurityEvent(event, now, user_id, actor_id, client.ip_address, user_agent, detail)
+    return SecurityEvent(
+        event, now, user_id, actor_id, client.ip_address, client.stored_user_agent, detail
+    )
 
 
 def row_of(item: SecurityEvent) -> dict[str, Any]:

@@ -41,6 +41,12 @@ class ClientInfo:
     ip_address: str | None = None
     user_agent: str | None = None
 
+    @property
+    def stored_user_agent(self) -> str | None:
+        """The user agent as sessions and audit rows store it: at most 512 characters (the
+        columns' size), None when empty."""
+        return (self.user_agent or "")[:512] or None
+
 
 CLI_CLIENT = ClientInfo(ip_address=None, user_agent="authdb-cli")
 

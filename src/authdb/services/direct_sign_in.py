@@ -78,7 +78,7 @@ def _new_session(
         lock_key=key,
         now=now,
         expires_at=now + session_lifetime(core),
-        user_agent=(client.user_agent or "")[:512] or None,
+        user_agent=client.stored_user_agent,
         ip_address=client.ip_address,
         **secret,
     )

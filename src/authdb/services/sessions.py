@@ -68,7 +68,7 @@ async def _open(
         created_at=now,
         last_used_at=now,
         expires_at=now + session_lifetime(core),
-        user_agent=(client.user_agent or "")[:512] or None,
+        user_agent=client.stored_user_agent,
         ip_address=client.ip_address,
         cookie_hash=cookie_hash,
     )
