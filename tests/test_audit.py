@@ -14,7 +14,7 @@ from authdb.cli.audit import parse_since
 from authdb.services import audit
 from authdb.services.audit import list_events
 from authdb.services.core import ClientInfo
-from tests.cli import run_cli
+from tests.cli import invoke_cli
 from tests.conftest import PASSWORD, Harness
 
 MakeHarness = Callable[..., Awaitable[Harness]]
@@ -128,7 +128,7 @@ async def test_list_events_filters(make_harness: MakeHarness) -> None:
 
 def _cli(harness: Harness, *args: str) -> Any:
     env = {"AUTHDB_DATABASE_URL": harness.auth.settings.database_url, "AUTHDB_SECRET_KEY": SECRET}
-    return run_cli(["audit", *args], env=env)
+    return invoke_cli(["audit", *args], env=env)
 
 
 async def test_audit_command_prints_and_filters_events(make_harness: MakeHarness) -> None:

@@ -1,4 +1,6 @@
-"""`authdb createuser`, `changepassword` and `users import` through the real console script."""
+"""`authdb createuser`, `changepassword` and `users import` through the real console script
+(the import's further refusals through Typer's runner, ``tests.cli.invoke_cli``: the same
+command without an interpreter's start-up each)."""
 
 from __future__ import annotations
 
@@ -7,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.cli import run_cli
+from tests.cli import invoke_cli, run_cli
 from tests.conftest import PASSWORD
 
 BCRYPT_SWORDFISH = "$2b$12$dQD2AD2Y.Aa8F3IliHPfk.yNESW7FZe3RmeT38K661sg/vds404ga"
@@ -90,14 +92,14 @@ def test_users_import_all_or_nothing(env: dict[str, str], tmp_path: Path) -> Non
     assert "line 2" in _one_line_error(broken)
     weird_hash = {**legacy, "hashed_password": "plaintext"}
     assert "line 1" in _one_line_error(
-        run_cli(["users", "import", str(_write(tmp_path, weird_hash))], env=env)
+        invoke_cli(["users", "import", str(_write(tmp_path, weird_hash))], env=env)
     )
     ok = run_cli(["users", "import", str(_write(tmp_path, good, legacy))], env=env)
     assert ok.returncode == 0, ok.stderr
     assert "imported 2 users" in ok.stdout
-    again = run_cli(["users", "import", str(_write(tmp_path, good))], env=env)
+    again = invoke_cli(["users", "import", str(_write(tmp_path, good))], env=env)
     assert "nothing imported" in _one_line_error(again)
-    missing = run_cli(["users", "import", str(tmp_path / "absent.jsonl")], env=env)
+    missing = invoke_cli(["users", "import", str(tmp_path / "absent.jsonl")], env=env)
     _one_line_error(missing)
     # Wrong types and deep nesting: one line naming the line and field, never a traceback.
     good = {"username": "frank", "email": "frank@example.com", "password": PASSWORD}
@@ -107,5 +109,5 @@ def test_users_import_all_or_nothing(env: dict[str, str], tmp_path: Path) -> Non
         ({**legacy, "hashed_password": 123}, "hashed_password must be a string"),
         ("[" * 1000, "not valid JSON (nested too deeply)"),
     ):
-        wrong = run_cli(["users", "import", str(_write(tmp_path, good, line))], env=env)
+        wrong = invoke_cli(["users", "import", str(_write(tmp_path, good, line))], env=env)
         assert f"line 2: {words}" in _one_line_error(wrong)

@@ -1,7 +1,9 @@
-"""`authdb keys list|rotate|retire` through the real console script, on both databases.
+"""`authdb keys list|rotate|retire`, on both databases.
 
-The database is migrated in-process (fast); every command under test runs as a subprocess with
-only its AUTHDB_* variables, as an operator would run it.
+The database is migrated in-process (fast); every command under test runs through Typer's
+runner with only its AUTHDB_* variables, as an operator would run it (``tests.cli.invoke_cli``:
+the command's code without an interpreter's start-up; ``tests/test_cli.py`` runs the real
+console script).
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from authdb import Auth, Settings
 from authdb.db import migrate
 from authdb.db.engine import create_engine
 from authdb.db.models import AuditEvent
-from tests.cli import run_cli
+from tests.cli import invoke_cli
 from tests.conftest import PASSWORD
 
 SECRET = "cli-keys-test-secret-key-0123456789-abcdef"
@@ -64,14 +66,14 @@ def _one_line_error(result: subprocess.CompletedProcess[str]) -> str:
 
 
 def _keys(env: dict[str, str], **extra: str) -> list[dict[str, Any]]:
-    rows = json.loads(_ok(run_cli(["keys", "list", "--json"], env={**env, **extra})))
+    rows = json.loads(_ok(invoke_cli(["keys", "list", "--json"], env={**env, **extra})))
     assert isinstance(rows, list)
     return rows
 
 
 def _text_rows(env: dict[str, str], **extra: str) -> list[list[str]]:
     """``keys list`` as columns: kid, algorithm, created, state."""
-    lines = _ok(run_cli(["keys", "list"], env={**env, **extra})).splitlines()
+    lines = _ok(invoke_cli(["keys", "list"], env={**env, **extra})).splitlines()
     header = next(i for i, line in enumerate(lines) if line.startswith("kid"))
     assert lines[header].split() == ["kid", "algorithm", "created", "state"]
     return [line.split(maxsplit=3) for line in lines[header + 1 :]]
@@ -85,7 +87,7 @@ def _moment(text: str) -> datetime:
 def _rotate(env: dict[str, str], **extra: str) -> str:
     """`keys rotate`; the kid it printed, checked against the algorithm configured."""
     merged = {**env, **extra}
-    out = _ok(run_cli(["keys", "rotate"], env=merged))
+    out = _ok(invoke_cli(["keys", "rotate"], env=merged))
     algorithm = re.escape(merged["AUTHDB_JWT_ALGORITHM"])
     match = re.fullmatch(rf"new current signing key (\S+) \({algorithm}\)\n", out)
     assert match, out
@@ -123,10 +125,10 @@ async def test_list_before_and_after_the_first_key(env: dict[str, str]) -> None:
     """`list` on a keyless database says so and makes no key, nor does any other command
     (createuser here); `rotate` makes the first current key and publishes a next key, and
     `list` shows both, as text and as JSON."""
-    assert _ok(run_cli(["keys", "list"], env=env)) == "no signing keys\n"
+    assert _ok(invoke_cli(["keys", "list"], env=env)) == "no signing keys\n"
     assert _keys(env) == [], "listing (or any CLI start) makes no key"
     _ok(
-        run_cli(
+        invoke_cli(
             ["createuser", "--username", "alice", "--email", "a@x.example", "--password-stdin"],
             env=env,
             stdin=PASSWORD + "\n",
@@ -231,7 +233,7 @@ async def test_retire_ends_a_key_and_hands_over_to_the_next_one(env: dict[str, s
     assert second == upcoming["kid"]
     third = _next(env)
 
-    assert _ok(run_cli(["keys", "retire", first["kid"]], env=env)) == f"retired {first['kid']}\n"
+    assert _ok(invoke_cli(["keys", "retire", first["kid"]], env=env)) == f"retired {first['kid']}\n"
     rows = _keys(env)
     assert [(row["kid"], row["state"]) for row in rows] == [
         (third, "next"),
@@ -242,7 +244,7 @@ async def test_retire_ends_a_key_and_hands_over_to_the_next_one(env: dict[str, s
     expected = [first["kid"], "ES256", first["created_at"], f"retired {rows[2]['until']}"]
     assert _text_rows(env)[2] == expected
 
-    out = _ok(run_cli(["keys", "retire", second], env=env))
+    out = _ok(invoke_cli(["keys", "retire", second], env=env))
     assert out == f"retired {second}; new current signing key {third}\n"
     fourth = _next(env)
     assert _states(env) == [
@@ -252,7 +254,7 @@ async def test_retire_ends_a_key_and_hands_over_to_the_next_one(env: dict[str, s
         (first["kid"], "retired"),
     ]
 
-    assert _ok(run_cli(["keys", "retire", fourth], env=env)) == f"retired {fourth}\n"
+    assert _ok(invoke_cli(["keys", "retire", fourth], env=env)) == f"retired {fourth}\n"
     fifth = _next(env)
     assert fifth not in (first["kid"], second, third, fourth)
     assert _states(env) == [
@@ -264,9 +266,9 @@ async def test_retire_ends_a_key_and_hands_over_to_the_next_one(env: dict[str, s
     ]
 
     before = _keys(env)
-    again = _one_line_error(run_cli(["keys", "retire", first["kid"]], env=env))
+    again = _one_line_error(invoke_cli(["keys", "retire", first["kid"]], env=env))
     assert again == f"error: signing key {first['kid']!r} is already retired"
-    unknown = _one_line_error(run_cli(["keys", "retire", "no-such-kid"], env=env))
+    unknown = _one_line_error(invoke_cli(["keys", "retire", "no-such-kid"], env=env))
     assert unknown == "error: no signing key 'no-such-kid'"
     assert _keys(env) == before, "the failures changed nothing"
 
@@ -288,9 +290,9 @@ async def test_under_hs256_there_is_nothing_to_rotate(env: dict[str, str]) -> No
     `list` says the secret key signs; keys left from an earlier setting are still listed, the
     current and next ones marked unused."""
     hs256 = {"AUTHDB_JWT_ALGORITHM": "HS256"}
-    line = _one_line_error(run_cli(["keys", "rotate"], env={**env, **hs256}))
+    line = _one_line_error(invoke_cli(["keys", "rotate"], env={**env, **hs256}))
     assert "AUTHDB_JWT_ALGORITHM" in line and "HS256" in line
-    assert _ok(run_cli(["keys", "list"], env={**env, **hs256})).splitlines() == [
+    assert _ok(invoke_cli(["keys", "list"], env={**env, **hs256})).splitlines() == [
         "AUTHDB_JWT_ALGORITHM is HS256: tokens are signed with the secret key",
         "no signing keys",
     ]
@@ -298,7 +300,7 @@ async def test_under_hs256_there_is_nothing_to_rotate(env: dict[str, str]) -> No
 
     old, newer = _rotate(env), _rotate(env)  # keys made under ES256 earlier
     upcoming = _next(env)
-    lines = _ok(run_cli(["keys", "list"], env={**env, **hs256})).splitlines()
+    lines = _ok(invoke_cli(["keys", "list"], env={**env, **hs256})).splitlines()
     assert lines[0] == "AUTHDB_JWT_ALGORITHM is HS256: tokens are signed with the secret key"
     rows = [line.split(maxsplit=3) for line in lines[2:]]
     assert [(row[0], row[3]) for row in rows[:2]] == [
@@ -308,8 +310,8 @@ async def test_under_hs256_there_is_nothing_to_rotate(env: dict[str, str]) -> No
     assert rows[2][0] == old and rows[2][3].startswith("retiring (verifies until ")
     # They can still be retired (a leaked key must be endable whatever the setting): a
     # replaced one simply ends; the current one hands over to the next, of its algorithm.
-    assert _ok(run_cli(["keys", "retire", old], env={**env, **hs256})) == f"retired {old}\n"
-    out = _ok(run_cli(["keys", "retire", newer], env={**env, **hs256}))
+    assert _ok(invoke_cli(["keys", "retire", old], env={**env, **hs256})) == f"retired {old}\n"
+    out = _ok(invoke_cli(["keys", "retire", newer], env={**env, **hs256}))
     assert out == f"retired {newer}; new current signing key {upcoming}\n"
     rows = _keys(env, **hs256)
     assert [(row["kid"], row["algorithm"], row["state"]) for row in rows] == [
@@ -331,7 +333,7 @@ async def test_rotate_with_another_algorithm_is_refused(env: dict[str, str], oth
     audit_before = await _audit(env["AUTHDB_DATABASE_URL"])
     shell = {**env, "AUTHDB_JWT_ALGORITHM": other}
     for args in (["keys", "rotate"], ["keys", "retire", current["kid"]]):
-        line = _one_line_error(run_cli(args, env=shell))
+        line = _one_line_error(invoke_cli(args, env=shell))
         assert line == (
             f"error: the current signing key is ES256 but AUTHDB_JWT_ALGORITHM is {other} here: "
             "run this with the deployment's settings; to change the algorithm, change "
@@ -376,7 +378,7 @@ async def test_an_algorithm_change_takes_effect_at_restart(
     assert [row[:2] for row in _text_rows(env, **eddsa)] == [
         [row["kid"], row["algorithm"]] for row in rows
     ]
-    line = _one_line_error(run_cli(["keys", "rotate"], env=env))  # still ES256 here
+    line = _one_line_error(invoke_cli(["keys", "rotate"], env=env))  # still ES256 here
     assert "is EdDSA but AUTHDB_JWT_ALGORITHM is ES256" in line
     assert _rotate(env, **eddsa) == rows[0]["kid"]
 
@@ -389,23 +391,25 @@ async def test_another_secret_key_cannot_make_keys(env: dict[str, str]) -> None:
     before = _keys(env)
     stranger = {"AUTHDB_SECRET_KEY": "another-deployment-secret-0123456789-abcdef"}
     for args in (["keys", "rotate"], ["keys", "retire", current]):
-        line = _one_line_error(run_cli(args, env={**env, **stranger}))
+        line = _one_line_error(invoke_cli(args, env={**env, **stranger}))
         assert "AUTHDB_SECRET_KEY" in line, (args, line)
         assert _keys(env) == before, f"{args} changed the keys"
     # Retiring a replaced key makes nothing, so it needs no secret of the deployment's.
-    assert _ok(run_cli(["keys", "retire", first], env={**env, **stranger})) == f"retired {first}\n"
+    assert (
+        _ok(invoke_cli(["keys", "retire", first], env={**env, **stranger})) == f"retired {first}\n"
+    )
 
 
 def test_keys_help_names_the_commands() -> None:
     """`authdb keys --help` lists list, rotate and retire; `retire` needs a KID."""
-    result = run_cli(["keys", "--help"], env={})
+    result = invoke_cli(["keys", "--help"], env={})
     assert result.returncode == 0, result.stderr
     for command in ("list", "rotate", "retire"):
         assert re.search(rf"\b{command}\b", result.stdout)
-    missing = run_cli(["keys", "retire"], env={})
+    missing = invoke_cli(["keys", "retire"], env={})
     assert missing.returncode == 2
     assert "Missing argument" in missing.stderr and "Traceback" not in missing.stderr
     assert "KID" in missing.stderr
-    rotate = run_cli(["keys", "rotate", "--help"], env={})
+    rotate = invoke_cli(["keys", "rotate", "--help"], env={})
     assert rotate.returncode == 0, rotate.stderr
     assert "next key" in " ".join(rotate.stdout.split())

@@ -1,8 +1,9 @@
-"""`authdb users reset-mfa` and `users list` through the real console script, and the MFA
-settings (`AUTHDB_MFA_ISSUER`, `AUTHDB_SECRET_KEY_FALLBACKS`) as the CLI and the app read them.
+"""`authdb users reset-mfa` and `users list`, and the MFA settings (`AUTHDB_MFA_ISSUER`,
+`AUTHDB_SECRET_KEY_FALLBACKS`) as the CLI and the app read them.
 
-MFA is turned on through the HTTP API of an in-process app on the same database (fast); only
-the commands under test run as subprocesses, with the test's SMTP server for the notices.
+MFA is turned on through the HTTP API of an in-process app on the same database (fast); the
+commands under test run through Typer's runner (``tests.cli.invoke_cli``), with the test's SMTP
+server for the notices; the one that reads a ``.env`` runs the real console script in its folder.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from sqlalchemy import text
 
 from authdb import Settings
 from authdb.services.audit import list_events
-from tests.cli import run_cli
+from tests.cli import invoke_cli, run_cli
 from tests.conftest import PASSWORD, Harness, Mailbox
 
 MakeHarness = Callable[..., Awaitable[Harness]]
@@ -100,7 +101,7 @@ async def test_reset_mfa_turns_it_off_mails_the_user_and_is_audited(
     assert challenge.status_code == 403  # an open challenge, which the reset must end too
     assert await _mfa_rows(harness, alice.id) == [1, 10, 1]
 
-    output = _ok(run_cli(["users", "reset-mfa", "alice"], env=_env(harness, port)))
+    output = _ok(invoke_cli(["users", "reset-mfa", "alice"], env=_env(harness, port)))
     assert output.strip() == f"turned off two-factor authentication for alice (id {alice.id})"
 
     assert await _mfa_rows(harness, alice.id) == [0, 0, 0]
@@ -138,7 +139,7 @@ async def test_reset_mfa_without_mfa_changes_nothing(
     port, mailbox = smtp_server
     harness = await make_harness()
     bob = await harness.create_user("bob")
-    result = run_cli(["users", "reset-mfa", "bob@example.com"], env=_env(harness, port))
+    result = invoke_cli(["users", "reset-mfa", "bob@example.com"], env=_env(harness, port))
     assert _ok(result).strip() == (
         f"bob (id {bob.id}) had no two-factor authentication; nothing changed"
     )
@@ -158,9 +159,9 @@ async def test_reset_mfa_of_an_unknown_user_is_a_one_line_error(
     await _enable_mfa(harness, "alice")
     await mailbox.wait_for(1)
     for ref in ("nobody", "id:999"):
-        line = _one_line_error(run_cli(["users", "reset-mfa", ref], env=_env(harness, port)))
+        line = _one_line_error(invoke_cli(["users", "reset-mfa", ref], env=_env(harness, port)))
         assert line == f"error: no user {ref!r}"
-    bad = _one_line_error(run_cli(["users", "reset-mfa", "id:x"], env=_env(harness, port)))
+    bad = _one_line_error(invoke_cli(["users", "reset-mfa", "id:x"], env=_env(harness, port)))
     assert bad == "error: not a user id: 'id:x'"
     # Nobody's MFA was touched, nobody was mailed.
     assert await _mfa_rows(harness, alice.id) == [1, 10, 0]
@@ -171,7 +172,7 @@ async def test_reset_mfa_of_an_unknown_user_is_a_one_line_error(
 
 def _flags(env: dict[str, str]) -> dict[str, str]:
     """``authdb users list``: username -> flags column (the header row included)."""
-    lines = _ok(run_cli(["users", "list"], env=env)).splitlines()
+    lines = _ok(invoke_cli(["users", "list"], env=env)).splitlines()
     return {line.split()[1]: line.split()[-1] for line in lines}
 
 
@@ -187,13 +188,13 @@ async def test_users_list_and_show_name_the_mfa_flag(
     await _enable_mfa(harness, "root")
     env = _env(harness, port)
     assert _flags(env) == {"USERNAME": "FLAGS", "root": "superuser,mfa", "alice": "mfa", "bob": "-"}
-    listed = json.loads(_ok(run_cli(["users", "list", "--json"], env=env)))
+    listed = json.loads(_ok(invoke_cli(["users", "list", "--json"], env=env)))
     assert {u["username"]: u["mfa_enabled"] for u in listed} == {
         "root": True,
         "alice": True,
         "bob": False,
     }
-    shown = _ok(run_cli(["users", "show", "alice"], env=env)).splitlines()
+    shown = _ok(invoke_cli(["users", "show", "alice"], env=env)).splitlines()
     assert "mfa_enabled: true" in shown
 
 

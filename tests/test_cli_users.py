@@ -1,7 +1,8 @@
-"""`authdb users list|show|disable|enable|set-superuser|delete` through the real console script.
+"""`authdb users list|show|disable|enable|set-superuser|delete`.
 
-Users are seeded and checked in-process through the services (fast); only the commands under
-test run as subprocesses.
+Users are seeded and checked in-process through the services (fast); the commands under test
+run through Typer's runner (``tests.cli.invoke_cli``), and the confirmation prompt through the
+real console script, with and without a terminal.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from authdb.errors import NotAuthenticated, NotFound
 from authdb.services import admin, provisioning, sessions
 from authdb.services.audit import list_events
 from authdb.services.core import CLI_CLIENT, ClientInfo
-from tests.cli import AUTHDB, run_cli, subprocess_env
+from tests.cli import AUTHDB, invoke_cli, run_cli, subprocess_env
 from tests.conftest import PASSWORD
 
 SECRET = "cli-users-test-secret-key-0123456789-abcdef"
@@ -68,19 +69,19 @@ def _one_line_error(result: subprocess.CompletedProcess[str]) -> str:
 async def test_list_and_show(auth: Auth, env: dict[str, str]) -> None:
     await _user(auth, "root", is_superuser=True, is_verified=True)
     await _user(auth, "jürgen", full_name="Jürgen Müller", disabled=True)
-    table = _ok(run_cli(["users", "list"], env=env)).splitlines()
+    table = _ok(invoke_cli(["users", "list"], env=env)).splitlines()
     assert table[0].split() == ["ID", "USERNAME", "EMAIL", "FULL", "NAME", "FLAGS"]
     assert table[1].split() == ["1", "root", "root@example.com", "-", "superuser"]
     row = table[2].split()
     assert row[1:3] == ["jürgen", "jürgen@example.com"]
     assert row[3:] == ["Jürgen", "Müller", "disabled,unverified"]
-    found = json.loads(_ok(run_cli(["users", "list", "--search", "MÜLL", "--json"], env=env)))
+    found = json.loads(_ok(invoke_cli(["users", "list", "--search", "MÜLL", "--json"], env=env)))
     assert [u["username"] for u in found] == ["jürgen"]
     assert set(found[0]) >= {"id", "email", "full_name", "disabled", "is_superuser", "created_at"}
     assert not any("password" in key for key in found[0])
-    shown = json.loads(_ok(run_cli(["users", "show", "JÜRGEN@example.com", "--json"], env=env)))
+    shown = json.loads(_ok(invoke_cli(["users", "show", "JÜRGEN@example.com", "--json"], env=env)))
     assert shown == found[0]
-    assert "no user 'nobody'" in _one_line_error(run_cli(["users", "show", "nobody"], env=env))
+    assert "no user 'nobody'" in _one_line_error(invoke_cli(["users", "show", "nobody"], env=env))
 
 
 async def test_disable_enable_superuser_and_delete(auth: Auth, env: dict[str, str]) -> None:
@@ -88,22 +89,24 @@ async def test_disable_enable_superuser_and_delete(auth: Auth, env: dict[str, st
     bob = await _user(auth, "bob")
     async with auth.core.sessionmaker.begin() as db:
         pair = await sessions.start_session(auth.core, db, bob, ClientInfo())
-    assert "sessions have ended" in _ok(run_cli(["users", "disable", "bob"], env=env))
+    assert "sessions have ended" in _ok(invoke_cli(["users", "disable", "bob"], env=env))
     with pytest.raises(NotAuthenticated):
         await sessions.authenticate(auth.core, pair.access_token)
-    assert _ok(run_cli(["users", "enable", str(bob.id)], env=env)).strip() == "enabled bob (id 2)"
+    assert (
+        _ok(invoke_cli(["users", "enable", str(bob.id)], env=env)).strip() == "enabled bob (id 2)"
+    )
     assert (await admin.get_user(auth.core, bob.id)).disabled is False
-    promoted = _ok(run_cli(["users", "set-superuser", "bob"], env=env))
+    promoted = _ok(invoke_cli(["users", "set-superuser", "bob"], env=env))
     assert promoted.strip() == "bob (id 2) is now a superuser"
     assert (await admin.get_user(auth.core, bob.id)).is_superuser is True
-    assert _ok(run_cli(["users", "set-superuser", "root", "--off"], env=env)).strip() == (
+    assert _ok(invoke_cli(["users", "set-superuser", "root", "--off"], env=env)).strip() == (
         "root (id 1) is no longer a superuser"
     )
-    last = run_cli(["users", "delete", "bob", "--yes"], env=env)
+    last = invoke_cli(["users", "delete", "bob", "--yes"], env=env)
     assert "last active superuser" in _one_line_error(last)
     elsewhere = ClientInfo(user_agent="test")
     await admin.update_user(auth.core, root.id, {"is_superuser": True}, client=elsewhere)
-    assert _ok(run_cli(["users", "delete", "bob", "--yes"], env=env)).strip() == (
+    assert _ok(invoke_cli(["users", "delete", "bob", "--yes"], env=env)).strip() == (
         "deleted bob (id 2)"
     )
     with pytest.raises(NotFound):
@@ -152,7 +155,7 @@ async def test_delete_asks_first(auth: Auth, env: dict[str, str]) -> None:
     assert "Delete bob (id 100)" in stdout
     assert stderr.strip() == "error: not deleted"
     assert (await admin.get_user(auth.core, 100)).username == "bob"
-    ambiguous = _one_line_error(run_cli(["users", "delete", "100", "--yes"], env=env))
+    ambiguous = _one_line_error(invoke_cli(["users", "delete", "100", "--yes"], env=env))
     assert "id:100" in ambiguous
     code, stdout, stderr = _with_terminal(["users", "delete", "id:100"], env, "y")
     assert code == 0, stderr

@@ -27,6 +27,7 @@ from benchkit.procs import (
     Proc,
     Processes,
     busy_seconds,
+    cpu_seconds,
     free_port,
     memory_bytes,
     parse_cpus,
@@ -73,6 +74,7 @@ class Window:
 
     runs: list[wrk.WrkResult]
     server_cpu: float
+    loop_cpu: float  # the serving process's main thread (the event loop); NaN with workers
     pg_cpu: float | None
     others_cpu: float
     seconds: float
@@ -131,11 +133,14 @@ def measure(bench: Bench, server: Server, loads: list[wrk.Load]) -> Window:
     cpus = parse_cpus(server.system.cpus or bench.server_cpus or "0")
     wrk_there = bool(cpus & parse_cpus(bench.load_cpus or "0"))
     pg_before = server.backends.sample() if server.backends else None
+    single = server.system.workers == 1
+    loop_before = cpu_seconds(server.proc.pid, server.proc.pid) if single else math.nan
     cpu_before, busy_before = server.proc.cpu_seconds(), busy_seconds(cpus)
     started = time.monotonic()
     runs = run_loads(bench, loads, bench.duration)
     seconds = time.monotonic() - started
     server_cpu = server.proc.cpu_seconds() - cpu_before
+    loop_cpu = cpu_seconds(server.proc.pid, server.proc.pid) - loop_before
     others = busy_seconds(cpus) - busy_before - server_cpu
     if wrk_there:
         others -= sum(run.cpu_seconds for run in runs)
@@ -143,7 +148,7 @@ def measure(bench: Bench, server: Server, loads: list[wrk.Load]) -> Window:
     if server.backends and pg_before is not None:
         pg_cpu = BackendCPU.used(pg_before, server.backends.sample())
     server.proc.check_alive()
-    return Window(runs, server_cpu, pg_cpu, max(0.0, others), seconds)
+    return Window(runs, server_cpu, loop_cpu, pg_cpu, max(0.0, others), seconds)
 
 
 def per(total: float | None, count: int, unit: float) -> float:
@@ -184,6 +189,9 @@ def logins(bench: Bench, server: Server, round_: int) -> None:
     verify_ms = statistics.median(verifies) * 1e3
     add(row, "login_rate", round_, run.rate)
     add(row, "login_cpu_ms", round_, cpu_ms)
+    loop_ms = per(window.loop_cpu, run.ok, 1e3)
+    add(row, "login_loop_ms", round_, loop_ms)
+    add(row, "login_thread_ms", round_, cpu_ms - loop_ms)
     add(row, "login_pg_ms", round_, per(window.pg_cpu, run.ok, 1e3))
     add(row, "login_p99", round_, run.p99_ms)
     add(row, "login_cores", round_, window.cores(window.server_cpu))
@@ -192,9 +200,9 @@ def logins(bench: Bench, server: Server, round_: int) -> None:
     add(row, "verify_ms", round_, verify_ms)
     bench.results.extend("argon2", "verify_ms", [v * 1e3 for v in verifies])
     bench.say(
-        f"    logins: {run.rate:.1f}/s, {cpu_ms:.1f} ms CPU each (one verify "
-        f"{verify_ms:.1f} ms: limit {1e3 / verify_ms:.1f}/s), p99 {run.p99_ms:.0f} ms; cores: "
-        f"server {window.cores(window.server_cpu):.2f}, others there "
+        f"    logins: {run.rate:.1f}/s, {cpu_ms:.1f} ms CPU each ({loop_ms:.1f} on the loop; "
+        f"one verify {verify_ms:.1f} ms: limit {1e3 / verify_ms:.1f}/s), p99 {run.p99_ms:.0f} "
+        f"ms; cores: server {window.cores(window.server_cpu):.2f}, others there "
         f"{window.cores(window.others_cpu):.2f}" + failures(run.failed)
     )
 

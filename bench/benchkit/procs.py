@@ -47,11 +47,12 @@ def tree_pids(pid: int) -> list[int]:
     return pids
 
 
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU seconds of process ``pid`` (all its threads, live and ended); 0.0
-    when it is gone. Resolution: one clock tick (10 ms)."""
+def cpu_seconds(pid: int, thread: int | None = None) -> float:
+    """User + system CPU seconds of process ``pid`` (all its threads, live and ended), or of
+    its thread ``thread`` alone; 0.0 when it is gone. Resolution: one clock tick (10 ms)."""
+    path = f"/proc/{pid}/stat" if thread is None else f"/proc/{pid}/task/{thread}/stat"
     try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
+        stat = Path(path).read_text()
     except OSError:
         return 0.0
     fields = stat.rsplit(")", 1)[1].split()
