@@ -121,3 +121,38 @@ async def test_refusals_without_a_hash_check_still_cost_one_argon2_verification(
         calls.update(argon2=0, bcrypt=0)
         assert await hasher.verify(password, stored) == (False, None)
         assert calls == {"argon2": 1, "bcrypt": 0}, (password, stored)
+
+
+async def test_queued_hashes_start_while_the_event_loop_is_busy() -> None:
+    """With one hashing thread, the next waiting verify starts as soon as the one before ends,
+    without a turn of the event loop: logins keep the hashing thread busy during a flood of
+    other requests that keeps the loop busy (issue 12, target 3). Checked by holding the loop
+    still while the thread works through the queue."""
+    hasher = Hasher(1, time_cost=1, memory_kib=8)
+    stored = await hasher.hash("correct horse battery")
+    first_started, first_may_end, all_done = threading.Event(), threading.Event(), threading.Event()
+    started: list[str] = []
+    verify = hasher._verify_and_update
+
+    def gated(password: str, hashed: str) -> tuple[bool, str | None]:
+        started.append(password)
+        first_started.set()
+        if len(started) == 1:
+            assert first_may_end.wait(30)
+        result = verify(password, hashed)
+        if len(started) == 3:
+            all_done.set()
+        return result
+
+    hasher._verify_and_update = gated  # type: ignore[method-assign]
+    calls = [
+        asyncio.ensure_future(hasher.verify(f"correct horse battery{i}", stored)) for i in "123"
+    ]
+    # The first verify holds the thread; the others (their tasks ran in the same turn of the
+    # loop) wait behind it.
+    assert await asyncio.to_thread(first_started.wait, 30)
+    first_may_end.set()
+    # The loop stands still from here until the thread has run all three.
+    assert all_done.wait(30), f"only {started} ran while the event loop was busy"
+    assert started == ["correct horse battery1", "correct horse battery2", "correct horse battery3"]
+    assert [ok for ok, _ in await asyncio.gather(*calls)] == [False, False, False]

@@ -175,6 +175,7 @@ class Auth:
             self.core.keyring = None
         await self.core.session_reader.close()
         await self.core.sign_in.close()
+        self.core.hasher.close()
         await self.core.engine.dispose()
 
     @asynccontextmanager

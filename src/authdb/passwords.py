@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import gzip
 import inspect
 import logging
@@ -15,7 +16,6 @@ from functools import cache, wraps
 from importlib import resources
 from typing import TYPE_CHECKING, ParamSpec, TypeVar
 
-import anyio
 from pwdlib import PasswordHash
 from pwdlib.hashers.argon2 import Argon2Hasher
 from pwdlib.hashers.bcrypt import BcryptHasher
@@ -94,7 +94,12 @@ def _encodable(password: str) -> bool:
 
 
 class Hasher:
-    """Hashes and verifies off the event loop, with bounded CPU use.
+    """Hashes and verifies off the event loop, with bounded CPU use: at most ``concurrency``
+    hashes at once, on threads of the hasher's own (argon2 releases the GIL).
+
+    Waiting hashes queue at those threads, not on the event loop: a thread that finishes one
+    starts the next at once, so that a loop kept busy by other requests (a ``/users/me``
+    flood) does not leave the hashing thread idle between two logins.
 
     Argon2id is the current algorithm; bcrypt hashes (the tutorial's) and those imported from
     other systems (authdb.hashers: Django, Keycloak) verify and are upgraded.
@@ -112,7 +117,8 @@ class Hasher:
     ) -> None:
         argon2 = Argon2Hasher(time_cost=time_cost, memory_cost=memory_kib, parallelism=parallelism)
         self._hash = PasswordHash((argon2, BcryptHasher(), *FOREIGN_HASHERS))
-        self._limiter = anyio.CapacityLimiter(concurrency)
+        self._concurrency = concurrency
+        self._threads: ThreadPoolExecutor | None = None  # made at first use
         # Verified in place of a missing user's hash, so unknown names cost the same time.
         self._dummy_hash = self._hash.hash(secrets.token_urlsafe(16))
         # Hash verifications run so far (real and dummy alike): lets tests check that unknown
@@ -122,7 +128,21 @@ class Hasher:
     async def hash(self, password: str) -> str:
         """An argon2id hash of the normalized ``password``."""
         normalized = normalize_password(password)
-        return await anyio.to_thread.run_sync(self._new_hash, normalized, limiter=self._limiter)
+        return await self._off_loop(self._new_hash, normalized)
+
+    async def _off_loop(self, work: Callable[..., _T], *args: str) -> _T:
+        """``work(*args)`` on one of the hasher's threads; a cancelled caller's call is
+        dropped if it has not started yet."""
+        if self._threads is None:
+            self._threads = ThreadPoolExecutor(self._concurrency, thread_name_prefix="authdb-hash")
+        return await asyncio.get_running_loop().run_in_executor(self._threads, work, *args)
+
+    def close(self) -> None:
+        """End the hashing threads once their queued work is done (without waiting for it);
+        the next hash starts them again."""
+        threads, self._threads = self._threads, None
+        if threads is not None:
+            threads.shutdown(wait=False)
 
     @_timed("hash")
     def _new_hash(self, password: str) -> str:
@@ -152,11 +172,9 @@ class Hasher:
         if hashed is None or not encodable:
             # A lone surrogate (only a library caller can pass one) matches no stored password.
             candidate = password if encodable else secrets.token_urlsafe(16)
-            await anyio.to_thread.run_sync(self._verify_dummy, candidate, limiter=self._limiter)
+            await self._off_loop(self._verify_dummy, candidate)
             return False, None
-        return await anyio.to_thread.run_sync(
-            self._verify_and_update, password, hashed, limiter=self._limiter
-        )
+        return await self._off_loop(self._verify_and_update, password, hashed)
 
     @_timed("verify")
     def _verify_and_update(self, password: str, hashed: str) -> tuple[bool, str | None]:
