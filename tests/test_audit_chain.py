@@ -18,7 +18,7 @@ from sqlalchemy import text
 from authdb.services import audit, audit_chain
 from authdb.services.audit_chain import GENESIS, link_hash
 from authdb.services.core import ClientInfo
-from tests.cli import run_cli
+from tests.cli import invoke_cli, run_cli
 from tests.conftest import PASSWORD, Harness
 
 MakeHarness = Callable[..., Awaitable[Harness]]
@@ -29,7 +29,7 @@ MOMENT = datetime(2026, 1, 2, 3, 4, 5, 6789, tzinfo=UTC)
 
 def _cli(harness: Harness, *args: str) -> Any:
     env = {"AUTHDB_DATABASE_URL": harness.auth.settings.database_url, "AUTHDB_SECRET_KEY": SECRET}
-    return run_cli(["audit", "verify", *args], env=env)
+    return invoke_cli(["audit", "verify", *args], env=env)
 
 
 async def _sql(harness: Harness, statement: str, **params: Any) -> list[Any]:

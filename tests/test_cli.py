@@ -1,6 +1,6 @@
 """`authdb createuser`, `changepassword` and `users import` through the real console script
-(the import's further refusals through Typer's runner, ``tests.cli.invoke_cli``: the same
-command without an interpreter's start-up each)."""
+(their further refusals, and the set-up, through Typer's runner, ``tests.cli.invoke_cli``: the
+same command without an interpreter's start-up each)."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ BCRYPT_SWORDFISH = "$2b$12$dQD2AD2Y.Aa8F3IliHPfk.yNESW7FZe3RmeT38K661sg/vds404ga
 @pytest.fixture
 def env(database_url: str) -> dict[str, str]:
     env = {"AUTHDB_DATABASE_URL": database_url, "AUTHDB_SECRET_KEY": "s" * 40}
-    assert run_cli(["migrate"], env=env).returncode == 0
+    assert invoke_cli(["migrate"], env=env).returncode == 0
     return env
 
 
@@ -31,8 +31,11 @@ def _one_line_error(result: object) -> str:
     return lines[0]
 
 
-def _create(env: dict[str, str], username: str, password: str = PASSWORD, *extra: str) -> object:
-    return run_cli(
+def _create(
+    env: dict[str, str], username: str, password: str = PASSWORD, *extra: str, real: bool = False
+) -> object:
+    """``authdb createuser``: through the real console script when ``real``, else in process."""
+    return (run_cli if real else invoke_cli)(
         ["createuser", "--username", username, "--email", f"{username}@example.com",
          "--password-stdin", *extra],
         env=env,
@@ -41,7 +44,7 @@ def _create(env: dict[str, str], username: str, password: str = PASSWORD, *extra
 
 
 def test_createuser_applies_policy_and_uniqueness(env: dict[str, str]) -> None:
-    ok = _create(env, "alice", PASSWORD, "--superuser", "--full-name", "Alice")
+    ok = _create(env, "alice", PASSWORD, "--superuser", "--full-name", "Alice", real=True)
     assert ok.returncode == 0, ok.stderr  # type: ignore[attr-defined]
     assert "Username already registered" in _one_line_error(_create(env, "ALICE"))
     assert "too common" in _one_line_error(_create(env, "bob", "password123"))
@@ -53,7 +56,7 @@ def test_createuser_applies_policy_and_uniqueness(env: dict[str, str]) -> None:
 
 def test_changepassword_sets_a_new_password(env: dict[str, str]) -> None:
     assert _create(env, "zorbaflux9").returncode == 0  # type: ignore[attr-defined]
-    weak = run_cli(
+    weak = invoke_cli(
         ["changepassword", "zorbaflux9", "--password-stdin"], env=env, stdin="ZorbaFlux9\n"
     )
     assert "username" in _one_line_error(weak)
@@ -63,7 +66,7 @@ def test_changepassword_sets_a_new_password(env: dict[str, str]) -> None:
         stdin="new passphrase ok\n",
     )
     assert ok.returncode == 0, ok.stderr
-    missing = run_cli(
+    missing = invoke_cli(
         ["changepassword", "nobody", "--password-stdin"], env=env, stdin="new passphrase ok\n"
     )
     assert "nobody" in _one_line_error(missing)

@@ -50,7 +50,7 @@ from authdb.db.models import SigningKey
 from authdb.resource import AccessTokenClaims, InvalidToken, KeysUnavailable, TokenVerifier
 from authdb.sealing import Sealer
 from authdb.services import signing_keys
-from tests.cli import run_cli
+from tests.cli import invoke_cli
 from tests.conftest import PASSWORD, free_port, pg_database
 from tests.test_multiprocess import prepare, serving
 
@@ -163,7 +163,7 @@ class Deployment:
 
     def keys(self) -> list[dict[str, Any]]:
         """``authdb keys list --json``."""
-        listed = run_cli(["keys", "list", "--json"], env=self.env)
+        listed = invoke_cli(["keys", "list", "--json"], env=self.env)
         assert listed.returncode == 0, listed.stderr
         rows = json.loads(listed.stdout)
         assert isinstance(rows, list)
@@ -177,7 +177,7 @@ class Deployment:
 
     def rotate(self) -> str:
         """``authdb keys rotate``; the new current kid it printed."""
-        rotated = run_cli(["keys", "rotate"], env=self.env)
+        rotated = invoke_cli(["keys", "rotate"], env=self.env)
         assert rotated.returncode == 0, rotated.stderr
         algorithm = re.escape(self.algorithm)
         match = re.fullmatch(rf"new current signing key (\S+) \({algorithm}\)\n", rotated.stdout)
@@ -467,7 +467,7 @@ def test_rotation_reaches_the_other_service(deployment: Deployment) -> None:
         jwks = httpx.get(f"{deployment.authdb}/.well-known/jwks.json").json()["keys"]
         assert {old_kid, new_kid, deployment.next_kid()} <= {key["kid"] for key in jwks}
 
-        retired = run_cli(["keys", "retire", old_kid], env=deployment.env)
+        retired = invoke_cli(["keys", "retire", old_kid], env=deployment.env)
         assert retired.returncode == 0, retired.stderr
         assert retired.stdout.strip() == f"retired {old_kid}"
         _poll(
