@@ -178,7 +178,7 @@ def main_phases(parts: set[str]) -> list[str]:
         out.append("users_me")
     if parts & {"logins", "scale", "mixed"}:
         out.append("logins")
-    return [*out, "mixed"] if "mixed" in parts else out
+    return [*out, "mixed", "storm"] if "mixed" in parts else out
 
 
 def authdb_systems(setup: Setup, db: str, plan: Plan) -> None:
@@ -322,6 +322,9 @@ def targets(results: Results, rep: report.Report, dbs: list[str]) -> list[report
               report.PERCENT),
             T(f"3 /users/me p99 in a login storm, {on}", f"<= {STORM_P99}x idle",
               r.ratio((k, "mix_me_p99"), (k, "me_p99")), at_most(STORM_P99), report.TIMES),
+            T(f"3 ... the same, a light client, {on}", f"<= {STORM_P99}x idle",
+              r.ratio((k, "storm_probe_p99"), (k, "probe_p99")), at_most(STORM_P99),
+              report.TIMES),
             T(f"4 /users/me CPU/req, most vs fewest users, {on}", "0.90-1.10x",
               r.ratio((big, "me_cpu_us"), (k, "me_cpu_us")), flat, report.TIMES),
             T(f"4 CPU per login, most vs fewest users, {on}", "0.90-1.10x",
@@ -417,6 +420,7 @@ def render(bench: phases.Bench, plan: Plan, args: argparse.Namespace, head: list
         rep.users_me([*me_rows, *peers_], args.connections),
         rep.logins([*authdb, *peers_], args.login_connections),
         rep.mixed(authdb),
+        rep.storm(authdb),
         scale_section(rep, dbs),
         rep.workers([(k, f"{k}-2w") for k in authdb]),
         rep.rss(authdb),

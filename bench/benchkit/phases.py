@@ -225,6 +225,86 @@ def mixed(bench: Bench, server: Server, round_: int) -> None:
     )
 
 
+# A light client: one keep-alive connection, GET at a fixed rate whatever the answers' delay
+# (open loop), each answer's latency printed; run in its own process on the load CPU.
+PROBE_CODE = r"""
+import socket, sys, time
+port, path, token = int(sys.argv[1]), sys.argv[2], sys.argv[3]
+seconds, rate = float(sys.argv[4]), float(sys.argv[5])
+conn = socket.create_connection(("127.0.0.1", port))
+conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+request = f"GET {path} HTTP/1.1\r\nHost: bench\r\nAuthorization: Bearer {token}\r\n\r\n".encode()
+end = time.monotonic() + seconds
+due = time.monotonic()
+while time.monotonic() < end:
+    pause = due - time.monotonic()
+    if pause > 0:
+        time.sleep(pause)
+    due += 1 / rate
+    started = time.perf_counter()
+    conn.sendall(request)
+    data = b""
+    while True:
+        data += conn.recv(65536)
+        head, sep, body = data.partition(b"\r\n\r\n")
+        if sep:
+            length = next(int(line.split(b":")[1]) for line in head.split(b"\r\n")
+                          if line.lower().startswith(b"content-length:"))
+            if len(body) >= length:
+                break
+    assert head.startswith(b"HTTP/1.1 200"), head[:40]
+    print(time.perf_counter() - started)
+"""
+PROBE_RATE = 200  # GET /users/me per second: about a twentieth of what one worker serves
+STORM_FACTOR = 4  # the login storm: this many times the login connections
+
+
+def start_probe(bench: Bench, server: Server, seconds: int) -> subprocess.Popen[str]:
+    argv = [
+        sys.executable, "-c", PROBE_CODE, str(server.port), server.system.me_path,
+        server.token, str(seconds), str(PROBE_RATE),
+    ]  # fmt: skip
+    return subprocess.Popen(pinned(argv, bench.load_cpus), stdout=subprocess.PIPE, text=True)
+
+
+def probe_latencies(process: subprocess.Popen[str]) -> list[float]:
+    """The probe's latencies in ms, once it ends."""
+    out, _ = process.communicate(timeout=300)
+    if process.returncode != 0:
+        raise BenchError(f"the /users/me probe failed with status {process.returncode}")
+    return sorted(float(line) * 1e3 for line in out.split())
+
+
+def storm(bench: Bench, server: Server, round_: int) -> None:
+    """A light ``GET /users/me`` client (one connection, ``PROBE_RATE``/s, open loop) alone,
+    then during a login storm of ``STORM_FACTOR`` times the login connections: its p99 shows
+    the latency an application's other requests see, not a closed-loop flood's share."""
+    alone = probe_latencies(start_probe(bench, server, bench.duration))
+    loads = [
+        wrk.Load(
+            server.port,
+            login_load(bench, server).request,
+            bench.login_connections * STORM_FACTOR,
+        )
+    ]
+    if bench.warmup:
+        run_loads(bench, loads, bench.warmup)
+    probe = start_probe(bench, server, bench.duration)
+    (logins,) = run_loads(bench, loads, bench.duration)
+    during = probe_latencies(probe)
+    row, add = server.system.key, bench.results.add
+    add(row, "probe_p50", round_, percentile(alone, 0.5))
+    add(row, "probe_p99", round_, percentile(alone, 0.99))
+    add(row, "storm_probe_p50", round_, percentile(during, 0.5))
+    add(row, "storm_probe_p99", round_, percentile(during, 0.99))
+    add(row, "storm_login_rate", round_, logins.rate)
+    bench.say(
+        f"    light client alone: p99 {percentile(alone, 0.99):.2f} ms; during "
+        f"{logins.rate:.1f} logins/s: p99 {percentile(during, 0.99):.2f} ms"
+        + failures(logins.failed)
+    )
+
+
 def failures(count: int) -> str:
     return f", {count} FAILED" if count else ""
 
@@ -233,6 +313,7 @@ PHASES: dict[str, Callable[[Bench, Server, int], None]] = {
     "users_me": users_me,
     "logins": logins,
     "mixed": mixed,
+    "storm": storm,
 }
 
 

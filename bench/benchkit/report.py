@@ -198,6 +198,31 @@ class Report:
         ]
         return table(header, rows) if rows else []
 
+    def storm(self, keys: list[str]) -> list[str]:
+        r = self.results
+        rows = [
+            [
+                self.label(k),
+                cell(self.s(k, "probe_p50"), 2),
+                cell(self.s(k, "probe_p99"), 2),
+                cell(self.s(k, "storm_probe_p50"), 2),
+                cell(self.s(k, "storm_probe_p99"), 2),
+                cell(r.ratio((k, "storm_probe_p99"), (k, "probe_p99")), 2, "x"),
+                cell(self.s(k, "storm_login_rate"), 1),
+            ]
+            for k in self.present(keys, "storm_probe_p99")
+        ]
+        header = [
+            "Light GET /users/me client + login storm",
+            "p50 ms alone",
+            "p99 alone",
+            "p50 in storm",
+            "p99 in storm",
+            "x idle",
+            "logins/s",
+        ]
+        return table(header, rows) if rows else []
+
     def scale(self, pairs: list[tuple[str, str]]) -> list[str]:
         r = self.results
         rows = []
