@@ -17,7 +17,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from benchkit import httpcall, wrk
@@ -140,7 +140,7 @@ def measure(bench: Bench, server: Server, loads: list[wrk.Load]) -> Window:
     runs = run_loads(bench, loads, bench.duration)
     seconds = time.monotonic() - started
     server_cpu = server.proc.cpu_seconds() - cpu_before
-    loop_cpu = cpu_seconds(server.proc.pid, server.proc.pid) - loop_before
+    loop_cpu = cpu_seconds(server.proc.pid, server.proc.pid) - loop_before if single else math.nan
     others = busy_seconds(cpus) - busy_before - server_cpu
     if wrk_there:
         others -= sum(run.cpu_seconds for run in runs)
@@ -191,7 +191,6 @@ def logins(bench: Bench, server: Server, round_: int) -> None:
     add(row, "login_cpu_ms", round_, cpu_ms)
     loop_ms = per(window.loop_cpu, run.ok, 1e3)
     add(row, "login_loop_ms", round_, loop_ms)
-    add(row, "login_thread_ms", round_, cpu_ms - loop_ms)
     add(row, "login_pg_ms", round_, per(window.pg_cpu, run.ok, 1e3))
     add(row, "login_p99", round_, run.p99_ms)
     add(row, "login_cores", round_, window.cores(window.server_cpu))
@@ -272,7 +271,7 @@ def probe_latencies(process: subprocess.Popen[str]) -> list[float]:
     out, _ = process.communicate(timeout=300)
     if process.returncode != 0:
         raise BenchError(f"the /users/me probe failed with status {process.returncode}")
-    return sorted(float(line) * 1e3 for line in out.split())
+    return [float(line) * 1e3 for line in out.split()]
 
 
 def storm(bench: Bench, server: Server, round_: int) -> None:
@@ -280,28 +279,23 @@ def storm(bench: Bench, server: Server, round_: int) -> None:
     then during a login storm of ``STORM_FACTOR`` times the login connections: its p99 shows
     the latency an application's other requests see, not a closed-loop flood's share."""
     alone = probe_latencies(start_probe(bench, server, bench.duration))
-    loads = [
-        wrk.Load(
-            server.port,
-            login_load(bench, server).request,
-            bench.login_connections * STORM_FACTOR,
-        )
-    ]
+    storm_load = login_load(bench, server)
+    loads = [replace(storm_load, connections=storm_load.connections * STORM_FACTOR)]
     if bench.warmup:
         run_loads(bench, loads, bench.warmup)
     probe = start_probe(bench, server, bench.duration)
     (logins,) = run_loads(bench, loads, bench.duration)
     during = probe_latencies(probe)
+    p99_alone, p99_during = percentile(alone, 0.99), percentile(during, 0.99)
     row, add = server.system.key, bench.results.add
     add(row, "probe_p50", round_, percentile(alone, 0.5))
-    add(row, "probe_p99", round_, percentile(alone, 0.99))
+    add(row, "probe_p99", round_, p99_alone)
     add(row, "storm_probe_p50", round_, percentile(during, 0.5))
-    add(row, "storm_probe_p99", round_, percentile(during, 0.99))
+    add(row, "storm_probe_p99", round_, p99_during)
     add(row, "storm_login_rate", round_, logins.rate)
     bench.say(
-        f"    light client alone: p99 {percentile(alone, 0.99):.2f} ms; during "
-        f"{logins.rate:.1f} logins/s: p99 {percentile(during, 0.99):.2f} ms"
-        + failures(logins.failed)
+        f"    light client alone: p99 {p99_alone:.2f} ms; during {logins.rate:.1f} logins/s: "
+        f"p99 {p99_during:.2f} ms" + failures(logins.failed)
     )
 
 
