@@ -13,14 +13,13 @@ from authdb.http.openapi import error_responses, token_errors
 from authdb.http.schemas import LogoutRequest, Token
 from authdb.http.shared_paths import SharedWithPageForm
 from authdb.http.signin_alerts import check_later
+from authdb.http.token_form import MFA_GRANT, TokenForm, read_token_form
+from authdb.http.token_form import OPENAPI as TOKEN_FORM_OPENAPI
 from authdb.services import sessions
 from authdb.services.core import ClientInfo
 from authdb.services.login import login, login_mfa
 from authdb.services.sessions import Authenticated, TokenPair
 
-_FIELD = 1024
-# The MFA grant: an extension grant type is an absolute URI (RFC 6749 section 4.5).
-MFA_GRANT = "urn:authdb:params:oauth:grant-type:mfa"
 GRANT_TYPES = ("password", "refresh_token", MFA_GRANT)
 _GRANTS = "password, refresh_token or " + MFA_GRANT
 # RFC 7009 2.1: the hint names one of these; any other value is ignored, not refused.
@@ -58,42 +57,12 @@ def _one_factor(otp: str | None, recovery_code: str | None) -> None:
 
 def build(deps: AuthDeps) -> APIRouter:
     router = APIRouter(tags=["auth"], route_class=AuthRoute, responses=error_responses(503))
-    # /token's errors carry RFC 6749 `error` fields too (see authdb.http.oauth_errors).
-    token_router = APIRouter(route_class=TokenRoute)  # tagged "auth" by ``router``
     Client = Annotated[ClientInfo, Depends(deps.client)]
 
-    @token_router.post(
-        "/token",
-        name="authdb_token",
-        response_model=Token,
-        responses=token_errors(400, 401, 403, 422, 429, 503),
-    )
     async def token(
         client: Client,
         background: BackgroundTasks,
-        grant_type: Annotated[
-            str,
-            Form(
-                max_length=64,
-                description=f"`password` (default), `refresh_token`, or `{MFA_GRANT}`",
-            ),
-        ] = "password",
-        username: Annotated[str | None, Form(max_length=_FIELD)] = None,
-        password: Annotated[str | None, Form(max_length=4096)] = None,
-        refresh_token: Annotated[str | None, Form(max_length=_FIELD)] = None,
-        scope: Annotated[str, Form(max_length=_FIELD)] = "",
-        mfa_token: Annotated[
-            str | None,
-            Form(max_length=_FIELD, description="MFA grant: from the 403 `MFA required` answer"),
-        ] = None,
-        otp: Annotated[
-            str | None,
-            Form(max_length=64, description="MFA grant: a 6-digit code from the authenticator"),
-        ] = None,
-        recovery_code: Annotated[
-            str | None,
-            Form(max_length=64, description="MFA grant, instead of `otp`: a recovery code"),
-        ] = None,
+        form: Annotated[TokenForm, Depends(read_token_form)],
     ) -> Token:
         """OAuth2 token endpoint: the ``password`` grant (username or email), ``refresh_token``,
         and the MFA grant.
@@ -102,9 +71,10 @@ def build(deps: AuthDeps) -> APIRouter:
         ``mfa_token`` (valid 5 minutes) and ``mfa_methods``; then ``grant_type=`` the MFA grant
         URN with ``mfa_token`` and ``otp`` (a TOTP code) or ``recovery_code`` gives the tokens.
         """
+        grant_type, otp, recovery_code = form.grant_type, form.otp, form.recovery_code
         if grant_type == "password":
-            name = _required(username, "username")
-            secret = _required(password, "password")
+            name = _required(form.username, "username")
+            secret = _required(form.password, "password")
             try:
                 pair = await login(deps.core, deps.limits, name, secret, client)
             except MFARequired as exc:
@@ -112,10 +82,10 @@ def build(deps: AuthDeps) -> APIRouter:
             check_later(background, deps, pair.session_id)
             return _token(pair)
         if grant_type == "refresh_token":
-            presented = _required(refresh_token, "refresh_token")
+            presented = _required(form.refresh_token, "refresh_token")
             return _token(await sessions.refresh(deps.core, presented, client))
         if grant_type == MFA_GRANT:
-            challenge = _required(mfa_token, "mfa_token")
+            challenge = _required(form.mfa_token, "mfa_token")
             _one_factor(otp, recovery_code)
             pair = await login_mfa(
                 deps.core, deps.limits, challenge, client, otp=otp, recovery_code=recovery_code
@@ -124,12 +94,6 @@ def build(deps: AuthDeps) -> APIRouter:
             return _token(pair)
         raise OAuthError(400, "unsupported_grant_type", f"Unsupported grant_type: use {_GRANTS}")
 
-    @token_router.post(
-        "/revoke",
-        name="authdb_revoke",
-        response_class=Response,
-        responses={200: {"description": "Revoked, or nothing to revoke"}, **token_errors(422, 503)},
-    )
     async def revoke(
         client: Client,
         token: Annotated[str, Form(description="A refresh token or an access token")],
@@ -148,7 +112,28 @@ def build(deps: AuthDeps) -> APIRouter:
         await sessions.revoke_token(deps.core, token, hint, client)
         return Response(status_code=200, headers={"Cache-Control": "no-store"})
 
-    router.include_router(token_router)
+    # /token's errors carry RFC 6749 `error` fields too (see authdb.http.oauth_errors). Added
+    # to ``router`` itself, not through a router of their own: each level of routers costs
+    # every request that passes it a walk through FastAPI's route matching.
+    router.add_api_route(
+        "/token",
+        token,
+        methods=["POST"],
+        name="authdb_token",
+        response_model=Token,
+        responses=token_errors(400, 401, 403, 422, 429, 503),
+        openapi_extra=TOKEN_FORM_OPENAPI,
+        route_class_override=TokenRoute,
+    )
+    router.add_api_route(
+        "/revoke",
+        revoke,
+        methods=["POST"],
+        name="authdb_revoke",
+        response_class=Response,
+        responses={200: {"description": "Revoked, or nothing to revoke"}, **token_errors(422, 503)},
+        route_class_override=TokenRoute,
+    )
 
     async def logout(
         auth: Annotated[Authenticated, Depends(deps.current_session)],
