@@ -9,10 +9,12 @@ from contextlib import contextmanager
 from datetime import timedelta
 from typing import Any
 
+import asyncpg
 import pytest
-from sqlalchemy import event, func, select
+from sqlalchemy import event, func, make_url, select
 
 from authdb.db.models import AuditEvent, AuthSession, LoginFailure, RefreshToken, User
+from authdb.db.sign_in_store import AUDIT_CHAIN_LOCK
 from authdb.services import audit, audit_chain, lockout
 from authdb.tokens import hash_opaque_token
 from tests.conftest import PASSWORD, Harness
@@ -247,3 +249,36 @@ async def test_a_sign_in_prunes_ended_sessions_on_its_turn(make_harness: MakeHar
     finally:
         core.clock = real_clock
     assert await _count(harness, AuthSession) == 1  # the ended one pruned, the new one kept
+
+
+@pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
+async def test_the_chain_lock_is_taken_after_the_user_row_lock(
+    make_harness: MakeHarness, database_url: str
+) -> None:
+    """On PostgreSQL the sign-in takes the audit chain's lock inside its one statement, but
+    after the user's row lock, as the ORM path takes it: while another transaction holds the
+    chain, the sign-in waits for it already holding the user's row (no lock-order deadlock)."""
+    harness = await make_harness()
+    user = await harness.create_user()
+    dsn = make_url(database_url).set(drivername="postgresql").render_as_string(False)
+    holder, probe = await asyncpg.connect(dsn), await asyncpg.connect(dsn)
+    try:
+        await holder.execute("SELECT pg_advisory_lock($1)", AUDIT_CHAIN_LOCK)
+        login = asyncio.create_task(_token(harness))
+        waiting = "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted"
+        for _ in range(3000):  # polls for the state, not a deadline: at most 30 s
+            if await probe.fetchval(waiting):
+                break
+            assert not login.done(), login.result().text
+            await asyncio.sleep(0.01)
+        else:
+            pytest.fail("the sign-in never waited for the audit chain's lock")
+        async with probe.transaction():
+            with pytest.raises(asyncpg.LockNotAvailableError):
+                await probe.execute("SELECT 1 FROM users WHERE id = $1 FOR UPDATE NOWAIT", user.id)
+        await holder.execute("SELECT pg_advisory_unlock($1)", AUDIT_CHAIN_LOCK)
+        assert (await login).status_code == 200
+    finally:
+        await holder.close()
+        await probe.close()
+    assert (await audit_chain.verify(harness.auth.core)).ok

@@ -282,8 +282,8 @@ class SQLiteSignIn:
 class AsyncpgSignIn:
     """asyncpg on the session check's pool (authdb.db.session_reader.AsyncpgReader): no
     SQLAlchemy pool checkout, no pre-ping. After the BEGIN, one DELETE forgives the counter
-    and one statement does the rest of the sign-in (``_OPEN``), before the audit chain's lock;
-    eight round trips in all, with the read."""
+    and one statement does the rest of the sign-in up to the audit chain's lock (``_OPEN``);
+    then the chain's head, its rows and the COMMIT: seven round trips in all, with the read."""
 
     def __init__(self, reader: AsyncpgReader) -> None:
         self._reader = reader
@@ -325,14 +325,13 @@ class AsyncpgSignIn:
             new.ip_address,
             new.cookie_hash,
             new.refresh_hash,
+            AUDIT_CHAIN_LOCK,
         )
         session_id, locked = opened["session_id"], opened["locked"]
         if session_id is None:
             return "locked" if locked else "gone"
-        # The chain's lock last, as authdb.services.audit_chain takes it: held for the audit
-        # row and the commit only. The head is read by a statement of its own after the lock
-        # is held, so that it sees what the lock's previous holder committed.
-        await raw.execute("SELECT pg_advisory_xact_lock($1)", AUDIT_CHAIN_LOCK)
+        # ``_OPEN`` took the chain's lock. The head is read by a statement of its own, so that
+        # it sees what the lock's previous holder committed (READ COMMITTED).
         head = await raw.fetchrow(sql["head"].sql, *sql["head"].args())
         rows = audit_rows(session_id, *(tuple(head.values()) if head else (0, None)))
         audit = sql["audit"]
@@ -343,9 +342,12 @@ class AsyncpgSignIn:
         pass  # the pool is the session check's to close
 
 
-# Refuse if a lock stands; else stamp the user, open the session and store its refresh token
-# (when there is one). Nothing is written for a user deleted meanwhile. The sub-statements'
-# order does not matter: each depends on the one before through its RETURNING.
+# Refuse if a lock stands; else stamp the user, open the session, store its refresh token
+# (when there is one) and take the audit chain's lock. Nothing is written, and the lock is not
+# taken, for a user deleted meanwhile. Each sub-statement depends on the one before through its
+# RETURNING, so the chain's lock comes after the user's row lock (the stamp), as
+# authdb.services.audit_chain takes it after a transaction's row locks: the same lock order on
+# both paths. ``chained`` calls a volatile function, so it is never inlined and always runs.
 _OPEN = """
 WITH locked AS (
     SELECT 1 FROM login_failures WHERE key = $1::varchar AND locked_until > $2::timestamptz
@@ -363,8 +365,11 @@ WITH locked AS (
 ), refreshed AS (
     INSERT INTO refresh_tokens (session_id, token_hash, created_at)
     SELECT id, $8::varchar, $2::timestamptz FROM opened WHERE $8::varchar IS NOT NULL
+), chained AS (
+    SELECT pg_advisory_xact_lock($9::bigint) FROM opened
 )
-SELECT (SELECT id FROM opened) AS session_id, EXISTS (SELECT 1 FROM locked) AS locked
+SELECT (SELECT id FROM opened) AS session_id, EXISTS (SELECT 1 FROM locked) AS locked,
+    EXISTS (SELECT 1 FROM chained) AS chained
 """
 
 
