@@ -4,6 +4,7 @@ skips the ORM, and that everything rarer still takes the ORM path."""
 from __future__ import annotations
 
 import asyncio
+import threading
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from datetime import timedelta
@@ -281,4 +282,46 @@ async def test_the_chain_lock_is_taken_after_the_user_row_lock(
     finally:
         await holder.close()
         await probe.close()
+    assert (await audit_chain.verify(harness.auth.core)).ok
+
+
+async def _chaining_thread(harness: Harness, monkeypatch: pytest.MonkeyPatch) -> str:
+    """The name of the thread that chains a native sign-in's audit rows (inside its
+    transaction, on the connection that writes them)."""
+    names: list[str] = []
+    chained = audit_chain.chained
+
+    def recording(rows: Any, seq: int, prev: str | None) -> Any:
+        names.append(threading.current_thread().name)
+        return chained(rows, seq, prev)
+
+    monkeypatch.setattr(audit_chain, "chained", recording)
+    assert (await _token(harness)).status_code == 200
+    [name] = names
+    return name
+
+
+async def test_the_write_runs_off_the_event_loop(
+    make_harness: MakeHarness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """SQLite's writer thread, or PostgreSQL's connection on a loop of its own: the sign-in's
+    statements never wait for turns of the application's loop."""
+    harness = await make_harness()
+    await harness.create_user()
+    assert (await _chaining_thread(harness, monkeypatch)).startswith("authdb-sign-in")
+    # Again after a restart: the thread and its connection come back.
+    await harness.auth.shutdown()
+    await harness.auth.startup()
+    assert (await _chaining_thread(harness, monkeypatch)).startswith("authdb-sign-in")
+
+
+@pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
+async def test_a_small_pool_lends_the_session_check_s_connections_to_the_write(
+    make_harness: MakeHarness, database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With AUTHDB_DATABASE_POOL_SIZE too small to spare a connection, the write borrows the
+    session check's pool on the application's loop, and still works."""
+    harness = await make_harness(database_pool_size=4)
+    await harness.create_user()
+    assert (await _chaining_thread(harness, monkeypatch)) == threading.main_thread().name
     assert (await audit_chain.verify(harness.auth.core)).ok

@@ -93,7 +93,12 @@ class Auth:
             sessionmaker=sessionmaker,
             hasher=Hasher.from_settings(self.settings),
             session_reader=reader,
-            sign_in=create_sign_in_store(async_url(url), reader.reader),
+            sign_in=create_sign_in_store(
+                async_url(url),
+                reader.reader,
+                own_connection=budget.sign_in == 1,
+                pgbouncer=pgbouncer,
+            ),
             # AUTHDB_PROFILE_MODEL serves the standalone service; an explicit model wins.
             profile_model=profile or configured_profile_model(self.settings),
             hooks=self.hooks,

@@ -64,27 +64,33 @@ class PoolBudget:
 
     ``engine`` is SQLAlchemy's pool (every transaction), ``reader`` the per-request session
     check's (see authdb.db.session_reader), ``listener`` the session cache's LISTEN connection
-    (0 or 1, see authdb.db.session_cache). Neither pool grows past its share: no overflow.
+    (0 or 1, see authdb.db.session_cache), ``sign_in`` the password sign-in's own connection
+    (0 or 1, see authdb.db.sign_in_store). Neither pool grows past its share: no overflow.
     """
 
     engine: int
     reader: int
     listener: int = 0
+    sign_in: int = 0
 
     @classmethod
     def split(cls, total: int, *, sqlite: bool = False, listener: bool = False) -> PoolBudget:
         """Share ``total`` (at least 2, or 3 with a ``listener``) between the connections.
 
         On PostgreSQL the session check gets a third (at least one): its query is one indexed
-        read, far shorter than the ORM's transactions (password sign-ins share it, see
-        authdb.db.sign_in_store). On SQLite it holds a single connection.
+        read, far shorter than the ORM's transactions. Password sign-ins get a connection of
+        their own when the engine keeps at least two; else they share the session check's.
+        On SQLite the session check holds a single connection (sign-ins open their own file
+        connection, outside this budget).
         Raises ValueError when ``total`` is too small.
         """
         listening = 1 if listener else 0
         if total < 2 + listening:
             raise ValueError(f"the database pool needs at least {2 + listening} connections")
         reader = 1 if sqlite else max(1, (total - listening) // 3)
-        return cls(engine=total - reader - listening, reader=reader, listener=listening)
+        rest = total - reader - listening
+        sign_in = 1 if not sqlite and rest >= 3 else 0
+        return cls(engine=rest - sign_in, reader=reader, listener=listening, sign_in=sign_in)
 
 
 def create_engine(

@@ -281,7 +281,7 @@ class AsyncpgReader:
             # A pooled connection the server has cut (a restart, a terminated backend) fails
             # once; the pool replaces it, so one more try of a read-only SELECT is safe.
             # A server that refuses or does not answer would only fail (or wait) again.
-            if not _worth_retrying(exc):
+            if not worth_retrying(exc):
                 raise
             return await pool.fetchrow(sql, *args)
 
@@ -299,7 +299,7 @@ class AsyncpgReader:
                 try:
                     await transaction.start()
                 except Exception as exc:
-                    if attempt == 1 and _worth_retrying(exc):
+                    if attempt == 1 and worth_retrying(exc):
                         continue
                     raise
                 try:
@@ -325,7 +325,9 @@ async def _keep_as_is(_connection: Any) -> None:
     read-only SELECT outside any transaction, which leaves no state behind to reset."""
 
 
-def _worth_retrying(exc: Exception) -> bool:
+def worth_retrying(exc: Exception) -> bool:
+    """Whether ``exc`` came from a connection the server had cut (then a fresh connection may
+    well work), not from a server that refuses or does not answer (it would only fail again)."""
     return is_outage(exc) and not isinstance(exc, TimeoutError | ConnectionRefusedError)
 
 

@@ -12,17 +12,23 @@ therefore done here in few statements, compiled once from SQLAlchemy Core:
   chained to the trail's head.
 
 On SQLite the read runs on the loop (a WAL read never waits for writers) and the write on one
-connection in one call to a worker thread; on PostgreSQL both use asyncpg on the session
-check's pool. Everything rarer (MFA, a rehash, a refusal, a lock) stays in the ORM.
+connection in one call to a worker thread. On PostgreSQL the read uses asyncpg on the session
+check's pool, and the write a connection of its own on an event loop of its own, in a thread
+(authdb.db.loop_thread), so that its round trips never wait behind other requests; when
+``AUTHDB_DATABASE_POOL_SIZE`` is too small to spare that connection, the write borrows the
+session check's pool on the application's loop. Everything rarer (MFA, a rehash, a refusal,
+a lock) stays in the ORM.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import sqlite3
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Literal, Protocol
@@ -32,6 +38,8 @@ from sqlalchemy.dialects.postgresql.asyncpg import dialect as asyncpg_dialect
 from sqlalchemy.dialects.sqlite.pysqlite import dialect as sqlite_dialect
 from sqlalchemy.engine import URL
 
+from authdb.db.engine import POOL_TIMEOUT_SECONDS
+from authdb.db.loop_thread import LoopThread
 from authdb.db.models import AuditEvent, AuthSession, LoginFailure, RefreshToken, User
 from authdb.db.session_reader import (
     USER_COLUMNS,
@@ -42,6 +50,7 @@ from authdb.db.session_reader import (
     sqlite_read_datetime,
     sqlite_read_only,
     sqlite_user,
+    worth_retrying,
 )
 
 # The audit chain's advisory lock on PostgreSQL (an arbitrary 64-bit constant, distinct from the
@@ -75,7 +84,8 @@ class NewSession:
 
 # Given the new session's id and the trail's head (chain_seq, row_hash; 0 and None when the
 # trail is empty), the audit rows to insert: AuditEvent's columns, ``detail`` JSON-able. Called
-# inside the transaction (on SQLite, in the worker thread): an exception it raises undoes it.
+# inside the transaction, on the thread that writes (the sign-in's own, unless PostgreSQL
+# borrows the session check's pool): an exception it raises undoes it.
 AuditRows = Callable[[int, int, str | None], list[dict[str, Any]]]
 # The new session's id; "locked" when a lock stands on the counter; "gone" when the user's row
 # was deleted meanwhile. Nothing is written unless a session id is returned.
@@ -280,13 +290,15 @@ class SQLiteSignIn:
 
 
 class AsyncpgSignIn:
-    """asyncpg on the session check's pool (authdb.db.session_reader.AsyncpgReader): no
-    SQLAlchemy pool checkout, no pre-ping. After the BEGIN, one DELETE forgives the counter
-    and one statement does the rest of the sign-in up to the audit chain's lock (``_OPEN``);
-    then the chain's head, its rows and the COMMIT: seven round trips in all, with the read."""
+    """asyncpg, with no SQLAlchemy pool checkout and no pre-ping: the read on the session
+    check's pool (authdb.db.session_reader.AsyncpgReader), the write on ``writer`` when given,
+    else on that pool too. After the BEGIN, one DELETE forgives the counter and one statement
+    does the rest of the sign-in up to the audit chain's lock (``_OPEN``); then the chain's
+    head, its rows and the COMMIT: six round trips for the write, one for the read."""
 
-    def __init__(self, reader: AsyncpgReader) -> None:
+    def __init__(self, reader: AsyncpgReader, writer: AsyncpgWriter | None = None) -> None:
         self._reader = reader
+        self._writer = writer
         self._sql = _compile(asyncpg_dialect())  # type: ignore[no-untyped-call]
 
     async def subject(self, login_key: str, name_key: str, now: datetime) -> Subject:
@@ -301,8 +313,16 @@ class AsyncpgSignIn:
         return Subject(dict(zip(USER_COLUMNS, values[1:], strict=True)), values[0])
 
     async def commit(self, new: NewSession, audit_rows: AuditRows) -> Outcome:
+        writer = self._writer
+        if writer is None:
+            return await self._commit(self._reader.transaction, new, audit_rows)
+        return await writer.run(lambda: self._commit(writer.transaction, new, audit_rows))
+
+    async def _commit(
+        self, transaction: Transaction, new: NewSession, audit_rows: AuditRows
+    ) -> Outcome:
         try:
-            async with self._reader.transaction() as connection:
+            async with transaction() as connection:
                 outcome = await self._statements(connection, new, audit_rows)
                 if not isinstance(outcome, int):
                     raise _Undo(outcome)
@@ -339,7 +359,102 @@ class AsyncpgSignIn:
         return int(session_id)
 
     async def close(self) -> None:
-        pass  # the pool is the session check's to close
+        # The pool is the session check's to close.
+        if self._writer is not None:
+            await self._writer.close()
+
+
+# Opens a transaction on a connection: ``async with transaction() as connection``.
+Transaction = Callable[[], AbstractAsyncContextManager[Any]]
+
+
+class AsyncpgWriter:
+    """One asyncpg connection of the sign-in's own, used only on its own event loop (a
+    :class:`~authdb.db.loop_thread.LoopThread`), one transaction at a time.
+
+    Sign-ins are serialized by the audit chain's lock anyway, so one connection per process
+    does not hold them back. A connection the server has cut is replaced: at once when BEGIN
+    fails on it, else at the next sign-in. Errors are asyncpg's (outages answer 503).
+    """
+
+    def __init__(self, dsn: str, *, pgbouncer: bool = False) -> None:
+        self._dsn = dsn
+        self._pgbouncer = pgbouncer
+        self._thread = LoopThread("authdb-sign-in")
+        self._connection: Any = None
+        self._lock: asyncio.Lock | None = None  # made on the private loop, when first used
+
+    async def run(self, work: Callable[[], Awaitable[Outcome]]) -> Outcome:
+        """``await work()`` on the private loop (see LoopThread.run)."""
+        return await self._thread.run(work)
+
+    @contextlib.asynccontextmanager
+    async def transaction(self) -> AsyncIterator[Any]:
+        """The connection inside a transaction, committed when the block ends, rolled back
+        if it raises. Only on the private loop (inside :meth:`run`)."""
+        if self._lock is None:
+            self._lock = asyncio.Lock()
+        async with self._lock:
+            for attempt in (1, 2):
+                connection = await self._connect()
+                transaction = connection.transaction()
+                try:
+                    await transaction.start()
+                except Exception as exc:
+                    await self._drop()
+                    if attempt == 1 and worth_retrying(exc):
+                        continue
+                    raise
+                try:
+                    yield connection
+                except BaseException:
+                    with contextlib.suppress(Exception):
+                        await transaction.rollback()
+                    if connection.is_closed() or connection.is_in_transaction():
+                        await self._drop()  # not to be trusted with the next sign-in
+                    raise
+                try:
+                    await transaction.commit()
+                except BaseException:
+                    await self._drop()
+                    raise
+                return
+
+    async def _connect(self) -> Any:
+        if self._connection is None or self._connection.is_closed():
+            import asyncpg  # type: ignore[import-untyped]
+
+            self._connection = await asyncpg.connect(
+                self._dsn,
+                # A server that accepts and never answers is an outage, not a wait.
+                timeout=POOL_TIMEOUT_SECONDS,
+                command_timeout=POOL_TIMEOUT_SECONDS,
+                # Unnamed statements only, re-parsed with each Bind, behind PgBouncer.
+                statement_cache_size=0 if self._pgbouncer else 100,
+            )
+        return self._connection
+
+    async def _drop(self) -> None:
+        connection, self._connection = self._connection, None
+        if connection is None or connection.is_closed():
+            return
+        try:
+            await asyncio.wait_for(connection.close(), POOL_TIMEOUT_SECONDS)
+        except Exception:
+            connection.terminate()  # a close that cannot end cleanly: drop the socket
+
+    async def close(self) -> None:
+        """Close the connection after any sign-in in flight, and end the thread."""
+
+        async def last() -> None:
+            if self._lock is None:
+                await self._drop()
+                return
+            async with self._lock:
+                await self._drop()
+
+        await self._thread.stop(last)
+        self._lock = None  # it belongs to the loop that ended
 
 
 # Refuse if a lock stands; else stamp the user, open the session, store its refresh token
@@ -381,9 +496,13 @@ class _Undo(Exception):
         self.outcome = outcome
 
 
-def create_sign_in_store(url: URL, reader: RowReader) -> SignInStore:
-    """The native sign-in path for ``url``'s database; on PostgreSQL ``reader`` (the session
-    check's AsyncpgReader) lends its pool."""
+def create_sign_in_store(
+    url: URL, reader: RowReader, *, own_connection: bool = False, pgbouncer: bool = False
+) -> SignInStore:
+    """The native sign-in path for ``url``'s database. On PostgreSQL ``reader`` (the session
+    check's AsyncpgReader) lends its pool to the read, and to the write unless
+    ``own_connection`` (one more connection, see authdb.db.engine.PoolBudget)."""
     if isinstance(reader, AsyncpgReader):
-        return AsyncpgSignIn(reader)
+        writer = AsyncpgWriter(reader.dsn, pgbouncer=pgbouncer) if own_connection else None
+        return AsyncpgSignIn(reader, writer)
     return SQLiteSignIn(url)

@@ -1,6 +1,6 @@
 """Whether PostgreSQL has room for the connections of every authdb process.
 
-Each process holds at most ``AUTHDB_DATABASE_POOL_SIZE`` connections, both pools together
+Each process holds at most ``AUTHDB_DATABASE_POOL_SIZE`` connections, all of them together
 (authdb.db.engine.PoolBudget), and ``hosts`` x ``workers`` processes may hold them all at once.
 PostgreSQL lets ordinary roles have ``max_connections`` less the slots it keeps back:
 ``superuser_reserved_connections`` and, from PostgreSQL 16, ``reserved_connections``.
