@@ -30,7 +30,7 @@ from sqlalchemy.sql.expression import ClauseElement
 
 from authdb.db.engine import POOL_TIMEOUT_SECONDS
 from authdb.db.models import AuthSession, User, UTCDateTime
-from authdb.db.outage import is_outage
+from authdb.db.pg_transaction import retried_transaction, worth_retrying
 
 USER_COLUMNS: tuple[str, ...] = tuple(User.__table__.columns.keys())
 _USER_MANAGER = User.__mapper__.class_manager
@@ -287,32 +287,16 @@ class AsyncpgReader:
 
     @contextlib.asynccontextmanager
     async def transaction(self) -> AsyncIterator[Any]:
-        """A pooled connection inside a transaction: committed when the block ends, rolled
-        back if it raises. A connection the server had cut is replaced once, when BEGIN fails
-        (nothing else was sent). The pool skips its reset, so a connection left inside a
-        transaction anyway (cancelled during the rollback) is closed, never reused."""
+        """A pooled connection inside a transaction (see :func:`retried_transaction`). The
+        pool skips its reset, so a connection left inside a transaction anyway (cancelled
+        during the rollback) is closed, never reused."""
         pool = await self._get_pool()
-        for attempt in (1, 2):
-            connection = await pool.acquire()
-            try:
-                transaction = connection.transaction()
-                try:
-                    await transaction.start()
-                except Exception as exc:
-                    if attempt == 1 and worth_retrying(exc):
-                        continue
-                    raise
-                try:
-                    yield connection
-                except BaseException:
-                    # On a connection that died, the server has rolled back already.
-                    with contextlib.suppress(Exception):
-                        await transaction.rollback()
-                    raise
-                await transaction.commit()
-                return
-            finally:
-                await _release(pool, connection)
+
+        async def give_back(connection: Any, _sound: bool) -> None:
+            await _release(pool, connection)
+
+        async with retried_transaction(pool.acquire, give_back) as connection:
+            yield connection
 
     async def close(self) -> None:
         if self._pool is not None:
@@ -323,12 +307,6 @@ class AsyncpgReader:
 async def _keep_as_is(_connection: Any) -> None:
     """Skip asyncpg's reset on release (a round trip each time): the pool runs only one
     read-only SELECT outside any transaction, which leaves no state behind to reset."""
-
-
-def worth_retrying(exc: Exception) -> bool:
-    """Whether ``exc`` came from a connection the server had cut (then a fresh connection may
-    well work), not from a server that refuses or does not answer (it would only fail again)."""
-    return is_outage(exc) and not isinstance(exc, TimeoutError | ConnectionRefusedError)
 
 
 async def _release(pool: Any, connection: Any) -> None:

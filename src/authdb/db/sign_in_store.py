@@ -41,6 +41,7 @@ from sqlalchemy.engine import URL
 from authdb.db.engine import POOL_TIMEOUT_SECONDS
 from authdb.db.loop_thread import LoopThread
 from authdb.db.models import AuditEvent, AuthSession, LoginFailure, RefreshToken, User
+from authdb.db.pg_transaction import retried_transaction
 from authdb.db.session_reader import (
     USER_COLUMNS,
     AsyncpgReader,
@@ -50,7 +51,6 @@ from authdb.db.session_reader import (
     sqlite_read_datetime,
     sqlite_read_only,
     sqlite_user,
-    worth_retrying,
 )
 
 # The audit chain's advisory lock on PostgreSQL (an arbitrary 64-bit constant, distinct from the
@@ -390,35 +390,17 @@ class AsyncpgWriter:
 
     @contextlib.asynccontextmanager
     async def transaction(self) -> AsyncIterator[Any]:
-        """The connection inside a transaction, committed when the block ends, rolled back
-        if it raises. Only on the private loop (inside :meth:`run`)."""
+        """The connection inside a transaction (see :func:`retried_transaction`); one that
+        is not sound afterwards is closed, to be replaced at the next sign-in. Only on the
+        private loop (inside :meth:`run`)."""
         if self._lock is None:
             self._lock = asyncio.Lock()
-        async with self._lock:
-            for attempt in (1, 2):
-                connection = await self._connect()
-                transaction = connection.transaction()
-                try:
-                    await transaction.start()
-                except Exception as exc:
-                    await self._drop()
-                    if attempt == 1 and worth_retrying(exc):
-                        continue
-                    raise
-                try:
-                    yield connection
-                except BaseException:
-                    with contextlib.suppress(Exception):
-                        await transaction.rollback()
-                    if connection.is_closed() or connection.is_in_transaction():
-                        await self._drop()  # not to be trusted with the next sign-in
-                    raise
-                try:
-                    await transaction.commit()
-                except BaseException:
-                    await self._drop()
-                    raise
-                return
+        async with self._lock, retried_transaction(self._connect, self._give_back) as connection:
+            yield connection
+
+    async def _give_back(self, _connection: Any, sound: bool) -> None:
+        if not sound:
+            await self._drop()
 
     async def _connect(self) -> Any:
         if self._connection is None or self._connection.is_closed():
