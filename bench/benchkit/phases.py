@@ -216,11 +216,15 @@ def mixed(bench: Bench, server: Server, round_: int) -> None:
     add(row, "mix_login_rate", round_, login.rate)
     add(row, "mix_login_p99", round_, login.p99_ms)
     add(row, "mix_others", round_, window.cores(window.others_cpu))
+    # Where the core went: the loop's share, and the rest (hashing, the writer) per login;
+    # beside the logins phase's "threads ms", the second shows what the flood adds to a hash.
+    add(row, "mix_loop_share", round_, window.cores(window.loop_cpu))
+    add(row, "mix_threads_ms", round_, per(window.server_cpu - window.loop_cpu, login.ok, 1e3))
     add(row, "mix_failed", round_, me.failed + login.failed)
     bench.say(
         f"    flood + logins: {me.rate:.0f} req/s (p99 {me.p99_ms:.1f} ms) and "
-        f"{login.rate:.1f} logins/s (p99 {login.p99_ms:.0f} ms)"
-        + failures(me.failed + login.failed)
+        f"{login.rate:.1f} logins/s (p99 {login.p99_ms:.0f} ms); the loop's share "
+        f"{window.cores(window.loop_cpu):.0%}" + failures(me.failed + login.failed)
     )
 
 

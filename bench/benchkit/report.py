@@ -189,6 +189,8 @@ class Report:
                 cell(self.s(k, "mix_me_p99"), 1),
                 cell(r.ratio((k, "mix_me_p99"), (k, "me_p99")), 2, "x"),
                 cell(self.s(k, "mix_me_rate")),
+                cell(self.s(k, "mix_loop_share"), 0, "%", 100),
+                cell(self.s(k, "mix_threads_ms"), 1),
             ]
             for k in self.present(keys, "mix_login_rate")
         ]
@@ -201,6 +203,8 @@ class Report:
             "in storm",
             "x idle",
             "me req/s",
+            "loop share",
+            "threads ms/login",
         ]
         return table(header, rows) if rows else []
 
