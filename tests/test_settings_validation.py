@@ -88,6 +88,7 @@ UNUSABLE: list[tuple[str, Any, str]] = [
     ("cors_origins", "*,https://app.example.com", "list it alone"),
     ("max_body_bytes", 10, "greater than or equal to 1024"),
     ("password_hash_concurrency", 0, "greater than or equal to 1"),
+    ("password_hash_priority", "realtime", "'idle' or 'normal'"),
     ("password_hash_time_cost", 0, "greater than or equal to 1"),
     ("password_hash_memory_kib", 4, "greater than or equal to 8"),
     ("password_hash_parallelism", 0, "greater than or equal to 1"),

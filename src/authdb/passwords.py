@@ -21,6 +21,7 @@ from pwdlib.hashers.argon2 import Argon2Hasher
 from pwdlib.hashers.bcrypt import BcryptHasher
 
 from authdb import metrics
+from authdb.hash_threads import HashThreads, Priority
 from authdb.hashers import FOREIGN_HASHERS, hash_problem
 from authdb.names import control_character
 from authdb.settings import Settings
@@ -99,7 +100,9 @@ class Hasher:
 
     Waiting hashes queue at those threads, not on the event loop: a thread that finishes one
     starts the next at once, so that a loop kept busy by other requests (a ``/users/me``
-    flood) does not leave the hashing thread idle between two logins.
+    flood) does not leave the hashing thread idle between two logins. With ``priority``
+    ``"idle"`` the threads give way to everything else and are rescued when starved
+    (authdb.hash_threads).
 
     Argon2id is the current algorithm; bcrypt hashes (the tutorial's) and those imported from
     other systems (authdb.hashers: Django, Keycloak) verify and are upgraded.
@@ -114,11 +117,12 @@ class Hasher:
         time_cost: int = 2,
         memory_kib: int = 19456,
         parallelism: int = 1,
+        priority: Priority = "idle",
     ) -> None:
         argon2 = Argon2Hasher(time_cost=time_cost, memory_cost=memory_kib, parallelism=parallelism)
         self._hash = PasswordHash((argon2, BcryptHasher(), *FOREIGN_HASHERS))
-        self._concurrency = concurrency
-        self._threads: ThreadPoolExecutor | None = None  # made at first use
+        self._concurrency, self._priority = concurrency, priority
+        self._threads: HashThreads | None = None  # made at first use
         # Verified in place of a missing user's hash, so unknown names cost the same time.
         self._dummy_hash = self._hash.hash(secrets.token_urlsafe(16))
         # Hash verifications run so far (real and dummy alike): lets tests check that unknown
@@ -134,15 +138,16 @@ class Hasher:
         """``work(*args)`` on one of the hasher's threads; a cancelled caller's call is
         dropped if it has not started yet."""
         if self._threads is None:
-            self._threads = ThreadPoolExecutor(self._concurrency, thread_name_prefix="authdb-hash")
-        return await asyncio.get_running_loop().run_in_executor(self._threads, work, *args)
+            self._threads = HashThreads(self._concurrency, self._priority)
+        result: _T = await asyncio.wrap_future(self._threads.submit(work, *args))
+        return result
 
     def close(self) -> None:
         """End the hashing threads once their queued work is done (without waiting for it);
         the next hash starts them again."""
         threads, self._threads = self._threads, None
         if threads is not None:
-            threads.shutdown(wait=False)
+            threads.shutdown()
 
     @_timed("hash")
     def _new_hash(self, password: str) -> str:
@@ -172,22 +177,25 @@ class Hasher:
         if hashed is None or not encodable:
             # A lone surrogate (only a library caller can pass one) matches no stored password.
             candidate = password if encodable else secrets.token_urlsafe(16)
-            await self._off_loop(self._verify_dummy, candidate)
+            self.verifications += await self._off_loop(self._verify_dummy, candidate)
             return False, None
-        return await self._off_loop(self._verify_and_update, password, hashed)
+        ok, new_hash, performed = await self._off_loop(self._verify_and_update, password, hashed)
+        # Counted here, not on the hashing thread: a rescued job runs twice but counts once.
+        self.verifications += performed
+        return ok, new_hash
 
     @_timed("verify")
-    def _verify_and_update(self, password: str, hashed: str) -> tuple[bool, str | None]:
+    def _verify_and_update(self, password: str, hashed: str) -> tuple[bool, str | None, int]:
+        """(ok, new hash or None, verifications performed)."""
         normalized = normalize_password(password)
         ok, new_hash = self._verify_one(normalized, hashed)
         if ok or normalized == password:
-            return ok, new_hash
+            return ok, new_hash, 1
         # A hash from before normalization holds the password as it was typed then.
         ok, _ = self._verify_one(password, hashed)
-        return ok, (self._hash.hash(normalized) if ok else None)
+        return ok, (self._hash.hash(normalized) if ok else None), 2
 
     def _verify_one(self, password: str, hashed: str) -> tuple[bool, str | None]:
-        self.verifications += 1
         if (
             hashed.startswith(_BCRYPT_PREFIXES)
             and len(password.encode(errors="surrogatepass")) > _BCRYPT_MAX_BYTES
@@ -203,12 +211,12 @@ class Hasher:
             return False, None
 
     @_timed("verify")
-    def _verify_dummy(self, password: str) -> None:
+    def _verify_dummy(self, password: str) -> int:
         # As many verifications as a wrong password for a real account costs.
-        normalized = normalize_password(password)
-        for candidate in {normalized, password}:
-            self.verifications += 1
+        candidates = {normalize_password(password), password}
+        for candidate in candidates:
             self._hash.verify(candidate, self._dummy_hash)
+        return len(candidates)
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Hasher:
@@ -217,6 +225,7 @@ class Hasher:
             time_cost=settings.password_hash_time_cost,
             memory_kib=settings.password_hash_memory_kib,
             parallelism=settings.password_hash_parallelism,
+            priority=settings.password_hash_priority,
         )
 
     @staticmethod

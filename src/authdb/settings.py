@@ -144,6 +144,9 @@ class Settings(BaseSettings):
 
     # Argon2 is CPU-bound; capping concurrent hashes leaves a core for the event loop.
     password_hash_concurrency: int = Field(1, ge=1, le=256)
+    # "idle": hashing threads at the OS's idle priority, so other requests come first, each
+    # rescued by a normal-priority thread when starved (authdb.hash_threads).
+    password_hash_priority: Literal["idle", "normal"] = "idle"
     # argon2id cost: OWASP's recommended m=19 MiB, t=2, p=1. One lane keeps a hash on one core
     # (the limiter above leaves the other to the event loop). Changing them upgrades stored
     # hashes at each user's next login.
