@@ -26,7 +26,7 @@ def _runner() -> str:
     return threading.current_thread().name
 
 
-def _held_once(release: threading.Event, started: threading.Event) -> Callable[[], str]:
+def held_once(release: threading.Event, started: threading.Event) -> Callable[[], str]:
     """A job whose first run (the idle thread's) waits for ``release``, as a starved thread
     would; a second run (the rescuer's) answers at once."""
     runs: list[str] = []
@@ -65,7 +65,7 @@ def test_a_starved_job_is_rescued_and_the_queue_served_until_the_idle_thread_is_
     pool = HashThreads(1, "idle", name="rescue-test")
     release, started = threading.Event(), threading.Event()
     try:
-        held = pool.submit(_held_once(release, started))
+        held = pool.submit(held_once(release, started))
         assert started.wait(WAIT)
         queued = [pool.submit(_runner) for _ in range(3)]
         # The held job is answered by the rescuer's run; the queued ones by the rescuer too,

@@ -6,11 +6,13 @@ The metrics are global to a process, so the in-process tests compare a scrape be
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import stat
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -24,11 +26,13 @@ from sqlalchemy import text
 from authdb import Auth, Settings
 from authdb.app import create_app
 from authdb.db import migrate
+from authdb.hash_threads import HashThreads
 from authdb.http.metrics_middleware import MetricsMiddleware
 from authdb.services import provisioning
 from authdb.services.core import CLI_CLIENT
 from tests.cli import AUTHDB, FAST_HASHING, subprocess_env, wait_healthy
 from tests.conftest import PASSWORD, Harness, free_port
+from tests.test_hash_threads import held_once
 
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 WRONG = "not the right password"
@@ -282,3 +286,21 @@ async def test_two_workers_report_one_truth(tmp_path: Path, database_url: str) -
 
 
 _TOKEN_OK = {"method": "POST", "route": "/token", "status": "200"}
+
+
+async def test_a_rescued_hash_is_counted(metered: Harness) -> None:
+    """authdb_password_hash_rescues_total: a hash held on the idle thread (as a starved one
+    is) is run again by its rescuer and counted once."""
+    before = await scrape(metered)
+    assert ("authdb_password_hash_rescues_total", frozenset()) in before
+    pool = HashThreads(1, "idle")
+    release, started = threading.Event(), threading.Event()
+    try:
+        held = pool.submit(held_once(release, started))
+        assert await asyncio.to_thread(held.result, 30) == f"{pool.name}-0-rescue"
+    finally:
+        release.set()
+        pool.shutdown()
+    after = await scrape(metered)
+    rescues = "authdb_password_hash_rescues_total"
+    assert value(after, rescues) - value(before, rescues) == pool.rescues == 1

@@ -29,6 +29,8 @@ from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from authdb import metrics
+
 log = logging.getLogger("authdb.passwords")
 
 Priority = Literal["idle", "normal"]
@@ -71,7 +73,7 @@ class HashThreads:
     def __init__(self, count: int, priority: Priority = "idle", name: str = "authdb-hash") -> None:
         if count < 1:
             raise ValueError("count must be at least 1")
-        self._count, self._priority, self._name = count, priority, name
+        self._count, self._priority, self.name = count, priority, name
         self._cond = threading.Condition()
         self._queue: deque[_Job] = deque()
         self._lanes: list[_Lane] = []
@@ -109,9 +111,9 @@ class HashThreads:
         for index in range(self._count):
             lane = _Lane()
             self._lanes.append(lane)
-            self._thread(self._run_idle, lane, f"{self._name}-{index}")
+            self._thread(self._run_idle, lane, f"{self.name}-{index}")
             if self._priority == "idle":
-                self._thread(self._run_rescuer, lane, f"{self._name}-{index}-rescue")
+                self._thread(self._run_rescuer, lane, f"{self.name}-{index}-rescue")
 
     @staticmethod
     def _thread(target: Callable[[_Lane], None], lane: _Lane, name: str) -> None:
@@ -167,6 +169,7 @@ class HashThreads:
                     if overdue <= 0:
                         stuck.rescued = True
                         self.rescues += 1
+                        metrics.password_hash_rescued()
                         return stuck
                     self._cond.wait(overdue)
                     continue

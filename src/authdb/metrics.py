@@ -64,6 +64,7 @@ class _Metrics:
     lockouts: Counter
     rate_limited: Counter
     password_hash_seconds: Histogram
+    password_hash_rescues: Counter
 
 
 _metrics: _Metrics | None = None
@@ -137,6 +138,12 @@ def _create() -> _Metrics:
         buckets=_HASH_BUCKETS,
         registry=registry,
     )
+    hash_rescues = Counter(
+        "authdb_password_hash_rescues_total",
+        "Password hashes run again on a normal-priority thread because the idle-priority "
+        "hashing thread was starved of CPU (AUTHDB_PASSWORD_HASH_PRIORITY=idle).",
+        registry=registry,
+    )
     # Series that exist from the start: rate() over a series that appears late misses its start.
     for outcome in dict.fromkeys(LOGIN_OUTCOMES.values()):
         logins.labels(outcome)
@@ -153,6 +160,7 @@ def _create() -> _Metrics:
         lockouts,
         rate_limited,
         hash_seconds,
+        hash_rescues,
     )
 
 
@@ -191,6 +199,12 @@ def password_hashed(op: str, seconds: float) -> None:
     """``seconds`` spent on one password ``op`` ("hash" or "verify")."""
     if _metrics is not None:
         _metrics.password_hash_seconds.labels(op).observe(seconds)
+
+
+def password_hash_rescued() -> None:
+    """A starved idle-priority hash was taken over by its rescuer (authdb.hash_threads)."""
+    if _metrics is not None:
+        _metrics.password_hash_rescues.inc()
 
 
 # --- exposition -----------------------------------------------------------------------------------

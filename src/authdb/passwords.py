@@ -12,9 +12,9 @@ import traceback
 import unicodedata
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from functools import cache, wraps
+from functools import cache
 from importlib import resources
-from typing import TYPE_CHECKING, ParamSpec, TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 from pwdlib import PasswordHash
 from pwdlib.hashers.argon2 import Argon2Hasher
@@ -40,25 +40,13 @@ _BCRYPT_MAX_BYTES = 72
 # Stored hashes that are plain bcrypt of the password (authdb's legacy hashes, Django's
 # "bcrypt$"), which sees only its first 72 bytes.
 _BCRYPT_PREFIXES = ("$2", "bcrypt$")
-_P = ParamSpec("_P")
 _T = TypeVar("_T")
 
 
-def _timed(op: str) -> Callable[[Callable[_P, _T]], Callable[_P, _T]]:
-    """Report each call's seconds as password work ``op`` (authdb_password_hash_seconds)."""
-
-    def decorate(work: Callable[_P, _T]) -> Callable[_P, _T]:
-        @wraps(work)
-        def timed(*args: _P.args, **kwargs: _P.kwargs) -> _T:
-            started = time.perf_counter()
-            try:
-                return work(*args, **kwargs)
-            finally:
-                metrics.password_hashed(op, time.perf_counter() - started)
-
-        return timed
-
-    return decorate
+def _timed(work: Callable[..., _T], *args: str) -> tuple[_T, float]:
+    """``work(*args)`` and the seconds it took (for authdb_password_hash_seconds)."""
+    started = time.perf_counter()
+    return work(*args), time.perf_counter() - started
 
 
 def normalize_password(password: str) -> str:
@@ -132,14 +120,19 @@ class Hasher:
     async def hash(self, password: str) -> str:
         """An argon2id hash of the normalized ``password``."""
         normalized = normalize_password(password)
-        return await self._off_loop(self._new_hash, normalized)
+        return await self._off_loop("hash", self._new_hash, normalized)
 
-    async def _off_loop(self, work: Callable[..., _T], *args: str) -> _T:
+    async def _off_loop(self, op: str, work: Callable[..., _T], *args: str) -> _T:
         """``work(*args)`` on one of the hasher's threads; a cancelled caller's call is
-        dropped if it has not started yet."""
+        dropped if it has not started yet. Its seconds are reported as password work ``op``
+        once answered, here: a rescued job runs twice but counts once."""
         if self._threads is None:
             self._threads = HashThreads(self._concurrency, self._priority)
-        result: _T = await asyncio.wrap_future(self._threads.submit(work, *args))
+        answer: tuple[_T, float] = await asyncio.wrap_future(
+            self._threads.submit(_timed, work, *args)
+        )
+        result, seconds = answer
+        metrics.password_hashed(op, seconds)
         return result
 
     def close(self) -> None:
@@ -149,7 +142,6 @@ class Hasher:
         if threads is not None:
             threads.shutdown()
 
-    @_timed("hash")
     def _new_hash(self, password: str) -> str:
         return self._hash.hash(password)
 
@@ -160,7 +152,8 @@ class Hasher:
         (argon2 releases the GIL); blocking, for imports. ``done`` is called after each."""
 
         def one(password: str) -> str:
-            hashed = self._new_hash(normalize_password(password))
+            hashed, seconds = _timed(self._new_hash, normalize_password(password))
+            metrics.password_hashed("hash", seconds)
             done()
             return hashed
 
@@ -177,14 +170,14 @@ class Hasher:
         if hashed is None or not encodable:
             # A lone surrogate (only a library caller can pass one) matches no stored password.
             candidate = password if encodable else secrets.token_urlsafe(16)
-            self.verifications += await self._off_loop(self._verify_dummy, candidate)
+            self.verifications += await self._off_loop("verify", self._verify_dummy, candidate)
             return False, None
-        ok, new_hash, performed = await self._off_loop(self._verify_and_update, password, hashed)
+        checked = await self._off_loop("verify", self._verify_and_update, password, hashed)
+        ok, new_hash, performed = checked
         # Counted here, not on the hashing thread: a rescued job runs twice but counts once.
         self.verifications += performed
         return ok, new_hash
 
-    @_timed("verify")
     def _verify_and_update(self, password: str, hashed: str) -> tuple[bool, str | None, int]:
         """(ok, new hash or None, verifications performed)."""
         normalized = normalize_password(password)
@@ -210,7 +203,6 @@ class Hasher:
             self._hash.verify(password, self._dummy_hash)  # and costs what a wrong one does
             return False, None
 
-    @_timed("verify")
     def _verify_dummy(self, password: str) -> int:
         # As many verifications as a wrong password for a real account costs.
         candidates = {normalize_password(password), password}
