@@ -56,6 +56,7 @@ def fast_hasher() -> Hasher:
         time_cost=FAST_HASHING["password_hash_time_cost"],
         memory_kib=FAST_HASHING["password_hash_memory_kib"],
         parallelism=FAST_HASHING["password_hash_parallelism"],
+        priority=FAST_HASHING["password_hash_priority"],
     )
 
 

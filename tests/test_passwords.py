@@ -71,7 +71,7 @@ async def test_corrupt_stored_hash_is_a_failed_login_not_an_error() -> None:
 async def test_hashing_does_not_block_the_event_loop() -> None:
     # The hash waits for the event loop to say it is free; a hash on the loop's own thread
     # would wait for ever (here: until the deadline, then fail). No clock is read.
-    hasher = Hasher(time_cost=1, memory_kib=1024)
+    hasher = Hasher(time_cost=1, memory_kib=1024, priority="normal")
     started, release = threading.Event(), threading.Event()
     real = hasher._hash.hash
 
@@ -102,7 +102,7 @@ def test_usernames_are_nfkc_normalized_and_checked() -> None:
 async def test_refusals_without_a_hash_check_still_cost_one_argon2_verification() -> None:
     # A password too long for a legacy bcrypt hash, or a corrupt stored hash, is refused
     # without checking it; the dummy is verified instead, as for a name that matches nobody.
-    hasher = Hasher(time_cost=1, memory_kib=1024)
+    hasher = Hasher(time_cost=1, memory_kib=1024, priority="normal")
     argon2, bcrypt = hasher._hash.hashers[:2]
     calls = {"argon2": 0, "bcrypt": 0}
 

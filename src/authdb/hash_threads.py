@@ -57,7 +57,7 @@ class _Lane:
     """One idle thread and its rescuer."""
 
     current: _Job | None = None  # the job the idle thread is running
-    idle: bool = False  # SCHED_IDLE was set on the thread
+    idle: bool | None = None  # SCHED_IDLE was set on the thread (None: not tried yet)
     done: bool = False  # the idle thread has ended
 
 
@@ -122,7 +122,10 @@ class HashThreads:
 
     def _run_idle(self, lane: _Lane) -> None:
         if self._priority == "idle":
-            lane.idle = _lower_own_priority()
+            idle = _lower_own_priority()
+            with self._cond:
+                lane.idle = idle
+                self._cond.notify_all()  # a rescuer with nothing to watch for ends
         try:
             while (job := self._next_for_idle(lane)) is not None:
                 cpu = time.thread_time()
@@ -162,7 +165,7 @@ class HashThreads:
 
     def _next_for_rescuer(self, lane: _Lane) -> _Job | None:
         with self._cond:
-            while not lane.done:
+            while not lane.done and lane.idle is not False:
                 stuck = lane.current
                 if stuck is not None and not stuck.rescued and lane.idle:
                     overdue = stuck.started + self.patience() - time.monotonic()
