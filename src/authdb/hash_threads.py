@@ -6,15 +6,20 @@ as the event loop, or anything else on the machine, wants the core: an applicati
 requests are answered as quickly during a login storm as without one.
 
 Idle priority alone would starve sign-ins while the core is saturated by other work. So each
-idle thread has a *rescuer* at normal priority. When the idle thread's current job has run
-longer than ``PATIENCE`` times the usual CPU cost of a job (wall time), the rescuer runs it
-again (jobs are pure functions of their arguments) and answers it; then it takes further queued
-jobs while the idle thread stays stuck. The first run to finish answers; the other's result is
-dropped. Under saturation sign-ins thus get the share of the core a normal thread gets, later
-by at most the patience.
+idle thread has a *rescuer* at normal priority, which steps in when the idle thread is starved:
+
+* its current job has run for more than ``PATIENCE`` times the usual cost of a job (wall time)
+  while the thread got less than ``STARVED_SHARE`` of a core: the rescuer runs the job again
+  (jobs are pure functions of their arguments) and answers it, then serves the queue while
+  the idle thread stays stuck. The first run to finish answers; the other's result is dropped;
+* or a job has waited in the queue that long while the idle thread was free to take it.
+
+Under saturation sign-ins thus get the share of the core a normal thread gets, later by about
+the patience. A slow job on a thread that is making progress (a legacy bcrypt hash) is left
+alone.
 
 Where ``SCHED_IDLE`` cannot be set (not Linux, or refused), the thread runs at normal priority
-and its rescuer never steps in.
+and its rescuer ends.
 """
 
 from __future__ import annotations
@@ -34,20 +39,22 @@ from authdb import metrics
 log = logging.getLogger("authdb.passwords")
 
 Priority = Literal["idle", "normal"]
-# A job overdue by this many times the usual CPU cost of a job is rescued.
+# A job overdue by this many times the usual cost of a job may be rescued.
 PATIENCE = 3.0
 # Never rescue sooner: a cheap job (the tests' hashes) is late by scheduling noise alone.
 MIN_PATIENCE_SECONDS = 0.02
-# The cost assumed before a job has been measured: the default argon2id on a slow core.
-_FIRST_COST_SECONDS = 0.05
+# A thread that got less than this share of a core during its job counts as starved.
+STARVED_SHARE = 0.25
 _SMOOTHING = 0.2  # weight of the newest measurement in the moving average of the cost
 
 
 @dataclass(eq=False)
 class _Job:
     work: Callable[[], Any]
+    queued: float = field(default_factory=time.monotonic)
     future: Future[Any] = field(default_factory=Future)
     started: float = 0.0  # time.monotonic() when the idle thread began it
+    cpu_started: float = 0.0  # the idle thread's CPU clock then, in seconds
     rescued: bool = False  # a rescuer runs it (again), or took it from the queue
     answered: bool = False
 
@@ -57,7 +64,9 @@ class _Lane:
     """One idle thread and its rescuer."""
 
     current: _Job | None = None  # the job the idle thread is running
+    free_since: float = field(default_factory=time.monotonic)  # when it last became free
     idle: bool | None = None  # SCHED_IDLE was set on the thread (None: not tried yet)
+    clock: int | None = None  # the idle thread's CPU-time clock, for clock_gettime
     done: bool = False  # the idle thread has ended
 
 
@@ -65,19 +74,33 @@ class HashThreads:
     """``count`` hashing threads at ``priority`` (``"idle"``: each with a rescuer, see the
     module's docstring), sharing one queue of jobs.
 
+    ``cost`` is the expected seconds of one job at first (the hasher measures one hash when it
+    is made). With ``single_threaded`` (argon2 with one lane: a job's work is done on the
+    thread that runs it) the estimate follows the jobs' CPU time and a starved thread is told
+    by its CPU clock; otherwise the wall time alone decides.
+
     ``submit`` returns a ``concurrent.futures.Future``; cancelling it before a thread starts it
     drops the job. Threads start at the first ``submit``; ``shutdown`` ends them once the queue
     is empty, without waiting.
     """
 
-    def __init__(self, count: int, priority: Priority = "idle", name: str = "authdb-hash") -> None:
+    def __init__(
+        self,
+        count: int,
+        priority: Priority = "idle",
+        name: str = "authdb-hash",
+        *,
+        cost: float = 0.05,
+        single_threaded: bool = True,
+    ) -> None:
         if count < 1:
             raise ValueError("count must be at least 1")
         self._count, self._priority, self.name = count, priority, name
+        self._single_threaded = single_threaded
         self._cond = threading.Condition()
         self._queue: deque[_Job] = deque()
         self._lanes: list[_Lane] = []
-        self._cost = _FIRST_COST_SECONDS
+        self._cost = cost
         self._closed = False
         # Jobs run again by a rescuer so far: lets tests see the mechanism without timing it.
         self.rescues = 0
@@ -85,7 +108,7 @@ class HashThreads:
     def submit(self, work: Callable[..., Any], *args: Any) -> Future[Any]:
         """Queue ``work(*args)``; its future gets the return value or the exception raised.
 
-        Raises RuntimeError after ``shutdown``.
+        Raises RuntimeError after ``shutdown`` (or if a thread cannot be started).
         """
         job = _Job(lambda: work(*args))
         with self._cond:
@@ -104,16 +127,16 @@ class HashThreads:
             self._cond.notify_all()
 
     def patience(self) -> float:
-        """Seconds of wall time an idle thread's job may take before it is rescued."""
+        """Seconds of wall time an idle thread's job may take before it may be rescued."""
         return max(PATIENCE * self._cost, MIN_PATIENCE_SECONDS)
 
     def _start(self) -> None:
         for index in range(self._count):
             lane = _Lane()
-            self._lanes.append(lane)
             self._thread(self._run_idle, lane, f"{self.name}-{index}")
             if self._priority == "idle":
                 self._thread(self._run_rescuer, lane, f"{self.name}-{index}-rescue")
+            self._lanes.append(lane)  # only once its threads run: else the next submit retries
 
     @staticmethod
     def _thread(target: Callable[[_Lane], None], lane: _Lane, name: str) -> None:
@@ -121,27 +144,30 @@ class HashThreads:
         threading.Thread(target=target, args=(lane,), name=name, daemon=True).start()
 
     def _run_idle(self, lane: _Lane) -> None:
-        if self._priority == "idle":
-            idle = _lower_own_priority()
-            with self._cond:
-                lane.idle = idle
-                self._cond.notify_all()  # a rescuer with nothing to watch for ends
         try:
+            if self._priority == "idle":
+                self._lower_priority(lane)
             while (job := self._next_for_idle(lane)) is not None:
-                cpu = time.thread_time()
                 outcome = _run(job)
-                self._finish(job, outcome, time.thread_time() - cpu, lane)
+                self._finish(job, outcome, time.thread_time() - job.cpu_started, lane)
         finally:
             with self._cond:
                 lane.done = True
                 self._cond.notify_all()
+
+    def _lower_priority(self, lane: _Lane) -> None:
+        idle = _lower_own_priority()
+        clock = _own_cpu_clock() if self._single_threaded else None
+        with self._cond:
+            lane.idle, lane.clock = idle, clock
+            self._cond.notify_all()  # a rescuer with nothing to watch for ends
 
     def _next_for_idle(self, lane: _Lane) -> _Job | None:
         with self._cond:
             while True:
                 job = self._take()
                 if job is not None:
-                    job.started = time.monotonic()
+                    job.started, job.cpu_started = time.monotonic(), time.thread_time()
                     lane.current = job
                     self._cond.notify_all()  # the rescuer times it from now
                     return job
@@ -164,33 +190,63 @@ class HashThreads:
             self._finish(job, outcome, time.thread_time() - cpu, None)
 
     def _next_for_rescuer(self, lane: _Lane) -> _Job | None:
+        """The job to run next (under the lock), waiting until one is due; None once the idle
+        thread has ended or runs at normal priority."""
         with self._cond:
             while not lane.done and lane.idle is not False:
-                stuck = lane.current
-                if stuck is not None and not stuck.rescued and lane.idle:
-                    overdue = stuck.started + self.patience() - time.monotonic()
-                    if overdue <= 0:
-                        stuck.rescued = True
-                        self.rescues += 1
-                        metrics.password_hash_rescued()
-                        return stuck
-                    self._cond.wait(overdue)
-                    continue
-                if stuck is not None and stuck.rescued:
-                    job = self._take()  # the idle thread is still stuck: serve the queue
-                    if job is not None:
-                        job.rescued = True
-                        return job
-                self._cond.wait()
+                job, wait = self._due(lane, time.monotonic())
+                if job is not None:
+                    return job
+                self._cond.wait(wait)
             return None
+
+    def _due(self, lane: _Lane, now: float) -> tuple[_Job | None, float | None]:
+        """A job for the rescuer now, or how long to wait before looking again (None: until
+        something changes)."""
+        stuck = lane.current
+        if lane.idle is None:
+            return None, None
+        if stuck is not None and not stuck.rescued:
+            due = stuck.started + self.patience()
+            if now < due:
+                return None, due - now
+            if not self._starved(lane, stuck, now):
+                return None, self.patience()  # slow but progressing: look again later
+            stuck.rescued = True
+            self.rescues += 1
+            metrics.password_hash_rescued()
+            return stuck, None
+        if stuck is None and self._queue:
+            # The idle thread is free but has not taken the waiting job: starved before it.
+            due = max(self._queue[0].queued, lane.free_since) + self.patience()
+            if now < due:
+                return None, due - now
+        elif stuck is None:
+            return None, None
+        # The idle thread is stuck on a rescued job, or starved while free: serve the queue.
+        job = self._take()
+        if job is not None:
+            job.rescued = True
+        return job, None
+
+    def _starved(self, lane: _Lane, job: _Job, now: float) -> bool:
+        """True if the idle thread got less than STARVED_SHARE of a core during ``job`` (or
+        if its CPU clock cannot be read: the wall time then decides alone)."""
+        if lane.clock is None:
+            return True
+        try:
+            used = time.clock_gettime(lane.clock) - job.cpu_started
+        except OSError:
+            return True
+        return used < STARVED_SHARE * (now - job.started)
 
     def _finish(self, job: _Job, outcome: tuple[bool, Any], cpu: float, lane: _Lane | None) -> None:
         with self._cond:
             if lane is not None:
-                lane.current = None
+                lane.current, lane.free_since = None, time.monotonic()
             first = not job.answered
             job.answered = True
-            if first:
+            if first and self._single_threaded:
                 self._cost += _SMOOTHING * (cpu - self._cost)
             self._cond.notify_all()
         if first:
@@ -220,3 +276,12 @@ def _lower_own_priority() -> bool:
         log.warning("password hashing runs at normal priority: SCHED_IDLE refused (%s)", exc)
         return False
     return True
+
+
+def _own_cpu_clock() -> int | None:
+    """The calling thread's CPU-time clock id (for ``time.clock_gettime`` from another
+    thread), or None where there is none."""
+    try:
+        return time.pthread_getcpuclockid(threading.get_ident())
+    except (AttributeError, OSError):
+        return None

@@ -110,9 +110,10 @@ class Hasher:
         argon2 = Argon2Hasher(time_cost=time_cost, memory_cost=memory_kib, parallelism=parallelism)
         self._hash = PasswordHash((argon2, BcryptHasher(), *FOREIGN_HASHERS))
         self._concurrency, self._priority = concurrency, priority
+        self._single_lane = parallelism == 1  # argon2 then hashes on the calling thread
         self._threads: HashThreads | None = None  # made at first use
         # Verified in place of a missing user's hash, so unknown names cost the same time.
-        self._dummy_hash = self._hash.hash(secrets.token_urlsafe(16))
+        self._dummy_hash, self._hash_seconds = _timed(self._hash.hash, secrets.token_urlsafe(16))
         # Hash verifications run so far (real and dummy alike): lets tests check that unknown
         # and known names cost the same work without timing anything.
         self.verifications = 0
@@ -127,7 +128,12 @@ class Hasher:
         dropped if it has not started yet. Its seconds are reported as password work ``op``
         once answered, here: a rescued job runs twice but counts once."""
         if self._threads is None:
-            self._threads = HashThreads(self._concurrency, self._priority)
+            self._threads = HashThreads(
+                self._concurrency,
+                self._priority,
+                cost=self._hash_seconds,
+                single_threaded=self._single_lane,
+            )
         answer: tuple[_T, float] = await asyncio.wrap_future(
             self._threads.submit(_timed, work, *args)
         )
