@@ -203,31 +203,36 @@ class HashThreads:
     def _due(self, lane: _Lane, now: float) -> tuple[_Job | None, float | None]:
         """A job for the rescuer now, or how long to wait before looking again (None: until
         something changes)."""
-        stuck = lane.current
         if lane.idle is None:
             return None, None
-        if stuck is not None and not stuck.rescued:
-            due = stuck.started + self.patience()
-            if now < due:
-                return None, due - now
-            if not self._starved(lane, stuck, now):
-                return None, self.patience()  # slow but progressing: look again later
-            stuck.rescued = True
-            self.rescues += 1
-            metrics.password_hash_rescued()
-            return stuck, None
-        if stuck is None and self._queue:
+        stuck = lane.current
+        if stuck is None:
+            if not self._queue:
+                return None, None
             # The idle thread is free but has not taken the waiting job: starved before it.
             due = max(self._queue[0].queued, lane.free_since) + self.patience()
             if now < due:
                 return None, due - now
-        elif stuck is None:
-            return None, None
+        elif not stuck.rescued:
+            return self._rescue(lane, stuck, now)
         # The idle thread is stuck on a rescued job, or starved while free: serve the queue.
         job = self._take()
         if job is not None:
             job.rescued = True
         return job, None
+
+    def _rescue(self, lane: _Lane, stuck: _Job, now: float) -> tuple[_Job | None, float | None]:
+        """``stuck`` (the idle thread's current job) if it is due for a rescue, else how long
+        to wait before looking again."""
+        due = stuck.started + self.patience()
+        if now < due:
+            return None, due - now
+        if not self._starved(lane, stuck, now):
+            return None, self.patience()  # slow but progressing: look again later
+        stuck.rescued = True
+        self.rescues += 1
+        metrics.password_hash_rescued()
+        return stuck, None
 
     def _starved(self, lane: _Lane, job: _Job, now: float) -> bool:
         """True if the idle thread got less than STARVED_SHARE of a core during ``job`` (or

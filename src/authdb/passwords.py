@@ -121,7 +121,7 @@ class Hasher:
     async def hash(self, password: str) -> str:
         """An argon2id hash of the normalized ``password``."""
         normalized = normalize_password(password)
-        return await self._off_loop("hash", self._new_hash, normalized)
+        return await self._off_loop("hash", self._hash.hash, normalized)
 
     async def _off_loop(self, op: str, work: Callable[..., _T], *args: str) -> _T:
         """``work(*args)`` on one of the hasher's threads; a cancelled caller's call is
@@ -148,9 +148,6 @@ class Hasher:
         if threads is not None:
             threads.shutdown()
 
-    def _new_hash(self, password: str) -> str:
-        return self._hash.hash(password)
-
     def hash_many(
         self, passwords: Sequence[str], *, workers: int, done: Callable[[], None]
     ) -> list[str]:
@@ -158,7 +155,7 @@ class Hasher:
         (argon2 releases the GIL); blocking, for imports. ``done`` is called after each."""
 
         def one(password: str) -> str:
-            hashed, seconds = _timed(self._new_hash, normalize_password(password))
+            hashed, seconds = _timed(self._hash.hash, normalize_password(password))
             metrics.password_hashed("hash", seconds)
             done()
             return hashed
