@@ -102,6 +102,40 @@ def test_a_starved_job_is_rescued_and_the_queue_served_until_the_idle_thread_is_
         pool.shutdown()
 
 
+def test_a_stream_of_jobs_does_not_wake_the_rescuer() -> None:
+    """A rescuer at normal priority preempts the idle thread's hash whenever it wakes, so it
+    sleeps on a timer (until a job could be overdue, or one patience after its lane goes
+    quiet) instead of being woken by each job. Counted, not timed: with a patience of 30 s,
+    the timer never fires during the test."""
+    pool = HashThreads(1, "idle", name="quiet-test", cost=10.0)
+    try:
+        for _ in range(20):
+            pool.submit(_runner).result(WAIT)
+        lane = pool._lanes[0]
+        # At most: woken to start watching once the idle thread has its priority, and by the
+        # first job if the rescuer was asleep then. Each job used to wake it about 3 times.
+        assert lane.wakeups <= 2, lane.wakeups
+        assert pool.rescues == 0
+    finally:
+        pool.shutdown()
+
+
+@linux_only
+def test_a_rescuer_serving_the_queue_is_woken_by_each_new_job() -> None:
+    """While the idle thread is stuck, the rescuer has no timer and ``submit`` wakes it."""
+    pool = HashThreads(1, "idle", name="serve-test", cost=0.001)
+    release, started = threading.Event(), threading.Event()
+    try:
+        held = pool.submit(held_once(release, started))
+        assert started.wait(WAIT)
+        assert held.result(WAIT) == "serve-test-0-rescue"
+        for _ in range(3):  # one at a time: the queue is empty, the rescuer asleep, between
+            assert pool.submit(_runner).result(WAIT) == "serve-test-0-rescue"
+    finally:
+        release.set()
+        pool.shutdown()
+
+
 def test_normal_priority_has_no_rescuer() -> None:
     pool = HashThreads(2, "normal", name="normal-test")
     try:
@@ -272,7 +306,7 @@ async def test_a_served_worker_checks_passwords_on_an_idle_priority_thread(
 
 def _lane_of(**state: Any) -> _Lane:
     """An idle thread's lane in ``state``, for the rescuer's decisions (no thread runs)."""
-    return _Lane(idle=True, **state)
+    return _Lane(threading.Condition(), idle=True, **state)
 
 
 def test_a_slow_job_that_makes_progress_is_not_rescued() -> None:

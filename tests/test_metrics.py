@@ -304,3 +304,20 @@ async def test_a_rescued_hash_is_counted(metered: Harness) -> None:
     after = await scrape(metered)
     rescues = "authdb_password_hash_rescues_total"
     assert value(after, rescues) - value(before, rescues) == pool.rescues == 1
+
+
+async def test_a_hash_that_fails_is_timed_and_its_error_reaches_the_caller(
+    metered: Harness,
+) -> None:
+    """authdb_password_hash_seconds counts password work that raised, too (measured on the
+    hashing thread, recorded on the event loop); the caller gets the work's own error."""
+    hasher = metered.auth.core.hasher
+    count = "authdb_password_hash_seconds_count"
+    before = value(await scrape(metered), count, op="hash")
+
+    def broken(password: str) -> str:
+        raise ValueError(f"cannot hash {len(password)} characters")
+
+    with pytest.raises(ValueError, match="cannot hash 6 characters"):
+        await hasher._off_loop("hash", broken, "secret")
+    assert value(await scrape(metered), count, op="hash") - before == 1

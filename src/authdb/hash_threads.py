@@ -18,6 +18,11 @@ Under saturation sign-ins thus get the share of the core a normal thread gets, l
 the patience. A slow job on a thread that is making progress (a legacy bcrypt hash) is left
 alone.
 
+A rescuer is woken by its timer, not by every job: each wake-up at normal priority preempts
+the idle thread's hash. It sleeps until the next job could be overdue, lingers on a timer for
+one patience after its lane goes quiet (so that a stream of sign-ins never wakes it), and only
+a rescuer with no timer (a quiet lane, or one serving the queue) is woken by ``submit``.
+
 Where ``SCHED_IDLE`` cannot be set (not Linux, or refused), the thread runs at normal priority
 and its rescuer ends.
 """
@@ -32,13 +37,13 @@ from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any
 
 from authdb import metrics
+from authdb.settings import PasswordHashPriority as Priority
 
 log = logging.getLogger("authdb.passwords")
 
-Priority = Literal["idle", "normal"]
 # A job overdue by this many times the usual cost of a job may be rescued.
 PATIENCE = 3.0
 # Never rescue sooner: a cheap job (the tests' hashes) is late by scheduling noise alone.
@@ -63,11 +68,14 @@ class _Job:
 class _Lane:
     """One idle thread and its rescuer."""
 
+    watch: threading.Condition  # the rescuer waits on it (HashThreads' lock)
     current: _Job | None = None  # the job the idle thread is running
     free_since: float = field(default_factory=time.monotonic)  # when it last became free
     idle: bool | None = None  # SCHED_IDLE was set on the thread (None: not tried yet)
     clock: int | None = None  # the idle thread's CPU-time clock, for clock_gettime
     done: bool = False  # the idle thread has ended
+    asleep: bool = False  # the rescuer waits with no timer: a new job must wake it
+    wakeups: int = 0  # the rescuer's returns from waiting (tests count them, not time)
 
 
 class HashThreads:
@@ -97,7 +105,8 @@ class HashThreads:
             raise ValueError("count must be at least 1")
         self._count, self._priority, self.name = count, priority, name
         self._single_threaded = single_threaded
-        self._cond = threading.Condition()
+        self._lock = threading.Lock()
+        self._cond = threading.Condition(self._lock)  # idle threads wait on it for jobs
         self._queue: deque[_Job] = deque()
         self._lanes: list[_Lane] = []
         self._cost = cost
@@ -117,7 +126,10 @@ class HashThreads:
             if not self._lanes:
                 self._start()
             self._queue.append(job)
-            self._cond.notify_all()
+            self._cond.notify()
+            for lane in self._lanes:
+                if lane.asleep:
+                    lane.watch.notify()
         return job.future
 
     def shutdown(self) -> None:
@@ -132,7 +144,7 @@ class HashThreads:
 
     def _start(self) -> None:
         for index in range(self._count):
-            lane = _Lane()
+            lane = _Lane(threading.Condition(self._lock))
             self._thread(self._run_idle, lane, f"{self.name}-{index}")
             if self._priority == "idle":
                 self._thread(self._run_rescuer, lane, f"{self.name}-{index}-rescue")
@@ -153,23 +165,23 @@ class HashThreads:
         finally:
             with self._cond:
                 lane.done = True
-                self._cond.notify_all()
+                lane.watch.notify()
 
     def _lower_priority(self, lane: _Lane) -> None:
         idle = _lower_own_priority()
         clock = _own_cpu_clock() if self._single_threaded else None
         with self._cond:
             lane.idle, lane.clock = idle, clock
-            self._cond.notify_all()  # a rescuer with nothing to watch for ends
+            lane.watch.notify()  # it starts watching, or ends if there is nothing to watch
 
     def _next_for_idle(self, lane: _Lane) -> _Job | None:
         with self._cond:
             while True:
                 job = self._take()
                 if job is not None:
+                    # The rescuer is on a timer that ends before this job can be overdue.
                     job.started, job.cpu_started = time.monotonic(), time.thread_time()
                     lane.current = job
-                    self._cond.notify_all()  # the rescuer times it from now
                     return job
                 if self._closed:
                     return None
@@ -194,10 +206,17 @@ class HashThreads:
         thread has ended or runs at normal priority."""
         with self._cond:
             while not lane.done and lane.idle is not False:
-                job, wait = self._due(lane, time.monotonic())
+                now = time.monotonic()
+                job, wait = self._due(lane, now)
                 if job is not None:
                     return job
-                self._cond.wait(wait)
+                if wait is None and lane.idle and lane.current is None:
+                    linger = lane.free_since + self.patience() - now
+                    wait = linger if linger > 0 else None
+                lane.asleep = wait is None
+                lane.watch.wait(wait)
+                lane.asleep = False
+                lane.wakeups += 1
             return None
 
     def _due(self, lane: _Lane, now: float) -> tuple[_Job | None, float | None]:

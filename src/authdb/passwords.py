@@ -21,10 +21,10 @@ from pwdlib.hashers.argon2 import Argon2Hasher
 from pwdlib.hashers.bcrypt import BcryptHasher
 
 from authdb import metrics
-from authdb.hash_threads import HashThreads, Priority
+from authdb.hash_threads import HashThreads
 from authdb.hashers import FOREIGN_HASHERS, hash_problem
 from authdb.names import control_character
-from authdb.settings import Settings
+from authdb.settings import PasswordHashPriority, Settings
 
 if TYPE_CHECKING:
     from authdb.services.core import PasswordValidator
@@ -47,6 +47,25 @@ def _timed(work: Callable[..., _T], *args: str) -> tuple[_T, float]:
     """``work(*args)`` and the seconds it took (for authdb_password_hash_seconds)."""
     started = time.perf_counter()
     return work(*args), time.perf_counter() - started
+
+
+class _TimedFailure(Exception):
+    """``error``, raised by password work after ``seconds``: carried back to the event loop
+    so that a failed hash is timed too."""
+
+    def __init__(self, error: Exception, seconds: float) -> None:
+        super().__init__(error)
+        self.error, self.seconds = error, seconds
+
+
+def _timed_job(work: Callable[..., _T], *args: str) -> tuple[_T, float]:
+    """``_timed`` on a hashing thread; raises _TimedFailure for an exception of ``work``."""
+    started = time.perf_counter()
+    try:
+        value = work(*args)
+    except Exception as exc:
+        raise _TimedFailure(exc, time.perf_counter() - started) from exc
+    return value, time.perf_counter() - started
 
 
 def normalize_password(password: str) -> str:
@@ -105,7 +124,7 @@ class Hasher:
         time_cost: int = 2,
         memory_kib: int = 19456,
         parallelism: int = 1,
-        priority: Priority = "idle",
+        priority: PasswordHashPriority = "idle",
     ) -> None:
         argon2 = Argon2Hasher(time_cost=time_cost, memory_cost=memory_kib, parallelism=parallelism)
         self._hash = PasswordHash((argon2, BcryptHasher(), *FOREIGN_HASHERS))
@@ -134,9 +153,13 @@ class Hasher:
                 cost=self._hash_seconds,
                 single_threaded=self._single_lane,
             )
-        answer: tuple[_T, float] = await asyncio.wrap_future(
-            self._threads.submit(_timed, work, *args)
-        )
+        try:
+            answer: tuple[_T, float] = await asyncio.wrap_future(
+                self._threads.submit(_timed_job, work, *args)
+            )
+        except _TimedFailure as failure:
+            metrics.password_hashed(op, failure.seconds)
+            raise failure.error from None
         result, seconds = answer
         metrics.password_hashed(op, seconds)
         return result

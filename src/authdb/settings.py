@@ -20,6 +20,9 @@ from pydantic_settings.sources import ENV_FILE_SENTINEL, DotenvType
 from authdb import settings_checks as checks
 from authdb import settings_oauth
 
+# How password hashing threads are scheduled (authdb.hash_threads).
+PasswordHashPriority = Literal["idle", "normal"]
+
 
 class Settings(BaseSettings):
     """authdb settings; see the README's configuration table."""
@@ -146,7 +149,7 @@ class Settings(BaseSettings):
     password_hash_concurrency: int = Field(1, ge=1, le=256)
     # "idle": hashing threads at the OS's idle priority, so other requests come first, each
     # rescued by a normal-priority thread when starved (authdb.hash_threads).
-    password_hash_priority: Literal["idle", "normal"] = "idle"
+    password_hash_priority: PasswordHashPriority = "idle"
     # argon2id cost: OWASP's recommended m=19 MiB, t=2, p=1. One lane keeps a hash on one core
     # (the limiter above leaves the other to the event loop). Changing them upgrades stored
     # hashes at each user's next login.
