@@ -223,7 +223,7 @@ async def test_a_verify_run_twice_counts_once() -> None:
     class Twice:
         """Runs every job twice and answers the second run, as a rescue does."""
 
-        def submit(self, work: Callable[..., Any], *args: Any) -> Future[Any]:
+        def submit(self, work: Callable[..., Any], *args: Any, typical: bool = True) -> Future[Any]:
             work(*args)
             future: Future[Any] = Future()
             future.set_result(work(*args))
@@ -323,6 +323,20 @@ def test_a_slow_job_that_makes_progress_is_not_rescued() -> None:
     job.cpu_started = time.clock_gettime(clock) - (STARVED_SHARE - 0.05)  # 0.2 s of 1 s
     assert pool._due(lane, now) == (job, None)
     assert job.rescued and pool.rescues == 1
+
+
+def test_with_more_hashing_threads_than_cpus_a_fair_share_is_not_starvation() -> None:
+    """Hashing threads that outnumber the CPUs slow each other down: the share that counts as
+    starved shrinks with the fair share, so that they do not rescue each other."""
+    cpus = len(os.sched_getaffinity(0))
+    crowded, alone = HashThreads(4 * cpus, "idle", cost=0.01), HashThreads(1, "idle", cost=0.01)
+    now = time.monotonic()
+    clock = time.pthread_getcpuclockid(threading.get_ident())
+    for pool, rescued in ((crowded, False), (alone, True)):
+        job = _Job(_runner, started=now - 1.0)
+        # Half the starved share of one thread: a fair share among 4 threads per CPU.
+        job.cpu_started = time.clock_gettime(clock) - STARVED_SHARE / 2
+        assert pool._starved(_lane_of(current=job, clock=clock), job, now) is rescued
 
 
 def test_a_job_left_in_the_queue_by_a_starved_free_thread_is_taken() -> None:

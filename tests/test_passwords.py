@@ -157,3 +157,30 @@ async def test_queued_hashes_start_while_the_event_loop_is_busy() -> None:
     assert all_done.wait(30), f"only {started} ran while the event loop was busy"
     assert started == ["correct horse battery1", "correct horse battery2", "correct horse battery3"]
     assert [ok for ok, _ in await asyncio.gather(*calls)] == [False, False, False]
+
+
+async def test_only_hashes_of_the_current_parameters_move_the_expected_cost() -> None:
+    """The hashing threads reckon their patience from the usual cost of a hash: a legacy
+    bcrypt verify, an argon2 hash of other parameters, or a password checked twice (typed
+    before NFKC) must not move it. Checked by the estimate itself, not by a clock."""
+    import bcrypt
+
+    hasher = Hasher(time_cost=1, memory_kib=8)
+    current = await hasher.hash("correct horse")
+    assert hasher._threads is not None
+    moved = hasher._threads._cost
+    assert moved != hasher._hash_seconds  # a hash of the current parameters moved it
+    legacy = bcrypt.hashpw(b"correct horse", bcrypt.gensalt(rounds=4)).decode()
+    other = await Hasher(time_cost=2, memory_kib=16).hash("correct horse")
+    assert (await hasher.verify("correct horse", legacy))[0] is True
+    assert (await hasher.verify("correct horse", other))[0] is True
+    full_width = "".join(chr(ord(c) + 0xFEE0) for c in "correct") + " horse"  # NFKC: correct
+    assert (await hasher.verify(full_width, current))[0] is True
+    assert await hasher.verify(full_width, None) == (False, None)  # two dummy checks
+    assert hasher._threads._cost == moved
+    # An unknown name's dummy check is one hash of the current parameters: typical.
+    assert await hasher.verify("anything", None) == (False, None)
+    assert hasher._threads._cost != moved
+    moved = hasher._threads._cost
+    assert (await hasher.verify("correct horse", current))[0] is True
+    assert hasher._threads._cost != moved

@@ -9,7 +9,8 @@ Idle priority alone would starve sign-ins while the core is saturated by other w
 idle thread has a *rescuer* at normal priority, which steps in when the idle thread is starved:
 
 * its current job has run for more than ``PATIENCE`` times the usual cost of a job (wall time)
-  while the thread got less than ``STARVED_SHARE`` of a core: the rescuer runs the job again
+  while the thread got less than ``STARVED_SHARE`` of a core (of its fair share, when the
+  hashing threads outnumber the CPUs): the rescuer runs the job again
   (jobs are pure functions of their arguments) and answers it, then serves the queue while
   the idle thread stays stuck. The first run to finish answers; the other's result is dropped;
 * or a job has waited in the queue that long while the idle thread was free to take it.
@@ -61,6 +62,7 @@ class _Job:
     started: float = 0.0  # time.monotonic() when the idle thread began it
     cpu_started: float = 0.0  # the idle thread's CPU clock then, in seconds
     rescued: bool = False  # a rescuer runs it (again), or took it from the queue
+    typical: bool = True  # its cost is the usual one (feeds the estimate the patience uses)
     answered: bool = False
 
 
@@ -84,8 +86,10 @@ class HashThreads:
 
     ``cost`` is the expected seconds of one job at first (the hasher measures one hash when it
     is made). With ``single_threaded`` (argon2 with one lane: a job's work is done on the
-    thread that runs it) the estimate follows the jobs' CPU time and a starved thread is told
-    by its CPU clock; otherwise the wall time alone decides.
+    thread that runs it) the estimate follows the CPU time of the typical jobs and a starved
+    thread is told by its CPU clock; otherwise the wall time alone decides. A thread counts
+    as starved below STARVED_SHARE of a core, or below that share of its fair share when the
+    threads outnumber the process's CPUs (``count`` hashes at once then slow each other).
 
     ``submit`` returns a ``concurrent.futures.Future``; cancelling it before a thread starts it
     drops the job. Threads start at the first ``submit``; ``shutdown`` ends them once the queue
@@ -110,16 +114,19 @@ class HashThreads:
         self._queue: deque[_Job] = deque()
         self._lanes: list[_Lane] = []
         self._cost = cost
+        self._starved_share = STARVED_SHARE * min(1.0, _cpus() / count)
         self._closed = False
         # Jobs run again by a rescuer so far: lets tests see the mechanism without timing it.
         self.rescues = 0
 
-    def submit(self, work: Callable[..., Any], *args: Any) -> Future[Any]:
+    def submit(self, work: Callable[..., Any], *args: Any, typical: bool = True) -> Future[Any]:
         """Queue ``work(*args)``; its future gets the return value or the exception raised.
+        ``typical=False``: a job whose cost is not the usual one (a legacy hash) and must not
+        move the estimate the patience is reckoned from.
 
         Raises RuntimeError after ``shutdown`` (or if a thread cannot be started).
         """
-        job = _Job(lambda: work(*args))
+        job = _Job(lambda: work(*args), typical=typical)
         with self._cond:
             if self._closed:
                 raise RuntimeError("the hashing threads are shut down")
@@ -254,15 +261,16 @@ class HashThreads:
         return stuck, None
 
     def _starved(self, lane: _Lane, job: _Job, now: float) -> bool:
-        """True if the idle thread got less than STARVED_SHARE of a core during ``job`` (or
-        if its CPU clock cannot be read: the wall time then decides alone)."""
+        """True if the idle thread got less than STARVED_SHARE of a core (of its fair share,
+        with more hashing threads than CPUs) during ``job``, or if its CPU clock cannot be
+        read: the wall time then decides alone."""
         if lane.clock is None:
             return True
         try:
             used = time.clock_gettime(lane.clock) - job.cpu_started
         except OSError:
             return True
-        return used < STARVED_SHARE * (now - job.started)
+        return used < self._starved_share * (now - job.started)
 
     def _finish(self, job: _Job, outcome: tuple[bool, Any], cpu: float, lane: _Lane | None) -> None:
         with self._cond:
@@ -270,7 +278,7 @@ class HashThreads:
                 lane.current, lane.free_since = None, time.monotonic()
             first = not job.answered
             job.answered = True
-            if first and self._single_threaded:
+            if first and self._single_threaded and job.typical:
                 self._cost += _SMOOTHING * (cpu - self._cost)
             self._cond.notify_all()
         if first:
@@ -286,6 +294,14 @@ def _run(job: _Job) -> tuple[bool, Any]:
         return True, job.work()
     except BaseException as exc:  # handed to the caller through the future
         return False, exc
+
+
+def _cpus() -> int:
+    """The CPUs this process may run on."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
 
 
 def _lower_own_priority() -> bool:

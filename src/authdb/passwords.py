@@ -133,6 +133,9 @@ class Hasher:
         self._threads: HashThreads | None = None  # made at first use
         # Verified in place of a missing user's hash, so unknown names cost the same time.
         self._dummy_hash, self._hash_seconds = _timed(self._hash.hash, secrets.token_urlsafe(16))
+        # A stored hash that starts so costs what a new one does (same algorithm, parameters).
+        # ("$argon2id$v=19$m=19456,t=2,p=1$": the PHC string format before the salt.)
+        self._current_prefix = "$".join(self._dummy_hash.split("$")[:4]) + "$"
         # Hash verifications run so far (real and dummy alike): lets tests check that unknown
         # and known names cost the same work without timing anything.
         self.verifications = 0
@@ -142,10 +145,13 @@ class Hasher:
         normalized = normalize_password(password)
         return await self._off_loop("hash", self._hash.hash, normalized)
 
-    async def _off_loop(self, op: str, work: Callable[..., _T], *args: str) -> _T:
+    async def _off_loop(
+        self, op: str, work: Callable[..., _T], *args: str, typical: bool = True
+    ) -> _T:
         """``work(*args)`` on one of the hasher's threads; a cancelled caller's call is
         dropped if it has not started yet. Its seconds are reported as password work ``op``
-        once answered, here: a rescued job runs twice but counts once."""
+        once answered, here: a rescued job runs twice but counts once. ``typical=False``: it
+        costs more or less than one hash of the current parameters (authdb.hash_threads)."""
         if self._threads is None:
             self._threads = HashThreads(
                 self._concurrency,
@@ -155,7 +161,7 @@ class Hasher:
             )
         try:
             answer: tuple[_T, float] = await asyncio.wrap_future(
-                self._threads.submit(_timed_job, work, *args)
+                self._threads.submit(_timed_job, work, *args, typical=typical)
             )
         except _TimedFailure as failure:
             metrics.password_hashed(op, failure.seconds)
@@ -193,12 +199,20 @@ class Hasher:
         name costs the same time as a wrong password.
         """
         encodable = _encodable(password)
+        # One verification of the current parameters (else a legacy hash, or two checks).
+        typical = encodable and normalize_password(password) == password
         if hashed is None or not encodable:
             # A lone surrogate (only a library caller can pass one) matches no stored password.
             candidate = password if encodable else secrets.token_urlsafe(16)
-            self.verifications += await self._off_loop("verify", self._verify_dummy, candidate)
+            verified = await self._off_loop(
+                "verify", self._verify_dummy, candidate, typical=typical
+            )
+            self.verifications += verified
             return False, None
-        checked = await self._off_loop("verify", self._verify_and_update, password, hashed)
+        typical = typical and hashed.startswith(self._current_prefix)
+        checked = await self._off_loop(
+            "verify", self._verify_and_update, password, hashed, typical=typical
+        )
         ok, new_hash, performed = checked
         # Counted here, not on the hashing thread: a rescued job runs twice but counts once.
         self.verifications += performed
