@@ -325,18 +325,48 @@ def test_a_slow_job_that_makes_progress_is_not_rescued() -> None:
     assert job.rescued and pool.rescues == 1
 
 
-def test_with_more_hashing_threads_than_cpus_a_fair_share_is_not_starvation() -> None:
-    """Hashing threads that outnumber the CPUs slow each other down: the share that counts as
-    starved shrinks with the fair share, so that they do not rescue each other."""
+def test_a_fair_share_among_busy_hashing_threads_is_not_starvation() -> None:
+    """More idle threads running jobs than CPUs slow each other down: the share that counts
+    as starved shrinks with the fair share, so that they do not rescue each other. A lane
+    that runs alone among many idle lanes keeps the full share."""
     cpus = len(os.sched_getaffinity(0))
-    crowded, alone = HashThreads(4 * cpus, "idle", cost=0.01), HashThreads(1, "idle", cost=0.01)
+    pool = HashThreads(4 * cpus, "idle", cost=0.01)
     now = time.monotonic()
     clock = time.pthread_getcpuclockid(threading.get_ident())
-    for pool, rescued in ((crowded, False), (alone, True)):
-        job = _Job(_runner, started=now - 1.0)
-        # Half the starved share of one thread: a fair share among 4 threads per CPU.
-        job.cpu_started = time.clock_gettime(clock) - STARVED_SHARE / 2
-        assert pool._starved(_lane_of(current=job, clock=clock), job, now) is rescued
+    job = _Job(_runner, started=now - 1.0)
+    # Half the starved share of one thread: a fair share among 4 busy threads per CPU.
+    job.cpu_started = time.clock_gettime(clock) - STARVED_SHARE / 2
+    lane = _lane_of(current=job, clock=clock)
+    others = [_lane_of(current=_Job(_runner)) for _ in range(4 * cpus - 1)]
+    pool._lanes = [lane, *others]
+    assert pool._starved(lane, job, now) is False
+    for other in others:
+        other.current = None
+    assert pool._starved(lane, job, now) is True
+
+
+@linux_only
+def test_an_idle_thread_starved_before_it_reports_its_priority_is_rescued(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The idle thread puts itself in SCHED_IDLE, then tells its rescuer: starved in between,
+    it has not taken the job, and the rescuer takes it after the patience."""
+    import authdb.hash_threads as hash_threads
+
+    gate = threading.Event()
+    own_clock = hash_threads._own_cpu_clock
+
+    def held_clock() -> int | None:  # runs on the idle thread, after SCHED_IDLE is set
+        assert gate.wait(WAIT)
+        return own_clock()
+
+    monkeypatch.setattr(hash_threads, "_own_cpu_clock", held_clock)
+    pool = HashThreads(1, "idle", name="early-test", cost=0.001)
+    try:
+        assert pool.submit(_runner).result(WAIT) == "early-test-0-rescue"
+    finally:
+        gate.set()
+        pool.shutdown()
 
 
 def test_a_job_left_in_the_queue_by_a_starved_free_thread_is_taken() -> None:

@@ -9,8 +9,8 @@ Idle priority alone would starve sign-ins while the core is saturated by other w
 idle thread has a *rescuer* at normal priority, which steps in when the idle thread is starved:
 
 * its current job has run for more than ``PATIENCE`` times the usual cost of a job (wall time)
-  while the thread got less than ``STARVED_SHARE`` of a core (of its fair share, when the
-  hashing threads outnumber the CPUs): the rescuer runs the job again
+  while the thread got less than ``STARVED_SHARE`` of a core (of its fair share, while more
+  idle threads run jobs than there are CPUs): the rescuer runs the job again
   (jobs are pure functions of their arguments) and answers it, then serves the queue while
   the idle thread stays stuck. The first run to finish answers; the other's result is dropped;
 * or a job has waited in the queue that long while the idle thread was free to take it.
@@ -88,8 +88,8 @@ class HashThreads:
     is made). With ``single_threaded`` (argon2 with one lane: a job's work is done on the
     thread that runs it) the estimate follows the CPU time of the typical jobs and a starved
     thread is told by its CPU clock; otherwise the wall time alone decides. A thread counts
-    as starved below STARVED_SHARE of a core, or below that share of its fair share when the
-    threads outnumber the process's CPUs (``count`` hashes at once then slow each other).
+    as starved below STARVED_SHARE of a core, or below that share of its fair share while
+    more idle threads run jobs than the process has CPUs (they then slow each other).
 
     ``submit`` returns a ``concurrent.futures.Future``; cancelling it before a thread starts it
     drops the job. Threads start at the first ``submit``; ``shutdown`` ends them once the queue
@@ -114,7 +114,7 @@ class HashThreads:
         self._queue: deque[_Job] = deque()
         self._lanes: list[_Lane] = []
         self._cost = cost
-        self._starved_share = STARVED_SHARE * min(1.0, _cpus() / count)
+        self._cpus = _cpus()
         self._closed = False
         # Jobs run again by a rescuer so far: lets tests see the mechanism without timing it.
         self.rescues = 0
@@ -133,7 +133,7 @@ class HashThreads:
             if not self._lanes:
                 self._start()
             self._queue.append(job)
-            self._cond.notify()
+            self._cond.notify_all()  # each free idle thread: one of them may be starved
             for lane in self._lanes:
                 if lane.asleep:
                     lane.watch.notify()
@@ -228,9 +228,8 @@ class HashThreads:
 
     def _due(self, lane: _Lane, now: float) -> tuple[_Job | None, float | None]:
         """A job for the rescuer now, or how long to wait before looking again (None: until
-        something changes)."""
-        if lane.idle is None:
-            return None, None
+        something changes). A lane whose idle thread has not yet said whether it runs at idle
+        priority is watched too: it may be starved before it says so."""
         stuck = lane.current
         if stuck is None:
             if not self._queue:
@@ -262,27 +261,31 @@ class HashThreads:
 
     def _starved(self, lane: _Lane, job: _Job, now: float) -> bool:
         """True if the idle thread got less than STARVED_SHARE of a core (of its fair share,
-        with more hashing threads than CPUs) during ``job``, or if its CPU clock cannot be
-        read: the wall time then decides alone."""
+        while more idle threads run jobs than there are CPUs) during ``job``, or if its CPU
+        clock cannot be read: the wall time then decides alone."""
         if lane.clock is None:
             return True
         try:
             used = time.clock_gettime(lane.clock) - job.cpu_started
         except OSError:
             return True
-        return used < self._starved_share * (now - job.started)
+        # Hashing threads running at once share the CPUs: a fair share is no starvation.
+        busy = sum(1 for other in self._lanes if other.current is not None)
+        share = STARVED_SHARE * min(1.0, self._cpus / max(1, busy))
+        return used < share * (now - job.started)
 
     def _finish(self, job: _Job, outcome: tuple[bool, Any], cpu: float, lane: _Lane | None) -> None:
+        ok, value = outcome
         with self._cond:
             if lane is not None:
                 lane.current, lane.free_since = None, time.monotonic()
             first = not job.answered
             job.answered = True
-            if first and self._single_threaded and job.typical:
+            # A failure's cost (a refused input, say) is no hash's: it must not move the usual.
+            if first and ok and self._single_threaded and job.typical:
                 self._cost += _SMOOTHING * (cpu - self._cost)
             self._cond.notify_all()
         if first:
-            ok, value = outcome
             if ok:
                 job.future.set_result(value)
             else:
