@@ -114,7 +114,7 @@ class HashThreads:
         self._queue: deque[_Job] = deque()
         self._lanes: list[_Lane] = []
         self._cost = cost
-        self._cpus = _cpus()
+        self._cpus = usable_cpus()
         self._closed = False
         # Jobs run again by a rescuer so far: lets tests see the mechanism without timing it.
         self.rescues = 0
@@ -299,8 +299,8 @@ def _run(job: _Job) -> tuple[bool, Any]:
         return False, exc
 
 
-def _cpus() -> int:
-    """The CPUs this process may run on."""
+def usable_cpus() -> int:
+    """How many CPUs this process may run on (its affinity mask, where the OS has one)."""
     try:
         return len(os.sched_getaffinity(0))
     except (AttributeError, OSError):

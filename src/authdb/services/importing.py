@@ -15,7 +15,6 @@ at each user's first right password.
 
 from __future__ import annotations
 
-import os
 import unicodedata
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -30,6 +29,7 @@ from sqlalchemy.orm import InstrumentedAttribute
 
 from authdb.db.models import User
 from authdb.errors import AuthError, Conflict, InvalidInput
+from authdb.hash_threads import usable_cpus
 from authdb.importers.records import BadLine, Note, Reading, Skipped, SourceUser
 from authdb.names import (
     USERNAME_KEY_MAX,
@@ -397,11 +397,9 @@ async def hash_passwords(hasher: Hasher, users: list[PlannedUser], progress: Pro
     if not plain:
         return
     progress.stage("hashing passwords", len(plain))
-    workers = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    workers = usable_cpus()
     passwords = [u.source.password or "" for u in plain]
-    hashes = await anyio.to_thread.run_sync(
-        _hash_all, hasher, passwords, workers or 1, progress.advance
-    )
+    hashes = await anyio.to_thread.run_sync(_hash_all, hasher, passwords, workers, progress.advance)
     for user, hashed in zip(plain, hashes, strict=True):
         user.hashed_password = hashed
 
